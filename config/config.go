@@ -1,0 +1,110 @@
+// Package config reads /etc/msb/config.toml: where the guest image and
+// hypervisor live and the default VM size. Every field has a default, so a
+// missing file is fine; a malformed one is an error naming the file.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is the system config file.
+const DefaultPath = "/etc/msb/config.toml"
+
+// Config is the runtime configuration.
+type Config struct {
+	// Backend is auto, qemu or libkrun.
+	Backend string `toml:"backend"`
+	// Kernel and Initrd are the guest image for the qemu backend.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// QEMU is the qemu-system-x86_64 binary.
+	QEMU string `toml:"qemu"`
+	// Accel forces kvm or tcg; empty picks kvm when /dev/kvm is usable.
+	Accel string `toml:"accel"`
+	// VCPUs and MemoryMiB size a VM whose spec sets no limits;
+	// OverheadMiB is added to a spec's memory limit for the guest kernel
+	// and agent.
+	VCPUs       int `toml:"vcpus"`
+	MemoryMiB   int `toml:"memory_mib"`
+	OverheadMiB int `toml:"overhead_mib"`
+	// BootTimeout bounds boot up to the agent answering (TCG is slow).
+	BootTimeout string `toml:"boot_timeout"`
+}
+
+// Default returns the built-in configuration.
+func Default() Config {
+	return Config{
+		Backend:     "auto",
+		Kernel:      "/var/lib/msb/vmlinux",
+		Initrd:      "/var/lib/msb/initrd.cpio",
+		QEMU:        "qemu-system-x86_64",
+		VCPUs:       1,
+		MemoryMiB:   256,
+		OverheadMiB: 128,
+		BootTimeout: "2m",
+	}
+}
+
+// Load reads path over the defaults; a missing file yields the defaults.
+// MSB_CONFIG in the environment overrides the path (tests, side-by-side
+// installs).
+func Load(path string) (Config, error) {
+	if p := os.Getenv("MSB_CONFIG"); p != "" {
+		path = p
+	}
+	c := Default()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("read %s: %w", path, err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.validate(); err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// BootTimeoutDuration parses BootTimeout (validated by Load).
+func (c Config) BootTimeoutDuration() time.Duration {
+	d, _ := time.ParseDuration(c.BootTimeout)
+	return d
+}
+
+func (c Config) validate() error {
+	switch c.Backend {
+	case "auto", "qemu", "libkrun":
+	default:
+		return fmt.Errorf("backend %q: use auto, qemu or libkrun", c.Backend)
+	}
+	switch c.Accel {
+	case "", "kvm", "tcg":
+	default:
+		return fmt.Errorf("accel %q: use kvm, tcg or leave it out", c.Accel)
+	}
+	if c.VCPUs < 1 || c.VCPUs > 255 {
+		return fmt.Errorf("vcpus %d: use 1..255", c.VCPUs)
+	}
+	if c.MemoryMiB < 64 {
+		return fmt.Errorf("memory_mib %d: use at least 64", c.MemoryMiB)
+	}
+	if c.OverheadMiB < 0 {
+		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	}
+	if _, err := time.ParseDuration(c.BootTimeout); err != nil {
+		return fmt.Errorf("boot_timeout %q: a Go duration such as 2m: %w", c.BootTimeout, err)
+	}
+	return nil
+}

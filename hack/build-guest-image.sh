@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the msb guest image from scratch (developer / CI helper).
+#
+#   hack/build-guest-image.sh [OUTDIR]          (default OUTDIR: /var/lib/msb)
+#
+# Env:
+#   KERNEL_DEB  linux-image-*.deb to use (default: the newest in $CACHE, else apt-get download)
+#   AGENT       static agent binary (default: build ./cmd/msb-agent with CGO_ENABLED=0)
+#   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb-dev)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-/var/lib/msb}
+CACHE=${CACHE:-/var/cache/msb-dev}
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+mkdir -p "$CACHE"
+
+hack/build-runc.sh "$CACHE"
+
+if [[ -z "${KERNEL_DEB:-}" ]]; then
+	KERNEL_DEB=$(ls -1 "$CACHE"/linux-image-*.deb 2>/dev/null | sort | tail -n1 || true)
+	if [[ -z "$KERNEL_DEB" ]]; then
+		meta=linux-image-amd64
+		apt-cache show "$meta" >/dev/null 2>&1 || meta=linux-image-generic
+		pkg=$(apt-cache depends "$meta" | awk '$1=="Depends:" && $2 ~ /^linux-image-(unsigned-)?[0-9]/ {print $2; exit}')
+		[[ -n "$pkg" ]] || { echo "cannot resolve the kernel package of $meta (apt-get update?)" >&2; exit 1; }
+		(cd "$CACHE" && apt-get download "$pkg")
+		# Ubuntu ships the modules in linux-modules-<release>; guest.Build picks it up
+		# from beside the kernel package.
+		modpkg=linux-modules-${pkg#linux-image-}
+		modpkg=${modpkg/#linux-modules-unsigned-/linux-modules-}
+		if apt-cache show "$modpkg" >/dev/null 2>&1; then
+			(cd "$CACHE" && apt-get download "$modpkg")
+		fi
+		KERNEL_DEB=$(ls -1 "$CACHE/${pkg}"_*.deb | sort | tail -n1)
+	fi
+fi
+
+if [[ -z "${AGENT:-}" ]]; then
+	AGENT="$CACHE/msb-agent"
+	CGO_ENABLED=0 "$GO" build -trimpath -o "$AGENT" ./cmd/msb-agent
+fi
+
+"$GO" run ./hack/mkguest -kernel-deb "$KERNEL_DEB" -agent "$AGENT" -runc "$CACHE/runc" -out "$OUTDIR"

@@ -1,0 +1,245 @@
+package mounts
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+// Share is a host directory exported to the guest under Tag.
+type Share struct {
+	Tag      string
+	HostPath string
+	ReadOnly bool
+}
+
+// FileStage asks for Source to be staged as Dir/Name; Dir is then exported
+// as a share, because 9p and virtio-fs export directories, not files.
+type FileStage struct {
+	Source   string
+	Dir      string
+	Name     string
+	ReadOnly bool
+}
+
+// Disk is a disk image or block device attached with virtio-blk; Tag becomes
+// its serial so the guest can find it.
+type Disk struct {
+	Tag      string
+	Path     string
+	Format   string
+	ReadOnly bool
+}
+
+// StageFile places f.Source at f.Dir/f.Name, creating f.Dir (0700) if needed.
+// It hard-links, so the guest reads and writes the very inode the user
+// bound. Across filesystems (EXDEV) a read-only file is copied instead; a
+// read-write one is refused, because a copy would silently drop the
+// container's writes. On error nothing it created is left behind.
+func StageFile(f FileStage) error {
+	_, err := stageFile(f)
+	return err
+}
+
+// staged records what stageFile created, so it can be undone.
+type staged struct {
+	file string
+	dirs []string // created directories, parents first
+}
+
+func (s staged) undo() error {
+	var errs []error
+	if s.file != "" {
+		if err := os.Remove(s.file); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(s.dirs) - 1; i >= 0; i-- {
+		if err := os.Remove(s.dirs[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func stageFile(f FileStage) (staged, error) {
+	var st staged
+	if err := bootenv.CheckFileName(f.Name); err != nil {
+		return st, fmt.Errorf("staging %s: name %q: %w", f.Source, f.Name, err)
+	}
+	if !filepath.IsAbs(f.Dir) {
+		return st, fmt.Errorf("staging %s: dir %q must be absolute", f.Source, f.Dir)
+	}
+	dirs, err := mkdirAll(f.Dir, 0o700)
+	st.dirs = dirs
+	if err != nil {
+		return st, errors.Join(fmt.Errorf("staging %s: %w", f.Source, err), st.undo())
+	}
+	dst := filepath.Join(f.Dir, f.Name)
+	err = os.Link(f.Source, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		if !f.ReadOnly {
+			return st, errors.Join(fmt.Errorf("staging %s: a read-write single-file bind must be on the same filesystem as the state dir %s (hard link failed: %w); make the mount read-only (it is then copied), move the file, or bind its directory instead", f.Source, f.Dir, err), st.undo())
+		}
+		st.file = dst
+		if err := copyFile(f.Source, dst); err != nil {
+			return st, errors.Join(fmt.Errorf("staging %s: copying to %s: %w", f.Source, dst, err), st.undo())
+		}
+		return st, nil
+	}
+	if err != nil {
+		return st, errors.Join(fmt.Errorf("staging %s as %s: %w", f.Source, dst, err), st.undo())
+	}
+	st.file = dst
+	return st, nil
+}
+
+// mkdirAll is os.MkdirAll that reports which directories it created, so a
+// failed Prepare can remove exactly those and nothing the caller owned.
+func mkdirAll(dir string, perm fs.FileMode) ([]string, error) {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return nil, fmt.Errorf("%s is not a directory", d)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		missing = append(missing, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	var created []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], perm); err != nil {
+			return created, err
+		}
+		created = append(created, missing[i])
+	}
+	return created, nil
+}
+
+// copyFile copies a regular file with its permission bits, refusing to
+// overwrite dst.
+func copyFile(src, dst string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", src)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	_, err = io.Copy(out, in)
+	return err
+}
+
+// LockDisk opens d.Path and takes a non-blocking flock on it: shared for a
+// read-only disk (several sandboxes may read one image), exclusive for a
+// read-write one (two writers would corrupt the filesystem). The lock lives
+// as long as the open file; release closes it and may be called again.
+func LockDisk(d Disk) (release func() error, err error) {
+	flag, how, what := os.O_RDWR, unix.LOCK_EX, "exclusive"
+	if d.ReadOnly {
+		flag, how, what = os.O_RDONLY, unix.LOCK_SH, "shared"
+	}
+	f, err := os.OpenFile(d.Path, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", d.Path, err)
+	}
+	if err := flockRetry(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("disk %s: in use by another sandbox (%s flock: %w); stop that sandbox or mount the image read-only in both", d.Path, what, err)
+		}
+		return nil, fmt.Errorf("disk %s: %s flock: %w", d.Path, what, err)
+	}
+	done := false
+	return func() error {
+		if done {
+			return nil
+		}
+		done = true
+		return f.Close()
+	}, nil
+}
+
+func flockRetry(fd, how int) error {
+	for {
+		err := unix.Flock(fd, how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// Prepare stages every file and locks every disk for one sandbox. It refuses
+// the same image (same device and inode) twice, since attaching it twice
+// would let the guest mount one filesystem twice. On error it undoes all it
+// did; on success, release undoes it all (unlocks disks, removes staged files
+// and the directories Prepare created) and may be called again.
+func Prepare(files []FileStage, disks []Disk) (release func() error, err error) {
+	type fileID struct{ dev, ino uint64 }
+	seen := map[fileID]int{}
+	for i, d := range disks {
+		var st unix.Stat_t
+		if err := unix.Stat(d.Path, &st); err != nil {
+			return nil, fmt.Errorf("disks[%d] %s: %w", i, d.Path, err)
+		}
+		id := fileID{uint64(st.Dev), st.Ino}
+		if j, ok := seen[id]; ok {
+			return nil, fmt.Errorf("disks[%d] %s: same image as disks[%d] %s (same device and inode); attach a disk once and bind its mount point instead", i, d.Path, j, disks[j].Path)
+		}
+		seen[id] = i
+	}
+	var undo []func() error
+	releaseAll := func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		undo = nil
+		return errors.Join(errs...)
+	}
+	for i, d := range disks {
+		rel, err := LockDisk(d)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("disks[%d]: %w", i, err), releaseAll())
+		}
+		undo = append(undo, rel)
+	}
+	for i, f := range files {
+		st, err := stageFile(f)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("files[%d]: %w", i, err), releaseAll())
+		}
+		undo = append(undo, st.undo)
+	}
+	return releaseAll, nil
+}

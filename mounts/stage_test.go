@@ -1,0 +1,328 @@
+package mounts
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func inode(t *testing.T, p string) (dev, ino uint64) {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return uint64(st.Dev), st.Ino
+}
+
+func writeFile(t *testing.T, p, content string) string {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(content), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// entries lists everything under dir, relative, for "nothing left behind".
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestStageFileHardLink(t *testing.T) {
+	tmp := t.TempDir()
+	src := writeFile(t, filepath.Join(tmp, "hosts"), "x")
+	dir := filepath.Join(tmp, "stage", "tag1")
+	if err := StageFile(FileStage{Source: src, Dir: dir, Name: "hosts"}); err != nil {
+		t.Fatal(err)
+	}
+	d1, i1 := inode(t, src)
+	d2, i2 := inode(t, filepath.Join(dir, "hosts"))
+	if d1 != d2 || i1 != i2 {
+		t.Fatal("staged file is not a hard link of the source")
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("stage dir mode: %v %v", fi.Mode(), err)
+	}
+	// Staging again into the same place is refused, not overwritten.
+	err = StageFile(FileStage{Source: src, Dir: dir, Name: "hosts"})
+	if err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("second stage: %v", err)
+	}
+}
+
+// crossDevDir returns a directory on another filesystem than t.TempDir, or
+// skips the test.
+func crossDevDir(t *testing.T) (local, other string) {
+	local = t.TempDir()
+	other, err := os.MkdirTemp("/dev/shm", "msb-test-")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	ld, _ := inode(t, local)
+	od, _ := inode(t, other)
+	if ld == od {
+		t.Skip("/dev/shm and the temp dir are on the same filesystem; cannot provoke EXDEV")
+	}
+	return local, other
+}
+
+func TestStageFileCrossDevice(t *testing.T) {
+	local, other := crossDevDir(t)
+	src := writeFile(t, filepath.Join(other, "cfg"), "content")
+
+	// Read-only: copied, with content and permission bits.
+	dir := filepath.Join(local, "ro")
+	if err := StageFile(FileStage{Source: src, Dir: dir, Name: "cfg", ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cfg"))
+	if err != nil || string(b) != "content" {
+		t.Fatalf("copy: %q %v", b, err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "cfg")); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("copy mode %v", fi.Mode())
+	}
+
+	// Read-write: refused, and the directory it made is gone again.
+	rw := filepath.Join(local, "rw", "tag")
+	err = StageFile(FileStage{Source: src, Dir: rw, Name: "cfg"})
+	if err == nil || !strings.Contains(err.Error(), "same filesystem as the state dir") {
+		t.Fatalf("rw cross-device: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(local, "rw")); !os.IsNotExist(err) {
+		t.Fatalf("left %s behind: %v", filepath.Join(local, "rw"), err)
+	}
+}
+
+func TestStageFileRefusals(t *testing.T) {
+	tmp := t.TempDir()
+	src := writeFile(t, filepath.Join(tmp, "f"), "x")
+	stage := filepath.Join(tmp, "stage")
+	for _, c := range []struct {
+		f    FileStage
+		want string
+	}{
+		{FileStage{Source: src, Dir: filepath.Join(stage, "a"), Name: "a:b"}, "':'"},
+		{FileStage{Source: src, Dir: filepath.Join(stage, "a"), Name: "a;b"}, "';'"},
+		{FileStage{Source: src, Dir: filepath.Join(stage, "a"), Name: "a/b"}, "'/'"},
+		{FileStage{Source: src, Dir: filepath.Join(stage, "a"), Name: ".."}, `".."`},
+		{FileStage{Source: src, Dir: filepath.Join(stage, "a"), Name: ""}, "empty"},
+		{FileStage{Source: src, Dir: "rel", Name: "f"}, "absolute"},
+		{FileStage{Source: filepath.Join(tmp, "missing"), Dir: filepath.Join(stage, "a"), Name: "f"}, "no such file"},
+		{FileStage{Source: src, Dir: filepath.Join(src, "sub"), Name: "f"}, "not a directory"},
+	} {
+		err := StageFile(c.f)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("StageFile(%+v) = %v, want error with %q", c.f, err, c.want)
+		}
+	}
+	if _, err := os.Stat(stage); !os.IsNotExist(err) {
+		t.Fatalf("stage dir left behind: %v", err)
+	}
+}
+
+func TestLockDisk(t *testing.T) {
+	img := writeFile(t, filepath.Join(t.TempDir(), "disk.img"), "")
+	ro1, err := LockDisk(Disk{Path: img, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro2, err := LockDisk(Disk{Path: img, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("two shared locks must coexist: %v", err)
+	}
+	_, err = LockDisk(Disk{Path: img})
+	if err == nil || !strings.Contains(err.Error(), "in use by another sandbox") || !strings.Contains(err.Error(), img) {
+		t.Fatalf("exclusive while shared: %v", err)
+	}
+	if err := ro1(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ro1(); err != nil {
+		t.Fatalf("release twice: %v", err)
+	}
+	if err := ro2(); err != nil {
+		t.Fatal(err)
+	}
+	rw, err := LockDisk(Disk{Path: img})
+	if err != nil {
+		t.Fatalf("exclusive after release: %v", err)
+	}
+	if _, err := LockDisk(Disk{Path: img, ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("shared while exclusive: %v", err)
+	}
+	if _, err := LockDisk(Disk{Path: img}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("exclusive while exclusive: %v", err)
+	}
+	if err := rw(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockDisk(Disk{Path: filepath.Join(t.TempDir(), "missing")}); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("missing image: %v", err)
+	}
+}
+
+func TestPrepare(t *testing.T) {
+	tmp := t.TempDir()
+	stage := filepath.Join(tmp, "state", "stage")
+	a := writeFile(t, filepath.Join(tmp, "a"), "a")
+	b := writeFile(t, filepath.Join(tmp, "b"), "b")
+	img1 := writeFile(t, filepath.Join(tmp, "1.img"), "")
+	img2 := writeFile(t, filepath.Join(tmp, "2.img"), "")
+	files := []FileStage{
+		{Source: a, Dir: filepath.Join(stage, "t1"), Name: "a"},
+		{Source: b, Dir: filepath.Join(stage, "t2"), Name: "b", ReadOnly: true},
+	}
+	disks := []Disk{{Tag: "d1", Path: img1}, {Tag: "d2", Path: img2, ReadOnly: true}}
+	release, err := Prepare(files, disks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(t, filepath.Join(tmp, "state")); len(got) != 5 {
+		t.Fatalf("staged: %q", got)
+	}
+	if _, err := LockDisk(Disk{Path: img1, ReadOnly: true}); err == nil {
+		t.Fatal("img1 not locked")
+	}
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := release(); err != nil {
+		t.Fatalf("release twice: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "state")); !os.IsNotExist(err) {
+		t.Fatalf("state dir left after release: %v", err)
+	}
+	rel, err := LockDisk(Disk{Path: img1})
+	if err != nil {
+		t.Fatalf("img1 still locked after release: %v", err)
+	}
+	rel()
+	if _, err := os.Stat(a); err != nil {
+		t.Fatalf("release removed the source: %v", err)
+	}
+}
+
+func TestPrepareKeepsCallerDirs(t *testing.T) {
+	tmp := t.TempDir()
+	stage := filepath.Join(tmp, "stage")
+	if err := os.Mkdir(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	a := writeFile(t, filepath.Join(tmp, "a"), "a")
+	release, err := Prepare([]FileStage{{Source: a, Dir: filepath.Join(stage, "t"), Name: "a"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(t, stage); len(got) != 0 {
+		t.Fatalf("left: %q", got)
+	}
+	if _, err := os.Stat(stage); err != nil {
+		t.Fatalf("caller's stage dir removed: %v", err)
+	}
+}
+
+func TestPrepareSameImageTwice(t *testing.T) {
+	tmp := t.TempDir()
+	img := writeFile(t, filepath.Join(tmp, "disk.img"), "")
+	link := filepath.Join(tmp, "alias.img")
+	if err := os.Symlink(img, link); err != nil {
+		t.Fatal(err)
+	}
+	hard := filepath.Join(tmp, "hard.img")
+	if err := os.Link(img, hard); err != nil {
+		t.Fatal(err)
+	}
+	for _, second := range []string{img, link, hard} {
+		_, err := Prepare(nil, []Disk{{Path: img, ReadOnly: true}, {Path: second, ReadOnly: true}})
+		if err == nil || !strings.Contains(err.Error(), "disks[1]") || !strings.Contains(err.Error(), "same image as disks[0]") {
+			t.Errorf("%s: %v", second, err)
+		}
+	}
+	if _, err := Prepare(nil, []Disk{{Path: filepath.Join(tmp, "missing")}}); err == nil || !strings.Contains(err.Error(), "disks[0]") {
+		t.Errorf("missing: %v", err)
+	}
+}
+
+func TestPrepareUndoesOnFailure(t *testing.T) {
+	tmp := t.TempDir()
+	state := filepath.Join(tmp, "state")
+	a := writeFile(t, filepath.Join(tmp, "a"), "a")
+	img := writeFile(t, filepath.Join(tmp, "disk.img"), "")
+	busy := writeFile(t, filepath.Join(tmp, "busy.img"), "")
+	files := []FileStage{
+		{Source: a, Dir: filepath.Join(state, "s", "t1"), Name: "a"},
+		{Source: a, Dir: filepath.Join(state, "s", "t2"), Name: "a"},
+	}
+
+	// A file that cannot be staged (bad name) after others succeeded.
+	bad := append(append([]FileStage{}, files...), FileStage{Source: a, Dir: filepath.Join(state, "s", "t3"), Name: "x:y"})
+	_, err := Prepare(bad, []Disk{{Path: img}})
+	if err == nil || !strings.Contains(err.Error(), "files[2]") {
+		t.Fatalf("bad file: %v", err)
+	}
+	assertClean(t, state, img)
+
+	// A missing source after others succeeded.
+	missing := append(append([]FileStage{}, files...), FileStage{Source: filepath.Join(tmp, "nope"), Dir: filepath.Join(state, "s", "t3"), Name: "n"})
+	if _, err := Prepare(missing, []Disk{{Path: img}}); err == nil {
+		t.Fatal("missing source accepted")
+	}
+	assertClean(t, state, img)
+
+	// Two files staged to the same place.
+	dup := append(append([]FileStage{}, files...), files[0])
+	if _, err := Prepare(dup, nil); err == nil || !strings.Contains(err.Error(), "files[2]") {
+		t.Fatalf("duplicate stage: %v", err)
+	}
+	assertClean(t, state, img)
+
+	// A busy disk after another was locked.
+	hold, err := LockDisk(Disk{Path: busy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold()
+	_, err = Prepare(files, []Disk{{Path: img}, {Path: busy, ReadOnly: true}})
+	if err == nil || !strings.Contains(err.Error(), "disks[1]") || !strings.Contains(err.Error(), "in use by another sandbox") {
+		t.Fatalf("busy disk: %v", err)
+	}
+	assertClean(t, state, img)
+}
+
+// assertClean checks that nothing is left in the state dir and that img is
+// unlocked.
+func assertClean(t *testing.T, state, img string) {
+	t.Helper()
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatalf("state dir left behind: %q", entries(t, state))
+	}
+	rel, err := LockDisk(Disk{Path: img})
+	if err != nil {
+		t.Fatalf("disk still locked: %v", err)
+	}
+	rel()
+}

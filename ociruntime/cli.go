@@ -1,0 +1,138 @@
+package ociruntime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/version"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// exitError carries a container's exit code out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// App is the msb-runtime command line, runc-compatible where runc has the
+// same command.
+func App() *cli.App {
+	return &cli.App{
+		Name:    "msb-runtime",
+		Usage:   "run OCI containers, each in its own microVM (runc-compatible)",
+		Version: version.Version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "root", Value: "/run/msb", Usage: "state root: per-container state and agent sockets"},
+			&cli.StringFlag{Name: "log", Usage: "log file (default stderr)"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+			&cli.BoolFlag{Name: "debug", Usage: "debug logging"},
+			&cli.BoolFlag{Name: "systemd-cgroup", Usage: "accepted for runc compatibility; cgroups live in the guest"},
+			&cli.StringFlag{Name: "config", Value: config.DefaultPath, Usage: "msb config file"},
+		},
+		Before:         setupLogging,
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{
+			{
+				Name:      "run",
+				Usage:     "create and run a container in a new VM, wiring stdio through",
+				ArgsUsage: "<container-id>",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "bundle directory"},
+					&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "not supported yet"},
+				},
+				Action: runCommand,
+			},
+			{
+				Name:   "vmm",
+				Usage:  "the VMM process (started by msb, reads its config from fd 3)",
+				Hidden: true,
+				Action: func(*cli.Context) error {
+					if code := vmm.Main(); code != 0 {
+						return exitError{code}
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string) int {
+	err := App().Run(args)
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	default:
+		fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
+		return 1
+	}
+}
+
+func setupLogging(c *cli.Context) error {
+	l := logrus.StandardLogger()
+	if c.Bool("debug") {
+		l.SetLevel(logrus.DebugLevel)
+	}
+	if c.String("log-format") == "json" {
+		l.SetFormatter(&logrus.JSONFormatter{})
+	}
+	if p := c.String("log"); p != "" {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("--log %s: %w", p, err)
+		}
+		l.SetOutput(f)
+	}
+	return nil
+}
+
+func options(c *cli.Context) (Options, error) {
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return Options{}, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return Options{}, fmt.Errorf("find own binary: %w", err)
+	}
+	root, err := filepath.Abs(c.String("root"))
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{Root: root, Config: cfg, Self: self}, nil
+}
+
+func runCommand(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("run needs exactly one container id, got %d arguments", c.NArg())
+	}
+	if c.Bool("detach") {
+		return errors.New("--detach is not supported yet: run in the foreground")
+	}
+	o, err := options(c)
+	if err != nil {
+		return err
+	}
+	ctx := log.WithLogger(context.Background(), log.L)
+	var in io.Reader = os.Stdin
+	code, err := Run(ctx, o, c.String("bundle"), c.Args().First(), Stdio{In: in, Out: os.Stdout, Err: os.Stderr})
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitError{code}
+	}
+	return nil
+}

@@ -1,0 +1,233 @@
+package ociruntime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// Stdio is the caller's standard streams.
+type Stdio struct {
+	In       io.Reader
+	Out, Err io.Writer
+}
+
+// Run is `msb-runtime run`: create, start and wait for the container in its
+// own VM, wiring stdio through, and return the container's exit code. The VM
+// is gone and the state removed when Run returns.
+func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, error) {
+	ph := newPhases()
+	sb, err := prepare(o, bundle, id)
+	if err != nil {
+		return 1, err
+	}
+	defer sb.destroy()
+	if sb.spec.GuestSpec.Process.Terminal {
+		return 1, fmt.Errorf("process.terminal: a terminal is not supported by msb-runtime run yet: set it to false")
+	}
+	ph.mark("spawn")
+	h, err := sb.spawn(o)
+	if err != nil {
+		return 1, err
+	}
+	ph.mark("startup")
+	code, err := drive(ctx, sb, h, stdio, ph)
+	if err != nil {
+		// Whatever failed, the VM must not outlive this call.
+		_ = h.Release()
+		select {
+		case <-h.Done():
+		case <-time.After(5 * time.Second):
+			_ = h.Kill()
+		}
+		_, _ = h.Wait()
+		return 1, err
+	}
+	ph.mark("exit")
+	ph.write(log.G(ctx))
+	return code, nil
+}
+
+func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *phases) (int, error) {
+	sock := sb.launch.AgentSocket
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.launch.BootTimeout)+10*time.Second)
+	defer cancel()
+	client, err := vmm.DialTTRPC(bootCtx, sock)
+	if err != nil {
+		return 0, err
+	}
+	defer client.Close()
+	ready := make(chan error, 1)
+	go func() { ready <- vmm.WaitReady(bootCtx, client) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return 0, fmt.Errorf("%w (VMM log: %s/vmm.log)", err, sb.stateDir)
+		}
+	case <-h.Done():
+		return 0, fmt.Errorf("VM exited during boot: see %s/vmm.log and %s", sb.stateDir, sb.launch.ConsoleLog)
+	}
+	ph.mark("ready")
+
+	streams, err := openStdio(bootCtx, sock, stdio, ph)
+	if err != nil {
+		return 0, err
+	}
+	defer streams.close()
+	spec, err := json.Marshal(sb.spec.GuestSpec)
+	if err != nil {
+		return 0, err
+	}
+	tc := task.NewTTRPCTaskClient(client)
+	if _, err := tc.Create(ctx, &task.CreateTaskRequest{
+		ID:      sb.id,
+		Bundle:  "/run/msb/bundles/" + sb.id,
+		Stdin:   protocol.StreamURI(streams.tokens[0]),
+		Stdout:  protocol.StreamURI(streams.tokens[1]),
+		Stderr:  protocol.StreamURI(streams.tokens[2]),
+		Options: &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
+	}); err != nil {
+		return 0, fmt.Errorf("create container in the guest: %w", err)
+	}
+	if _, err := tc.Start(ctx, &task.StartRequest{ID: sb.id}); err != nil {
+		return 0, fmt.Errorf("start container in the guest: %w", err)
+	}
+	stopSignals := forwardSignals(ctx, tc, sb.id)
+	defer stopSignals()
+
+	w, err := tc.Wait(ctx, &task.WaitRequest{ID: sb.id})
+	if err != nil {
+		return 0, fmt.Errorf("wait for container: %w", err)
+	}
+	// The agent closes output streams before it reports the exit; wait for
+	// our side of the copy too, so every byte is written before we return.
+	streams.wait()
+	if _, err := tc.Delete(ctx, &task.DeleteRequest{ID: sb.id}); err != nil {
+		log.G(ctx).WithError(err).Warn("delete container in the guest")
+	}
+	code := int(w.ExitStatus)
+	shCtx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel2()
+	if err := protocol.NewAgentClient(client).Shutdown(shCtx, int32(code)); err != nil {
+		log.G(ctx).WithError(err).Warn("guest shutdown")
+	}
+	vmCode, err := h.Wait()
+	if err != nil {
+		return 0, err
+	}
+	if vmCode != code {
+		log.G(ctx).Warnf("VMM exited %d, container %d", vmCode, code)
+	}
+	return code, nil
+}
+
+// stdioStreams are the three relay connections of a process's stdio.
+type stdioStreams struct {
+	tokens [3]string
+	conns  [3]*net.UnixConn
+	out    sync.WaitGroup
+}
+
+func openStdio(ctx context.Context, sock string, stdio Stdio, ph *phases) (*stdioStreams, error) {
+	s := &stdioStreams{}
+	for i := range s.conns {
+		s.tokens[i] = newToken()
+		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, s.tokens[i])
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.conns[i] = c
+	}
+	go func() {
+		if stdio.In != nil {
+			_, _ = io.Copy(s.conns[0], stdio.In)
+		}
+		_ = s.conns[0].CloseWrite()
+	}()
+	var first sync.Once
+	for i, w := range []io.Writer{stdio.Out, stdio.Err} {
+		c := s.conns[i+1]
+		if w == nil {
+			w = io.Discard
+		}
+		_ = c.CloseWrite()
+		s.out.Add(1)
+		go func() {
+			defer s.out.Done()
+			_, _ = io.Copy(w, &markReader{r: c, once: &first, mark: func() { ph.mark("first-output") }})
+		}()
+	}
+	return s, nil
+}
+
+func (s *stdioStreams) wait() { s.out.Wait() }
+
+func (s *stdioStreams) close() {
+	for _, c := range s.conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+type markReader struct {
+	r    io.Reader
+	once *sync.Once
+	mark func()
+}
+
+func (m *markReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if n > 0 {
+		m.once.Do(m.mark)
+	}
+	return n, err
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// forwardSignals passes the signals runc run forwards on to the container.
+func forwardSignals(ctx context.Context, tc task.TTRPCTaskService, id string) func() {
+	ch := make(chan os.Signal, 8)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-ch:
+				sig := s.(syscall.Signal)
+				if _, err := tc.Kill(ctx, &task.KillRequest{ID: id, Signal: uint32(sig)}); err != nil {
+					log.G(ctx).WithError(err).Warnf("forward %s", unix.SignalName(sig))
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
+	}
+}

@@ -1,0 +1,186 @@
+package specconv
+
+import (
+	"fmt"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+// notForDisk are options runc or the bind handles; the rest (noatime,
+// data=ordered, nouuid, ...) describe the filesystem and go to the agent.
+var notForDisk = map[string]bool{
+	"ro": true, "rw": true, "nosuid": true, "suid": true, "noexec": true, "exec": true, "nodev": true, "dev": true,
+	"bind": true, "rbind": true, "private": true, "rprivate": true, "slave": true, "rslave": true,
+	"shared": true, "rshared": true, "unbindable": true, "runbindable": true, "defaults": true,
+}
+
+// tagger hands out tags and refuses two keys with one tag, which would
+// otherwise mount one share where another was meant.
+type tagger map[string]string
+
+func (t tagger) tag(key string) (string, error) {
+	tag := mounts.Tag(key)
+	if prev, ok := t[tag]; ok && prev != key {
+		return "", fmt.Errorf("guest tag %q is shared by %q and %q (hash collision); rename one of the paths", tag, prev, key)
+	}
+	t[tag] = key
+	return tag, nil
+}
+
+// convertMounts builds shares, staged files, disks, tmpfs and the guest
+// spec's root and mounts. A host directory or file used by several mounts
+// is shared once, read-only only if every use is; each container mount
+// still gets its own ro flag on its guest bind.
+func convertMounts(sb *Sandbox, in Input) error {
+	tags := tagger{}
+	rootTag, err := tags.tag("rootfs:" + in.ContainerID)
+	if err != nil {
+		return err
+	}
+	ro := in.Spec.Root.Readonly
+	rootGuest := path.Join(GuestSharesDir, rootTag)
+	sb.Shares = append(sb.Shares, mounts.Share{Tag: rootTag, HostPath: in.RootfsHostPath, ReadOnly: ro})
+	sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: rootTag, GuestPath: rootGuest, ReadOnly: ro})
+	sb.GuestSpec.Root.Path = rootGuest
+
+	shareIdx := map[string]int{} // tag -> index in sb.Shares
+	dirIdx := map[string]int{}   // tag -> index in sb.Boot.DirMounts
+	fileIdx := map[string]int{}  // tag -> index in sb.Files
+	diskIdx := map[string]int{}  // tag -> index in sb.Disks
+	diskFirst := map[string]int{}
+	var guestMounts []specs.Mount
+	for _, m := range in.Mounts {
+		field := fmt.Sprintf("mounts[%d]", m.Index)
+		var src string
+		switch m.Kind {
+		case mounts.KindSpecial:
+			guestMounts = append(guestMounts, sb.GuestSpec.Mounts[m.Index])
+			continue
+		case mounts.KindBindDir:
+			tag, err := tags.tag("dir:" + m.Source)
+			if err != nil {
+				return fmt.Errorf("%s.source: %w", field, err)
+			}
+			if i, ok := shareIdx[tag]; ok {
+				sb.Shares[i].ReadOnly = sb.Shares[i].ReadOnly && m.ReadOnly
+				sb.Boot.DirMounts[dirIdx[tag]].ReadOnly = sb.Shares[i].ReadOnly
+			} else {
+				shareIdx[tag] = len(sb.Shares)
+				dirIdx[tag] = len(sb.Boot.DirMounts)
+				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly})
+				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(GuestSharesDir, tag), ReadOnly: m.ReadOnly})
+			}
+			src = path.Join(GuestSharesDir, tag)
+		case mounts.KindBindFile:
+			if !filepath.IsAbs(in.StageDir) {
+				return fmt.Errorf("%s: single-file bind needs an absolute stage dir, got %q", field, in.StageDir)
+			}
+			tag, err := tags.tag("file:" + m.Source)
+			if err != nil {
+				return fmt.Errorf("%s.source: %w", field, err)
+			}
+			name := filepath.Base(m.Source)
+			if i, ok := fileIdx[tag]; ok {
+				f := &sb.Files[i]
+				f.ReadOnly = f.ReadOnly && m.ReadOnly
+				sb.Shares[shareIdx[tag]].ReadOnly = f.ReadOnly
+				sb.Boot.FileMounts[i].ReadOnly = f.ReadOnly
+			} else {
+				dir := filepath.Join(in.StageDir, tag)
+				fileIdx[tag] = len(sb.Files)
+				shareIdx[tag] = len(sb.Shares)
+				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly})
+				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly})
+				sb.Boot.FileMounts = append(sb.Boot.FileMounts, bootenv.FileMount{Tag: tag, Name: name, GuestPath: path.Join(GuestFilesDir, tag), ReadOnly: m.ReadOnly})
+			}
+			src = path.Join(GuestFilesDir, tag, name)
+		case mounts.KindBlock:
+			tag, err := tags.tag("disk:" + m.Source)
+			if err != nil {
+				return fmt.Errorf("%s.source: %w", field, err)
+			}
+			opts := diskOptions(m.Options)
+			if i, ok := diskIdx[tag]; ok {
+				d, dm := &sb.Disks[i], &sb.Boot.DiskMounts[i]
+				if d.Format != m.Format || dm.FSType != m.FSType || !slices.Equal(dm.Options, opts) {
+					return fmt.Errorf("%s: same disk %s as mounts[%d] but with another type, format or options; a disk is attached once, so use the same ones", field, m.Source, diskFirst[tag])
+				}
+				d.ReadOnly = d.ReadOnly && m.ReadOnly
+				dm.ReadOnly = d.ReadOnly
+			} else {
+				diskIdx[tag] = len(sb.Disks)
+				diskFirst[tag] = m.Index
+				sb.Disks = append(sb.Disks, mounts.Disk{Tag: tag, Path: m.Source, Format: m.Format, ReadOnly: m.ReadOnly})
+				sb.Boot.DiskMounts = append(sb.Boot.DiskMounts, bootenv.DiskMount{Tag: tag, GuestPath: path.Join(GuestDisksDir, tag), FSType: m.FSType, ReadOnly: m.ReadOnly, Options: opts})
+			}
+			src = path.Join(GuestDisksDir, tag)
+		case mounts.KindTmpfs:
+			// The index makes the key unique even for two tmpfs on one
+			// destination: each is its own filesystem.
+			tag, err := tags.tag("tmpfs:" + strconv.Itoa(m.Index) + ":" + m.Destination)
+			if err != nil {
+				return fmt.Errorf("%s.destination: %w", field, err)
+			}
+			src = path.Join(GuestTmpfsDir, tag)
+			sb.Boot.Tmpfs = append(sb.Boot.Tmpfs, bootenv.Tmpfs{GuestPath: src, SizeBytes: m.SizeBytes, Mode: m.Mode, Options: slices.Clone(m.Flags)})
+		default:
+			return fmt.Errorf("%s: unclassified mount kind %v; pass mounts.Classify's result", field, m.Kind)
+		}
+		guestMounts = append(guestMounts, specs.Mount{
+			Destination: m.Destination,
+			Type:        "bind",
+			Source:      src,
+			Options:     guestBindOptions(m),
+		})
+	}
+	sb.GuestSpec.Mounts = guestMounts
+	return nil
+}
+
+// guestBindOptions returns rbind plus the effective ro, noexec, nosuid and
+// nodev of the mount (a later rw cancels an earlier ro, as with mount(8));
+// runc applies them to the bind in the guest.
+func guestBindOptions(m mounts.Mount) []string {
+	opts := []string{"rbind"}
+	if m.Kind == mounts.KindTmpfs {
+		return append(opts, m.Flags...)
+	}
+	state := map[string]bool{}
+	for _, o := range m.Options {
+		switch o {
+		case "ro", "nosuid", "noexec", "nodev":
+			state[o] = true
+		case "rw":
+			state["ro"] = false
+		case "suid":
+			state["nosuid"] = false
+		case "exec":
+			state["noexec"] = false
+		case "dev":
+			state["nodev"] = false
+		}
+	}
+	for _, f := range bootenv.TmpfsFlags { // ro, noexec, nosuid, nodev
+		if state[f] {
+			opts = append(opts, f)
+		}
+	}
+	return opts
+}
+
+func diskOptions(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		if !notForDisk[o] {
+			out = append(out, o)
+		}
+	}
+	return out
+}

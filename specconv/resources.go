@@ -1,0 +1,119 @@
+package specconv
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+const mib = 1 << 20
+
+// sizeVM derives vcpus and memory from linux.resources. The CPU quota is a
+// ceiling, so ceil(quota/period) vcpus can use all of it; more than MaxVCPUs
+// is capped, since fewer vcpus only reduce parallelism. The memory limit is
+// what the container may use, so the VM gets it plus the guest's overhead.
+func sizeVM(sb *Sandbox, spec *specs.Spec, d Defaults) error {
+	sb.VCPUs, sb.MemoryMiB, sb.Backend = d.VCPUs, d.MemoryMiB, d.Backend
+	r := spec.Linux.Resources
+	if r == nil {
+		return nil
+	}
+	if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
+		q, p := uint64(*c.Quota), *c.Period
+		n := q / p
+		if q%p != 0 {
+			n++
+		}
+		sb.VCPUs = int(min(max(n, 1), MaxVCPUs))
+	}
+	if m := r.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
+		l := uint64(*m.Limit)
+		n := l / mib
+		if l%mib != 0 {
+			n++
+		}
+		sb.MemoryMiB = int(n) + d.OverheadMiB
+	}
+	return nil
+}
+
+// applyAnnotations applies the io.msb.* overrides; they win over resources
+// because an operator set them on purpose for this pod.
+func applyAnnotations(sb *Sandbox, spec *specs.Spec) error {
+	a := spec.Annotations
+	bad := func(key, v, want string) error {
+		return fmt.Errorf("annotations[%q] %q: %s", key, v, want)
+	}
+	if v, ok := a[AnnotationVCPUs]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxVCPUs {
+			return bad(AnnotationVCPUs, v, fmt.Sprintf("must be an integer 1..%d", MaxVCPUs))
+		}
+		sb.VCPUs = n
+	}
+	if v, ok := a[AnnotationMemoryMiB]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < MinMemoryMiB {
+			return bad(AnnotationMemoryMiB, v, fmt.Sprintf("must be an integer number of MiB, at least %d", MinMemoryMiB))
+		}
+		sb.MemoryMiB = n
+	}
+	if v, ok := a[AnnotationBackend]; ok {
+		if !validBackend(v) {
+			return bad(AnnotationBackend, v, "must be one of "+strings.Join(Backends, ", "))
+		}
+		sb.Backend = v
+	}
+	if v, ok := a[AnnotationHandoffInit]; ok {
+		if !path.IsAbs(v) || strings.ContainsAny(v, "\x00\n") {
+			return bad(AnnotationHandoffInit, v, "must be an absolute path inside the container rootfs (e.g. /sbin/init)")
+		}
+		sb.Boot.HandoffInit = v
+		sb.Boot.HandoffInitArgs = append([]string(nil), spec.Process.Args...)
+		if len(spec.Process.Env) > 0 {
+			sb.Boot.HandoffInitEnv = append([]string(nil), spec.Process.Env...)
+		}
+	}
+	return nil
+}
+
+// rlimitIDs are Linux's resource numbers; the guest agent gets numbers so it
+// needs no name table of its own.
+var rlimitIDs = map[string]int{
+	"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+	"RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
+	"RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
+	"RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+}
+
+// RlimitID returns the Linux resource number of an OCI rlimit type such as
+// "RLIMIT_NOFILE".
+func RlimitID(name string) (int, bool) {
+	id, ok := rlimitIDs[name]
+	return id, ok
+}
+
+func rlimits(rs []specs.POSIXRlimit) ([]bootenv.Rlimit, error) {
+	var out []bootenv.Rlimit
+	seen := map[string]int{}
+	for i, r := range rs {
+		id, ok := rlimitIDs[r.Type]
+		if !ok {
+			return nil, fmt.Errorf("process.rlimits[%d].type %q: unknown rlimit; use a Linux name such as RLIMIT_NOFILE", i, r.Type)
+		}
+		if j, dup := seen[r.Type]; dup {
+			return nil, fmt.Errorf("process.rlimits[%d].type %q: already set by process.rlimits[%d]; keep one", i, r.Type, j)
+		}
+		seen[r.Type] = i
+		if r.Soft > r.Hard {
+			return nil, fmt.Errorf("process.rlimits[%d] %s: soft %d exceeds hard %d; the kernel refuses that", i, r.Type, r.Soft, r.Hard)
+		}
+		out = append(out, bootenv.Rlimit{Resource: id, Soft: r.Soft, Hard: r.Hard})
+	}
+	return out, nil
+}

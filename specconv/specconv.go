@@ -1,0 +1,246 @@
+// Package specconv translates an OCI runtime spec into what msb needs to run
+// it in a microVM: the VM's size and backend, the host directories, files
+// and disks to hand to the VMM, the guest boot env, and the guest-side OCI
+// spec (host paths rewritten to the guest paths where the agent mounts
+// them) that runc runs inside the guest.
+//
+// It is pure: it never touches the filesystem or processes, so every
+// decision is testable from a spec alone. Host lookups (resolving sources,
+// stat) happen before, in mounts.Classify; side effects (staging, locking)
+// after, in mounts.Prepare.
+//
+// What cannot work in a VM is refused with an error that names the spec
+// field, says why, and says what to change.
+package specconv
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+// Guest directories where the agent mounts what the host provides, each
+// entry under its tag. runc then only bind-mounts from here (ADR 002).
+const (
+	GuestSharesDir = "/run/msb/shares"
+	GuestFilesDir  = "/run/msb/files"
+	GuestDisksDir  = "/run/msb/disks"
+	GuestTmpfsDir  = "/run/msb/tmpfs"
+)
+
+// Annotations that override the VM's configuration per container or pod.
+const (
+	AnnotationVCPUs       = "io.msb.vcpus"
+	AnnotationMemoryMiB   = "io.msb.memory-mib"
+	AnnotationBackend     = "io.msb.backend"
+	AnnotationHandoffInit = "io.msb.handoff-init"
+)
+
+// Limits on VM sizes.
+const (
+	MaxVCPUs     = 255
+	MinMemoryMiB = 64
+)
+
+// Backends accepted in Defaults.Backend and the io.msb.backend annotation.
+var Backends = []string{"auto", "libkrun", "qemu"}
+
+// Defaults are the runtime's configured values, used where the spec and
+// annotations say nothing.
+type Defaults struct {
+	VCPUs     int
+	MemoryMiB int
+	// OverheadMiB is added to the container's memory limit for the guest
+	// kernel, agent and runc.
+	OverheadMiB int
+	Backend     string
+}
+
+// Input is everything Convert needs; all host lookups are already done.
+type Input struct {
+	Spec *specs.Spec
+	// Mounts is mounts.Classify(Spec.Mounts, bundle).
+	Mounts []mounts.Mount
+	// RootfsHostPath is the resolved host rootfs directory.
+	RootfsHostPath string
+	// StageDir is the per-sandbox host directory for single-file binds.
+	StageDir    string
+	ContainerID string
+	Defaults    Defaults
+}
+
+// Sandbox is the VM configuration for one container.
+type Sandbox struct {
+	VCPUs     int
+	MemoryMiB int
+	Backend   string
+	// Shares are all directories the VMM exports: the rootfs, bind-mounted
+	// directories, and the stage directory of each single-file bind.
+	Shares []mounts.Share
+	// Files are the single-file binds for mounts.Prepare to stage.
+	Files []mounts.FileStage
+	// Disks are attached with virtio-blk, serial = Tag.
+	Disks []mounts.Disk
+	Boot  bootenv.Env
+	// GuestSpec is a deep copy of the spec with host paths rewritten.
+	GuestSpec *specs.Spec
+}
+
+// Convert checks that in.Spec can run in a VM and builds its Sandbox. It
+// does not modify in.
+func Convert(in Input) (*Sandbox, error) {
+	spec := in.Spec
+	if spec == nil {
+		return nil, errors.New("spec is nil")
+	}
+	if err := checkInput(in); err != nil {
+		return nil, err
+	}
+	if err := refuseUnsupported(spec); err != nil {
+		return nil, err
+	}
+	guest, err := deepCopy(spec)
+	if err != nil {
+		return nil, err
+	}
+	sb := &Sandbox{GuestSpec: guest}
+	if err := sizeVM(sb, spec, in.Defaults); err != nil {
+		return nil, err
+	}
+	if err := applyAnnotations(sb, spec); err != nil {
+		return nil, err
+	}
+	if err := convertMounts(sb, in); err != nil {
+		return nil, err
+	}
+	if err := bootProcess(sb, spec); err != nil {
+		return nil, err
+	}
+	// Encode validates the whole boot env; fail here, with the spec at
+	// hand, rather than when the VM is already being started.
+	if _, err := sb.Boot.Encode(); err != nil {
+		return nil, fmt.Errorf("guest boot env: %w", err)
+	}
+	return sb, nil
+}
+
+func checkInput(in Input) error {
+	if in.ContainerID == "" {
+		return errors.New("container id is empty")
+	}
+	if !filepath.IsAbs(in.RootfsHostPath) {
+		return fmt.Errorf("rootfs host path %q must be absolute", in.RootfsHostPath)
+	}
+	if len(in.Mounts) != len(in.Spec.Mounts) {
+		return fmt.Errorf("got %d classified mounts for %d spec mounts; pass mounts.Classify(spec.Mounts, bundle)", len(in.Mounts), len(in.Spec.Mounts))
+	}
+	for i, m := range in.Mounts {
+		if m.Index != i {
+			return fmt.Errorf("classified mount %d has Index %d; pass mounts.Classify(spec.Mounts, bundle) unchanged", i, m.Index)
+		}
+	}
+	d := in.Defaults
+	if d.VCPUs < 1 || d.VCPUs > MaxVCPUs {
+		return fmt.Errorf("default vcpus %d: must be 1..%d; fix the runtime config", d.VCPUs, MaxVCPUs)
+	}
+	if d.MemoryMiB < MinMemoryMiB {
+		return fmt.Errorf("default memory %d MiB: must be at least %d; fix the runtime config", d.MemoryMiB, MinMemoryMiB)
+	}
+	if d.OverheadMiB < 0 {
+		return fmt.Errorf("memory overhead %d MiB: must not be negative; fix the runtime config", d.OverheadMiB)
+	}
+	if !validBackend(d.Backend) {
+		return fmt.Errorf("default backend %q: use one of %v; fix the runtime config", d.Backend, Backends)
+	}
+	return nil
+}
+
+func validBackend(b string) bool {
+	for _, x := range Backends {
+		if b == x {
+			return true
+		}
+	}
+	return false
+}
+
+// standardDevices are the nodes every container gets; runc creates them in
+// the guest from the guest kernel, so listing them passes nothing of the host.
+var standardDevices = map[string]bool{
+	"/dev/null": true, "/dev/zero": true, "/dev/full": true, "/dev/random": true,
+	"/dev/urandom": true, "/dev/tty": true, "/dev/console": true, "/dev/ptmx": true,
+}
+
+func refuseUnsupported(spec *specs.Spec) error {
+	if spec.Process == nil || len(spec.Process.Args) == 0 {
+		return errors.New("process.args: empty; give the command to run")
+	}
+	if spec.Root == nil {
+		return errors.New("root: missing; the spec needs a root filesystem")
+	}
+	if h := spec.Hooks; h != nil {
+		for _, l := range []struct {
+			name  string
+			hooks []specs.Hook
+		}{{"prestart", h.Prestart}, {"createRuntime", h.CreateRuntime}, {"createContainer", h.CreateContainer},
+			{"startContainer", h.StartContainer}, {"poststart", h.Poststart}, {"poststop", h.Poststop}} {
+			if len(l.hooks) > 0 {
+				return fmt.Errorf("hooks.%s[0] %q: OCI hooks would run inside the guest VM, where the hook binary and the host paths it expects do not exist; msb does not run hooks, remove them", l.name, l.hooks[0].Path)
+			}
+		}
+	}
+	if spec.Linux == nil {
+		return errors.New(`linux: missing, so no network namespace: host networking cannot be shared with a VM; add "linux": {"namespaces": [{"type": "network"}]}`)
+	}
+	hasNet := false
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Path != "" {
+			return fmt.Errorf("linux.namespaces[%d].path %q: a VM cannot join a host namespace; drop the path to get a new %s namespace in the guest", i, ns.Path, ns.Type)
+		}
+		if ns.Type == specs.NetworkNamespace {
+			hasNet = true
+		}
+	}
+	if !hasNet {
+		return errors.New(`linux.namespaces: no network namespace means host networking, which a VM cannot share; add {"type": "network"}`)
+	}
+	for i, d := range spec.Linux.Devices {
+		if !standardDevices[filepath.Clean(d.Path)] {
+			return fmt.Errorf("linux.devices[%d] %q: cannot pass host device nodes into a VM; remove it (only /dev/null, zero, full, random, urandom, tty, console and ptmx are allowed)", i, d.Path)
+		}
+	}
+	return nil
+}
+
+// deepCopy copies spec through JSON, its defined representation, so the
+// guest spec shares no pointers or slices with the caller's.
+func deepCopy(spec *specs.Spec) (*specs.Spec, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("copying spec: %w", err)
+	}
+	var out specs.Spec
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("copying spec: %w", err)
+	}
+	return &out, nil
+}
+
+// bootProcess fills the boot env's hostname and user from the spec.
+func bootProcess(sb *Sandbox, spec *specs.Spec) error {
+	sb.Boot.Hostname = spec.Hostname
+	u := spec.Process.User
+	sb.Boot.User = fmt.Sprintf("%d:%d", u.UID, u.GID)
+	rl, err := rlimits(spec.Process.Rlimits)
+	if err != nil {
+		return err
+	}
+	sb.Boot.Rlimits = rl
+	return nil
+}

@@ -1,0 +1,465 @@
+package specconv
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+const (
+	cid    = "c0ffee"
+	rootfs = "/run/containerd/io.containerd.runtime.v2.task/default/c0ffee/rootfs"
+	stage  = "/run/msb/vm/c0ffee/stage"
+)
+
+var defaults = Defaults{VCPUs: 1, MemoryMiB: 256, OverheadMiB: 128, Backend: "auto"}
+
+func baseSpec() *specs.Spec {
+	return &specs.Spec{
+		Version:  specs.Version,
+		Hostname: "web",
+		Process: &specs.Process{
+			Args: []string{"/bin/sh", "-c", "echo hi"},
+			Env:  []string{"PATH=/usr/bin:/bin"},
+			User: specs.User{UID: 1000, GID: 100},
+			Cwd:  "/",
+		},
+		Root: &specs.Root{Path: "rootfs"},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace}},
+		},
+	}
+}
+
+func input(spec *specs.Spec, ms ...mounts.Mount) Input {
+	for i := range ms {
+		ms[i].Index = i
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: ms[i].Destination, Type: ms[i].Type, Source: ms[i].Source, Options: ms[i].Options})
+	}
+	return Input{Spec: spec, Mounts: ms, RootfsHostPath: rootfs, StageDir: stage, ContainerID: cid, Defaults: defaults}
+}
+
+func mustConvert(t *testing.T, in Input) *Sandbox {
+	t.Helper()
+	sb, err := Convert(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+func TestConvertMinimal(t *testing.T) {
+	sb := mustConvert(t, input(baseSpec()))
+	rt := mounts.Tag("rootfs:" + cid)
+	rootGuest := GuestSharesDir + "/" + rt
+	want := &Sandbox{
+		VCPUs: 1, MemoryMiB: 256, Backend: "auto",
+		Shares: []mounts.Share{{Tag: rt, HostPath: rootfs}},
+		Boot: bootenv.Env{
+			DirMounts: []bootenv.DirMount{{Tag: rt, GuestPath: rootGuest}},
+			Hostname:  "web",
+			User:      "1000:100",
+		},
+	}
+	gs := sb.GuestSpec
+	sb.GuestSpec = nil
+	if !reflect.DeepEqual(sb, want) {
+		t.Fatalf("got  %+v\nwant %+v", sb, want)
+	}
+	if gs.Root.Path != rootGuest || gs.Root.Readonly {
+		t.Fatalf("guest root %+v", gs.Root)
+	}
+	if _, err := want.Boot.Encode(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRootReadonly(t *testing.T) {
+	spec := baseSpec()
+	spec.Root.Readonly = true
+	sb := mustConvert(t, input(spec))
+	if !sb.Shares[0].ReadOnly || !sb.Boot.DirMounts[0].ReadOnly || !sb.GuestSpec.Root.Readonly {
+		t.Fatalf("readonly root not kept: %+v %+v %+v", sb.Shares[0], sb.Boot.DirMounts[0], sb.GuestSpec.Root)
+	}
+}
+
+func i64(v int64) *int64   { return &v }
+func u64(v uint64) *uint64 { return &v }
+
+func TestResources(t *testing.T) {
+	cases := []struct {
+		name       string
+		cpu        *specs.LinuxCPU
+		mem        *specs.LinuxMemory
+		vcpus, mib int
+	}{
+		{"none", nil, nil, 1, 256},
+		{"quota 1.5 cpus", &specs.LinuxCPU{Quota: i64(150000), Period: u64(100000)}, nil, 2, 256},
+		{"quota exactly 2", &specs.LinuxCPU{Quota: i64(200000), Period: u64(100000)}, nil, 2, 256},
+		{"quota tiny", &specs.LinuxCPU{Quota: i64(1), Period: u64(100000)}, nil, 1, 256},
+		{"quota unlimited", &specs.LinuxCPU{Quota: i64(-1), Period: u64(100000)}, nil, 1, 256},
+		{"quota no period", &specs.LinuxCPU{Quota: i64(50000)}, nil, 1, 256},
+		{"period zero", &specs.LinuxCPU{Quota: i64(50000), Period: u64(0)}, nil, 1, 256},
+		{"quota huge capped", &specs.LinuxCPU{Quota: i64(1000 * 100000), Period: u64(100000)}, nil, MaxVCPUs, 256},
+		{"shares only", &specs.LinuxCPU{Shares: u64(1024)}, nil, 1, 256},
+		{"memory 512MiB", nil, &specs.LinuxMemory{Limit: i64(512 << 20)}, 1, 512 + 128},
+		{"memory rounds up", nil, &specs.LinuxMemory{Limit: i64(512<<20 + 1)}, 1, 513 + 128},
+		{"memory 1 byte", nil, &specs.LinuxMemory{Limit: i64(1)}, 1, 1 + 128},
+		{"memory unlimited", nil, &specs.LinuxMemory{Limit: i64(-1)}, 1, 256},
+		{"memory zero", nil, &specs.LinuxMemory{Limit: i64(0)}, 1, 256},
+		{"memory nil limit", nil, &specs.LinuxMemory{Reservation: i64(1 << 30)}, 1, 256},
+		{"both", &specs.LinuxCPU{Quota: i64(250000), Period: u64(100000)}, &specs.LinuxMemory{Limit: i64(1 << 30)}, 3, 1024 + 128},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			spec := baseSpec()
+			spec.Linux.Resources = &specs.LinuxResources{CPU: c.cpu, Memory: c.mem}
+			sb := mustConvert(t, input(spec))
+			if sb.VCPUs != c.vcpus || sb.MemoryMiB != c.mib {
+				t.Fatalf("got %d vcpus %d MiB, want %d %d", sb.VCPUs, sb.MemoryMiB, c.vcpus, c.mib)
+			}
+		})
+	}
+}
+
+func TestAnnotations(t *testing.T) {
+	res := &specs.LinuxResources{
+		CPU:    &specs.LinuxCPU{Quota: i64(400000), Period: u64(100000)},
+		Memory: &specs.LinuxMemory{Limit: i64(1 << 30)},
+	}
+	cases := []struct {
+		name  string
+		ann   map[string]string
+		check func(*Sandbox) bool
+	}{
+		{"vcpus overrides quota", map[string]string{AnnotationVCPUs: "2"}, func(s *Sandbox) bool { return s.VCPUs == 2 && s.MemoryMiB == 1024+128 }},
+		{"vcpus max", map[string]string{AnnotationVCPUs: "255"}, func(s *Sandbox) bool { return s.VCPUs == 255 }},
+		{"memory overrides limit, no overhead", map[string]string{AnnotationMemoryMiB: "64"}, func(s *Sandbox) bool { return s.MemoryMiB == 64 && s.VCPUs == 4 }},
+		{"backend qemu", map[string]string{AnnotationBackend: "qemu"}, func(s *Sandbox) bool { return s.Backend == "qemu" }},
+		{"backend libkrun", map[string]string{AnnotationBackend: "libkrun"}, func(s *Sandbox) bool { return s.Backend == "libkrun" }},
+		{"backend auto", map[string]string{AnnotationBackend: "auto"}, func(s *Sandbox) bool { return s.Backend == "auto" }},
+		{"other annotations ignored", map[string]string{"io.kubernetes.cri.sandbox-id": "x", "io.msb.unknown": "y"}, func(s *Sandbox) bool { return s.VCPUs == 4 }},
+		{"handoff init", map[string]string{AnnotationHandoffInit: "/sbin/init"}, func(s *Sandbox) bool {
+			return s.Boot.HandoffInit == "/sbin/init" &&
+				reflect.DeepEqual(s.Boot.HandoffInitArgs, []string{"/bin/sh", "-c", "echo hi"}) &&
+				reflect.DeepEqual(s.Boot.HandoffInitEnv, []string{"PATH=/usr/bin:/bin"})
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			spec := baseSpec()
+			spec.Linux.Resources = res
+			spec.Annotations = c.ann
+			sb := mustConvert(t, input(spec))
+			if !c.check(sb) {
+				t.Fatalf("got %+v", sb)
+			}
+		})
+	}
+}
+
+func TestAnnotationErrors(t *testing.T) {
+	cases := []struct {
+		key, val string
+		want     string
+	}{
+		{AnnotationVCPUs, "0", "1..255"},
+		{AnnotationVCPUs, "256", "1..255"},
+		{AnnotationVCPUs, "-1", "1..255"},
+		{AnnotationVCPUs, "two", "1..255"},
+		{AnnotationVCPUs, "", "1..255"},
+		{AnnotationVCPUs, "1.5", "1..255"},
+		{AnnotationMemoryMiB, "63", "at least 64"},
+		{AnnotationMemoryMiB, "1G", "at least 64"},
+		{AnnotationMemoryMiB, "99999999999999999999", "at least 64"},
+		{AnnotationBackend, "kvm", "auto, libkrun, qemu"},
+		{AnnotationBackend, "", "auto, libkrun, qemu"},
+		{AnnotationHandoffInit, "sbin/init", "absolute path"},
+		{AnnotationHandoffInit, "", "absolute path"},
+		{AnnotationHandoffInit, "/init\n", "absolute path"},
+	}
+	for _, c := range cases {
+		spec := baseSpec()
+		spec.Annotations = map[string]string{c.key: c.val}
+		_, err := Convert(input(spec))
+		if err == nil || !strings.Contains(err.Error(), `annotations["`+c.key+`"] "`) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s=%q: %v", c.key, c.val, err)
+		}
+	}
+}
+
+func TestMountsRewritten(t *testing.T) {
+	spec := baseSpec()
+	in := input(spec,
+		mounts.Mount{Kind: mounts.KindSpecial, Destination: "/proc", Type: "proc"},
+		mounts.Mount{Kind: mounts.KindSpecial, Destination: "/dev", Type: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/data", Source: "/srv/data", Type: "bind", ReadOnly: true, Options: []string{"rbind", "ro", "nosuid", "rprivate"}},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/etc/hosts", Source: "/var/lib/c/hosts", Type: "bind", Options: []string{"rbind", "rprivate"}},
+		mounts.Mount{Kind: mounts.KindBlock, Destination: "/vol", Source: "/img/v.qcow2", Type: "ext4", Format: "qcow2", FSType: "ext4", Options: []string{"noatime", "nodev", "ro", "data=ordered"}, ReadOnly: true},
+		mounts.Mount{Kind: mounts.KindBlock, Destination: "/vol2", Source: "/img/w.img", Type: mounts.BlockType, Format: "raw"},
+		mounts.Mount{Kind: mounts.KindTmpfs, Destination: "/dev/shm", Type: "tmpfs", SizeBytes: 64 << 20, Mode: 0o1777, Flags: []string{"noexec", "nosuid", "nodev"}},
+		mounts.Mount{Kind: mounts.KindTmpfs, Destination: "/tmp", Type: "tmpfs", ReadOnly: true, Flags: []string{"ro"}},
+	)
+	sb := mustConvert(t, in)
+	rt := mounts.Tag("rootfs:" + cid)
+	dt := mounts.Tag("dir:/srv/data")
+	ft := mounts.Tag("file:/var/lib/c/hosts")
+	d1 := mounts.Tag("disk:/img/v.qcow2")
+	d2 := mounts.Tag("disk:/img/w.img")
+	t1 := mounts.Tag("tmpfs:6:/dev/shm")
+	t2 := mounts.Tag("tmpfs:7:/tmp")
+
+	wantShares := []mounts.Share{
+		{Tag: rt, HostPath: rootfs},
+		{Tag: dt, HostPath: "/srv/data", ReadOnly: true},
+		{Tag: ft, HostPath: stage + "/" + ft},
+	}
+	wantFiles := []mounts.FileStage{{Source: "/var/lib/c/hosts", Dir: stage + "/" + ft, Name: "hosts"}}
+	wantDisks := []mounts.Disk{{Tag: d1, Path: "/img/v.qcow2", Format: "qcow2", ReadOnly: true}, {Tag: d2, Path: "/img/w.img", Format: "raw"}}
+	wantBoot := bootenv.Env{
+		DirMounts: []bootenv.DirMount{
+			{Tag: rt, GuestPath: "/run/msb/shares/" + rt},
+			{Tag: dt, GuestPath: "/run/msb/shares/" + dt, ReadOnly: true},
+		},
+		FileMounts: []bootenv.FileMount{{Tag: ft, Name: "hosts", GuestPath: "/run/msb/files/" + ft}},
+		DiskMounts: []bootenv.DiskMount{
+			{Tag: d1, GuestPath: "/run/msb/disks/" + d1, FSType: "ext4", ReadOnly: true, Options: []string{"noatime", "data=ordered"}},
+			{Tag: d2, GuestPath: "/run/msb/disks/" + d2},
+		},
+		Tmpfs: []bootenv.Tmpfs{
+			{GuestPath: "/run/msb/tmpfs/" + t1, SizeBytes: 64 << 20, Mode: 0o1777, Options: []string{"noexec", "nosuid", "nodev"}},
+			{GuestPath: "/run/msb/tmpfs/" + t2, Options: []string{"ro"}},
+		},
+		Hostname: "web",
+		User:     "1000:100",
+	}
+	wantGuest := []specs.Mount{
+		{Destination: "/proc", Type: "proc"},
+		{Destination: "/dev", Type: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+		{Destination: "/data", Type: "bind", Source: "/run/msb/shares/" + dt, Options: []string{"rbind", "ro", "nosuid"}},
+		{Destination: "/etc/hosts", Type: "bind", Source: "/run/msb/files/" + ft + "/hosts", Options: []string{"rbind"}},
+		{Destination: "/vol", Type: "bind", Source: "/run/msb/disks/" + d1, Options: []string{"rbind", "ro", "nodev"}},
+		{Destination: "/vol2", Type: "bind", Source: "/run/msb/disks/" + d2, Options: []string{"rbind"}},
+		{Destination: "/dev/shm", Type: "bind", Source: "/run/msb/tmpfs/" + t1, Options: []string{"rbind", "noexec", "nosuid", "nodev"}},
+		{Destination: "/tmp", Type: "bind", Source: "/run/msb/tmpfs/" + t2, Options: []string{"rbind", "ro"}},
+	}
+	check := func(name string, got, want any) {
+		t.Helper()
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n got  %+v\n want %+v", name, got, want)
+		}
+	}
+	check("shares", sb.Shares, wantShares)
+	check("files", sb.Files, wantFiles)
+	check("disks", sb.Disks, wantDisks)
+	check("boot", sb.Boot, wantBoot)
+	check("guest mounts", sb.GuestSpec.Mounts, wantGuest)
+	if _, err := sb.Boot.Encode(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSharedOnce(t *testing.T) {
+	spec := baseSpec()
+	in := input(spec,
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/a", Source: "/srv/d", Type: "bind", ReadOnly: true, Options: []string{"ro"}},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/b", Source: "/srv/d", Type: "bind", ReadOnly: true, Options: []string{"ro"}},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/c", Source: "/srv/e", Type: "bind", ReadOnly: true, Options: []string{"ro"}},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/d", Source: "/srv/e", Type: "bind", Options: []string{"ro", "rw"}},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/f1", Source: "/srv/f", Type: "bind", ReadOnly: true, Options: []string{"ro"}},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/f2", Source: "/srv/f", Type: "bind"},
+		mounts.Mount{Kind: mounts.KindBlock, Destination: "/v1", Source: "/img/x", Type: "ext4", FSType: "ext4", Format: "raw", ReadOnly: true, Options: []string{"ro"}},
+		mounts.Mount{Kind: mounts.KindBlock, Destination: "/v2", Source: "/img/x", Type: "ext4", FSType: "ext4", Format: "raw", ReadOnly: true, Options: []string{"ro", "nosuid"}},
+	)
+	sb := mustConvert(t, in)
+	if len(sb.Shares) != 4 || len(sb.Boot.DirMounts) != 3 || len(sb.Files) != 1 || len(sb.Boot.FileMounts) != 1 || len(sb.Disks) != 1 {
+		t.Fatalf("not deduplicated: %+v", sb)
+	}
+	if !sb.Shares[1].ReadOnly || !sb.Boot.DirMounts[1].ReadOnly {
+		t.Error("ro+ro dir share should stay ro")
+	}
+	if sb.Shares[2].ReadOnly || sb.Boot.DirMounts[2].ReadOnly {
+		t.Error("ro+rw dir share must be rw")
+	}
+	if sb.Files[0].ReadOnly || sb.Shares[3].ReadOnly || sb.Boot.FileMounts[0].ReadOnly {
+		t.Error("ro+rw file share must be rw")
+	}
+	if !sb.Disks[0].ReadOnly || !sb.Boot.DiskMounts[0].ReadOnly {
+		t.Error("ro+ro disk should stay ro")
+	}
+	g := sb.GuestSpec.Mounts
+	if g[0].Source != g[1].Source || !reflect.DeepEqual(g[2].Options, []string{"rbind", "ro"}) || !reflect.DeepEqual(g[3].Options, []string{"rbind"}) {
+		t.Errorf("guest binds: %+v", g)
+	}
+	if g[4].Source != g[5].Source || !reflect.DeepEqual(g[4].Options, []string{"rbind", "ro"}) || !reflect.DeepEqual(g[5].Options, []string{"rbind"}) {
+		t.Errorf("guest file binds: %+v", g)
+	}
+	if !reflect.DeepEqual(g[7].Options, []string{"rbind", "ro", "nosuid"}) {
+		t.Errorf("guest disk bind: %+v", g[7])
+	}
+}
+
+func TestRlimits(t *testing.T) {
+	spec := baseSpec()
+	spec.Process.Rlimits = []specs.POSIXRlimit{
+		{Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 4096},
+		{Type: "RLIMIT_CORE", Soft: 0, Hard: ^uint64(0)},
+		{Type: "RLIMIT_RTTIME", Soft: 5, Hard: 5},
+	}
+	sb := mustConvert(t, input(spec))
+	want := []bootenv.Rlimit{{Resource: 7, Soft: 1024, Hard: 4096}, {Resource: 4, Hard: ^uint64(0)}, {Resource: 15, Soft: 5, Hard: 5}}
+	if !reflect.DeepEqual(sb.Boot.Rlimits, want) {
+		t.Fatalf("got %+v", sb.Boot.Rlimits)
+	}
+	if !reflect.DeepEqual(sb.GuestSpec.Process.Rlimits, spec.Process.Rlimits) {
+		t.Fatal("guest spec must keep rlimits for runc")
+	}
+	for name, id := range map[string]int{"RLIMIT_CPU": 0, "RLIMIT_AS": 9, "RLIMIT_NPROC": 6, "RLIMIT_MEMLOCK": 8} {
+		if got, ok := RlimitID(name); !ok || got != id {
+			t.Errorf("RlimitID(%s) = %d %v", name, got, ok)
+		}
+	}
+}
+
+func TestUserAndHostname(t *testing.T) {
+	spec := baseSpec()
+	spec.Process.User = specs.User{UID: 0, GID: 0, AdditionalGids: []uint32{10}}
+	spec.Hostname = ""
+	sb := mustConvert(t, input(spec))
+	if sb.Boot.User != "0:0" || sb.Boot.Hostname != "" {
+		t.Fatalf("got %q %q", sb.Boot.User, sb.Boot.Hostname)
+	}
+	spec = baseSpec()
+	spec.Process.User = specs.User{UID: 4294967295, GID: 7}
+	if sb := mustConvert(t, input(spec)); sb.Boot.User != "4294967295:7" {
+		t.Fatalf("got %q", sb.Boot.User)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*Input)
+		want   []string
+	}{
+		{"nil spec", func(in *Input) { in.Spec = nil }, []string{"spec is nil"}},
+		{"nil process", func(in *Input) { in.Spec.Process = nil }, []string{"process.args"}},
+		{"empty args", func(in *Input) { in.Spec.Process.Args = nil }, []string{"process.args", "empty"}},
+		{"nil root", func(in *Input) { in.Spec.Root = nil }, []string{"root", "missing"}},
+		{"prestart hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/usr/bin/nvidia-hook"}}} }, []string{"hooks.prestart[0]", "inside the guest"}},
+		{"createRuntime hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/x"}}} }, []string{"hooks.createRuntime[0]", "inside the guest"}},
+		{"poststop hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/x"}}} }, []string{"hooks.poststop[0]"}},
+		// Empty hook lists are not refused: the next check is the one that fails.
+		{"empty hooks pass", func(in *Input) { in.Spec.Hooks = &specs.Hooks{}; in.ContainerID = "" }, []string{"container id"}},
+		{"nil linux", func(in *Input) { in.Spec.Linux = nil }, []string{"linux", "network"}},
+		{"ns path", func(in *Input) {
+			in.Spec.Linux.Namespaces[2].Path = "/proc/1/ns/mnt"
+		}, []string{`linux.namespaces[2].path "/proc/1/ns/mnt"`, "a VM cannot join a host namespace"}},
+		{"host network", func(in *Input) {
+			in.Spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
+		}, []string{"linux.namespaces", "host networking", `{"type": "network"}`}},
+		{"host device", func(in *Input) {
+			in.Spec.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/null"}, {Path: "/dev/fuse"}}
+		}, []string{`linux.devices[1] "/dev/fuse"`, "cannot pass host device nodes into a VM"}},
+		{"bad rlimit", func(in *Input) {
+			in.Spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 1}, {Type: "RLIMIT_FOO"}}
+		}, []string{`process.rlimits[1].type "RLIMIT_FOO"`, "unknown"}},
+		{"dup rlimit", func(in *Input) {
+			in.Spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE"}, {Type: "RLIMIT_NOFILE"}}
+		}, []string{`process.rlimits[1].type "RLIMIT_NOFILE"`, "already set by process.rlimits[0]"}},
+		{"rlimit soft>hard", func(in *Input) {
+			in.Spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 2, Hard: 1}}
+		}, []string{"process.rlimits[0]", "exceeds"}},
+		{"mount count", func(in *Input) { in.Mounts = in.Mounts[:1] }, []string{"classified mounts", "mounts.Classify"}},
+		{"mount index", func(in *Input) { in.Mounts[1].Index = 0 }, []string{"Index 0", "mounts.Classify"}},
+		{"unknown kind", func(in *Input) { in.Mounts[1].Kind = 0 }, []string{"mounts[1]", "unclassified"}},
+		{"relative stage dir", func(in *Input) { in.StageDir = "stage" }, []string{"mounts[2]", "stage dir"}},
+		{"relative rootfs", func(in *Input) { in.RootfsHostPath = "rootfs" }, []string{"rootfs host path"}},
+		{"no container id", func(in *Input) { in.ContainerID = "" }, []string{"container id"}},
+		{"bad default vcpus", func(in *Input) { in.Defaults.VCPUs = 0 }, []string{"default vcpus", "runtime config"}},
+		{"bad default memory", func(in *Input) { in.Defaults.MemoryMiB = 10 }, []string{"default memory"}},
+		{"bad overhead", func(in *Input) { in.Defaults.OverheadMiB = -1 }, []string{"overhead"}},
+		{"bad default backend", func(in *Input) { in.Defaults.Backend = "" }, []string{"default backend"}},
+		{"disk twice differently", func(in *Input) {
+			m := in.Mounts[3]
+			m.Index, m.FSType, m.Destination = 4, "xfs", "/v2"
+			in.Mounts = append(in.Mounts, m)
+			in.Spec.Mounts = append(in.Spec.Mounts, specs.Mount{Destination: "/v2"})
+		}, []string{"mounts[4]", "same disk /img/a as mounts[3]"}},
+		{"handoff env with NUL", func(in *Input) {
+			in.Spec.Annotations = map[string]string{AnnotationHandoffInit: "/init"}
+			in.Spec.Process.Env = []string{"A=\x00"}
+		}, []string{"guest boot env", "HandoffInitEnv[0]", "NUL"}},
+		{"disk option with comma", func(in *Input) { in.Mounts[3].Options = []string{"a,b"} }, []string{"guest boot env", "DiskMounts[0].Options[0]"}},
+		{"hostname too long", func(in *Input) { in.Spec.Hostname = strings.Repeat("h", 65) }, []string{"guest boot env", "Hostname"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := input(baseSpec(),
+				mounts.Mount{Kind: mounts.KindSpecial, Destination: "/proc", Type: "proc"},
+				mounts.Mount{Kind: mounts.KindTmpfs, Destination: "/tmp", Type: "tmpfs"},
+				mounts.Mount{Kind: mounts.KindBindFile, Destination: "/etc/hosts", Source: "/h/hosts", Type: "bind"},
+				mounts.Mount{Kind: mounts.KindBlock, Destination: "/v", Source: "/img/a", Type: "ext4", FSType: "ext4", Format: "raw"},
+			)
+			c.mutate(&in)
+			sb, err := Convert(in)
+			if err == nil {
+				t.Fatalf("got %+v, want error", sb)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestStandardDevicesAllowed(t *testing.T) {
+	spec := baseSpec()
+	for _, p := range []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/console", "/dev/ptmx"} {
+		spec.Linux.Devices = append(spec.Linux.Devices, specs.LinuxDevice{Path: p, Type: "c"})
+	}
+	sb := mustConvert(t, input(spec))
+	if len(sb.GuestSpec.Linux.Devices) != 8 {
+		t.Fatalf("devices not kept: %+v", sb.GuestSpec.Linux.Devices)
+	}
+	spec.Hooks = &specs.Hooks{}
+	mustConvert(t, input(spec))
+}
+
+func TestConvertDoesNotMutateInput(t *testing.T) {
+	spec := baseSpec()
+	spec.Annotations = map[string]string{AnnotationHandoffInit: "/sbin/init", AnnotationVCPUs: "2"}
+	spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 2}}
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 30)}}
+	in := input(spec,
+		mounts.Mount{Kind: mounts.KindSpecial, Destination: "/proc", Type: "proc", Options: []string{"nosuid"}},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/a", Source: "/srv/a", Type: "bind", Options: []string{"rbind", "ro"}, ReadOnly: true},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/f", Source: "/srv/f", Type: "bind"},
+		mounts.Mount{Kind: mounts.KindTmpfs, Destination: "/t", Type: "tmpfs", Flags: []string{"nosuid"}},
+		mounts.Mount{Kind: mounts.KindBlock, Destination: "/v", Source: "/img/v", Type: "xfs", FSType: "xfs", Format: "raw", Options: []string{"noatime"}},
+	)
+	before, _ := json.Marshal(in)
+	sb := mustConvert(t, in)
+	after, _ := json.Marshal(in)
+	if string(before) != string(after) {
+		t.Fatalf("input changed:\n%s\n%s", before, after)
+	}
+	// The guest spec and boot env share nothing with the input.
+	sb.GuestSpec.Mounts[0].Options[0] = "changed"
+	sb.GuestSpec.Process.Args[0] = "changed"
+	sb.GuestSpec.Annotations["x"] = "y"
+	sb.Boot.HandoffInitArgs[0] = "changed"
+	sb.Boot.Tmpfs[0].Options[0] = "changed"
+	sb.Boot.DiskMounts[0].Options[0] = "changed"
+	if after2, _ := json.Marshal(in); string(after2) != string(before) {
+		t.Fatalf("guest spec or boot env aliases the input:\n%s\n%s", before, after2)
+	}
+}

@@ -1,0 +1,179 @@
+// Package vmm owns the VMM process: its versioned launch config, spawning it
+// with remapped file descriptors, the process itself (backend supervision and
+// the agent relay), and the handle its creator keeps.
+package vmm
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// ConfigVersion is the launch config version this build writes and reads.
+// A VMM refuses configs from newer creators instead of half-understanding them.
+const ConfigVersion = 1
+
+// Fixed fd numbers in the VMM process (the contract of DESIGN.md §2).
+const (
+	ConfigFD      = 3 // launch config JSON, an unlinked temp file
+	ParentWatchFD = 4 // read end of a pipe; EOF means the creator died
+	StartupFD     = 5 // write end of a pipe; one line {"pid":N}
+)
+
+// Backend names.
+const (
+	BackendAuto    = "auto"
+	BackendQEMU    = "qemu"
+	BackendLibkrun = "libkrun"
+)
+
+// Share is a host directory exported to the guest under Tag.
+type Share struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// Disk is a disk image or block device attached as virtio-blk; the guest
+// finds it by its serial, which is Tag.
+type Disk struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	Format   string `json:"format"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// LaunchConfig is everything the VMM process needs. It travels as JSON
+// through an unlinked temp file on ConfigFD, never on argv.
+type LaunchConfig struct {
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+	Backend string `json:"backend"`
+	// RuntimeDir holds the VMM's logs and private sockets.
+	RuntimeDir  string `json:"runtimeDir"`
+	AgentSocket string `json:"agentSocket"`
+	ConsoleLog  string `json:"consoleLog"`
+
+	VCPUs     int `json:"vcpus"`
+	MemoryMiB int `json:"memoryMiB"`
+
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd,omitempty"`
+	// QEMU is the qemu-system-x86_64 binary (qemu backend).
+	QEMU string `json:"qemu,omitempty"`
+	// Accel forces "kvm" or "tcg"; "" picks KVM when /dev/kvm opens.
+	Accel string `json:"accel,omitempty"`
+
+	Shares []Share `json:"shares,omitempty"`
+	Disks  []Disk  `json:"disks,omitempty"`
+	// Env is the MSB_* guest boot env (mounts/bootenv).
+	Env []string `json:"env,omitempty"`
+
+	// Detached VMMs survive their creator; attached ones shut the guest
+	// down when ParentWatchFD reaches EOF.
+	Detached bool `json:"detached,omitempty"`
+	// BootTimeout bounds kernel boot up to the agent answering.
+	BootTimeout Duration `json:"bootTimeout,omitempty"`
+	// ShutdownGrace is the flush window between asking the guest to power
+	// off and killing the hypervisor.
+	ShutdownGrace Duration `json:"shutdownGrace,omitempty"`
+	// Cleanup lists paths the VMM removes when it exits after its creator
+	// died, so a killed creator leaves nothing behind.
+	Cleanup []string `json:"cleanup,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as a Go duration string.
+type Duration time.Duration
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) or(def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Validate checks the fields a VMM needs before it reserves anything.
+func (c *LaunchConfig) Validate() error {
+	switch {
+	case c.Version != ConfigVersion:
+		return fmt.Errorf("launch config version %d is not supported by this VMM (speaks %d): install matching msb binaries", c.Version, ConfigVersion)
+	case c.Name == "":
+		return errors.New("launch config: name is empty")
+	case c.RuntimeDir == "" || !filepath.IsAbs(c.RuntimeDir):
+		return fmt.Errorf("launch config: runtimeDir %q must be an absolute path", c.RuntimeDir)
+	case c.AgentSocket == "":
+		return errors.New("launch config: agentSocket is empty")
+	case c.VCPUs < 1 || c.VCPUs > 255:
+		return fmt.Errorf("launch config: vcpus %d out of range 1..255", c.VCPUs)
+	case c.MemoryMiB < 64:
+		return fmt.Errorf("launch config: memoryMiB %d below the 64 MiB minimum", c.MemoryMiB)
+	case c.Kernel == "":
+		return errors.New("launch config: kernel is empty: install the guest image (install.sh) or set kernel in /etc/msb/config.toml")
+	}
+	switch c.Backend {
+	case BackendQEMU, BackendLibkrun, BackendAuto:
+	default:
+		return fmt.Errorf("launch config: backend %q unknown: use auto, qemu or libkrun", c.Backend)
+	}
+	switch c.Accel {
+	case "", "kvm", "tcg":
+	default:
+		return fmt.Errorf("launch config: accel %q unknown: use kvm, tcg or leave empty", c.Accel)
+	}
+	for i, d := range c.Disks {
+		switch d.Format {
+		case "raw", "qcow2", "vmdk":
+		default:
+			return fmt.Errorf("launch config: disks[%d].format %q unknown: use raw, qcow2 or vmdk", i, d.Format)
+		}
+	}
+	return nil
+}
+
+// DecodeConfig parses and validates a launch config.
+func DecodeConfig(b []byte) (*LaunchConfig, error) {
+	var c LaunchConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("parse launch config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// maxUnixPath is sun_path's size minus the terminating NUL.
+const maxUnixPath = 107
+
+// AgentSocketPath is where the relay of VM name listens under stateRoot
+// (e.g. /run/msb): agent/<first 32 hex of sha256(name)>.sock. Hashing keeps
+// the path short and free of characters from hostile names.
+func AgentSocketPath(stateRoot, name string) (string, error) {
+	sum := sha256.Sum256([]byte(name))
+	p := filepath.Join(stateRoot, "agent", hex.EncodeToString(sum[:])[:32]+".sock")
+	if len(p) > maxUnixPath {
+		return "", fmt.Errorf("agent socket path %q is %d bytes, over the %d-byte Unix socket limit: use a shorter state root (--root)", p, len(p), maxUnixPath)
+	}
+	return p, nil
+}

@@ -1,0 +1,232 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+
+	"github.com/msb-dev/msb/protocol"
+)
+
+// Exit codes of the VMM process when the guest did not report one.
+const (
+	ExitGuestLost = 255 // the VM stopped without a shutdown request
+	ExitKilled    = 137 // the creator died or the VMM was signalled
+)
+
+const (
+	defaultBootTimeout   = 2 * time.Minute
+	defaultShutdownGrace = 3 * time.Second
+)
+
+// Main is the VMM process (msb-runtime vmm). It reads its launch config from
+// ConfigFD, boots the VM, writes the startup line, relays agent clients, and
+// returns the exit code the process must exit with: the code the guest was
+// shut down with, or ExitGuestLost/ExitKilled.
+func Main() int {
+	cfg, err := readConfig()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "msb-vmm: %v\n", err)
+		return 1
+	}
+	code, err := run(cfg, os.NewFile(ParentWatchFD, "parent-watch"), os.NewFile(StartupFD, "startup"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "msb-vmm: %s: %v\n", cfg.Name, err)
+	}
+	return code
+}
+
+func readConfig() (*LaunchConfig, error) {
+	f := os.NewFile(ConfigFD, "launch-config")
+	if f == nil {
+		return nil, errors.New("no launch config on fd 3: this command is started by msb, not by hand")
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read launch config from fd %d: %w", ConfigFD, err)
+	}
+	return DecodeConfig(b)
+}
+
+// vm is the VMM process's state for one VM.
+type vm struct {
+	cfg      *LaunchConfig
+	hv       *qemu
+	sess     *yamux.Session
+	agent    *protocol.AgentClient
+	exitCode chan int32 // the code the guest was shut down with
+	// orphaned is set when the creator died: then the VMM removes
+	// cfg.Cleanup itself, since nobody else will.
+	orphaned bool
+}
+
+func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
+	v := &vm{cfg: cfg, exitCode: make(chan int32, 1)}
+	defer v.cleanup()
+	logf := os.Stderr
+
+	relayLn, err := listenUnix(cfg.AgentSocket)
+	if err != nil {
+		return 1, err
+	}
+	defer relayLn.Close()
+	chanSock := filepath.Join(cfg.RuntimeDir, "channel.sock")
+	chanLn, err := listenUnix(chanSock)
+	if err != nil {
+		return 1, err
+	}
+	defer chanLn.Close()
+
+	backend := cfg.Backend
+	if backend == BackendAuto {
+		backend = BackendQEMU
+		log.L.Infof("backend auto: libkrun is not available in this build, using qemu (kvm usable: %v)", KVMUsable())
+	}
+	if backend != BackendQEMU {
+		return 1, fmt.Errorf("backend %q is not available: use qemu", backend)
+	}
+	start := time.Now()
+	v.hv, err = startQEMU(cfg, chanSock, logf)
+	if err != nil {
+		return 1, err
+	}
+	defer func() {
+		v.hv.Kill()
+		<-v.hv.Done()
+	}()
+	if err := WriteStartupLine(startup); err != nil {
+		return 1, fmt.Errorf("write startup line: %w", err)
+	}
+	startup.Close()
+
+	watchEOF := make(chan struct{})
+	if !cfg.Detached && watch != nil {
+		go func() {
+			_, _ = io.Copy(io.Discard, watch)
+			close(watchEOF)
+		}()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+
+	booted := make(chan error, 1)
+	go func() { booted <- v.boot(chanLn) }()
+	select {
+	case err := <-booted:
+		if err != nil {
+			return 1, fmt.Errorf("boot: %w (guest console: %s)", err, cfg.ConsoleLog)
+		}
+	case <-v.hv.Done():
+		return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", v.hv.err, cfg.ConsoleLog)
+	case <-time.After(cfg.BootTimeout.or(defaultBootTimeout)):
+		return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
+	case <-watchEOF:
+		v.orphaned = true
+		return ExitKilled, errors.New("creator exited during boot")
+	case s := <-sigs:
+		return ExitKilled, fmt.Errorf("%v during boot", s)
+	}
+	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
+	go relay(relayLn, v.sess)
+	go v.waitShutdown()
+
+	select {
+	case <-v.hv.Done():
+		return v.guestCode(), nil
+	case <-watchEOF:
+		v.orphaned = true
+		log.L.Info("creator exited: shutting the guest down")
+		return v.stop(), nil
+	case s := <-sigs:
+		log.L.Infof("%v: shutting the guest down", s)
+		return v.stop(), nil
+	}
+}
+
+// boot accepts the guest channel, starts the mux, and sends the boot env.
+func (v *vm) boot(chanLn *net.UnixListener) error {
+	conn, err := chanLn.Accept()
+	if err != nil {
+		return fmt.Errorf("accept guest channel: %w", err)
+	}
+	v.sess, err = yamux.Client(conn, protocol.MuxConfig())
+	if err != nil {
+		return fmt.Errorf("mux: %w", err)
+	}
+	s, err := v.sess.Open()
+	if err != nil {
+		return fmt.Errorf("open control stream: %w", err)
+	}
+	if err := protocol.WriteHeader(s, protocol.KindTTRPC, ""); err != nil {
+		return err
+	}
+	v.agent = protocol.NewAgentClient(ttrpc.NewClient(s))
+	return v.agent.Boot(context.Background(), v.cfg.Env)
+}
+
+// waitShutdown keeps one WaitShutdown call open to learn the exit code the
+// guest is being powered off with.
+func (v *vm) waitShutdown() {
+	code, err := v.agent.WaitShutdown(context.Background())
+	if err != nil {
+		return
+	}
+	v.exitCode <- code
+}
+
+func (v *vm) guestCode() int {
+	select {
+	case c := <-v.exitCode:
+		return int(c)
+	case <-time.After(100 * time.Millisecond):
+		log.L.Warnf("guest stopped without a shutdown request: exiting %d", ExitGuestLost)
+		return ExitGuestLost
+	}
+}
+
+// stop asks the guest to power off and gives it ShutdownGrace to flush
+// before the hypervisor is killed.
+func (v *vm) stop() int {
+	grace := v.cfg.ShutdownGrace.or(defaultShutdownGrace)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := v.agent.Shutdown(ctx, ExitKilled); err != nil {
+		log.L.WithError(err).Warn("guest shutdown request failed")
+	}
+	select {
+	case <-v.hv.Done():
+	case <-ctx.Done():
+		log.L.Warnf("guest did not power off within %s: killing the hypervisor", grace)
+		v.hv.Kill()
+		<-v.hv.Done()
+	}
+	return ExitKilled
+}
+
+func (v *vm) cleanup() {
+	if v.sess != nil {
+		v.sess.Close()
+	}
+	_ = os.Remove(v.cfg.AgentSocket)
+	_ = os.Remove(filepath.Join(v.cfg.RuntimeDir, "channel.sock"))
+	if !v.orphaned {
+		return
+	}
+	for _, p := range v.cfg.Cleanup {
+		if err := os.RemoveAll(p); err != nil {
+			log.L.WithError(err).Warnf("cleanup %s", p)
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package vmm
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/msb-dev/msb/protocol"
+)
+
+// qemu supervises qemu-system-x86_64 -M microvm.
+type qemu struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// KVMUsable reports whether /dev/kvm opens read-write, which is what a
+// hypervisor needs; existence alone is not enough (permissions, nesting).
+func KVMUsable() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// qemuArgs builds the command line. Values from bundles (paths) are escaped
+// for QEMU's option grammar, where ',' separates options.
+func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
+	args := []string{
+		"-machine", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.VCPUs),
+		"-kernel", c.Kernel,
+	}
+	cmdline := "console=ttyS0 quiet panic=-1 reboot=t"
+	if kvm {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+		// TCG timer calibration hangs about one boot in six without this.
+		if tscKHz > 0 {
+			cmdline += " tsc_early_khz=" + strconv.Itoa(tscKHz)
+		}
+	}
+	if c.Initrd != "" {
+		args = append(args, "-initrd", c.Initrd)
+	}
+	args = append(args, "-append", cmdline,
+		"-chardev", "file,id=console,path="+qemuEscape(c.ConsoleLog),
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=agent,path="+qemuEscape(chanSock),
+		"-device", "virtio-serial-device",
+		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
+	)
+	for i, s := range c.Shares {
+		fs := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, qemuEscape(s.Path))
+		if s.ReadOnly {
+			fs += ",readonly=on"
+		}
+		args = append(args, "-fsdev", fs,
+			"-device", fmt.Sprintf("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.Tag))
+	}
+	for i, d := range c.Disks {
+		drv := fmt.Sprintf("if=none,id=disk%d,file=%s,format=%s,cache=none,aio=threads", i, qemuEscape(d.Path), d.Format)
+		if d.ReadOnly {
+			drv += ",readonly=on"
+		}
+		args = append(args, "-drive", drv,
+			"-device", fmt.Sprintf("virtio-blk-device,drive=disk%d,serial=%s", i, d.Tag))
+	}
+	return args
+}
+
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// hostTSCKHz reads the host's clock rate for tsc_early_khz; 0 if unknown.
+func hostTSCKHz() int {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}
+
+func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
+	bin := c.QEMU
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	kvm := c.Accel == "kvm" || (c.Accel == "" && KVMUsable())
+	args := qemuArgs(c, chanSock, kvm, hostTSCKHz())
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// If the VMM process dies without cleaning up, qemu must not outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	fmt.Fprintf(logf, "msb-vmm: starting %s %s\n", bin, strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
+	}
+	q := &qemu{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		q.err = cmd.Wait()
+		close(q.done)
+	}()
+	return q, nil
+}
+
+func (q *qemu) Done() <-chan struct{} { return q.done }
+
+func (q *qemu) Kill() { _ = q.cmd.Process.Kill() }

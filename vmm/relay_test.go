@@ -1,0 +1,115 @@
+package vmm
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/msb-dev/msb/protocol"
+)
+
+// TestRelayHalfClose runs the relay against a guest-side yamux server that
+// reads each stream's header and echoes the payload after the client's EOF,
+// the way stdin→stdout flows through a container.
+func TestRelayHalfClose(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	sess, err := yamux.Client(hostEnd, protocol.MuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := yamux.Server(guestEnd, protocol.MuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			s, err := guest.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer s.Close()
+				kind, arg, err := protocol.ReadHeader(s)
+				if err != nil {
+					return
+				}
+				b, _ := io.ReadAll(s) // until the client's half-close
+				_, _ = io.WriteString(s, kind+" "+arg+"\n")
+				_, _ = s.Write(b)
+			}()
+		}
+	}()
+	sock := filepath.Join(t.TempDir(), "agent", "x.sock")
+	l, err := listenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { relay(l, sess); close(done) }()
+
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 3<<20)
+			_, _ = rand.Read(payload)
+			c, err := DialAgent(t.Context(), sock, protocol.KindStdio, "tok")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			go func() {
+				_, _ = c.Write(payload)
+				_ = c.CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			want := append([]byte("stdio tok\n"), payload...)
+			if !bytes.Equal(got, want) {
+				t.Errorf("echo mismatch: got %d bytes, want %d", len(got), len(want))
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := listenUnix(sock); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second listener on a live socket: %v", err)
+	}
+	l.Close()
+	<-done
+	sess.Close()
+}
+
+func TestQEMUArgs(t *testing.T) {
+	c := &LaunchConfig{
+		Version: ConfigVersion, Name: "n", MemoryMiB: 300, VCPUs: 2, Kernel: "/k/vmlinux", Initrd: "/k/initrd",
+		ConsoleLog: "/s/console.log",
+		Shares:     []Share{{Tag: "root-1", Path: "/b/a,b", ReadOnly: true}},
+		Disks:      []Disk{{Tag: "d1", Path: "/i.qcow2", Format: "qcow2"}},
+	}
+	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
+	for _, want := range []string{
+		"-machine microvm", "-m 300 -smp 2", "-accel tcg -cpu max", "tsc_early_khz=2500000",
+		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
+		"file=/i.qcow2,format=qcow2", "serial=d1", "name=" + protocol.PortName, "-no-reboot",
+	} {
+		if !strings.Contains(tcg, want) {
+			t.Errorf("missing %q in %s", want, tcg)
+		}
+	}
+	kvm := strings.Join(qemuArgs(c, "/s/ch.sock", true, 2500000), " ")
+	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") {
+		t.Errorf("kvm args: %s", kvm)
+	}
+}
