@@ -40,6 +40,7 @@ func App() *cli.App {
 		Before:         setupLogging,
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
+			specCommand(),
 			{
 				Name:      "run",
 				Usage:     "create and run a container in a new VM, wiring stdio through",

@@ -44,10 +44,12 @@ func convertMounts(sb *Sandbox, in Input) error {
 	if err != nil {
 		return err
 	}
-	ro := in.Spec.Root.Readonly
+	// The rootfs is shared read-write even when root.readonly is set: runc
+	// in the guest must create mount points in it before it remounts the
+	// container's root read-only, exactly as runc does on a host (ADR 004).
 	rootGuest := path.Join(GuestSharesDir, rootTag)
-	sb.Shares = append(sb.Shares, mounts.Share{Tag: rootTag, HostPath: in.RootfsHostPath, ReadOnly: ro})
-	sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: rootTag, GuestPath: rootGuest, ReadOnly: ro})
+	sb.Shares = append(sb.Shares, mounts.Share{Tag: rootTag, HostPath: in.RootfsHostPath})
+	sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: rootTag, GuestPath: rootGuest})
 	sb.GuestSpec.Root.Path = rootGuest
 
 	shareIdx := map[string]int{} // tag -> index in sb.Shares

@@ -84,8 +84,8 @@ func TestRootReadonly(t *testing.T) {
 	spec := baseSpec()
 	spec.Root.Readonly = true
 	sb := mustConvert(t, input(spec))
-	if !sb.Shares[0].ReadOnly || !sb.Boot.DirMounts[0].ReadOnly || !sb.GuestSpec.Root.Readonly {
-		t.Fatalf("readonly root not kept: %+v %+v %+v", sb.Shares[0], sb.Boot.DirMounts[0], sb.GuestSpec.Root)
+	if sb.Shares[0].ReadOnly || sb.Boot.DirMounts[0].ReadOnly || !sb.GuestSpec.Root.Readonly {
+		t.Fatalf("root.readonly must stay in the guest spec while the share is rw: %+v %+v %+v", sb.Shares[0], sb.Boot.DirMounts[0], sb.GuestSpec.Root)
 	}
 }
 
