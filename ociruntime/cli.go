@@ -52,9 +52,10 @@ func App() *cli.App {
 				Action: runCommand,
 			},
 			{
-				Name:   "vmm",
-				Usage:  "the VMM process (started by msb, reads its config from fd 3)",
-				Hidden: true,
+				Name:      "vmm",
+				ArgsUsage: "[runtime-dir (informational)]",
+				Usage:     "the VMM process (started by msb, reads its config from fd 3)",
+				Hidden:    true,
 				Action: func(*cli.Context) error {
 					if code := vmm.Main(); code != 0 {
 						return exitError{code}

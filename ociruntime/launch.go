@@ -136,12 +136,14 @@ func (s *sandbox) destroy() {
 		_ = s.release()
 	}
 	_ = os.RemoveAll(s.stateDir)
+	// The VMM removes its socket; this covers a VMM that was SIGKILLed.
+	_ = os.Remove(s.launch.AgentSocket)
 }
 
 func (s *sandbox) spawn(o Options) (*vmm.Handle, error) {
 	return vmm.Spawn(s.launch, vmm.SpawnOptions{
 		Binary: o.Self,
-		Args:   []string{"vmm"},
+		Args:   []string{"vmm", s.stateDir}, // informational: tells operators which VM this is
 		Log:    filepath.Join(s.stateDir, "vmm.log"),
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -58,7 +60,9 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 			_ = h.Kill()
 		}
 		_, _ = h.Wait()
-		return 1, err
+		// The state dir goes away with this run: carry the logs' last lines
+		// in the error so the cause is not lost with it.
+		return 1, fmt.Errorf("%w%s%s", err, logTail(filepath.Join(sb.stateDir, "vmm.log")), logTail(sb.launch.ConsoleLog))
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -136,6 +140,19 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *pha
 		log.G(ctx).Warnf("VMM exited %d, container %d", vmCode, code)
 	}
 	return code, nil
+}
+
+// logTail returns the last lines of a log file, formatted for an error.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
 }
 
 // stdioStreams are the three relay connections of a process's stdio.

@@ -7,13 +7,16 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/msb-dev/msb/protocol"
 )
 
 // qemu supervises qemu-system-x86_64 -M microvm.
 type qemu struct {
+	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
@@ -99,29 +102,65 @@ func hostTSCKHz() int {
 	return 0
 }
 
+// kvmFallbackWindow: a KVM qemu that dies this soon after start failed to
+// set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
+const kvmFallbackWindow = 5 * time.Second
+
 func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
-	kvm := c.Accel == "kvm" || (c.Accel == "" && KVMUsable())
-	args := qemuArgs(c, chanSock, kvm, hostTSCKHz())
+	autoKVM := c.Accel == "" && KVMUsable()
+	kvm := c.Accel == "kvm" || autoKVM
+	tsc := hostTSCKHz()
+	q := &qemu{done: make(chan struct{})}
+	if err := q.launch(bin, qemuArgs(c, chanSock, kvm, tsc), logf); err != nil {
+		return nil, err
+	}
+	go func() {
+		start := time.Now()
+		err := q.wait()
+		// /dev/kvm can open and still not run a guest (broken nesting):
+		// with accel left to us, fall back to TCG instead of failing.
+		if autoKVM && err != nil && time.Since(start) < kvmFallbackWindow {
+			fmt.Fprintf(logf, "msb-vmm: qemu with KVM failed (%v): falling back to TCG\n", err)
+			if lerr := q.launch(bin, qemuArgs(c, chanSock, false, tsc), logf); lerr == nil {
+				err = q.wait()
+			}
+		}
+		q.err = err
+		close(q.done)
+	}()
+	return q, nil
+}
+
+func (q *qemu) launch(bin string, args []string, logf *os.File) error {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(logf, "msb-vmm: starting %s %s\n", bin, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
+		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
 	}
-	q := &qemu{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		q.err = cmd.Wait()
-		close(q.done)
-	}()
-	return q, nil
+	q.mu.Lock()
+	q.cmd = cmd
+	q.mu.Unlock()
+	return nil
+}
+
+func (q *qemu) wait() error {
+	q.mu.Lock()
+	cmd := q.cmd
+	q.mu.Unlock()
+	return cmd.Wait()
 }
 
 func (q *qemu) Done() <-chan struct{} { return q.done }
 
-func (q *qemu) Kill() { _ = q.cmd.Process.Kill() }
+func (q *qemu) Kill() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	_ = q.cmd.Process.Kill()
+}

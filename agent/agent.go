@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+
+	"github.com/msb-dev/msb/protocol"
+)
+
+// Channel kinds: how the guest talks to the host. The kind also decides how
+// shared directories are mounted (9p over virtio for virtio-serial guests,
+// i.e. QEMU; virtio-fs for vsock guests, i.e. libkrun).
+const (
+	ChannelVirtioSerial = "virtio-serial"
+	ChannelVsock        = "vsock"
+)
+
+// Defaults of Options.
+const (
+	DefaultRuncPath       = "/sbin/runc"
+	DefaultRuncRoot       = "/run/runc"
+	DefaultBundleRoot     = "/run/msb/bundles"
+	DefaultStdioWait      = 10 * time.Second
+	DefaultIODrainTimeout = 5 * time.Second
+)
+
+// Version is reported by the task API's Connect.
+var Version = "dev"
+
+// Options configure an Agent. Zero values take the defaults.
+type Options struct {
+	// RuncPath is the runc binary (DefaultRuncPath).
+	RuncPath string
+	// RuncRoot is runc's --root (DefaultRuncRoot).
+	RuncRoot string
+	// BundleRoot holds one bundle directory per container (DefaultBundleRoot).
+	BundleRoot string
+	// Channel is ChannelVirtioSerial (default) or ChannelVsock.
+	Channel string
+	// PowerOff makes Shutdown power the machine off (only in the guest).
+	PowerOff bool
+	// NoPivot runs runc create with --no-pivot (needed when the agent's
+	// root is the initramfs itself and could not be switched).
+	NoPivot bool
+	// StdioWait bounds how long a task request waits for a stdio stream it
+	// names (DefaultStdioWait).
+	StdioWait time.Duration
+	// IODrainTimeout is how long after a process exited its output pipes
+	// may stay silent without EOF before the agent stops waiting for them
+	// (DefaultIODrainTimeout). It never cuts output that is still flowing.
+	IODrainTimeout time.Duration
+	// Handoff, when set, asks the init supervisor to hand PID 1 to the user
+	// init of the boot env. Without it a boot env with MSB_HANDOFF_INIT is
+	// refused.
+	Handoff func(HandoffRequest) error
+}
+
+func (o *Options) setDefaults() {
+	if o.RuncPath == "" {
+		o.RuncPath = DefaultRuncPath
+	}
+	if o.RuncRoot == "" {
+		o.RuncRoot = DefaultRuncRoot
+	}
+	if o.BundleRoot == "" {
+		o.BundleRoot = DefaultBundleRoot
+	}
+	if o.Channel == "" {
+		o.Channel = ChannelVirtioSerial
+	}
+	if o.StdioWait <= 0 {
+		o.StdioWait = DefaultStdioWait
+	}
+	if o.IODrainTimeout <= 0 {
+		o.IODrainTimeout = DefaultIODrainTimeout
+	}
+}
+
+// Agent holds the guest's containers and serves the agent protocol over one
+// channel connection at a time (Serve may be called again after the channel
+// was lost; containers survive).
+type Agent struct {
+	opts  Options
+	srv   *ttrpc.Server
+	lis   *chanListener
+	stdio *stdioRegistry
+	exits *exitTracker
+
+	mu         sync.Mutex
+	containers map[string]*container
+	reserved   map[string]bool
+
+	bootMu  sync.Mutex
+	booted  bool
+	mounted []string // boot mounts, in mount order
+
+	shutdownOnce sync.Once
+	shutdownCh   chan struct{}
+	shutdownCode int32
+
+	closeOnce sync.Once
+}
+
+// New creates an agent: it starts the reaper (this process reaps its
+// children from now on) and the ttrpc server.
+func New(opts Options) (*Agent, error) {
+	opts.setDefaults()
+	for _, d := range []string{opts.RuncRoot, opts.BundleRoot} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		opts:       opts,
+		srv:        srv,
+		lis:        newChanListener(),
+		stdio:      newStdioRegistry(time.Minute),
+		exits:      newExitTracker(),
+		containers: map[string]*container{},
+		reserved:   map[string]bool{},
+		shutdownCh: make(chan struct{}),
+	}
+	task.RegisterTTRPCTaskService(srv, &taskService{a: a})
+	protocol.RegisterAgent(srv, &agentService{a: a})
+	go func() {
+		if err := srv.Serve(context.Background(), a.lis); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.L.WithError(err).Error("ttrpc server stopped")
+		}
+	}()
+	return a, nil
+}
+
+// Serve runs a yamux server on conn and dispatches its streams until the
+// session ends (conn closed or broken) or ctx is done. It does not close
+// conn's containers: a later Serve on a new connection finds them.
+func (a *Agent) Serve(ctx context.Context, conn net.Conn) error {
+	sess, err := yamux.Server(conn, protocol.MuxConfig())
+	if err != nil {
+		return fmt.Errorf("agent channel: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	defer sess.Close()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			// The session ends when the host goes away (EOF, broken
+			// pipe) or ctx is done: the normal end of a channel.
+			if ctx.Err() != nil || sess.IsClosed() || errors.Is(err, io.EOF) {
+				log.L.WithError(err).Debug("agent channel closed")
+				return nil
+			}
+			return fmt.Errorf("agent channel: %w", err)
+		}
+		go a.dispatch(st)
+	}
+}
+
+// headerTimeout bounds how long a new stream may take to name itself.
+const headerTimeout = 30 * time.Second
+
+func (a *Agent) dispatch(st *yamux.Stream) {
+	_ = st.SetReadDeadline(time.Now().Add(headerTimeout))
+	kind, arg, err := protocol.ReadHeader(st)
+	_ = st.SetReadDeadline(time.Time{})
+	if err != nil {
+		log.L.WithError(err).Warn("stream without a valid header: closing it")
+		st.Close()
+		return
+	}
+	switch kind {
+	case protocol.KindTTRPC:
+		a.lis.push(st)
+	case protocol.KindStdio:
+		if arg == "" {
+			log.L.Warn("stdio stream without a token: closing it")
+			st.Close()
+			return
+		}
+		a.stdio.register(arg, st)
+	default:
+		log.L.Warnf("stream of unknown kind %q: closing it", kind)
+		st.Close()
+	}
+}
+
+// Close stops serving. Containers keep running (use Shutdown or
+// KillAll to stop them).
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		a.lis.Close()
+		a.srv.Close()
+		a.stdio.closeAll()
+		a.exits.close()
+	})
+	return nil
+}
+
+// Serve runs a fresh agent over conn until the session ends or ctx is done,
+// then kills and deletes the containers it created. It is how the agent runs
+// outside a VM (tests, development): no early init, no module loading.
+func Serve(ctx context.Context, conn net.Conn, opts Options) error {
+	a, err := New(opts)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	defer a.KillAll()
+	return a.Serve(ctx, conn)
+}

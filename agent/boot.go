@@ -1,0 +1,328 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+)
+
+// agentService implements protocol.Agent.
+type agentService struct{ a *Agent }
+
+func (s *agentService) Boot(ctx context.Context, env []string) error {
+	return toStatus(s.a.Boot(env))
+}
+
+func (s *agentService) Status(ctx context.Context) (string, error) {
+	return s.a.Status(), nil
+}
+
+func (s *agentService) Shutdown(ctx context.Context, code int32) error {
+	return toStatus(s.a.Shutdown(code))
+}
+
+func (s *agentService) WaitShutdown(ctx context.Context) (int32, error) {
+	select {
+	case <-s.a.shutdownCh:
+		return s.a.shutdownCode, nil
+	case <-ctx.Done():
+		return 0, toStatus(ctx.Err())
+	}
+}
+
+// Status is "booted <kernel release>" once Boot succeeded, else
+// "waiting for boot".
+func (a *Agent) Status() string {
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	if !a.booted {
+		return "waiting for boot"
+	}
+	return "booted " + kernelRelease()
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// Boot applies the MSB_* boot env: mounts, hostname, rlimits, and the
+// handoff of PID 1 to a user init. It runs once.
+func (a *Agent) Boot(env []string) error {
+	e, err := bootenv.Parse(env)
+	if err != nil {
+		return fmt.Errorf("boot env: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	if a.booted {
+		return fmt.Errorf("boot: already booted: %w", errdefs.ErrFailedPrecondition)
+	}
+	if e.HandoffInit != "" && a.opts.Handoff == nil {
+		return fmt.Errorf("boot: MSB_HANDOFF_INIT needs the agent to run under the msb init (guest PID 1): %w", errdefs.ErrNotImplemented)
+	}
+	// Parents before children, whatever their kind: a share may sit inside
+	// a disk's mount point.
+	type op struct {
+		path string
+		do   func() error
+	}
+	var ops []op
+	for _, d := range e.DiskMounts {
+		ops = append(ops, op{d.GuestPath, func() error { return a.mountDisk(d) }})
+	}
+	for _, d := range e.DirMounts {
+		ops = append(ops, op{d.GuestPath, func() error { return a.mountShare(d.Tag, d.GuestPath, d.ReadOnly) }})
+	}
+	for _, f := range e.FileMounts {
+		ops = append(ops, op{f.GuestPath, func() error {
+			if err := a.mountShare(f.Tag, f.GuestPath, f.ReadOnly); err != nil {
+				return err
+			}
+			if _, err := os.Lstat(filepath.Join(f.GuestPath, f.Name)); err != nil {
+				log.L.WithError(err).Warnf("file mount %s: %s is not in the share", f.Tag, f.Name)
+			}
+			return nil
+		}})
+	}
+	for _, t := range e.Tmpfs {
+		ops = append(ops, op{t.GuestPath, func() error { return a.mountTmpfs(t) }})
+	}
+	slices.SortStableFunc(ops, func(x, y op) int {
+		return strings.Count(x.path, "/") - strings.Count(y.path, "/")
+	})
+	for _, o := range ops {
+		if err := o.do(); err != nil {
+			return err
+		}
+	}
+	if e.Hostname != "" {
+		if err := unix.Sethostname([]byte(e.Hostname)); err != nil {
+			return fmt.Errorf("boot: sethostname %q: %w", e.Hostname, err)
+		}
+	}
+	for _, r := range e.Rlimits {
+		// syscall.Setrlimit (not unix.) so Go stops restoring its saved
+		// RLIMIT_NOFILE in the children it starts.
+		if err := syscall.Setrlimit(r.Resource, &syscall.Rlimit{Cur: r.Soft, Max: r.Hard}); err != nil {
+			return fmt.Errorf("boot: setrlimit %d to %d:%d: %w", r.Resource, r.Soft, r.Hard, err)
+		}
+	}
+	if e.HandoffInit != "" {
+		req, err := handoffRequest(e)
+		if err != nil {
+			return err
+		}
+		if err := a.opts.Handoff(req); err != nil {
+			return fmt.Errorf("boot: hand PID 1 to %s: %w", e.HandoffInit, err)
+		}
+		log.L.Infof("PID 1 handed to %s (root %s)", req.Init, req.Root)
+	}
+	a.booted = true
+	log.L.Infof("booted: %d disk, %d dir, %d file, %d tmpfs mounts", len(e.DiskMounts), len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs))
+	return nil
+}
+
+func (a *Agent) mount(source, target, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return fmt.Errorf("boot: mkdir %s: %w", target, err)
+	}
+	if err := unix.Mount(source, target, fstype, flags, data); err != nil {
+		return fmt.Errorf("boot: mount %s (%s) on %s with %q: %w", source, fstype, target, data, err)
+	}
+	a.mounted = append(a.mounted, target)
+	return nil
+}
+
+// Options of 9p shares (QEMU) and of virtio-fs shares (libkrun).
+const ninePOptions = "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
+
+func (a *Agent) mountShare(tag, path string, ro bool) error {
+	var flags uintptr
+	if ro {
+		flags |= unix.MS_RDONLY
+	}
+	if a.opts.Channel == ChannelVsock {
+		return a.mount(tag, path, "virtiofs", flags, "")
+	}
+	return a.mount(tag, path, "9p", flags, ninePOptions)
+}
+
+var tmpfsFlags = map[string]uintptr{
+	"ro": unix.MS_RDONLY, "noexec": unix.MS_NOEXEC, "nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV,
+}
+
+func (a *Agent) mountTmpfs(t bootenv.Tmpfs) error {
+	var flags uintptr
+	var data []string
+	if t.SizeBytes > 0 {
+		data = append(data, "size="+strconv.FormatInt(t.SizeBytes, 10))
+	}
+	if t.Mode != 0 {
+		data = append(data, "mode="+strconv.FormatUint(uint64(t.Mode), 8))
+	}
+	for _, o := range t.Options {
+		f, ok := tmpfsFlags[o]
+		if !ok {
+			return fmt.Errorf("boot: tmpfs %s: unknown option %q", t.GuestPath, o)
+		}
+		flags |= f
+	}
+	return a.mount("tmpfs", t.GuestPath, "tmpfs", flags, strings.Join(data, ","))
+}
+
+// diskFlags are mount options that are flags, not filesystem data.
+var diskFlags = map[string]struct {
+	set   bool
+	flags uintptr
+}{
+	"rw": {false, unix.MS_RDONLY}, "suid": {false, unix.MS_NOSUID}, "dev": {false, unix.MS_NODEV}, "exec": {false, unix.MS_NOEXEC},
+	"nosuid": {true, unix.MS_NOSUID}, "nodev": {true, unix.MS_NODEV}, "noexec": {true, unix.MS_NOEXEC},
+	"sync": {true, unix.MS_SYNCHRONOUS}, "dirsync": {true, unix.MS_DIRSYNC}, "noatime": {true, unix.MS_NOATIME},
+	"nodiratime": {true, unix.MS_NODIRATIME}, "relatime": {true, unix.MS_RELATIME}, "strictatime": {true, unix.MS_STRICTATIME},
+	"lazytime": {true, unix.MS_LAZYTIME}, "atime": {false, unix.MS_NOATIME}, "async": {false, unix.MS_SYNCHRONOUS},
+}
+
+func (a *Agent) mountDisk(d bootenv.DiskMount) error {
+	dev, err := findDisk(d.Tag, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	var flags uintptr
+	var data []string
+	for _, o := range d.Options {
+		if f, ok := diskFlags[o]; ok {
+			if f.set {
+				flags |= f.flags
+			} else {
+				flags &^= f.flags
+			}
+			continue
+		}
+		data = append(data, o)
+	}
+	if d.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	fstypes := []string{d.FSType}
+	if d.FSType == "" {
+		fstypes = blockFilesystems()
+	}
+	var errs []error
+	for _, fs := range fstypes {
+		err := a.mount(dev, d.GuestPath, fs, flags, strings.Join(data, ","))
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("boot: disk %s (%s): no block filesystem in /proc/filesystems to try", d.Tag, dev)
+	}
+	return fmt.Errorf("boot: disk %s (%s): %w", d.Tag, dev, errors.Join(errs...))
+}
+
+// findDisk returns /dev/vdX of the virtio-blk disk whose serial is serial.
+func findDisk(serial string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		paths, _ := filepath.Glob("/sys/block/vd*/serial")
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			if strings.TrimRight(string(b), "\x00 \n") == serial {
+				return "/dev/" + filepath.Base(filepath.Dir(p)), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("boot: no virtio-blk disk with serial %q (looked at %d disks)", serial, len(paths))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// blockFilesystems lists the filesystems of /proc/filesystems that need a
+// device, most common first.
+func blockFilesystems() []string {
+	f, err := os.Open("/proc/filesystems")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "nodev") {
+			continue
+		}
+		if fs := strings.TrimSpace(line); fs != "" {
+			out = append(out, fs)
+		}
+	}
+	pref := []string{"ext4", "xfs", "btrfs", "ext3", "ext2", "squashfs", "erofs"}
+	slices.SortStableFunc(out, func(x, y string) int {
+		ix, iy := slices.Index(pref, x), slices.Index(pref, y)
+		if ix < 0 {
+			ix = len(pref)
+		}
+		if iy < 0 {
+			iy = len(pref)
+		}
+		return ix - iy
+	})
+	return out
+}
+
+// Shutdown kills all containers, syncs, unmounts the boot mounts, releases
+// WaitShutdown callers with code and, with Options.PowerOff, powers the
+// machine off shortly after (so the WaitShutdown reply gets out).
+func (a *Agent) Shutdown(code int32) error {
+	first := false
+	a.shutdownOnce.Do(func() {
+		first = true
+		log.L.Infof("shutdown requested (exit code %d)", code)
+		a.KillAll()
+		unix.Sync()
+		a.bootMu.Lock()
+		for i := len(a.mounted) - 1; i >= 0; i-- {
+			if err := unix.Unmount(a.mounted[i], unix.MNT_DETACH); err != nil {
+				log.L.WithError(err).Warnf("unmount %s", a.mounted[i])
+			}
+		}
+		a.mounted = nil
+		a.bootMu.Unlock()
+		a.shutdownCode = code
+		close(a.shutdownCh)
+	})
+	if first && a.opts.PowerOff {
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			unix.Sync()
+			log.L.Info("powering off")
+			if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+				log.L.WithError(err).Error("power off")
+			}
+		}()
+	}
+	return nil
+}

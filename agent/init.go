@@ -1,0 +1,548 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/protocol"
+)
+
+// Process roles: PID 1 starts the agent proper with RoleEnv=RoleGuest.
+const (
+	RoleEnv   = "MSBAGENT_ROLE"
+	RoleGuest = "guest-agent"
+	// noPivotEnv tells the agent that its root is still the initramfs.
+	noPivotEnv = "MSBAGENT_NOPIVOT"
+	// ChannelEnv selects the channel (kernel command line or env):
+	// MSB_CHANNEL=vsock; anything else means the virtio-serial port.
+	ChannelEnv = "MSB_CHANNEL"
+	// handoffFD is the agent's end of the socket to PID 1.
+	handoffFD = 3
+	// ModulesList names the modules to load, one per line in dependency
+	// order: absolute guest paths, or paths relative to
+	// /lib/modules/<release>/.
+	ModulesList = "/etc/msb/modules"
+	guestPath   = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// prefixFormatter prefixes every log line with "msb-agent: ", so agent lines
+// stand out in the guest console log beside the kernel's.
+type prefixFormatter struct{ logrus.Formatter }
+
+func (f prefixFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	b, err := f.Formatter.Format(e)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("msb-agent: "), b...), nil
+}
+
+// SetupLogging sends the agent's logs (containerd's log package, logrus) to
+// stderr at info level with the "msb-agent:" prefix.
+func SetupLogging() {
+	logrus.SetOutput(os.Stderr)
+	logrus.SetLevel(logrus.InfoLevel)
+	if os.Getenv("MSB_AGENT_DEBUG") != "" {
+		logrus.SetLevel(logrus.DebugLevel)
+	}
+	logrus.SetFormatter(prefixFormatter{&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: "15:04:05.000"}})
+}
+
+// initIgnored are the signals PID 1 ignores.
+var initIgnored = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE}
+
+// RunInit is main for guest PID 1. It never returns: it powers the VM off
+// when the agent dies, or turns into the user's init on a handoff.
+func RunInit() {
+	// A signal with default action must never kill PID 1 (kernel panic).
+	signal.Ignore(initIgnored...)
+	rootErr := switchRoot()
+	earlyMounts()
+	consoleOutput()
+	SetupLogging()
+	noPivot := rootErr != nil
+	if noPivot {
+		log.L.WithError(rootErr).Warn("root stays on the initramfs: runc will use --no-pivot")
+	}
+	_ = os.Setenv("PATH", guestPath)
+	if err := LoadModules(ModulesList); err != nil {
+		log.L.WithError(err).Error("loading kernel modules")
+	}
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fatalInit(fmt.Errorf("socketpair: %w", err))
+	}
+	mine := os.NewFile(uintptr(fds[0]), "handoff")
+	theirs := os.NewFile(uintptr(fds[1]), "handoff-agent")
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{"msb-agent"}
+	cmd.Env = append(os.Environ(), RoleEnv+"="+RoleGuest)
+	if noPivot {
+		cmd.Env = append(cmd.Env, noPivotEnv+"=1")
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{theirs}
+	if err := cmd.Start(); err != nil {
+		fatalInit(fmt.Errorf("start agent: %w", err))
+	}
+	theirs.Close()
+	agentPid := cmd.Process.Pid
+	log.L.Infof("agent started (pid %d)", agentPid)
+
+	if c, err := net.FileConn(mine); err == nil {
+		mine.Close()
+		go serveHandoff(c)
+	} else {
+		log.L.WithError(err).Error("handoff socket")
+	}
+
+	// Reap everything; the agent's death ends the VM.
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			time.Sleep(time.Second)
+			continue
+		}
+		if pid == agentPid {
+			log.L.Errorf("agent exited (%s): powering off", describeWait(ws))
+			powerOff()
+		}
+	}
+}
+
+func describeWait(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("status %d", ws.ExitStatus())
+}
+
+func fatalInit(err error) {
+	log.L.WithError(err).Error("init failed: powering off")
+	powerOff()
+}
+
+func powerOff() {
+	unix.Sync()
+	time.Sleep(100 * time.Millisecond)
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}
+
+// switchRoot moves the agent off the initramfs root: runc's pivot_root
+// fails while the root is the initial rootfs (a mount without a parent). A
+// bind mount of / moved onto / and chrooted into is an ordinary mount, so
+// pivot_root works in the containers' mount namespaces, without copying.
+func switchRoot() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return err
+	}
+	if st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC {
+		return nil // a real root (libkrun's virtio-fs root): nothing to do
+	}
+	const nr = "/.msb-root"
+	if err := os.MkdirAll(nr, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("/", nr, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind / : %w", err)
+	}
+	if err := unix.Chdir(nr); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// earlyMounts mounts what a Linux userland and runc expect. Errors are
+// logged, not fatal: a missing piece shows up in what needs it.
+func earlyMounts() {
+	type m struct {
+		src, dst, fs string
+		flags        uintptr
+		data         string
+		mode         os.FileMode
+	}
+	const nsd = unix.MS_NOSUID | unix.MS_NODEV
+	for _, x := range []m{
+		{"proc", "/proc", "proc", nsd | unix.MS_NOEXEC, "", 0o555},
+		{"sysfs", "/sys", "sysfs", nsd | unix.MS_NOEXEC, "", 0o555},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755", 0o755},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5", 0o755},
+		{"shm", "/dev/shm", "tmpfs", nsd, "mode=1777", 0o1777},
+		{"tmpfs", "/run", "tmpfs", nsd, "mode=0755", 0o755},
+		{"tmpfs", "/tmp", "tmpfs", nsd, "mode=1777", 0o1777},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", nsd | unix.MS_NOEXEC, "", 0o555},
+	} {
+		if err := os.MkdirAll(x.dst, x.mode); err != nil {
+			earlyLog("mkdir %s: %v", x.dst, err)
+			continue
+		}
+		if err := unix.Mount(x.src, x.dst, x.fs, x.flags, x.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			earlyLog("mount %s on %s: %v", x.fs, x.dst, err)
+		}
+	}
+	for name, target := range map[string]string{"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
+		"/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2"} {
+		_ = os.Symlink(target, name)
+	}
+	if _, err := os.Lstat("/dev/ptmx"); err != nil {
+		_ = os.Symlink("pts/ptmx", "/dev/ptmx")
+	}
+	enableControllers("/sys/fs/cgroup")
+}
+
+// enableControllers turns on every available cgroup v2 controller for the
+// root's children, so runc can set limits.
+func enableControllers(root string) {
+	b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
+	if err != nil {
+		earlyLog("cgroup controllers: %v", err)
+		return
+	}
+	for _, c := range strings.Fields(string(b)) {
+		if err := os.WriteFile(filepath.Join(root, "cgroup.subtree_control"), []byte("+"+c), 0); err != nil {
+			earlyLog("enable cgroup controller %s: %v", c, err)
+		}
+	}
+}
+
+func earlyLog(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "msb-agent: "+format+"\n", args...)
+}
+
+// consoleOutput points stdin/stdout/stderr at /dev/console.
+func consoleOutput() {
+	f, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		earlyLog("open /dev/console: %v", err)
+		return
+	}
+	for _, fd := range []int{0, 1, 2} {
+		_ = unix.Dup3(int(f.Fd()), fd, 0)
+	}
+	if f.Fd() > 2 {
+		f.Close()
+	}
+}
+
+// LoadModules loads the kernel modules listed in list (one path per line,
+// absolute or relative to /lib/modules/<release>/, in dependency order). A
+// missing list means the kernel needs none.
+func LoadModules(list string) error {
+	f, err := os.Open(list)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dir := filepath.Join("/lib/modules", kernelRelease())
+	var errs []error
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		p := line
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, line)
+		}
+		if err := loadModule(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	if err := sc.Err(); err != nil {
+		errs = append(errs, err)
+	}
+	log.L.Infof("loaded %d kernel modules", n)
+	return errors.Join(errs...)
+}
+
+func loadModule(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("module %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	flags := 0
+	switch filepath.Ext(path) {
+	case ".xz", ".zst", ".gz":
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	if err := unix.FinitModule(fd, "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("module %s: %w", path, err)
+	}
+	return nil
+}
+
+// serveHandoff runs in PID 1: one request from the agent, answered "ok"
+// right before PID 1 execs the user init, or "error: ...".
+func serveHandoff(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var req HandoffRequest
+		if err := json.Unmarshal(line, &req); err != nil {
+			fmt.Fprintf(c, "error: bad handoff request: %v\n", err)
+			continue
+		}
+		errCh := make(chan error, 1)
+		go func() {
+			// The handoff runs on its own thread, in its own mount
+			// namespace (the agent must not see the binds into the new
+			// root), and that thread is the one that execs. The thread
+			// is never unlocked: if anything fails it dies with this
+			// goroutine, namespace and chroot included.
+			runtime.LockOSThread()
+			if err := prepareHandoff(req); err != nil {
+				errCh <- err
+				return
+			}
+			fmt.Fprintf(c, "ok\n")
+			log.L.Infof("handing PID 1 to %s (root %s)", req.Init, req.Root)
+			err := execHandoff(req)
+			// Only reached when the exec failed; PID 1 keeps supervising.
+			signal.Ignore(initIgnored...)
+			log.L.WithError(err).Errorf("handoff to %s failed: PID 1 stays the msb init", req.Init)
+			errCh <- nil
+		}()
+		if err := <-errCh; err != nil {
+			fmt.Fprintf(c, "error: %v\n", err)
+		}
+	}
+}
+
+// prepareHandoff checks the program and, in a private mount namespace of
+// the calling (locked) thread, gives the new root /proc, /sys and /dev (bind
+// mounts of PID 1's, where the root has the directories).
+func prepareHandoff(req HandoffRequest) error {
+	if req.Root == "" || !filepath.IsAbs(req.Init) || len(req.Args) == 0 {
+		return errors.New("handoff request needs root, an absolute init and argv")
+	}
+	if err := executableIn(req.Root, req.Init); err != nil {
+		return fmt.Errorf("%s in %s: %w", req.Init, req.Root, err)
+	}
+	if req.Root == "/" {
+		return nil
+	}
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	for _, d := range []string{"/proc", "/sys", "/dev"} {
+		dst := filepath.Join(req.Root, d)
+		if fi, err := os.Lstat(dst); err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := unix.Mount(d, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s into %s: %w", d, req.Root, err)
+		}
+	}
+	return nil
+}
+
+func execHandoff(req HandoffRequest) error {
+	if req.Root != "/" {
+		if err := unix.Chroot(req.Root); err != nil {
+			return fmt.Errorf("chroot %s: %w", req.Root, err)
+		}
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	// Give the user's init default signal dispositions.
+	signal.Reset()
+	return syscall.Exec(req.Init, req.Args, req.Env)
+}
+
+// RunGuest is main for the agent proper in the guest (started by RunInit).
+// It only returns on a fatal error.
+func RunGuest() int {
+	SetupLogging()
+	channel := channelKind()
+	opts := Options{
+		PowerOff: true,
+		Channel:  channel,
+		NoPivot:  os.Getenv(noPivotEnv) != "",
+	}
+	if c, err := fileConn(handoffFD, "handoff"); err == nil {
+		opts.Handoff = handoffClient(c)
+	} else {
+		log.L.WithError(err).Warn("no handoff socket from PID 1: MSB_HANDOFF_INIT will be refused")
+	}
+	a, err := New(opts)
+	if err != nil {
+		log.L.WithError(err).Error("agent")
+		return 1
+	}
+	// Backends that give the boot env to the guest's init (libkrun) do
+	// not call Boot.
+	if env := bootEnvOf(os.Environ()); len(env) > 0 {
+		if err := a.Boot(env); err != nil {
+			log.L.WithError(err).Error("boot from the environment")
+		}
+	}
+	ctx := context.Background()
+	backoff := 100 * time.Millisecond
+	for {
+		conn, err := openChannel(ctx, channel)
+		if err != nil {
+			log.L.WithError(err).Error("agent channel")
+			time.Sleep(time.Second)
+			continue
+		}
+		opened := time.Now()
+		log.L.Debugf("agent channel open (%s)", channel)
+		if err := a.Serve(ctx, conn); err != nil {
+			log.L.WithError(err).Warn("agent channel")
+		}
+		conn.Close()
+		// A virtio-serial port reads EOF while no host is connected:
+		// back off instead of spinning, and log real sessions only.
+		if time.Since(opened) > 2*time.Second {
+			log.L.Infof("agent channel closed after %s: reopening", time.Since(opened).Round(time.Millisecond))
+			backoff = 100 * time.Millisecond
+		} else if backoff < time.Second {
+			backoff *= 2
+		}
+		time.Sleep(backoff)
+	}
+}
+
+// bootEnvOf keeps the boot env's own keys (MSB_*, minus the channel).
+func bootEnvOf(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if strings.HasPrefix(kv, bootenv.Prefix) && !strings.HasPrefix(kv, ChannelEnv+"=") && !strings.HasPrefix(kv, "MSB_AGENT_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// channelKind reads MSB_CHANNEL from the environment or the kernel command
+// line.
+func channelKind() string {
+	v := os.Getenv(ChannelEnv)
+	if v == "" {
+		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				if s, ok := strings.CutPrefix(f, ChannelEnv+"="); ok {
+					v = s
+				}
+			}
+		}
+	}
+	if v == ChannelVsock {
+		return ChannelVsock
+	}
+	return ChannelVirtioSerial
+}
+
+// openChannel opens the agent channel, retrying for a while until the
+// device or the host side appears.
+func openChannel(ctx context.Context, kind string) (net.Conn, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var c net.Conn
+		var err error
+		if kind == ChannelVsock {
+			c, err = dialVsock(2, protocol.VsockPort)
+		} else {
+			c, err = openVirtioPort(protocol.PortName)
+		}
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// openVirtioPort opens /dev/vportNpM whose sysfs name is name.
+func openVirtioPort(name string) (net.Conn, error) {
+	names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	for _, p := range names {
+		b, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(b)) != name {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(p))
+		f, err := os.OpenFile(dev, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		return &fileConnAdapter{File: f}, nil
+	}
+	return nil, fmt.Errorf("no virtio-serial port named %q (%d ports)", name, len(names))
+}
+
+func dialVsock(cid, port uint32) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("vsock socket: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: port}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("vsock connect %d:%d: %w", cid, port, err)
+	}
+	// Non-blocking, so the os.File goes through the poller (deadlines).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	// net.FileConn does not know AF_VSOCK; an os.File does the job.
+	return &fileConnAdapter{File: os.NewFile(uintptr(fd), "vsock")}, nil
+}
+
+// fileConnAdapter makes a character device a net.Conn for yamux.
+type fileConnAdapter struct{ *os.File }
+
+func (f *fileConnAdapter) LocalAddr() net.Addr  { return chanAddr{} }
+func (f *fileConnAdapter) RemoteAddr() net.Addr { return chanAddr{} }

@@ -1,0 +1,77 @@
+// Command msb-agent is the msb guest agent: /init of the guest image. As PID
+// 1 it is the init supervisor, which starts itself again as the agent
+// proper. Run by hand (not PID 1) it serves the agent protocol on a Unix
+// socket, one channel per connection, for development.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containerd/log"
+
+	"github.com/msb-dev/msb/agent"
+)
+
+func main() {
+	switch {
+	case os.Getpid() == 1:
+		agent.RunInit()
+	case os.Getenv(agent.RoleEnv) == agent.RoleGuest:
+		os.Exit(agent.RunGuest())
+	}
+	os.Exit(dev())
+}
+
+func dev() int {
+	var opts agent.Options
+	listen := flag.String("listen", "", "serve the agent protocol on this Unix socket (one yamux channel per connection)")
+	flag.StringVar(&opts.RuncPath, "runc", agent.DefaultRuncPath, "runc binary")
+	flag.StringVar(&opts.RuncRoot, "runc-root", agent.DefaultRuncRoot, "runc --root")
+	flag.StringVar(&opts.BundleRoot, "bundle-root", agent.DefaultBundleRoot, "directory of the container bundles")
+	flag.Parse()
+	if *listen == "" {
+		fmt.Fprintln(os.Stderr, "msb-agent is the msb guest init; outside a VM run it with -listen SOCKET")
+		flag.Usage()
+		return 2
+	}
+	agent.SetupLogging()
+	a, err := agent.New(opts)
+	if err != nil {
+		log.L.WithError(err).Error("agent")
+		return 1
+	}
+	defer a.Close()
+	defer a.KillAll()
+	_ = os.Remove(*listen)
+	l, err := net.Listen("unix", *listen)
+	if err != nil {
+		log.L.WithError(err).Error("listen")
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() { <-ctx.Done(); l.Close() }()
+	log.L.Infof("serving on %s", *listen)
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0
+			}
+			log.L.WithError(err).Error("accept")
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			if err := a.Serve(ctx, c); err != nil {
+				log.L.WithError(err).Warn("channel")
+			}
+		}()
+	}
+}

@@ -1,0 +1,180 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestEchoAndExitCode(t *testing.T) {
+	requireVM(t)
+	r := run(t, bundle(t, []string{"sh", "-c", "echo hello from the guest; uname -r; exit 42"}, nil), "")
+	if r.code != 42 {
+		t.Fatalf("exit code %d, want 42; stderr: %s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 || lines[0] != "hello from the guest" {
+		t.Fatalf("stdout %q", r.stdout)
+	}
+	host, _ := exec.Command("uname", "-r").Output()
+	guestImage, _ := os.ReadFile(filepath.Join(envOr("MSB_TEST_IMAGE", "/var/lib/msb"), "kernel.release"))
+	if g := strings.TrimSpace(string(guestImage)); g != "" && lines[1] != g {
+		t.Fatalf("container saw kernel %q, the guest image is %q (host %q)", lines[1], g, strings.TrimSpace(string(host)))
+	}
+}
+
+func TestStdinThroughCat(t *testing.T) {
+	requireVM(t)
+	in := strings.Repeat("line of stdin\n", 5000)
+	r := run(t, bundle(t, []string{"cat"}, nil), in)
+	if r.code != 0 || r.stdout != in {
+		t.Fatalf("exit %d, got %d bytes of %d; stderr: %s", r.code, len(r.stdout), len(in), r.stderr)
+	}
+}
+
+func TestProcessSettings(t *testing.T) {
+	requireVM(t)
+	b := bundle(t, []string{"sh", "-c", `echo "foo=$FOO"; pwd; id -u; id -g; hostname; ulimit -n`}, func(s *specs.Spec) {
+		s.Process.Env = append(s.Process.Env, "FOO=bar baz")
+		s.Process.Cwd = "/work"
+		s.Process.User = specs.User{UID: 1000, GID: 1000}
+		s.Hostname = "msb-e2e"
+		s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 321, Hard: 654}}
+	})
+	r := run(t, b, "")
+	want := "foo=bar baz\n/work\n1000\n1000\nmsb-e2e\n321\n"
+	if r.code != 0 || r.stdout != want {
+		t.Fatalf("exit %d stdout %q, want %q; stderr: %s", r.code, r.stdout, want, r.stderr)
+	}
+}
+
+func TestMounts(t *testing.T) {
+	requireVM(t)
+	rw, ro := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(ro, "ro.txt"), []byte("read only\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	single := filepath.Join(t.TempDir(), "single.conf")
+	if err := os.WriteFile(single, []byte("one file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An ext4 image made from a directory, mounted at /data.
+	content := t.TempDir()
+	if err := os.WriteFile(filepath.Join(content, "hello"), []byte("from the disk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", content, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	script := `set -e
+echo written-in-guest > /rw/out.txt
+if echo x > /ro/nope 2>/dev/null; then echo "ro-writable"; else echo "ro-refused"; fi
+cat /ro/ro.txt
+cat /etc/single.conf
+df -k /scratch | awk 'NR==2 {print "scratch-kb", $2}'
+cat /data/hello
+`
+	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/rw", Type: "bind", Source: rw, Options: []string{"rbind", "rw"}},
+			specs.Mount{Destination: "/ro", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/etc/single.conf", Type: "bind", Source: single, Options: []string{"bind", "ro"}},
+			specs.Mount{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=8m", "mode=1777"}},
+			specs.Mount{Destination: "/data", Type: "ext4", Source: img, Options: []string{"rw"}},
+		)
+	})
+	r := run(t, b, "")
+	want := "ro-refused\nread only\none file\nscratch-kb 8192\nfrom the disk\n"
+	if r.code != 0 || r.stdout != want {
+		t.Fatalf("exit %d stdout %q, want %q; stderr: %s", r.code, r.stdout, want, r.stderr)
+	}
+	got, err := os.ReadFile(filepath.Join(rw, "out.txt"))
+	if err != nil || string(got) != "written-in-guest\n" {
+		t.Fatalf("rw bind write not visible on the host: %q %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "nope")); err == nil {
+		t.Fatal("write through the ro bind reached the host")
+	}
+}
+
+// TestLargeOutput checks that 64 MiB of stdout arrive intact and in order,
+// and that stderr stays separate: the guest prints the checksum to stderr.
+func TestLargeOutput(t *testing.T) {
+	requireVM(t)
+	script := `dd if=/dev/urandom of=/scratch/blob bs=1048576 count=64 2>/dev/null
+sha256sum /scratch/blob | awk '{print $1}' >&2
+cat /scratch/blob`
+	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=80m"}})
+		s.Annotations = map[string]string{"io.msb.memory-mib": "384"}
+	})
+	r := run(t, b, "")
+	sum := sha256.Sum256([]byte(r.stdout))
+	if r.code != 0 || len(r.stdout) != 64<<20 || strings.TrimSpace(r.stderr) != hex.EncodeToString(sum[:]) {
+		t.Fatalf("exit %d, %d bytes, sha256 %x, guest said %q", r.code, len(r.stdout), sum, r.stderr)
+	}
+}
+
+// TestKillRuntimeLeavesNothing SIGKILLs msb-runtime mid-run: the VMM's
+// parent watchdog must stop the VM and remove every trace.
+func TestKillRuntimeLeavesNothing(t *testing.T) {
+	requireVM(t)
+	root := stateRoot(t)
+	cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"sh", "-c", "echo ready; exec sleep 1000"}, nil), "victim")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		_ = cmd.Process.Kill()
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	if len(leftovers(root)) == 0 {
+		t.Fatal("a running VM shows no state: the leak check below would be blind")
+	}
+	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+	_ = cmd.Wait()
+	start := time.Now()
+	assertNothingLeft(t, root)
+	t.Logf("VM and state gone %s after SIGKILL", time.Since(start).Round(time.Millisecond))
+}
+
+func TestMalformedConfig(t *testing.T) {
+	requireVM(t)
+	root := stateRoot(t)
+	for name, body := range map[string]string{
+		"syntax":  "{\n \"ociVersion\": \"1.0.2\",\n \"process\": {\n",
+		"type":    `{"ociVersion":"1.0.2","process":{"args":"sh"},"root":{"path":"rootfs"}}`,
+		"no-args": `{"ociVersion":"1.0.2","process":{"args":[]},"root":{"path":"rootfs"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := bundle(t, []string{"true"}, nil)
+			if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := runtimeCmd(root, "run", "--bundle", b, "bad").CombinedOutput()
+			if err == nil {
+				t.Fatal("a malformed config.json ran")
+			}
+			msg := string(out)
+			if !strings.Contains(msg, "config.json") || !(strings.Contains(msg, "line") || strings.Contains(msg, "process.args")) {
+				t.Fatalf("error does not name the file and the place: %s", msg)
+			}
+			assertNothingLeft(t, root)
+		})
+	}
+}
