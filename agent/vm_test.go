@@ -10,7 +10,7 @@
 //	go test -tags vmsmoke -run TestVM -v ./agent/
 //
 // Needs root, qemu-system-x86_64, a linux-image-*.deb (MSB_TEST_KERNEL_DEB
-// or /var/cache/msb-dev) and runc (see findRunc). About 15 s per boot.
+// or /var/cache/msb) and runc (see findRunc). About 15 s per boot.
 package agent_test
 
 import (
@@ -51,7 +51,7 @@ func vmSmoke(t *testing.T, handoff bool) {
 	}
 	deb := os.Getenv("MSB_TEST_KERNEL_DEB")
 	if deb == "" {
-		m, _ := filepath.Glob("/var/cache/msb-dev/linux-image-*.deb")
+		m, _ := filepath.Glob("/var/cache/msb/linux-image-*.deb")
 		if len(m) == 0 {
 			t.Skip("no kernel package: set MSB_TEST_KERNEL_DEB")
 		}

@@ -21,7 +21,7 @@ import (
 
 // DevCache is where the developer scripts keep downloaded and built artifacts
 // (kernel .deb, static runc) for reuse.
-const devCache = "/var/cache/msb-dev"
+const devCache = "/var/cache/msb"
 
 // testKernelDeb returns $MSB_TEST_KERNEL_DEB or the newest cached linux-image .deb.
 func testKernelDeb(t *testing.T) string {

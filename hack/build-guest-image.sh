@@ -6,12 +6,12 @@
 # Env:
 #   KERNEL_DEB  linux-image-*.deb to use (default: the newest in $CACHE, else apt-get download)
 #   AGENT       static agent binary (default: build ./cmd/msb-agent with CGO_ENABLED=0)
-#   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb-dev)
+#   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-/var/lib/msb}
-CACHE=${CACHE:-/var/cache/msb-dev}
+CACHE=${CACHE:-/var/cache/msb}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 mkdir -p "$CACHE"
 
