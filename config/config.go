@@ -69,6 +69,10 @@ func Load(path string) (Config, error) {
 	}
 	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return c, fmt.Errorf("%s: unknown key: %s: see docs/configuration.md for the keys", path, sm.String())
+		}
 		return c, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := c.validate(); err != nil {

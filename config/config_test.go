@@ -1,0 +1,61 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestMissingFileGivesDefaults(t *testing.T) {
+	c, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+	if err != nil || c != Default() {
+		t.Fatalf("%+v %v", c, err)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	c, err := Load(write(t, "backend = \"qemu\"\nvcpus = 2\nmemory_mib = 512\naccel = \"tcg\"\nboot_timeout = \"90s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backend != "qemu" || c.VCPUs != 2 || c.MemoryMiB != 512 || c.Accel != "tcg" || c.BootTimeoutDuration() != 90*time.Second || c.Kernel != Default().Kernel {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestEnvOverridesPath(t *testing.T) {
+	t.Setenv("MSB_CONFIG", write(t, "vcpus = 3\n"))
+	c, err := Load("/nonexistent")
+	if err != nil || c.VCPUs != 3 {
+		t.Fatalf("%+v %v", c, err)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	for body, want := range map[string]string{
+		"backend = \"xen\"\n":       "backend",
+		"accel = \"hvf\"\n":         "accel",
+		"vcpus = 0\n":               "vcpus",
+		"memory_mib = 10\n":         "memory_mib",
+		"overhead_mib = -1\n":       "overhead_mib",
+		"boot_timeout = \"soon\"\n": "boot_timeout",
+		"kernal = \"/k\"\n":         "kernal",
+		"vcpus = \n":                "config.toml",
+	} {
+		_, err := Load(write(t, body))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want it to name %q", body, err, want)
+		}
+	}
+}
