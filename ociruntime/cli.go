@@ -51,6 +51,7 @@ func App() *cli.App {
 				},
 				Action: runCommand,
 			},
+			featuresCommand(),
 			{
 				Name:      "vmm",
 				ArgsUsage: "[runtime-dir (informational)]",

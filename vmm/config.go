@@ -67,6 +67,14 @@ type LaunchConfig struct {
 	QEMU string `json:"qemu,omitempty"`
 	// Accel forces "kvm" or "tcg"; "" picks KVM when /dev/kvm opens.
 	Accel string `json:"accel,omitempty"`
+	// GuestRoot is the guest root directory for the libkrun backend (the
+	// agent as /init, runc as /sbin/runc; see docs/backends.md); libkrun
+	// boots libkrunfw's kernel with it as the virtio-fs root. Empty means
+	// libkrun cannot be used: auto takes qemu.
+	GuestRoot string `json:"guestRoot,omitempty"`
+	// Libkrun overrides the library the libkrun backend loads (default
+	// libkrun.so.1 from the loader's search path, or $MSB_LIBKRUN).
+	Libkrun string `json:"libkrun,omitempty"`
 
 	Shares []Share `json:"shares,omitempty"`
 	Disks  []Disk  `json:"disks,omitempty"`
@@ -128,8 +136,10 @@ func (c *LaunchConfig) Validate() error {
 		return fmt.Errorf("launch config: vcpus %d out of range 1..255", c.VCPUs)
 	case c.MemoryMiB < 64:
 		return fmt.Errorf("launch config: memoryMiB %d below the 64 MiB minimum", c.MemoryMiB)
-	case c.Kernel == "":
+	case c.Kernel == "" && c.Backend != BackendLibkrun:
 		return errors.New("launch config: kernel is empty: install the guest image (install.sh) or set kernel in /etc/msb/config.toml")
+	case c.Backend == BackendLibkrun && !filepath.IsAbs(c.GuestRoot):
+		return fmt.Errorf("launch config: guestRoot %q must be an absolute path for backend libkrun: build the libkrun guest root (docs/backends.md) or use backend qemu", c.GuestRoot)
 	}
 	switch c.Backend {
 	case BackendQEMU, BackendLibkrun, BackendAuto:

@@ -89,13 +89,14 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 	}
 	defer chanLn.Close()
 
-	backend := cfg.Backend
-	if backend == BackendAuto {
-		backend = BackendQEMU
-		log.L.Infof("backend auto: libkrun is not available in this build, using qemu (kvm usable: %v)", KVMUsable())
+	backend, krun, err := selectBackend(cfg, log.L.Infof)
+	if err != nil {
+		return 1, err
 	}
-	if backend != BackendQEMU {
-		return 1, fmt.Errorf("backend %q is not available: use qemu", backend)
+	if backend == BackendLibkrun {
+		// Returns only if libkrun refused the configuration; otherwise
+		// libkrun ends the process with the guest (libkrun_vmm.go).
+		return runLibkrun(v, krun, relayLn, chanLn, chanSock, watch, startup)
 	}
 	start := time.Now()
 	v.hv, err = startQEMU(cfg, chanSock, logf)
@@ -156,13 +157,33 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 }
 
 // boot accepts the guest channel, starts the mux, and sends the boot env.
+// A channel that closes before the agent answered belonged to a hypervisor
+// that died (the KVM attempt before a TCG fallback): wait for the next one.
+// An error the agent returns is final.
 func (v *vm) boot(chanLn *net.UnixListener) error {
-	conn, err := chanLn.Accept()
-	if err != nil {
-		return fmt.Errorf("accept guest channel: %w", err)
+	for {
+		conn, err := chanLn.Accept()
+		if err != nil {
+			return fmt.Errorf("accept guest channel: %w", err)
+		}
+		err = v.openAgent(conn)
+		if err == nil {
+			err = v.agent.Boot(context.Background(), v.cfg.Env)
+		}
+		if err == nil || !v.sess.IsClosed() {
+			return err
+		}
+		log.L.WithError(err).Warn("guest channel closed before the agent answered: waiting for the hypervisor to reconnect")
 	}
+}
+
+// openAgent opens the mux on the guest channel conn and the Agent client
+// on its control stream.
+func (v *vm) openAgent(conn net.Conn) error {
+	var err error
 	v.sess, err = yamux.Client(conn, protocol.MuxConfig())
 	if err != nil {
+		conn.Close()
 		return fmt.Errorf("mux: %w", err)
 	}
 	s, err := v.sess.Open()
@@ -173,7 +194,7 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 		return err
 	}
 	v.agent = protocol.NewAgentClient(ttrpc.NewClient(s))
-	return v.agent.Boot(context.Background(), v.cfg.Env)
+	return nil
 }
 
 // waitShutdown keeps one WaitShutdown call open to learn the exit code the

@@ -16,10 +16,11 @@ import (
 
 // qemu supervises qemu-system-x86_64 -M microvm.
 type qemu struct {
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	killed bool
+	done   chan struct{}
+	err    error
 }
 
 // KVMUsable reports whether /dev/kvm opens read-write, which is what a
@@ -146,7 +147,11 @@ func (q *qemu) launch(bin string, args []string, logf *os.File) error {
 	}
 	q.mu.Lock()
 	q.cmd = cmd
+	killed := q.killed
 	q.mu.Unlock()
+	if killed { // Kill raced with a TCG fallback: the new qemu must not survive it
+		_ = cmd.Process.Kill()
+	}
 	return nil
 }
 
@@ -162,5 +167,6 @@ func (q *qemu) Done() <-chan struct{} { return q.done }
 func (q *qemu) Kill() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.killed = true
 	_ = q.cmd.Process.Kill()
 }

@@ -16,6 +16,9 @@ import (
 // Spawn's fd and startup contract is checked against a real child.
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("MSB_FAKE_VMM"); mode != "" {
+		if mode == "real" { // the real VMM process (libkrun_test.go)
+			os.Exit(realVMM())
+		}
 		os.Exit(fakeVMM(mode))
 	}
 	os.Exit(m.Run())

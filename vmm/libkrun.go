@@ -1,0 +1,318 @@
+package vmm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/protocol"
+)
+
+// LibkrunSoname is the library the libkrun backend loads when neither
+// LaunchConfig.Libkrun nor $MSB_LIBKRUN names another.
+const LibkrunSoname = "libkrun.so.1"
+
+// LibkrunEnv overrides the libkrun library path (tests, side-by-side
+// installs).
+const LibkrunEnv = "MSB_LIBKRUN"
+
+// LibkrunMinVersion is the oldest libkrun msb drives.
+const LibkrunMinVersion = "1.10"
+
+// libkrunInstallHint says what to do when libkrun cannot be loaded.
+const libkrunInstallHint = "install libkrun and libkrunfw (Fedora/CentOS Stream: dnf install libkrun; " +
+	"elsewhere build both from github.com/containers/libkrun and github.com/containers/libkrunfw), " +
+	"point " + LibkrunEnv + " at libkrun.so.1, or use backend qemu"
+
+// krunSymbol is one libkrun entry point and the release that added it
+// ("" = older than the oldest libkrun msb supports).
+type krunSymbol struct {
+	name  string
+	since string
+}
+
+// krunRequired are the calls msb makes; each must resolve.
+var krunRequired = []krunSymbol{
+	{"krun_set_log_level", ""},
+	{"krun_create_ctx", ""},
+	{"krun_set_vm_config", ""},
+	{"krun_set_root", ""},
+	{"krun_add_virtiofs", ""},
+	{"krun_add_disk2", "1.10"},
+	{"krun_add_vsock_port2", "1.10"},
+	{"krun_set_exec", ""},
+	{"krun_set_env", ""},
+	{"krun_set_rlimits", ""},
+	{"krun_set_workdir", ""},
+	{"krun_set_console_output", ""},
+	{"krun_start_enter", ""},
+}
+
+// krunOptional are used when present.
+var krunOptional = []krunSymbol{
+	// Read-only virtio-fs; without it read-only shares are enforced by the
+	// guest's mount flags only.
+	{"krun_add_virtiofs3", "1.18"},
+}
+
+// Disk formats of krun_add_disk2.
+var krunDiskFormat = map[string]uint32{"raw": 0, "qcow2": 1, "vmdk": 2}
+
+// Guest side of the libkrun boot.
+const (
+	// krunAgentPath is the agent inside GuestRoot: libkrun's init
+	// (/init.krun, injected by libkrun) executes it.
+	krunAgentPath = "/init"
+	// krunRootTag is libkrun's virtio-fs tag of the root (KRUN_FS_ROOT_TAG);
+	// libkrun adds its init (/init.krun) to the share with this tag.
+	krunRootTag = "/dev/root"
+	// krunWorkdir is the agent's working directory; the container's own
+	// cwd comes from its OCI spec inside the guest.
+	krunWorkdir = "/"
+	// krunLogLevel is libkrun's log level (2 = warn) on the VMM's stderr.
+	krunLogLevel = 2
+	// krunEnvBudget bounds the boot env given to krun_set_env: libkrun
+	// puts it on the guest kernel command line, which holds 2048 bytes on
+	// x86 with libkrunfw's own arguments, and the kernel hands init at most
+	// 32 variables. A larger env goes over the agent channel instead.
+	krunEnvBudget = 1024
+	krunEnvMax    = 24
+)
+
+// krunFixedEnv is always given to the guest: the agent channel is vsock,
+// and the agent stays PID 1 (newer libkrun inits fork the workload unless
+// KRUN_INIT_PID1=1; older ones exec it in place anyway).
+var krunFixedEnv = []string{"MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1"}
+
+// krunAPI is the libkrun C API as the VMM calls it. Every method returns
+// libkrun's int32: >= 0 on success, -errno on failure.
+type krunAPI interface {
+	setLogLevel(level uint32) int32
+	createCtx() int32
+	setVMConfig(ctx uint32, vcpus uint8, mib uint32) int32
+	setRoot(ctx uint32, path string) int32
+	addVirtiofs(ctx uint32, tag, path string) int32
+	addVirtiofs3(ctx uint32, tag, path string, shmSize uint64, readOnly bool) int32
+	addDisk2(ctx uint32, id, path string, format uint32, readOnly bool) int32
+	addVsockPort2(ctx, port uint32, path string, listen bool) int32
+	setExec(ctx uint32, path string, argv, envp []string) int32
+	setEnv(ctx uint32, envp []string) int32
+	setRlimits(ctx uint32, rlimits []string) int32
+	setWorkdir(ctx uint32, path string) int32
+	setConsoleOutput(ctx uint32, path string) int32
+	startEnter(ctx uint32) int32
+}
+
+// libkrun is a loaded libkrun.
+type libkrun struct {
+	api  krunAPI
+	path string
+	// virtiofs3 is true when krun_add_virtiofs3 (read-only shares) exists.
+	virtiofs3 bool
+}
+
+// APILevel describes the detected libkrun API level.
+func (l *libkrun) APILevel() string {
+	if l.virtiofs3 {
+		return ">= 1.18 (read-only virtio-fs)"
+	}
+	return "1.10-1.17 (no read-only virtio-fs: read-only enforced in the guest)"
+}
+
+// libkrunPath is the library to load for cfg.
+func libkrunPath(cfg *LaunchConfig) string {
+	if cfg != nil && cfg.Libkrun != "" {
+		return cfg.Libkrun
+	}
+	if p := os.Getenv(LibkrunEnv); p != "" {
+		return p
+	}
+	return LibkrunSoname
+}
+
+// checkSymbols turns the resolved symbol set into the API level, or an
+// error naming the first missing call and the libkrun release it needs.
+func checkSymbols(path string, has func(string) bool) (virtiofs3 bool, err error) {
+	for _, s := range krunRequired {
+		if has(s.name) {
+			continue
+		}
+		if s.since == "" {
+			return false, fmt.Errorf("%s lacks %s, which every libkrun >= %s has: it is not a usable libkrun (a libkrun-sev/-tdx build?); install the plain libkrun >= %s, or use backend qemu",
+				path, s.name, LibkrunMinVersion, LibkrunMinVersion)
+		}
+		return false, fmt.Errorf("libkrun %s is too old: it lacks %s (added in libkrun %s); msb needs libkrun >= %s: upgrade libkrun, or use backend qemu",
+			path, s.name, s.since, LibkrunMinVersion)
+	}
+	return has("krun_add_virtiofs3"), nil
+}
+
+// krunError is a failed libkrun call.
+type krunError struct {
+	call  string
+	what  string // the item the call was about, if any
+	errno syscall.Errno
+}
+
+func (e *krunError) Error() string {
+	what := ""
+	if e.what != "" {
+		what = " for " + e.what
+	}
+	return fmt.Sprintf("libkrun %s failed%s: %v (errno %d): libkrun's own log lines above in vmm.log say why; fix that setting or use backend qemu",
+		e.call, what, e.errno, int(e.errno))
+}
+
+func (e *krunError) Unwrap() error { return e.errno }
+
+// check turns a libkrun return value into an error naming the call and,
+// optionally, what it was about.
+func check(call string, ret int32, what ...string) error {
+	if ret >= 0 {
+		return nil
+	}
+	return &krunError{call: call, what: strings.Join(what, " "), errno: syscall.Errno(-ret)}
+}
+
+// krunEnv splits the guest env into what goes through krun_set_env and
+// whether the boot env must also be sent over the agent channel (Boot RPC).
+// The boot env rides on the kernel command line only when it fits and
+// cannot break libkrun's quoting ("KEY=VALUE" in double quotes).
+func krunEnv(bootEnv []string) (env []string, viaRPC bool) {
+	size := 0
+	fits := len(bootEnv)+len(krunFixedEnv) <= krunEnvMax
+	for _, kv := range bootEnv {
+		size += len(kv) + 3
+		if strings.ContainsAny(kv, "\"\\") || strings.ContainsFunc(kv, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			fits = false
+		}
+	}
+	if !fits || size > krunEnvBudget {
+		return append([]string(nil), krunFixedEnv...), len(bootEnv) > 0
+	}
+	return append(append([]string(nil), bootEnv...), krunFixedEnv...), false
+}
+
+// krunRlimits renders the boot env's rlimits for krun_set_rlimits:
+// "RESOURCE=SOFT:HARD" with numeric Linux resource ids.
+func krunRlimits(bootEnv []string) ([]string, error) {
+	e, err := bootenv.Parse(bootEnv)
+	if err != nil {
+		return nil, fmt.Errorf("launch config env: %w", err)
+	}
+	out := make([]string, 0, len(e.Rlimits))
+	for _, r := range e.Rlimits {
+		out = append(out, strconv.Itoa(r.Resource)+"="+strconv.FormatUint(r.Soft, 10)+":"+strconv.FormatUint(r.Hard, 10))
+	}
+	return out, nil
+}
+
+// krunPlan is the result of configuring a libkrun context.
+type krunPlan struct {
+	ctx uint32
+	// bootViaRPC: the boot env did not go through krun_set_env and must
+	// be sent with the Agent Boot call.
+	bootViaRPC bool
+}
+
+// configure maps cfg onto libkrun calls, in the order libkrun requires,
+// up to but not including krun_start_enter.
+func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string, ...any)) (krunPlan, error) {
+	a := l.api
+	var p krunPlan
+	if err := check("krun_set_log_level", a.setLogLevel(krunLogLevel)); err != nil {
+		return p, err
+	}
+	id := a.createCtx()
+	if err := check("krun_create_ctx", id); err != nil {
+		return p, err
+	}
+	p.ctx = uint32(id)
+	ctx := p.ctx
+	if err := check("krun_set_vm_config", a.setVMConfig(ctx, uint8(cfg.VCPUs), uint32(cfg.MemoryMiB)),
+		fmt.Sprintf("%d vcpus, %d MiB", cfg.VCPUs, cfg.MemoryMiB)); err != nil {
+		return p, err
+	}
+	// The guest root is shared by every VM: read-only where libkrun can,
+	// so one guest cannot change the agent or runc of the next.
+	if l.virtiofs3 {
+		if err := check("krun_add_virtiofs3", a.addVirtiofs3(ctx, krunRootTag, cfg.GuestRoot, 0, true), "guest root", cfg.GuestRoot); err != nil {
+			return p, err
+		}
+	} else {
+		logf("libkrun %s has no krun_add_virtiofs3: guest root %s is shared read-write (libkrun >= 1.18 shares it read-only)", l.path, cfg.GuestRoot)
+		if err := check("krun_set_root", a.setRoot(ctx, cfg.GuestRoot), "guest root", cfg.GuestRoot); err != nil {
+			return p, err
+		}
+	}
+	for _, s := range cfg.Shares {
+		what := fmt.Sprintf("share %s (%s)", s.Tag, s.Path)
+		var err error
+		switch {
+		case s.ReadOnly && l.virtiofs3:
+			err = check("krun_add_virtiofs3", a.addVirtiofs3(ctx, s.Tag, s.Path, 0, true), what)
+		default:
+			if s.ReadOnly {
+				logf("libkrun %s has no krun_add_virtiofs3: share %s is read-only in the guest's mount only (libkrun >= 1.18 enforces it on the host)", l.path, s.Tag)
+			}
+			err = check("krun_add_virtiofs", a.addVirtiofs(ctx, s.Tag, s.Path), what)
+		}
+		if err != nil {
+			return p, err
+		}
+	}
+	for _, d := range cfg.Disks {
+		f, ok := krunDiskFormat[d.Format]
+		if !ok {
+			return p, fmt.Errorf("disk %s: format %q unknown: use raw, qcow2 or vmdk", d.Tag, d.Format)
+		}
+		if err := check("krun_add_disk2", a.addDisk2(ctx, d.Tag, d.Path, f, d.ReadOnly),
+			fmt.Sprintf("disk %s (%s, %s)", d.Tag, d.Path, d.Format)); err != nil {
+			return p, err
+		}
+	}
+	// listen=false: the guest connects, the connection appears on chanSock.
+	if err := check("krun_add_vsock_port2", a.addVsockPort2(ctx, protocol.VsockPort, chanSock, false),
+		fmt.Sprintf("vsock port %d (%s)", protocol.VsockPort, chanSock)); err != nil {
+		return p, err
+	}
+	// An empty, non-NULL envp: NULL would make libkrun copy the VMM's own
+	// environment into the guest.
+	if err := check("krun_set_exec", a.setExec(ctx, krunAgentPath, []string{}, []string{}),
+		"agent", krunAgentPath); err != nil {
+		return p, err
+	}
+	env, viaRPC := krunEnv(cfg.Env)
+	p.bootViaRPC = viaRPC
+	if viaRPC {
+		logf("boot env too large or not kernel-command-line safe: sending it over the agent channel")
+	}
+	if err := check("krun_set_env", a.setEnv(ctx, env)); err != nil {
+		return p, err
+	}
+	rl, err := krunRlimits(cfg.Env)
+	if err != nil {
+		return p, err
+	}
+	// Only with limits: libkrun's init misparses an empty KRUN_RLIMITS.
+	if len(rl) > 0 {
+		if err := check("krun_set_rlimits", a.setRlimits(ctx, rl), "rlimits", strings.Join(rl, " ")); err != nil {
+			return p, err
+		}
+	}
+	if err := check("krun_set_workdir", a.setWorkdir(ctx, krunWorkdir)); err != nil {
+		return p, err
+	}
+	console := cfg.ConsoleLog
+	if console == "" {
+		console = filepath.Join(cfg.RuntimeDir, "console.log")
+	}
+	if err := check("krun_set_console_output", a.setConsoleOutput(ctx, console), "console log", console); err != nil {
+		return p, err
+	}
+	return p, nil
+}
