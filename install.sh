@@ -47,7 +47,7 @@ mkdir -p "$MSB_CACHE" "$PREFIX/bin"
 "$GO" build -trimpath -o "$MSB_CACHE/containerd-shim-msb-v2" ./cmd/containerd-shim-msb-v2
 CGO_ENABLED=0 "$GO" build -trimpath -o "$MSB_CACHE/msb-agent" ./cmd/msb-agent
 install -m 0755 "$MSB_CACHE/msb-runtime" "$MSB_CACHE/containerd-shim-msb-v2" "$PREFIX/bin/"
-"$PREFIX/bin/msb-runtime" --version | head -n1
+"$PREFIX/bin/msb-runtime" --version | sed -n 1p
 
 step "building static runc for the guest"
 hack/build-runc.sh "$MSB_CACHE"

@@ -178,3 +178,21 @@ func TestMalformedConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestHandoffInit hands the VM's PID 1 to an init from the rootfs (here the
+// bundle's own sh, via io.msb.handoff-init) while the container still runs
+// under runc: the copy that sees the guest's kernel threads is the VM's
+// init and reports its pid through the shared rootfs.
+func TestHandoffInit(t *testing.T) {
+	requireVM(t)
+	script := `if grep -q kthreadd /proc/2/comm 2>/dev/null; then echo "handoff init is pid $$" > /tmp/handoff; exec sleep 100000; fi
+i=0; while [ ! -s /tmp/handoff ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+cat /tmp/handoff`
+	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
+		s.Annotations = map[string]string{"io.msb.handoff-init": "/bin/sh"}
+	})
+	r := run(t, b, "")
+	if r.code != 0 || r.stdout != "handoff init is pid 1\n" {
+		t.Fatalf("exit %d stdout %q; stderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
