@@ -100,7 +100,7 @@ func TestQEMUArgs(t *testing.T) {
 	}
 	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
 	for _, want := range []string{
-		"-machine microvm", "-m 300 -smp 2", "-accel tcg -cpu max", "tsc_early_khz=2500000",
+		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=128 -cpu max", "tsc_early_khz=2500000",
 		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
 		"file=/i.qcow2,format=qcow2", "serial=d1", "name=" + protocol.PortName, "-no-reboot",
 	} {
