@@ -85,8 +85,8 @@ func (a *Agent) Boot(env []string) error {
 		do   func() error
 	}
 	var ops []op
-	for _, d := range e.DiskMounts {
-		ops = append(ops, op{d.GuestPath, func() error { return a.mountDisk(d) }})
+	for i, d := range e.DiskMounts {
+		ops = append(ops, op{d.GuestPath, func() error { return a.mountDisk(d, i) }})
 	}
 	for _, d := range e.DirMounts {
 		ops = append(ops, op{d.GuestPath, func() error { return a.mountShare(d.Tag, d.GuestPath, d.ReadOnly) }})
@@ -200,8 +200,14 @@ var diskFlags = map[string]struct {
 	"lazytime": {true, unix.MS_LAZYTIME}, "atime": {false, unix.MS_NOATIME}, "async": {false, unix.MS_SYNCHRONOUS},
 }
 
-func (a *Agent) mountDisk(d bootenv.DiskMount) error {
-	dev, err := findDisk(d.Tag, 5*time.Second)
+func (a *Agent) mountDisk(d bootenv.DiskMount, index int) error {
+	// libkrun derives a disk's serial from the image file, not from the
+	// tag; its disks appear in the order they were added (vda first).
+	byOrder := ""
+	if a.opts.Channel == ChannelVsock && index < 26 {
+		byOrder = "/dev/vd" + string(rune('a'+index))
+	}
+	dev, err := findDisk(d.Tag, byOrder, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -239,8 +245,9 @@ func (a *Agent) mountDisk(d bootenv.DiskMount) error {
 	return fmt.Errorf("boot: disk %s (%s): %w", d.Tag, dev, errors.Join(errs...))
 }
 
-// findDisk returns /dev/vdX of the virtio-blk disk whose serial is serial.
-func findDisk(serial string, wait time.Duration) (string, error) {
+// findDisk returns /dev/vdX of the virtio-blk disk whose serial is serial,
+// else byOrder when it is set and exists.
+func findDisk(serial, byOrder string, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		paths, _ := filepath.Glob("/sys/block/vd*/serial")
@@ -251,6 +258,11 @@ func findDisk(serial string, wait time.Duration) (string, error) {
 			}
 			if strings.TrimRight(string(b), "\x00 \n") == serial {
 				return "/dev/" + filepath.Base(filepath.Dir(p)), nil
+			}
+		}
+		if byOrder != "" {
+			if _, err := os.Stat(byOrder); err == nil {
+				return byOrder, nil
 			}
 		}
 		if time.Now().After(deadline) {
@@ -319,7 +331,7 @@ func (a *Agent) Shutdown(code int32) error {
 			time.Sleep(200 * time.Millisecond)
 			unix.Sync()
 			log.L.Info("powering off")
-			if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+			if err := unix.Reboot(rebootCmd(a.opts.Channel)); err != nil {
 				log.L.WithError(err).Error("power off")
 			}
 		}()

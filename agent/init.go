@@ -147,8 +147,19 @@ func fatalInit(err error) {
 func powerOff() {
 	unix.Sync()
 	time.Sleep(100 * time.Millisecond)
-	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	_ = unix.Reboot(rebootCmd(channelKind()))
 	select {}
+}
+
+// rebootCmd is how a guest ends its VM: QEMU's microvm powers off through
+// ACPI (and -no-reboot makes a reset end it too); libkrun's guests have no
+// ACPI power-off, and libkrun ends the VM on a reset (libkrunfw boots with
+// reboot=k).
+func rebootCmd(channel string) int {
+	if channel == ChannelVsock {
+		return unix.LINUX_REBOOT_CMD_RESTART
+	}
+	return unix.LINUX_REBOOT_CMD_POWER_OFF
 }
 
 // switchRoot moves the agent off the initramfs root: runc's pivot_root

@@ -24,6 +24,11 @@ type Config struct {
 	// Kernel and Initrd are the guest image for the qemu backend.
 	Kernel string `toml:"kernel"`
 	Initrd string `toml:"initrd"`
+	// GuestRoot is the libkrun guest root (agent as /init, runc); Libkrun
+	// names the library to load (default libkrun.so.1 from the loader's
+	// search path).
+	GuestRoot string `toml:"guest_root"`
+	Libkrun   string `toml:"libkrun"`
 	// QEMU is the qemu-system-x86_64 binary.
 	QEMU string `toml:"qemu"`
 	// Accel forces kvm or tcg; empty picks kvm when /dev/kvm is usable.
@@ -44,6 +49,7 @@ func Default() Config {
 		Backend:     "auto",
 		Kernel:      "/var/lib/msb/vmlinux",
 		Initrd:      "/var/lib/msb/initrd.cpio",
+		GuestRoot:   "/var/lib/msb/krunroot",
 		QEMU:        "qemu-system-x86_64",
 		VCPUs:       1,
 		MemoryMiB:   256,

@@ -118,6 +118,15 @@ func TestBuildDeb(t *testing.T) {
 	if rel, _ := os.ReadFile(filepath.Join(filepath.Dir(img.Vmlinux), KernelReleaseFile)); string(rel) != img.KernelRelease+"\n" {
 		t.Errorf("kernel.release = %q", rel)
 	}
+	for name, mode := range map[string]os.FileMode{"init": 0o755, "sbin/runc": 0o755} {
+		st, err := os.Stat(filepath.Join(img.KrunRoot, name))
+		if err != nil || st.Mode().Perm() != mode {
+			t.Errorf("libkrun guest root %s: %v %v", name, st, err)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(img.KrunRoot, "proc")); err != nil || !st.IsDir() {
+		t.Errorf("libkrun guest root has no /proc: %v", err)
+	}
 	var man Manifest
 	mj, err := os.ReadFile(filepath.Join(filepath.Dir(img.Vmlinux), ManifestFile))
 	if err != nil {

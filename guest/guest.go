@@ -34,6 +34,7 @@ type Image struct {
 	Vmlinux       string // uncompressed ELF kernel with a PVH entry note (qemu -M microvm -kernel)
 	Bzimage       string // the package's original compressed kernel
 	Initrd        string // uncompressed newc initramfs
+	KrunRoot      string // libkrun guest root directory (agent as /init, runc)
 	KernelRelease string // e.g. "6.1.0-56-amd64"
 }
 
@@ -180,6 +181,11 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		}
 		man.Files[f.name] = sha(f.data)
 	}
+	krunRoot, err := writeKrunRoot(o.OutDir, agent, runc)
+	if err != nil {
+		return nil, err
+	}
+	logf("libkrun guest root: %s", krunRoot)
 	mj, _ := json.MarshalIndent(man, "", "  ")
 	if err := writeFileAtomic(filepath.Join(o.OutDir, ManifestFile), append(mj, '\n'), 0o644); err != nil {
 		return nil, err
@@ -189,6 +195,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		Vmlinux:       filepath.Join(o.OutDir, VmlinuxFile),
 		Bzimage:       filepath.Join(o.OutDir, BzimageFile),
 		Initrd:        filepath.Join(o.OutDir, InitrdFile),
+		KrunRoot:      krunRoot,
 		KernelRelease: ver,
 	}, nil
 }

@@ -107,6 +107,8 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 		Kernel:        o.Config.Kernel,
 		Initrd:        o.Config.Initrd,
 		QEMU:          o.Config.QEMU,
+		GuestRoot:     o.Config.GuestRoot,
+		Libkrun:       o.Config.Libkrun,
 		Accel:         o.Config.Accel,
 		Env:           env,
 		BootTimeout:   vmm.Duration(o.Config.BootTimeoutDuration()),
@@ -123,7 +125,7 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 		release()
 		return nil, err
 	}
-	if _, err := os.Stat(lc.Kernel); err != nil {
+	if _, err := os.Stat(lc.Kernel); err != nil && lc.Backend != vmm.BackendLibkrun {
 		release()
 		return nil, fmt.Errorf("guest kernel %s: %w: run install.sh or set kernel in %s", lc.Kernel, err, config.DefaultPath)
 	}
