@@ -65,6 +65,7 @@ else
 backend = "auto"
 kernel = "$MSB_LIB/vmlinux"
 initrd = "$MSB_LIB/initrd.cpio"
+guest_root = "$MSB_LIB/krunroot"
 qemu = "qemu-system-x86_64"
 vcpus = 1
 memory_mib = 256
@@ -74,6 +75,234 @@ TOML
 	echo "wrote /etc/msb/config.toml"
 fi
 if [[ -r /dev/kvm ]] && [[ -w /dev/kvm ]]; then echo "KVM: usable"; else echo "KVM: not usable here, VMs run under TCG emulation (slow but isolated)"; fi
+
+# ============================================================================
+# containerd (issue 4 item 6; docs/containerd.md). Installs containerd v2.4.x,
+# ctr, containerd's runc shim and runc when no containerd is there; writes the
+# msb runtime entry into /etc/containerd/config.toml without clobbering it;
+# (re)starts containerd; imports the default image. Skip all of it with
+# MSB_SKIP_CONTAINERD=1. Env: CONTAINERD_VERSION (hack/build-containerd.sh),
+# CONTAINERD_CONFIG (/etc/containerd/config.toml), CONTAINERD_ADDRESS
+# (/run/containerd/containerd.sock), MSB_IMAGE (msb.local/busybox:latest).
+# ============================================================================
+CONTAINERD_CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
+CONTAINERD_ADDRESS=${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}
+CONTAINERD_LOG=/var/log/containerd.log
+MSB_IMAGE=${MSB_IMAGE:-msb.local/busybox:latest}
+ctd_marker=$MSB_LIB/containerd.installed # present: install.sh manages $PREFIX/bin/containerd
+ctd_pidfile=/run/msb/containerd.pid      # containerd started by install.sh (no systemd)
+ctd_sys_path=$PREFIX/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ctd_changed=0 # set when the binary or the config changed: containerd must restart
+
+ctd_ctr() { PATH=$ctd_sys_path ctr --address "$CONTAINERD_ADDRESS" "$@"; }
+ctd_up() { ctd_ctr version >/dev/null 2>&1; }
+
+# containerd_install: build and install containerd + ctr + runc shim (+ runc)
+# unless a containerd that install.sh does not manage is on PATH.
+containerd_install() {
+	step "containerd"
+	local have
+	have=$(PATH=$ctd_sys_path command -v containerd || true)
+	if [[ -n $have && ! ( -e $ctd_marker && $have == "$PREFIX/bin/containerd" ) ]]; then
+		echo "using the installed $("$have" --version | awk '{print $1, $3}') at $have (not managed by install.sh)"
+		PATH=$ctd_sys_path command -v ctr >/dev/null || die "containerd at $have but no ctr on PATH"
+	else
+		hack/build-containerd.sh "$MSB_CACHE/bin"
+		local b
+		for b in containerd ctr containerd-shim-runc-v2; do
+			if ! cmp -s "$MSB_CACHE/bin/$b" "$PREFIX/bin/$b"; then
+				install -m 0755 "$MSB_CACHE/bin/$b" "$PREFIX/bin/$b"
+				echo "installed $PREFIX/bin/$b"
+				[[ $b == containerd ]] && ctd_changed=1
+			fi
+		done
+		mkdir -p "$(dirname "$ctd_marker")"
+		"$PREFIX/bin/containerd" --version >"$ctd_marker"
+		echo "containerd: $(awk '{print $3}' "$ctd_marker") in $PREFIX/bin (managed by install.sh)"
+	fi
+	if PATH=$ctd_sys_path command -v runc >/dev/null; then
+		echo "runc: $(PATH=$ctd_sys_path command -v runc)"
+	else
+		install -D -m 0755 "$MSB_CACHE/runc" /usr/local/sbin/runc
+		echo "installed /usr/local/sbin/runc ($(/usr/local/sbin/runc --version | head -1))"
+	fi
+}
+
+# containerd_config: add the msb runtime entry (CRI runtime handler "msb")
+# in the plugin naming of the config's version; create a minimal config in
+# the version this containerd writes by default when there is none.
+containerd_config() {
+	step "containerd config: runtime msb in $CONTAINERD_CONFIG"
+	local ctd ver table
+	ctd=$(PATH=$ctd_sys_path command -v containerd)
+	if [[ ! -e $CONTAINERD_CONFIG ]]; then
+		ver=$("$ctd" config default 2>/dev/null | awk -F' *= *' '/^version/ {print $2; exit}')
+		[[ $ver =~ ^[0-9]+$ ]] || ver=2
+	else
+		# the top-level version key (before the first table)
+		ver=$(awk -F'=' '/^[[:space:]]*\[/ {exit} /^[[:space:]]*version[[:space:]]*=/ {gsub(/[^0-9]/, "", $2); print $2; exit}' "$CONTAINERD_CONFIG")
+		ver=${ver:-1} # no version key: containerd 1.x's version 1
+	fi
+	case $ver in
+	1) table='[plugins.cri.containerd.runtimes.msb]' ;;
+	2) table='[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.msb]' ;;
+	*) table="[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]" ;;
+	esac
+	local entry
+	entry=$(printf '# added by msb install.sh: CRI runtime handler "msb" (ctr uses --runtime io.containerd.msb.v2)\n%s\n  runtime_type = '"'"'io.containerd.msb.v2'"'"'\n' "$table")
+	if [[ ! -e $CONTAINERD_CONFIG ]]; then
+		mkdir -p "$(dirname "$CONTAINERD_CONFIG")"
+		printf '# containerd config written by msb install.sh (containerd config default shows all settings)\nversion = %s\n\n%s\n' "$ver" "$entry" >"$CONTAINERD_CONFIG"
+		echo "wrote $CONTAINERD_CONFIG (config version $ver)"
+		ctd_changed=1
+	elif grep -q 'io\.containerd\.msb\.v2' "$CONTAINERD_CONFIG"; then
+		echo "$CONTAINERD_CONFIG (config version $ver) already has the msb runtime: left as it is"
+	else
+		local backup valid=1 err
+		"$ctd" --config "$CONTAINERD_CONFIG" config dump >/dev/null 2>&1 || valid=0
+		((valid)) || echo "warning: $ctd already rejects $CONTAINERD_CONFIG: appending the msb entry anyway"
+		backup=$CONTAINERD_CONFIG.msb-backup-$(date +%Y%m%d%H%M%S)
+		cp -p "$CONTAINERD_CONFIG" "$backup"
+		printf '\n%s\n' "$entry" >>"$CONTAINERD_CONFIG"
+		if ((valid)) && ! err=$("$ctd" --config "$CONTAINERD_CONFIG" config dump 2>&1 >/dev/null); then
+			mv "$backup" "$CONTAINERD_CONFIG"
+			die "containerd rejects $CONTAINERD_CONFIG with the msb entry appended (${err##*msg=}); left the file as it was: add by hand $table with runtime_type = 'io.containerd.msb.v2'"
+		fi
+		echo "added $table to $CONTAINERD_CONFIG (config version $ver; previous file kept as $backup)"
+		ctd_changed=1
+	fi
+	if grep -Eq '^[[:space:]]*disabled_plugins[[:space:]]*=.*cri' "$CONTAINERD_CONFIG"; then
+		echo "note: CRI is disabled in $CONTAINERD_CONFIG; the entry only matters to CRI (Kubernetes), ctr works without it"
+	fi
+}
+
+# containerd_start: (re)start containerd when something changed or it is
+# not running, through systemd when systemd runs, else in the background.
+containerd_start() {
+	step "containerd service"
+	local ctd
+	ctd=$(PATH=$ctd_sys_path command -v containerd)
+	local unit=/etc/systemd/system/containerd.service own_unit=0
+	# our own unit for the containerd install.sh manages, unless another one exists
+	if [[ -d /run/systemd/system && -e $ctd_marker && $ctd == "$PREFIX/bin/containerd" ]] &&
+		{ grep -qs 'msb install.sh' "$unit" || ! systemctl cat containerd.service >/dev/null 2>&1; }; then
+		own_unit=1
+	fi
+	if [[ -d /run/systemd/system ]] && { ((own_unit)) || systemctl cat containerd.service >/dev/null 2>&1; }; then
+		if ((own_unit)); then
+			cat >"$unit.tmp" <<UNIT
+# written by msb install.sh (containerd's upstream unit, for $ctd)
+[Unit]
+Description=containerd container runtime
+Documentation=https://containerd.io
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=$ctd --config $CONTAINERD_CONFIG
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+			if ! cmp -s "$unit.tmp" "$unit"; then
+				mv "$unit.tmp" "$unit"
+				echo "wrote $unit"
+				ctd_changed=1
+			else
+				rm -f "$unit.tmp"
+			fi
+			systemctl daemon-reload
+		fi
+		systemctl enable containerd.service >/dev/null 2>&1 || true
+		if ((ctd_changed)) || ! systemctl is-active -q containerd.service; then
+			systemctl restart containerd.service
+			echo "containerd (re)started by systemd (logs: journalctl -u containerd)"
+		else
+			echo "containerd running, nothing changed"
+		fi
+	else
+		local pid=""
+		[[ -r $ctd_pidfile ]] && pid=$(cat "$ctd_pidfile")
+		if [[ -n $pid ]] && ! [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$ctd"* ]]; then
+			pid="" # stale
+		fi
+		if [[ -z $pid ]] && ctd_up; then
+			# running, but not started by us: restart it only if it is this binary
+			local p
+			for p in $(pgrep -x containerd || true); do
+				[[ $(readlink "/proc/$p/exe" 2>/dev/null) == "$ctd"* ]] && pid=$p # "* (deleted)" once replaced
+			done
+			if [[ -z $pid ]]; then
+				((ctd_changed)) && echo "warning: a containerd not started by install.sh serves $CONTAINERD_ADDRESS: restart it to load $CONTAINERD_CONFIG"
+				echo "containerd running (not managed here)"
+				return 0
+			fi
+			mkdir -p "$(dirname "$ctd_pidfile")"
+			echo "$pid" >"$ctd_pidfile"
+		fi
+		if [[ -n $pid ]] && ctd_up && ! ((ctd_changed)); then
+			echo "containerd running (pid $pid), nothing changed (log: $CONTAINERD_LOG)"
+			return 0
+		fi
+		if [[ -n $pid ]]; then
+			echo "stopping containerd (pid $pid)"
+			kill -TERM "$pid" 2>/dev/null || true
+			local i
+			for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; }
+		fi
+		mkdir -p "$(dirname "$ctd_pidfile")"
+		# no systemd here: a background daemon in its own session, logging to a file
+		PATH=$ctd_sys_path setsid "$ctd" --config "$CONTAINERD_CONFIG" </dev/null >>"$CONTAINERD_LOG" 2>&1 &
+		echo $! >"$ctd_pidfile"
+		echo "containerd started in the background (pid $!, no systemd here; log: $CONTAINERD_LOG)"
+	fi
+	local i
+	for ((i = 0; i < 300; i++)); do
+		ctd_up && break
+		sleep 0.1
+	done
+	if ! ctd_up; then
+		[[ -d /run/systemd/system ]] && journalctl -u containerd -n 30 --no-pager >&2 || tail -n 30 "$CONTAINERD_LOG" >&2 || true
+		die "containerd does not answer on $CONTAINERD_ADDRESS (log: $CONTAINERD_LOG or journalctl -u containerd)"
+	fi
+	echo "containerd $(ctd_ctr version 2>/dev/null | awk '/Server:/ {s=1} s && /Version:/ {print $2; exit}') serving on $CONTAINERD_ADDRESS"
+}
+
+# containerd_image: build the default image (hack/mkimage, from the host's
+# busybox) and import it into the default namespace.
+containerd_image() {
+	step "default image $MSB_IMAGE (busybox, built locally: no registry needed)"
+	"$GO" run ./hack/mkimage -o "$MSB_CACHE/busybox-image.tar" -name "$MSB_IMAGE"
+	ctd_ctr -n default image import "$MSB_CACHE/busybox-image.tar"
+	ctd_ctr -n default image ls | awk -v img="$MSB_IMAGE" 'NR == 1 || $1 == img'
+}
+
+# demo_ctr: the containerd demo (issue 4): prints the guest kernel's release.
+demo_ctr() {
+	step "demo: ctr run --rm --runtime io.containerd.msb.v2 $MSB_IMAGE msb-demo uname -r"
+	ctd_ctr -n default run --rm --runtime io.containerd.msb.v2 "$MSB_IMAGE" "msb-demo-$$" uname -r
+	echo "host kernel: $(uname -r)"
+}
+
+if [[ ${MSB_SKIP_CONTAINERD:-0} != 1 ]]; then
+	containerd_install
+	containerd_config
+	containerd_start
+	containerd_image
+fi
+# ============================================================================
+# end of the containerd section
+# ============================================================================
 
 step "demo bundle in $MSB_LIB/demo"
 bundle=$MSB_LIB/demo
@@ -88,5 +317,6 @@ if ((demo)); then
 	step "demo: msb-runtime run --bundle $bundle msb-demo"
 	"$PREFIX/bin/msb-runtime" run --bundle "$bundle" "msb-demo-$$" </dev/null
 	echo "host kernel: $(uname -r)"
+	# demo_ctr # the containerd demo: enable when containerd-shim-msb-v2 works (issue 4)
 fi
 step "done"
