@@ -1,18 +1,15 @@
-// Command containerd-shim-msb-v2 will be the containerd shim v2 of msb
-// (runtime type io.containerd.msb.v2). Until the shim lands it only reports
-// its version, so packaging and install paths can be exercised.
+// Command containerd-shim-msb-v2 is msb's containerd shim v2 (runtime type
+// io.containerd.msb.v2): every container runs in its own microVM. All logic
+// is in package shim.
 package main
 
 import (
-	"fmt"
-	"os"
+	"context"
 
-	"github.com/msb-dev/msb/version"
+	"github.com/msb-dev/msb/shim"
 )
 
 func main() {
-	fmt.Printf("containerd-shim-msb-v2 %s (shim not implemented yet: use msb-runtime)\n", version.Version)
-	if len(os.Args) > 1 && os.Args[1] != "-v" && os.Args[1] != "--version" {
-		os.Exit(1)
-	}
+	shim.RegisterPlugins()
+	shim.Run(context.Background(), shim.NewManager(shim.RuntimeName), shim.BinaryOpts()...)
 }

@@ -1,0 +1,207 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/protocol"
+)
+
+// guestBundleRoot is where the agent keeps bundles; it only informs.
+const guestBundleRoot = "/run/msb/bundles"
+
+// create is Create: mount the rootfs on the bundle, boot the container's
+// VM, open its stdio and create the container in the guest. On error
+// nothing is left: no VM, mount, state or record.
+func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *container, retErr error) {
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("create %q: restoring from a checkpoint is not supported in msb VMs: %w", r.ID, errdefs.ErrNotImplemented)
+	}
+	if r.Options != nil && r.Options.TypeUrl != "" {
+		// Runtime options (containerd config) have no msb type yet:
+		// config.toml and annotations configure the VM.
+		log.G(ctx).Debugf("ignoring runtime options of type %s", r.Options.TypeUrl)
+	}
+	bundle, err := filepath.Abs(r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadSpec(bundle)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.Load(config.DefaultPath)
+	if err != nil {
+		return nil, fmt.Errorf("msb config: %w", err)
+	}
+	binary, err := vmmBinary()
+	if err != nil {
+		return nil, err
+	}
+
+	rec := &record{ID: r.ID}
+	if err := writeRecord(bundle, rec); err != nil {
+		return nil, err
+	}
+	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec,
+		execs: map[string]*proc{}, idle: make(chan struct{}, 1)}
+	defer func() {
+		if retErr != nil {
+			s.teardown(ctx, c)
+		}
+	}()
+
+	rootfs, err := c.mountRootfs(ctx, r, spec)
+	if err != nil {
+		return nil, err
+	}
+	c.vm, err = startVM(ctx, vmRequest{
+		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
+		spec: spec, cfg: cfg, binary: binary,
+	}, func(pid int, stateDir, sock string) error {
+		rec.VMMPid, rec.StateDir, rec.AgentSocket = pid, stateDir, sock
+		return writeRecord(bundle, rec)
+	})
+	if err != nil {
+		return nil, err
+	}
+	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	pio, err := openIO(ctx, c.vm.launch.AgentSocket, r.ID, s.namespace, host)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: %w", err)
+	}
+	c.init = newProc(c, "", host, pio)
+	guestSpec, err := json.Marshal(c.vm.guest)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.vm.task.Create(ctx, &task.CreateTaskRequest{
+		ID:       r.ID,
+		Bundle:   guestBundleRoot + "/" + r.ID,
+		Terminal: r.Terminal,
+		Stdin:    pio.guest.Stdin,
+		Stdout:   pio.guest.Stdout,
+		Stderr:   pio.guest.Stderr,
+		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: guestSpec},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create container in the guest: %w", fromAgent(err))
+	}
+	c.init.guestPid = resp.Pid
+	return c, nil
+}
+
+// mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as
+// runc's shim does, and returns the host rootfs directory to share.
+func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec) (string, error) {
+	if len(r.Rootfs) == 0 {
+		p := spec.Root.Path
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(c.bundle, p)
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return "", fmt.Errorf("root.path %q: %w: %w", spec.Root.Path, err, errdefs.ErrInvalidArgument)
+		}
+		if !st.IsDir() {
+			return "", fmt.Errorf("root.path %q is not a directory: %w", spec.Root.Path, errdefs.ErrInvalidArgument)
+		}
+		return filepath.EvalSymlinks(p)
+	}
+	rootfs := filepath.Join(c.bundle, "rootfs")
+	if err := os.Mkdir(rootfs, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	c.rec.Rootfs = rootfs
+	if err := writeRecord(c.bundle, c.rec); err != nil {
+		return "", err
+	}
+	c.rootfs = rootfs
+	if err := mount.All(mount.FromProto(r.Rootfs), rootfs); err != nil {
+		if uerr := mount.UnmountRecursive(rootfs, 0); uerr != nil {
+			log.G(ctx).WithError(uerr).Warn("undo partial rootfs mount")
+		}
+		c.rootfs = ""
+		return "", fmt.Errorf("mount rootfs: %w", err)
+	}
+	if spec.Root.Path != "rootfs" && filepath.Clean(spec.Root.Path) != rootfs {
+		log.G(ctx).Warnf("root.path %q is not the bundle's rootfs: sharing %s, where containerd's mounts are", spec.Root.Path, rootfs)
+	}
+	return rootfs, nil
+}
+
+// teardown removes what create made for c: its VM (stopped, state
+// removed), its stdio, its rootfs mount and its record.
+func (s *service) teardown(ctx context.Context, c *container) {
+	if c.init != nil {
+		c.init.io.abort()
+	}
+	c.mu.Lock()
+	for _, e := range c.execs {
+		if e != nil {
+			e.io.abort()
+		}
+	}
+	c.mu.Unlock()
+	if c.vm != nil {
+		c.vm.destroy(ctx)
+	}
+	if c.rootfs != "" {
+		if err := mount.UnmountRecursive(c.rootfs, 0); err != nil {
+			log.G(ctx).WithError(err).Warnf("unmount rootfs %s", c.rootfs)
+		}
+	}
+	if err := os.Remove(filepath.Join(c.bundle, recordFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("remove shim record")
+	}
+}
+
+// taskCreateEvent is the TaskCreate event for c.
+func taskCreateEvent(c *container, r *task.CreateTaskRequest) *eventstypes.TaskCreate {
+	return &eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO: &eventstypes.TaskIO{
+			Stdin:    r.Stdin,
+			Stdout:   r.Stdout,
+			Stderr:   r.Stderr,
+			Terminal: r.Terminal,
+		},
+		Checkpoint: r.Checkpoint,
+		Pid:        c.hostPid(),
+	}
+}
+
+// loadSpec reads bundle/config.json; errors name the file and the problem.
+func loadSpec(bundle string) (*specs.Spec, error) {
+	path := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read bundle config: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("%s: invalid JSON: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	switch {
+	case spec.Root == nil || spec.Root.Path == "":
+		return nil, fmt.Errorf("%s: root.path is missing: %w", path, errdefs.ErrInvalidArgument)
+	case spec.Process == nil || len(spec.Process.Args) == 0:
+		return nil, fmt.Errorf("%s: process.args is empty: %w", path, errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}

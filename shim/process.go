@@ -1,0 +1,288 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Exit statuses the shim reports when the guest cannot say.
+const (
+	exitUnknown = 255                     // the VM or agent died under the process
+	exitKilled  = 128 + int(unix.SIGKILL) // the process (or its VM) was SIGKILLed
+)
+
+// How long exit handling waits for things that should be quick.
+const (
+	// deadVMOutputWait bounds draining output of a VM that died: its
+	// streams are closed with it, so this is only a safety net.
+	deadVMOutputWait = time.Second
+	// execDrainWait bounds how long an init exit is held back for the
+	// container's exec processes to report theirs.
+	execDrainWait = 10 * time.Second
+)
+
+// container is one task: its rootfs, its VM, its init and exec processes.
+type container struct {
+	id, bundle string
+	namespace  string
+	rootfs     string // where the shim mounted the rootfs; "" if it did not
+	vm         *vm
+	rec        *record
+	init       *proc
+
+	mu      sync.Mutex
+	execs   map[string]*proc
+	running int           // exec processes started whose exit is not yet published
+	idle    chan struct{} // signalled when running drops
+}
+
+// hostPid is the pid containerd sees for every process of the container:
+// the VMM process, the host process that is the VM. Guest pids mean
+// nothing on the host; Pids lists them.
+func (c *container) hostPid() uint32 { return uint32(c.vm.h.Pid) }
+
+func (c *container) getProcess(execID string) (*proc, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok || p == nil { // nil: reserved by an Exec in progress
+		return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.id, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+func (c *container) execDone() {
+	c.mu.Lock()
+	c.running--
+	c.mu.Unlock()
+	select {
+	case c.idle <- struct{}{}:
+	default:
+	}
+}
+
+// waitExecs waits until no exec process of c is running (its exit
+// published), at most d.
+func (c *container) waitExecs(d time.Duration) bool {
+	deadline := time.After(d)
+	for {
+		c.mu.Lock()
+		n := c.running
+		c.mu.Unlock()
+		if n <= 0 {
+			return true
+		}
+		select {
+		case <-c.idle:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+type procState int
+
+const (
+	stateCreated procState = iota
+	stateRunning
+	stateStopped
+)
+
+// proc is a process the shim tracks: init (execID "") or an exec.
+type proc struct {
+	c      *container
+	execID string
+	host   stdioURIs // as containerd gave them
+	io     *procIO
+
+	mu         sync.Mutex
+	state      procState
+	guestPid   uint32
+	exitStatus uint32
+	exitedAt   time.Time
+	killed     bool // SIGKILL was asked for
+
+	// gate is closed once the process's start event is out (or it will
+	// never start), so its exit can never be published before it.
+	gate     chan struct{}
+	gateOnce sync.Once
+	// exited is closed when the exit is known and all output is out: Wait
+	// returns then.
+	exited chan struct{}
+	// published is closed once the TaskExit is queued.
+	published chan struct{}
+}
+
+func newProc(c *container, execID string, host stdioURIs, pio *procIO) *proc {
+	return &proc{c: c, execID: execID, host: host, io: pio,
+		gate: make(chan struct{}), exited: make(chan struct{}), published: make(chan struct{})}
+}
+
+func (p *proc) id() string {
+	if p.execID == "" {
+		return p.c.id
+	}
+	return p.execID
+}
+
+func (p *proc) name() string {
+	if p.execID == "" {
+		return p.c.id
+	}
+	return p.c.id + "/" + p.execID
+}
+
+func (p *proc) openGate() { p.gateOnce.Do(func() { close(p.gate) }) }
+
+func (p *proc) isExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) status() (procState, uint32, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state, p.exitStatus, p.exitedAt
+}
+
+// watch learns the process's exit from the agent and publishes it: the
+// output is drained to the host first, init waits for its execs, and only
+// then is the process marked exited (Wait returns) and TaskExit queued.
+func (s *service) watch(p *proc) {
+	c := p.c
+	ctx := log.WithLogger(context.WithoutCancel(s.ctx), log.G(s.ctx).WithField("id", p.name()))
+	resp, err := c.vm.task.Wait(ctx, &task.WaitRequest{ID: c.id, ExecID: p.execID})
+	status, at := exitUnknown, time.Now()
+	switch {
+	case err == nil:
+		status = int(resp.ExitStatus)
+		if t := resp.ExitedAt; t != nil {
+			at = t.AsTime()
+		}
+		p.io.finish(-1)
+	default:
+		p.mu.Lock()
+		killed := p.killed
+		p.mu.Unlock()
+		if killed || c.vm.killed.Load() {
+			status = exitKilled
+		}
+		if c.vm.isDead() {
+			log.G(ctx).Warnf("VM gone (VMM log %s): reporting exit status %d", c.vm.vmmLog(), status)
+		} else {
+			log.G(ctx).WithError(err).Warnf("lost the guest agent: reporting exit status %d", status)
+		}
+		p.io.finish(deadVMOutputWait)
+	}
+	<-p.gate
+	if p.execID == "" {
+		if !c.waitExecs(execDrainWait) {
+			log.G(ctx).Warnf("exec processes still running %s after init exited: reporting init's exit anyway", execDrainWait)
+		}
+	}
+	p.setExited(uint32(status), at)
+	if p.execID == "" {
+		c.rec.Exit = &exitRecord{Pid: c.hostPid(), Status: uint32(status), At: at}
+		if err := writeRecord(c.bundle, c.rec); err != nil {
+			log.G(ctx).WithError(err).Warn("record exit status")
+		}
+	}
+	s.send(&eventstypes.TaskExit{
+		ContainerID: c.id,
+		ID:          p.id(),
+		Pid:         c.hostPid(),
+		ExitStatus:  uint32(status),
+		ExitedAt:    protobuf.ToTimestamp(at),
+	})
+	close(p.published)
+	if p.execID != "" {
+		c.execDone()
+	}
+}
+
+func (p *proc) setExited(status uint32, at time.Time) {
+	p.mu.Lock()
+	p.state = stateStopped
+	p.exitStatus = status
+	p.exitedAt = at
+	p.mu.Unlock()
+	close(p.exited)
+}
+
+// failStart marks an exec whose start failed as stopped (status 255, as
+// the agent does), without an exit event: runc's shim publishes none.
+func (p *proc) failStart() {
+	p.openGate()
+	p.setExited(exitUnknown, time.Now())
+	close(p.published)
+	p.io.abort()
+}
+
+// waitPublished waits until the exit of p is queued, at most d.
+func (p *proc) waitPublished(ctx context.Context, d time.Duration) error {
+	select {
+	case <-p.published:
+		return nil
+	case <-time.After(d):
+		return fmt.Errorf("%s: exit not known %s after delete: %w", p.name(), d, context.DeadlineExceeded)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// localState answers State from what the shim knows, for when the agent
+// cannot be asked (the VM is gone).
+func (p *proc) localState() *task.StateResponse {
+	st, code, at := p.status()
+	resp := &task.StateResponse{
+		ID:       p.id(),
+		ExecID:   p.execID,
+		Bundle:   p.c.bundle,
+		Pid:      p.c.hostPid(),
+		Stdin:    p.host.Stdin,
+		Stdout:   p.host.Stdout,
+		Stderr:   p.host.Stderr,
+		Terminal: p.host.Terminal,
+	}
+	switch st {
+	case stateCreated:
+		resp.Status = tasktypes.Status_CREATED
+	case stateRunning:
+		resp.Status = tasktypes.Status_RUNNING
+	default:
+		resp.Status = tasktypes.Status_STOPPED
+		resp.ExitStatus = code
+		resp.ExitedAt = timestamppb.New(at)
+	}
+	if p.c.vm.isDead() && st != stateStopped {
+		// The exit is on its way (watch); the process is gone either way.
+		resp.Status = tasktypes.Status_STOPPED
+		resp.ExitStatus = uint32(exitUnknown)
+	}
+	return resp
+}
+
+// agentGone reports whether err means the guest agent cannot be reached
+// (VM dead, connection closed) rather than an answer from it.
+func agentGone(v *vm, err error) bool {
+	return err != nil && (v.isDead() || errors.Is(err, errClosed))
+}

@@ -1,0 +1,506 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/core/runtime"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	cshim "github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/msb-dev/msb/version"
+)
+
+var errClosed = ttrpc.ErrClosed
+
+// deleteExitWait bounds how long Delete waits for the init exit to be
+// published after the guest deleted the container.
+const deleteExitWait = 5 * time.Second
+
+// service is the task service (task API v3) of one shim: it serves every
+// container of its group, each in its own VM.
+type service struct {
+	ctx       context.Context
+	namespace string
+	publisher cshim.Publisher
+	sd        shutdown.Service
+	events    chan any
+
+	mu         sync.Mutex
+	containers map[string]*container
+	creating   map[string]bool
+}
+
+var _ task.TTRPCTaskService = (*service)(nil)
+
+// newService makes the task service; events go out in order through
+// publisher until the shim shuts down.
+func newService(ctx context.Context, publisher cshim.Publisher, sd shutdown.Service) (*service, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{
+		ctx:        ctx,
+		namespace:  ns,
+		publisher:  publisher,
+		sd:         sd,
+		events:     make(chan any, 128),
+		containers: map[string]*container{},
+		creating:   map[string]bool{},
+	}
+	go s.forward()
+	if address, err := cshim.ReadAddress("address"); err == nil {
+		sd.RegisterCallback(func(context.Context) error { return cshim.RemoveSocket(address) })
+	}
+	return s, nil
+}
+
+// RegisterTTRPC registers the task service on the shim's server.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	task.RegisterTTRPCTaskService(server, s)
+	return nil
+}
+
+// send queues an event; one goroutine publishes them in queue order.
+func (s *service) send(e any) {
+	select {
+	case s.events <- e:
+	case <-s.sd.Done():
+	}
+}
+
+func (s *service) forward() {
+	ctx := context.WithoutCancel(s.ctx)
+	defer s.publisher.Close()
+	publish := func(e any) {
+		if err := s.publisher.Publish(ctx, runtime.GetTopic(e), e); err != nil {
+			log.G(ctx).WithError(err).Error("post event")
+		}
+	}
+	for {
+		select {
+		case e := <-s.events:
+			publish(e)
+		case <-s.sd.Done():
+			for {
+				select {
+				case e := <-s.events:
+					publish(e)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (s *service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "container %q not created", id)
+	}
+	return c, nil
+}
+
+func (s *service) getProcess(id, execID string) (*container, *proc, error) {
+	c, err := s.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.getProcess(execID)
+	if err != nil {
+		return nil, nil, errgrpc.ToGRPC(err)
+	}
+	return c, p, nil
+}
+
+// fromAgent turns an error from the guest agent into a containerd error
+// (errdefs kinds survive the hop through ttrpc status codes).
+func fromAgent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errgrpc.ToNative(err)
+}
+
+// Create a container in a new VM.
+func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok || s.creating[r.ID] {
+		s.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "container %q", r.ID)
+	}
+	s.creating[r.ID] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		s.mu.Unlock()
+	}()
+
+	c, err := s.create(ctx, r)
+	if err != nil {
+		log.G(ctx).WithError(err).Errorf("create %s", r.ID)
+		return nil, errgrpc.ToGRPC(err)
+	}
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	s.send(taskCreateEvent(c, r))
+	go s.watch(c.init)
+	return &task.CreateTaskResponse{Pid: c.hostPid()}, nil
+}
+
+// Start the init process or an exec.
+func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID == "" {
+		defer p.openGate()
+		resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID})
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fromAgent(err))
+		}
+		p.mu.Lock()
+		p.guestPid, p.state = resp.Pid, stateRunning
+		p.mu.Unlock()
+		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: c.hostPid()})
+		return &task.StartResponse{Pid: c.hostPid()}, nil
+	}
+
+	c.mu.Lock()
+	if c.init.isExited() {
+		c.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s init process is not running", c.id)
+	}
+	c.running++
+	c.mu.Unlock()
+	resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID, ExecID: r.ExecID})
+	if err != nil {
+		p.failStart()
+		c.execDone()
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	p.mu.Lock()
+	p.guestPid, p.state = resp.Pid, stateRunning
+	p.mu.Unlock()
+	s.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: c.hostPid()})
+	p.openGate()
+	go s.watch(p)
+	return &task.StartResponse{Pid: c.hostPid()}, nil
+}
+
+// Delete the container (VM and all) or an exec.
+func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID != "" {
+		if !c.vm.isDead() {
+			if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID, ExecID: r.ExecID}); err != nil && !agentGone(c.vm, err) {
+				return nil, errgrpc.ToGRPC(fromAgent(err))
+			}
+		}
+		c.mu.Lock()
+		delete(c.execs, r.ExecID)
+		c.mu.Unlock()
+		p.openGate() // created, never started: no exit will come
+		p.io.abort()
+		_, code, at := p.status()
+		return &task.DeleteResponse{Pid: c.hostPid(), ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	}
+
+	if !c.vm.isDead() {
+		if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID}); err != nil && !agentGone(c.vm, err) {
+			if !errdefs.IsNotFound(fromAgent(err)) {
+				return nil, errgrpc.ToGRPC(fromAgent(err))
+			}
+		}
+	}
+	p.openGate()
+	if err := p.waitPublished(ctx, deleteExitWait); err != nil {
+		// The guest deleted the container, yet its exit is not out: the
+		// output copy is stuck on a client that stopped reading, or the
+		// guest is. Closing the host side and stopping the VM ends both.
+		log.G(ctx).WithError(err).Warn("delete: closing stdio and stopping the VM")
+		p.io.abort()
+		c.vm.stop(ctx, int32(exitUnknown))
+		if err := p.waitPublished(ctx, 5*time.Second); err != nil {
+			log.G(ctx).WithError(err).Error("delete: init exit never published")
+		}
+	}
+	s.mu.Lock()
+	delete(s.containers, r.ID)
+	s.mu.Unlock()
+	_, code, at := p.status()
+	c.vm.stop(ctx, int32(code))
+	s.teardown(ctx, c)
+	s.send(&eventstypes.TaskDelete{
+		ContainerID: c.id,
+		Pid:         c.hostPid(),
+		ExitStatus:  code,
+		ExitedAt:    protobuf.ToTimestamp(at),
+	})
+	return &task.DeleteResponse{Pid: c.hostPid(), ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+// Exec adds a process to a running container.
+func (s *service) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID == "" {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "exec in %q: empty exec id", r.ID)
+	}
+	c.mu.Lock()
+	if _, ok := c.execs[r.ExecID]; ok {
+		c.mu.Unlock()
+		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "id %s", r.ExecID)
+	}
+	c.execs[r.ExecID] = nil // reserved
+	c.mu.Unlock()
+	p, err := s.exec(ctx, c, r)
+	c.mu.Lock()
+	if err != nil {
+		delete(c.execs, r.ExecID)
+	} else {
+		c.execs[r.ExecID] = p
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	s.send(&eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return &emptypb.Empty{}, nil
+}
+
+func (s *service) exec(ctx context.Context, c *container, r *task.ExecProcessRequest) (*proc, error) {
+	if c.init.isExited() || c.vm.isDead() {
+		return nil, fmt.Errorf("exec %q in %q: container is not running: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
+	}
+	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	pio, err := openIO(ctx, c.vm.launch.AgentSocket, r.ID, c.namespace, host)
+	if err != nil {
+		return nil, fmt.Errorf("exec %q stdio: %w", r.ExecID, err)
+	}
+	_, err = c.vm.task.Exec(ctx, &task.ExecProcessRequest{
+		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Spec: r.Spec,
+		Stdin: pio.guest.Stdin, Stdout: pio.guest.Stdout, Stderr: pio.guest.Stderr,
+	})
+	if err != nil {
+		pio.abort()
+		return nil, fromAgent(err)
+	}
+	return newProc(c, r.ExecID, host, pio), nil
+}
+
+// State of a process: the agent's view, with the host's pid and stdio.
+func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if p.isExited() || c.vm.isDead() {
+		return p.localState(), nil
+	}
+	resp, err := c.vm.task.State(ctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
+	if err != nil {
+		if agentGone(c.vm, err) {
+			return p.localState(), nil
+		}
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	local := p.localState()
+	resp.ID, resp.Bundle, resp.Pid = local.ID, local.Bundle, local.Pid
+	resp.Stdin, resp.Stdout, resp.Stderr, resp.Terminal = local.Stdin, local.Stdout, local.Stderr, local.Terminal
+	return resp, nil
+}
+
+// Kill signals a process (all of the container's with All).
+func (s *service) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sigkill := r.Signal == uint32(unix.SIGKILL)
+	if sigkill {
+		p.mu.Lock()
+		p.killed = true
+		p.mu.Unlock()
+	}
+	if p.isExited() || c.vm.isDead() {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "%s: process already finished", p.name())
+	}
+	kctx := ctx
+	if sigkill && r.ExecID == "" {
+		// SIGKILL must work on a wedged guest too: then the VM goes.
+		var cancel context.CancelFunc
+		kctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	_, err = c.vm.task.Kill(kctx, &task.KillRequest{ID: r.ID, ExecID: r.ExecID, Signal: r.Signal, All: r.All})
+	switch {
+	case err == nil:
+		return &emptypb.Empty{}, nil
+	case sigkill && r.ExecID == "" && (agentGone(c.vm, err) || errors.Is(err, context.DeadlineExceeded)):
+		log.G(ctx).WithError(err).Warnf("%s: SIGKILL through the agent failed: killing the VM", p.name())
+		c.vm.kill()
+		return &emptypb.Empty{}, nil
+	case agentGone(c.vm, err):
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "%s: VM is gone, process already finished", p.name())
+	}
+	return nil, errgrpc.ToGRPC(fromAgent(err))
+}
+
+// Wait returns once the process has exited and all its output is out.
+func (s *service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, errgrpc.ToGRPC(ctx.Err())
+	}
+	_, code, at := p.status()
+	return &task.WaitResponse{ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+// Pids lists the container's processes inside the guest (guest pids).
+func (s *service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.vm.task.Pids(ctx, &task.PidsRequest{ID: r.ID})
+	if err != nil {
+		if agentGone(c.vm, err) {
+			return &task.PidsResponse{}, nil
+		}
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return resp, nil
+}
+
+// Pause freezes the container's processes in the guest.
+func (s *service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Pause(ctx, &task.PauseRequest{ID: r.ID}); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	s.send(&eventstypes.TaskPaused{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Resume thaws the container.
+func (s *service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Resume(ctx, &task.ResumeRequest{ID: r.ID}); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	s.send(&eventstypes.TaskResumed{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Checkpoint is not supported.
+func (s *service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented,
+		"checkpoint of %q: msb runs containers in microVMs and cannot checkpoint them (no CRIU in the guest, and VM snapshots are not implemented)", r.ID)
+}
+
+// ResizePty forwards a terminal resize to the guest.
+func (s *service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
+	c, _, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.ResizePty(ctx, r); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin once what the client wrote is passed on.
+func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.io.closeStdin()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Update changes the container's resources inside the guest.
+func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Update(ctx, r); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Stats returns the container's cgroup metrics from inside the guest.
+func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.vm.task.Stats(ctx, r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return resp, nil
+}
+
+// Connect returns the shim's pid and the container's (its VMM's).
+func (s *service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
+	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: version.Version}
+	if c, err := s.get(r.ID); err == nil {
+		resp.TaskPid = c.hostPid()
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.containers) > 0 || len(s.creating) > 0 {
+		return &emptypb.Empty{}, nil
+	}
+	s.sd.Shutdown()
+	return &emptypb.Empty{}, nil
+}

@@ -1,0 +1,266 @@
+package shim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/fifo"
+	"github.com/containerd/log"
+
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// stdioURIs are a process's stdio as containerd names them.
+type stdioURIs struct {
+	Stdin, Stdout, Stderr string
+	Terminal              bool
+}
+
+// procIO bridges a process's host stdio (fifos, a file:// log or a
+// binary:// logger) to its streams to the guest: one relay connection per
+// stream, copied with backpressure (a slow reader stalls the guest process,
+// nothing is dropped). The agent closes a process's output streams after
+// its last byte and before it reports the exit, so once the copies below
+// finish every byte has been written to the host side.
+type procIO struct {
+	guest   stdioURIs // the stream URIs the agent gets
+	conns   []*net.UnixConn
+	outDone sync.WaitGroup
+	// stdinKeep is the shim's own write end of the stdin fifo: while it is
+	// open the copy does not see EOF when the client reopens the fifo;
+	// CloseIO closes it, and the copy ends once the client's data is in.
+	stdinKeep io.Closer
+	stdinR    io.Closer
+	sinks     []io.Closer // host outputs, closed once the copies end
+	logger    *binaryLogger
+	closeOnce sync.Once
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// openIO opens the host side of u and one relay stream for each stdio
+// stream the process has. ctx bounds opening the fifos.
+func openIO(ctx context.Context, sock, id, namespace string, u stdioURIs) (_ *procIO, retErr error) {
+	p := &procIO{guest: stdioURIs{Terminal: u.Terminal}}
+	defer func() {
+		if retErr != nil {
+			p.abort()
+		}
+	}()
+	stdout, stderr, err := p.openSinks(ctx, id, namespace, u)
+	if err != nil {
+		return nil, err
+	}
+	dial := func() (*net.UnixConn, string, error) {
+		tok := newToken()
+		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, tok)
+		if err != nil {
+			return nil, "", err
+		}
+		p.conns = append(p.conns, c)
+		return c, protocol.StreamURI(tok), nil
+	}
+	for _, o := range []struct {
+		w   io.Writer
+		uri *string
+	}{{stdout, &p.guest.Stdout}, {stderr, &p.guest.Stderr}} {
+		if o.w == nil {
+			continue
+		}
+		c, uri, err := dial()
+		if err != nil {
+			return nil, err
+		}
+		_ = c.CloseWrite() // the shim never writes to an output stream
+		*o.uri = uri
+		p.outDone.Add(1)
+		go func(w io.Writer) {
+			defer p.outDone.Done()
+			buf := make([]byte, 32<<10)
+			if _, err := io.CopyBuffer(w, c, buf); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.G(ctx).WithError(err).Warnf("%s: copying output", id)
+			}
+		}(o.w)
+	}
+	if u.Stdin != "" {
+		r, err := fifo.OpenFifo(context.WithoutCancel(ctx), u.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin fifo %s: %w", u.Stdin, err)
+		}
+		p.stdinR = r
+		w, err := fifo.OpenFifo(context.WithoutCancel(ctx), u.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin fifo %s: %w", u.Stdin, err)
+		}
+		p.stdinKeep = w
+		c, uri, err := dial()
+		if err != nil {
+			return nil, err
+		}
+		p.guest.Stdin = uri
+		go func() {
+			buf := make([]byte, 32<<10)
+			_, _ = io.CopyBuffer(c, r, buf)
+			_ = c.CloseWrite() // EOF for the process
+		}()
+	}
+	return p, nil
+}
+
+// openSinks opens the host side of stdout and stderr; nil means none.
+func (p *procIO) openSinks(ctx context.Context, id, namespace string, u stdioURIs) (stdout, stderr io.Writer, err error) {
+	if u.Stdout == "" && u.Stderr == "" {
+		return nil, nil, nil
+	}
+	ref := u.Stdout
+	if ref == "" {
+		ref = u.Stderr
+	}
+	uri, err := url.Parse(ref)
+	if err != nil {
+		return nil, nil, fmt.Errorf("stdout %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	switch uri.Scheme {
+	case "", "fifo":
+		if stdout, err = p.openPath(ctx, u.Stdout); err != nil {
+			return nil, nil, err
+		}
+		if stderr, err = p.openPath(ctx, u.Stderr); err != nil {
+			return nil, nil, err
+		}
+		return stdout, stderr, nil
+	case "file":
+		if err := os.MkdirAll(filepath.Dir(uri.Path), 0o755); err != nil {
+			return nil, nil, err
+		}
+		open := func() (*os.File, error) {
+			return os.OpenFile(uri.Path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		}
+		var fo, fe *os.File
+		if fo, err = open(); err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		p.sinks = append(p.sinks, fo)
+		if fe, err = open(); err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		p.sinks = append(p.sinks, fe)
+		return fo, fe, nil
+	case "binary", "binary-v2":
+		l, err := startBinaryLogger(ctx, id, namespace, uri)
+		if err != nil {
+			return nil, nil, err
+		}
+		p.logger = l
+		return l.stdout, l.stderr, nil
+	default:
+		return nil, nil, fmt.Errorf("stdio URI scheme %q: use a fifo path, file:// or binary://: %w", uri.Scheme, errdefs.ErrInvalidArgument)
+	}
+}
+
+// openPath opens a fifo (as runc's shim does: both ends, so the write side
+// never fails for want of a reader) or a plain file for appending.
+func (p *procIO) openPath(ctx context.Context, path string) (io.Writer, error) {
+	if path == "" {
+		return nil, nil
+	}
+	if ok, err := fifo.IsFifo(path); err != nil {
+		return nil, fmt.Errorf("stdio %s: %w", path, err)
+	} else if !ok {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return nil, fmt.Errorf("stdio %s: %w", path, err)
+		}
+		p.sinks = append(p.sinks, f)
+		return f, nil
+	}
+	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open fifo %s for writing: %w", path, err)
+	}
+	p.sinks = append(p.sinks, w)
+	r, err := fifo.OpenFifo(ctx, path, syscall.O_RDONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open fifo %s for reading: %w", path, err)
+	}
+	p.sinks = append(p.sinks, r)
+	return w, nil
+}
+
+// closeStdin is CloseIO: the process sees EOF once what the client wrote
+// has been passed on.
+func (p *procIO) closeStdin() {
+	if p.stdinKeep != nil {
+		p.stdinKeep.Close()
+	}
+}
+
+// finish waits until all output has reached the host side (at most wait;
+// a negative wait means no bound), closes the host side, and gives a
+// binary logger EOF and a moment to write out what it has. It is what a
+// process's exit waits for before it is reported.
+func (p *procIO) finish(wait time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		p.outDone.Wait()
+		close(done)
+	}()
+	if wait < 0 {
+		<-done
+	} else {
+		select {
+		case <-done:
+		case <-time.After(wait):
+			log.L.Warnf("output copy still blocked after %s: closing it", wait)
+		}
+	}
+	p.closeHost()
+	if p.logger != nil {
+		p.logger.closeInput()
+		p.logger.wait(loggerDrainTimeout)
+	}
+}
+
+// closeHost closes the streams and the host files and fifos.
+func (p *procIO) closeHost() {
+	p.closeOnce.Do(func() {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		if p.stdinKeep != nil {
+			p.stdinKeep.Close()
+		}
+		if p.stdinR != nil {
+			p.stdinR.Close()
+		}
+		for _, s := range p.sinks {
+			s.Close()
+		}
+	})
+}
+
+// abort closes everything now and ends a binary logger (process deleted,
+// or setting up failed).
+func (p *procIO) abort() {
+	p.closeHost()
+	if p.logger != nil {
+		p.logger.terminate()
+	}
+}

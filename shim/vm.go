@@ -1,0 +1,326 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/specconv"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// StateRoot is where the shim keeps per-VM state dirs and agent sockets:
+// /run/msb/shim, or $MSB_SHIM_STATE_ROOT (tests, side-by-side installs).
+func StateRoot() string {
+	if r := os.Getenv("MSB_SHIM_STATE_ROOT"); r != "" {
+		return filepath.Clean(r)
+	}
+	return "/run/msb/shim"
+}
+
+// vmmBinary finds msb-runtime, whose hidden `vmm` command is the VMM
+// process: next to the shim's own executable, else on PATH, else in
+// /usr/local/bin.
+func vmmBinary() (string, error) {
+	const name = "msb-runtime"
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return filepath.Abs(p)
+	}
+	p := "/usr/local/bin/" + name
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("the VMM binary %s is neither next to the shim, on PATH nor in /usr/local/bin: install msb (install.sh): %w", name, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+// vm is one microVM and the guest agent in it.
+type vm struct {
+	name     string
+	stateDir string
+	launch   *vmm.LaunchConfig
+	guest    *specs.Spec // the spec runc runs in the guest
+	release  func() error
+
+	h      *vmm.Handle
+	client *ttrpc.Client
+	task   task.TTRPCTaskService
+	agent  *protocol.AgentClient
+	// dead is closed once the VMM process has exited; then every call to
+	// the agent fails at once (the client is closed).
+	dead chan struct{}
+	// killed is set when the shim SIGKILLed the VM itself.
+	killed atomic.Bool
+
+	stopOnce sync.Once
+}
+
+// vmRequest is what startVM needs to know about a container.
+type vmRequest struct {
+	id, namespace string
+	bundle        string
+	rootfs        string // host rootfs directory, mounted
+	spec          *specs.Spec
+	cfg           config.Config
+	binary        string
+}
+
+// startVM prepares the VM for a container (state dir, staged files, disk
+// locks), spawns its VMM attached to this process, and waits until the
+// guest agent answers. On error nothing it made is left behind and the
+// error names the logs.
+func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, sock string) error) (_ *vm, retErr error) {
+	ms, err := mounts.Classify(r.spec.Mounts, r.bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	root := filepath.Join(StateRoot(), r.namespace)
+	sock, err := vmm.AgentSocketPath(root, r.id)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, fmt.Errorf("state root: %w", err)
+	}
+	stateDir := filepath.Join(root, r.id)
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		if !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+		// Left by a shim that died without cleanup; the id is ours now.
+		log.G(ctx).Warnf("removing stale VM state %s", stateDir)
+		if err := os.RemoveAll(stateDir); err != nil {
+			return nil, fmt.Errorf("stale state dir: %w", err)
+		}
+		if err := os.Mkdir(stateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
+	v := &vm{name: r.id, stateDir: stateDir, dead: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			v.destroy(ctx)
+		}
+	}()
+	sb, err := specconv.Convert(specconv.Input{
+		Spec:           r.spec,
+		Mounts:         ms,
+		RootfsHostPath: r.rootfs,
+		StageDir:       filepath.Join(stateDir, "files"),
+		ContainerID:    r.id,
+		Defaults: specconv.Defaults{
+			VCPUs: r.cfg.VCPUs, MemoryMiB: r.cfg.MemoryMiB,
+			OverheadMiB: r.cfg.OverheadMiB, Backend: r.cfg.Backend,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	v.guest = sb.GuestSpec
+	env, err := sb.Boot.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("guest boot env: %w", err)
+	}
+	if v.release, err = mounts.Prepare(sb.Files, sb.Disks); err != nil {
+		return nil, err
+	}
+	lc := &vmm.LaunchConfig{
+		Version:       vmm.ConfigVersion,
+		Name:          r.namespace + "/" + r.id,
+		Backend:       sb.Backend,
+		RuntimeDir:    stateDir,
+		AgentSocket:   sock,
+		ConsoleLog:    filepath.Join(stateDir, "console.log"),
+		VCPUs:         sb.VCPUs,
+		MemoryMiB:     sb.MemoryMiB,
+		Kernel:        r.cfg.Kernel,
+		Initrd:        r.cfg.Initrd,
+		QEMU:          r.cfg.QEMU,
+		Accel:         r.cfg.Accel,
+		Env:           env,
+		BootTimeout:   vmm.Duration(r.cfg.BootTimeoutDuration()),
+		ShutdownGrace: vmm.Duration(3 * time.Second),
+		Cleanup:       []string{stateDir},
+	}
+	for _, s := range sb.Shares {
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})
+	}
+	for _, d := range sb.Disks {
+		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+	}
+	if err := lc.Validate(); err != nil {
+		return nil, err
+	}
+	if lc.Backend != vmm.BackendLibkrun {
+		if _, err := os.Stat(lc.Kernel); err != nil {
+			return nil, fmt.Errorf("guest kernel %s: %w: run install.sh or set kernel in %s", lc.Kernel, err, config.DefaultPath)
+		}
+	}
+	v.launch = lc
+	v.h, err = vmm.Spawn(lc, vmm.SpawnOptions{
+		Binary: r.binary,
+		Args:   []string{"vmm", stateDir}, // names the VM in ps, and lets cleanup recognise it
+		Log:    v.vmmLog(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w%s", err, logTail(v.vmmLog()))
+	}
+	go func() {
+		<-v.h.Done()
+		close(v.dead)
+	}()
+	if err := onSpawn(v.h.Pid, stateDir, sock); err != nil {
+		return nil, err
+	}
+	if err := v.connect(ctx); err != nil {
+		return nil, fmt.Errorf("%w%s%s", err, logTail(v.vmmLog()), logTail(lc.ConsoleLog))
+	}
+	return v, nil
+}
+
+func (v *vm) vmmLog() string { return filepath.Join(v.stateDir, "vmm.log") }
+
+// connect dials the agent through the relay and waits until it answers.
+func (v *vm) connect(ctx context.Context) error {
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(v.launch.BootTimeout)+10*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-v.dead:
+			cancel()
+		case <-bootCtx.Done():
+		}
+	}()
+	c, err := vmm.DialTTRPC(bootCtx, v.launch.AgentSocket)
+	if err != nil {
+		return v.bootError(err)
+	}
+	if err := vmm.WaitReady(bootCtx, c); err != nil {
+		c.Close()
+		return v.bootError(err)
+	}
+	v.client = c
+	v.task = task.NewTTRPCTaskClient(c)
+	v.agent = protocol.NewAgentClient(c)
+	go func() {
+		// A dead VMM must fail every pending call now, not at a timeout.
+		<-v.dead
+		c.Close()
+	}()
+	return nil
+}
+
+func (v *vm) bootError(err error) error {
+	select {
+	case <-v.dead:
+		return fmt.Errorf("VM exited during boot (VMM log %s, guest console %s): %w", v.vmmLog(), v.launch.ConsoleLog, err)
+	default:
+		return fmt.Errorf("guest agent did not come up (VMM log %s, guest console %s): %w", v.vmmLog(), v.launch.ConsoleLog, err)
+	}
+}
+
+// isDead reports whether the VMM process has exited.
+func (v *vm) isDead() bool {
+	select {
+	case <-v.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill ends the VM at once (SIGKILL to the VMM, whose hypervisor dies with
+// it). Used when the agent cannot be reached to deliver a SIGKILL.
+func (v *vm) kill() {
+	v.killed.Store(true)
+	_ = v.h.Kill()
+}
+
+// stop powers the VM off: the agent is asked to shut down with code; a VM
+// that does not stop within the grace is released (the VMM's watchdog
+// stops it) and finally killed. It returns once the VMM process is gone.
+func (v *vm) stop(ctx context.Context, code int32) {
+	v.stopOnce.Do(func() {
+		if v.h == nil {
+			return
+		}
+		// Each step gives the VM 5 s to go: the guest's own power-off,
+		// then the VMM's watchdog (creator gone), then SIGKILL.
+		steps := []func() error{v.h.Release, v.h.Kill}
+		if v.agent != nil && !v.isDead() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err := v.agent.Shutdown(sctx, code)
+			cancel()
+			if err == nil {
+				steps = append([]func() error{func() error { return nil }}, steps...)
+			} else if !v.isDead() {
+				log.G(ctx).WithError(err).Warnf("VM %s: guest shutdown request failed", v.name)
+			}
+		}
+		for _, step := range steps {
+			_ = step()
+			select {
+			case <-v.dead:
+				_ = v.h.Release()
+				_, _ = v.h.Wait()
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+		log.G(ctx).Errorf("VM %s: VMM process %d did not exit after SIGKILL", v.name, v.h.Pid)
+	})
+}
+
+// destroy stops the VM and removes everything startVM made.
+func (v *vm) destroy(ctx context.Context) {
+	v.stop(ctx, vmm.ExitKilled)
+	if v.client != nil {
+		v.client.Close()
+	}
+	if v.release != nil {
+		if err := v.release(); err != nil {
+			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
+		}
+	}
+	if err := os.RemoveAll(v.stateDir); err != nil {
+		log.G(ctx).WithError(err).Warnf("VM %s: remove state", v.name)
+	}
+	if v.launch != nil {
+		_ = os.Remove(v.launch.AgentSocket)
+	}
+}
+
+// logTail returns the last lines of a log file, formatted for an error, so
+// the cause survives the state dir's removal.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
+}
