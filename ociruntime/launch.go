@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
-	"github.com/msb-dev/msb/mounts"
-	"github.com/msb-dev/msb/specconv"
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -23,13 +23,13 @@ type Options struct {
 }
 
 // sandbox is a prepared launch: state dir made, files staged, disks locked.
-// release undoes all of it.
+// destroy undoes all of it.
 type sandbox struct {
 	id       string
 	stateDir string
 	launch   *vmm.LaunchConfig
-	spec     *specconv.Sandbox
-	release  func() error
+	guest    *specs.Spec // the spec runc runs in the guest
+	prep     *launch.Prepared
 }
 
 // prepare turns a bundle into a launch config and reserves what it needs.
@@ -47,10 +47,6 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 		return nil, err
 	}
 	rootfs, err := rootfsPath(bundle, spec)
-	if err != nil {
-		return nil, err
-	}
-	ms, err := mounts.Classify(spec.Mounts, bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -73,79 +69,20 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 			os.RemoveAll(stateDir)
 		}
 	}()
-	sb, err := specconv.Convert(specconv.Input{
-		Spec:           spec,
-		Mounts:         ms,
-		RootfsHostPath: rootfs,
-		StageDir:       filepath.Join(stateDir, "files"),
-		ContainerID:    id,
-		Defaults: specconv.Defaults{
-			VCPUs: o.Config.VCPUs, MemoryMiB: o.Config.MemoryMiB,
-			OverheadMiB: o.Config.OverheadMiB, Backend: o.Config.Backend,
-		},
+	p, err := launch.Prepare(launch.Request{
+		ID: id, Spec: spec, Bundle: bundle, Rootfs: rootfs,
+		StateDir: stateDir, AgentSocket: sock, Config: o.Config,
 	})
 	if err != nil {
 		return nil, err
 	}
-	env, err := sb.Boot.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("guest boot env: %w", err)
-	}
-	release, err := mounts.Prepare(sb.Files, sb.Disks)
-	if err != nil {
-		return nil, err
-	}
-	lc := &vmm.LaunchConfig{
-		Version:       vmm.ConfigVersion,
-		Name:          id,
-		Backend:       sb.Backend,
-		RuntimeDir:    stateDir,
-		AgentSocket:   sock,
-		ConsoleLog:    filepath.Join(stateDir, "console.log"),
-		VCPUs:         sb.VCPUs,
-		MemoryMiB:     sb.MemoryMiB,
-		Kernel:        o.Config.Kernel,
-		Initrd:        o.Config.Initrd,
-		QEMU:          o.Config.QEMU,
-		GuestRoot:     o.Config.GuestRoot,
-		Libkrun:       o.Config.Libkrun,
-		Accel:         o.Config.Accel,
-		Env:           env,
-		BootTimeout:   vmm.Duration(o.Config.BootTimeoutDuration()),
-		ShutdownGrace: vmm.Duration(3 * time.Second),
-		Cleanup:       []string{stateDir},
-	}
-	for _, s := range sb.Shares {
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})
-	}
-	for _, d := range sb.Disks {
-		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
-	}
-	if err := lc.Validate(); err != nil {
-		release()
-		return nil, err
-	}
-	if _, err := os.Stat(lc.Kernel); err != nil && lc.Backend != vmm.BackendLibkrun {
-		release()
-		return nil, fmt.Errorf("guest kernel %s: %w: run install.sh or set kernel in %s", lc.Kernel, err, config.DefaultPath)
-	}
-	return &sandbox{id: id, stateDir: stateDir, launch: lc, spec: sb, release: release}, nil
+	return &sandbox{id: id, stateDir: stateDir, launch: p.Launch, guest: p.GuestSpec, prep: p}, nil
 }
 
 // destroy releases locks and removes the state dir.
 func (s *sandbox) destroy() {
-	if s.release != nil {
-		_ = s.release()
-	}
+	_ = s.prep.Release()
 	_ = os.RemoveAll(s.stateDir)
 	// The VMM removes its socket; this covers a VMM that was SIGKILLed.
 	_ = os.Remove(s.launch.AgentSocket)
-}
-
-func (s *sandbox) spawn(o Options) (*vmm.Handle, error) {
-	return vmm.Spawn(s.launch, vmm.SpawnOptions{
-		Binary: o.Self,
-		Args:   []string{"vmm", s.stateDir}, // informational: tells operators which VM this is
-		Log:    filepath.Join(s.stateDir, "vmm.log"),
-	})
 }

@@ -10,8 +10,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -41,11 +40,11 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		return 1, err
 	}
 	defer sb.destroy()
-	if sb.spec.GuestSpec.Process.Terminal {
+	if sb.guest.Process.Terminal {
 		return 1, fmt.Errorf("process.terminal: a terminal is not supported by msb-runtime run yet: set it to false")
 	}
 	ph.mark("spawn")
-	h, err := sb.spawn(o)
+	h, err := sb.prep.Spawn(o.Self)
 	if err != nil {
 		return 1, err
 	}
@@ -62,7 +61,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		_, _ = h.Wait()
 		// The state dir goes away with this run: carry the logs' last lines
 		// in the error so the cause is not lost with it.
-		return 1, fmt.Errorf("%w%s%s", err, logTail(filepath.Join(sb.stateDir, "vmm.log")), logTail(sb.launch.ConsoleLog))
+		return 1, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.launch.ConsoleLog))
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -95,7 +94,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *pha
 		return 0, err
 	}
 	defer streams.close()
-	spec, err := json.Marshal(sb.spec.GuestSpec)
+	spec, err := json.Marshal(sb.guest)
 	if err != nil {
 		return 0, err
 	}
@@ -140,19 +139,6 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *pha
 		log.G(ctx).Warnf("VMM exited %d, container %d", vmCode, code)
 	}
 	return code, nil
-}
-
-// logTail returns the last lines of a log file, formatted for an error.
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
 }
 
 // stdioStreams are the three relay connections of a process's stdio.

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,9 +18,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
-	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
-	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -61,7 +59,7 @@ type vm struct {
 	stateDir string
 	launch   *vmm.LaunchConfig
 	guest    *specs.Spec // the spec runc runs in the guest
-	release  func() error
+	prep     *launch.Prepared
 
 	h      *vmm.Handle
 	client *ttrpc.Client
@@ -91,10 +89,6 @@ type vmRequest struct {
 // guest agent answers. On error nothing it made is left behind and the
 // error names the logs.
 func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, sock string) error) (_ *vm, retErr error) {
-	ms, err := mounts.Classify(r.spec.Mounts, r.bundle)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
-	}
 	root := filepath.Join(StateRoot(), r.namespace)
 	sock, err := vmm.AgentSocketPath(root, r.id)
 	if err != nil {
@@ -123,68 +117,16 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 			v.destroy(ctx)
 		}
 	}()
-	sb, err := specconv.Convert(specconv.Input{
-		Spec:           r.spec,
-		Mounts:         ms,
-		RootfsHostPath: r.rootfs,
-		StageDir:       filepath.Join(stateDir, "files"),
-		ContainerID:    r.id,
-		Defaults: specconv.Defaults{
-			VCPUs: r.cfg.VCPUs, MemoryMiB: r.cfg.MemoryMiB,
-			OverheadMiB: r.cfg.OverheadMiB, Backend: r.cfg.Backend,
-		},
+	p, err := launch.Prepare(launch.Request{
+		ID: r.id, Name: r.namespace + "/" + r.id, Spec: r.spec, Bundle: r.bundle, Rootfs: r.rootfs,
+		StateDir: stateDir, AgentSocket: sock, Config: r.cfg,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
-	}
-	v.guest = sb.GuestSpec
-	env, err := sb.Boot.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("guest boot env: %w", err)
-	}
-	if v.release, err = mounts.Prepare(sb.Files, sb.Disks); err != nil {
 		return nil, err
 	}
-	lc := &vmm.LaunchConfig{
-		Version:       vmm.ConfigVersion,
-		Name:          r.namespace + "/" + r.id,
-		Backend:       sb.Backend,
-		RuntimeDir:    stateDir,
-		AgentSocket:   sock,
-		ConsoleLog:    filepath.Join(stateDir, "console.log"),
-		VCPUs:         sb.VCPUs,
-		MemoryMiB:     sb.MemoryMiB,
-		Kernel:        r.cfg.Kernel,
-		Initrd:        r.cfg.Initrd,
-		QEMU:          r.cfg.QEMU,
-		Accel:         r.cfg.Accel,
-		Env:           env,
-		BootTimeout:   vmm.Duration(r.cfg.BootTimeoutDuration()),
-		ShutdownGrace: vmm.Duration(3 * time.Second),
-		Cleanup:       []string{stateDir},
-	}
-	for _, s := range sb.Shares {
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})
-	}
-	for _, d := range sb.Disks {
-		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
-	}
-	if err := lc.Validate(); err != nil {
+	v.prep, v.launch, v.guest = p, p.Launch, p.GuestSpec
+	if v.h, err = p.Spawn(r.binary); err != nil {
 		return nil, err
-	}
-	if lc.Backend != vmm.BackendLibkrun {
-		if _, err := os.Stat(lc.Kernel); err != nil {
-			return nil, fmt.Errorf("guest kernel %s: %w: run install.sh or set kernel in %s", lc.Kernel, err, config.DefaultPath)
-		}
-	}
-	v.launch = lc
-	v.h, err = vmm.Spawn(lc, vmm.SpawnOptions{
-		Binary: r.binary,
-		Args:   []string{"vmm", stateDir}, // names the VM in ps, and lets cleanup recognise it
-		Log:    v.vmmLog(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w%s", err, logTail(v.vmmLog()))
 	}
 	go func() {
 		<-v.h.Done()
@@ -194,7 +136,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 		return nil, err
 	}
 	if err := v.connect(ctx); err != nil {
-		return nil, fmt.Errorf("%w%s%s", err, logTail(v.vmmLog()), logTail(lc.ConsoleLog))
+		return nil, fmt.Errorf("%w%s%s", err, launch.LogTail(v.vmmLog()), launch.LogTail(v.launch.ConsoleLog))
 	}
 	return v, nil
 }
@@ -298,8 +240,8 @@ func (v *vm) destroy(ctx context.Context) {
 	if v.client != nil {
 		v.client.Close()
 	}
-	if v.release != nil {
-		if err := v.release(); err != nil {
+	if v.prep != nil {
+		if err := v.prep.Release(); err != nil {
 			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
 		}
 	}
@@ -309,18 +251,4 @@ func (v *vm) destroy(ctx context.Context) {
 	if v.launch != nil {
 		_ = os.Remove(v.launch.AgentSocket)
 	}
-}
-
-// logTail returns the last lines of a log file, formatted for an error, so
-// the cause survives the state dir's removal.
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
-	}
-	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
 }

@@ -1,0 +1,154 @@
+// Package launch turns one container's spec into a ready VM launch: it
+// classifies the mounts, converts the spec, stages single-file binds, locks
+// disk images and builds the VMM launch config — the part msb-runtime and
+// the containerd shim share. The caller owns the state dir.
+package launch
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/specconv"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// Request describes a container to run in its own VM.
+type Request struct {
+	// ID is the container id; Name names the VM (its relay socket is
+	// derived from it) and defaults to ID.
+	ID, Name string
+	Spec     *specs.Spec
+	// Bundle resolves relative mount sources; Rootfs is the host rootfs
+	// directory, already resolved (and mounted, for containerd).
+	Bundle, Rootfs string
+	// StateDir is the VM's runtime dir, made by the caller; AgentSocket is
+	// where its relay listens (vmm.AgentSocketPath).
+	StateDir, AgentSocket string
+	Config                config.Config
+}
+
+// Prepared is a launch whose host resources are reserved.
+type Prepared struct {
+	Launch *vmm.LaunchConfig
+	// GuestSpec is the spec runc runs in the guest.
+	GuestSpec *specs.Spec
+	release   func() error
+}
+
+// Prepare converts and reserves. Errors in the spec or its mounts wrap
+// errdefs.ErrInvalidArgument; on any error nothing Prepare made is left.
+func Prepare(r Request) (*Prepared, error) {
+	ms, err := mounts.Classify(r.Spec.Mounts, r.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	c := r.Config
+	sb, err := specconv.Convert(specconv.Input{
+		Spec:           r.Spec,
+		Mounts:         ms,
+		RootfsHostPath: r.Rootfs,
+		StageDir:       filepath.Join(r.StateDir, "files"),
+		ContainerID:    r.ID,
+		Defaults: specconv.Defaults{
+			VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	env, err := sb.Boot.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("guest boot env: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	name := r.Name
+	if name == "" {
+		name = r.ID
+	}
+	lc := &vmm.LaunchConfig{
+		Version:       vmm.ConfigVersion,
+		Name:          name,
+		Backend:       sb.Backend,
+		RuntimeDir:    r.StateDir,
+		AgentSocket:   r.AgentSocket,
+		ConsoleLog:    filepath.Join(r.StateDir, "console.log"),
+		VCPUs:         sb.VCPUs,
+		MemoryMiB:     sb.MemoryMiB,
+		Kernel:        c.Kernel,
+		Initrd:        c.Initrd,
+		QEMU:          c.QEMU,
+		Accel:         c.Accel,
+		GuestRoot:     c.GuestRoot,
+		Libkrun:       c.Libkrun,
+		Env:           env,
+		BootTimeout:   vmm.Duration(c.BootTimeoutDuration()),
+		ShutdownGrace: vmm.Duration(3 * time.Second),
+		Cleanup:       []string{r.StateDir},
+	}
+	for _, s := range sb.Shares {
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})
+	}
+	for _, d := range sb.Disks {
+		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+	}
+	if err := lc.Validate(); err != nil {
+		return nil, err
+	}
+	if lc.Backend != vmm.BackendLibkrun {
+		if _, err := os.Stat(lc.Kernel); err != nil {
+			return nil, fmt.Errorf("guest kernel %s: %w: run install.sh or set kernel in %s", lc.Kernel, err, config.DefaultPath)
+		}
+	}
+	release, err := mounts.Prepare(sb.Files, sb.Disks)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
+}
+
+// Release unstages files and unlocks disks; safe to call twice.
+func (p *Prepared) Release() error {
+	if p == nil || p.release == nil {
+		return nil
+	}
+	return p.release()
+}
+
+// VMMLog is the VMM process's own log in the state dir.
+func (p *Prepared) VMMLog() string { return filepath.Join(p.Launch.RuntimeDir, "vmm.log") }
+
+// Spawn starts the VMM process (binary's hidden `vmm` command) attached to
+// the caller. The state dir on its argv names the VM in ps and lets a
+// cleanup recognise the process.
+func (p *Prepared) Spawn(binary string) (*vmm.Handle, error) {
+	h, err := vmm.Spawn(p.Launch, vmm.SpawnOptions{
+		Binary: binary,
+		Args:   []string{"vmm", p.Launch.RuntimeDir},
+		Log:    p.VMMLog(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w%s", err, LogTail(p.VMMLog()))
+	}
+	return h, nil
+}
+
+// LogTail returns the last lines of a log file, formatted for an error, so
+// the cause survives the state dir's removal.
+func LogTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
+}
