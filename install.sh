@@ -317,6 +317,8 @@ if ((demo)); then
 	step "demo: msb-runtime run --bundle $bundle msb-demo"
 	"$PREFIX/bin/msb-runtime" run --bundle "$bundle" "msb-demo-$$" </dev/null
 	echo "host kernel: $(uname -r)"
-	# demo_ctr # the containerd demo: enable when containerd-shim-msb-v2 works (issue 4)
+	if [[ ${MSB_SKIP_CONTAINERD:-0} != 1 ]]; then
+		demo_ctr
+	fi
 fi
 step "done"

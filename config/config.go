@@ -65,24 +65,40 @@ func Load(path string) (Config, error) {
 	if p := os.Getenv("MSB_CONFIG"); p != "" {
 		path = p
 	}
-	c := Default()
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return c, nil
+		return Default(), nil
 	}
 	if err != nil {
-		return c, fmt.Errorf("read %s: %w", path, err)
+		return Default(), fmt.Errorf("read %s: %w", path, err)
 	}
+	return Parse(path, b)
+}
+
+// LoadRequired reads path, which must exist: a runtime's own config named
+// in containerd's runtime options (config_path).
+func LoadRequired(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Default(), fmt.Errorf("read %s: %w", path, err)
+	}
+	return Parse(path, b)
+}
+
+// Parse decodes a config file's body over the defaults; name is the file
+// (or source) errors mention.
+func Parse(name string, b []byte) (Config, error) {
+	c := Default()
 	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		var sm *toml.StrictMissingError
 		if errors.As(err, &sm) {
-			return c, fmt.Errorf("%s: unknown key: %s: see docs/configuration.md for the keys", path, sm.String())
+			return c, fmt.Errorf("%s: unknown key: %s: see docs/configuration.md for the keys", name, sm.String())
 		}
-		return c, fmt.Errorf("%s: %w", path, err)
+		return c, fmt.Errorf("%s: %w", name, err)
 	}
 	if err := c.validate(); err != nil {
-		return c, fmt.Errorf("%s: %w", path, err)
+		return c, fmt.Errorf("%s: %w", name, err)
 	}
 	return c, nil
 }

@@ -16,7 +16,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -30,11 +29,6 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("create %q: restoring from a checkpoint is not supported in msb VMs: %w", r.ID, errdefs.ErrNotImplemented)
 	}
-	if r.Options != nil && r.Options.TypeUrl != "" {
-		// Runtime options (containerd config) have no msb type yet:
-		// config.toml and annotations configure the VM.
-		log.G(ctx).Debugf("ignoring runtime options of type %s", r.Options.TypeUrl)
-	}
 	bundle, err := filepath.Abs(r.Bundle)
 	if err != nil {
 		return nil, err
@@ -43,7 +37,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := config.Load(config.DefaultPath)
+	cfg, err := loadConfig(r.Options)
 	if err != nil {
 		return nil, fmt.Errorf("msb config: %w", err)
 	}

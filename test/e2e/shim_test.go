@@ -308,3 +308,22 @@ func TestShimOldContainerd(t *testing.T) {
 		t.Fatalf("exit %d, %v, stdout %q, stderr %s", code, err, stdout, stderr)
 	}
 }
+
+// TestShimRuntimeOptions: a runtime config named in containerd's runtime
+// options (here ctr's --runtime-config-path) sizes the VM.
+func TestShimRuntimeOptions(t *testing.T) {
+	e := startShimEnv(t)
+	base, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(t.TempDir(), "big.toml")
+	if err := os.WriteFile(big, append(base, []byte("vcpus = 2\nmemory_mib = 400\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code, err := e.run("opts", []string{"--runtime-config-path", big},
+		"sh", "-c", "nproc; awk '/MemTotal/ {print ($2 > 300000)}' /proc/meminfo")
+	if err != nil || code != 0 || stdout != "2\n1\n" {
+		t.Fatalf("exit %d %v, stdout %q (want 2 vCPUs and > 300 MB), stderr %q", code, err, stdout, stderr)
+	}
+}
