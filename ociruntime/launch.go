@@ -42,7 +42,7 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
-	spec, err := loadSpec(bundle)
+	spec, err := launch.LoadSpec(bundle)
 	if err != nil {
 		return nil, err
 	}

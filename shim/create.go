@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -33,7 +34,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, err
 	}
-	spec, err := loadSpec(bundle)
+	spec, err := launch.LoadSpec(bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -178,24 +179,4 @@ func taskCreateEvent(c *container, r *task.CreateTaskRequest) *eventstypes.TaskC
 		Checkpoint: r.Checkpoint,
 		Pid:        c.hostPid(),
 	}
-}
-
-// loadSpec reads bundle/config.json; errors name the file and the problem.
-func loadSpec(bundle string) (*specs.Spec, error) {
-	path := filepath.Join(bundle, "config.json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read bundle config: %w", err)
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return nil, fmt.Errorf("%s: invalid JSON: %v: %w", path, err, errdefs.ErrInvalidArgument)
-	}
-	switch {
-	case spec.Root == nil || spec.Root.Path == "":
-		return nil, fmt.Errorf("%s: root.path is missing: %w", path, errdefs.ErrInvalidArgument)
-	case spec.Process == nil || len(spec.Process.Args) == 0:
-		return nil, fmt.Errorf("%s: process.args is empty: %w", path, errdefs.ErrInvalidArgument)
-	}
-	return &spec, nil
 }

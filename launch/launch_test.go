@@ -1,0 +1,91 @@
+package launch
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/config"
+)
+
+func writeSpec(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestLoadSpecErrors(t *testing.T) {
+	for name, c := range map[string]struct{ body, want string }{
+		"syntax":  {"{\n \"ociVersion\": \"1.0.2\",\n \"process\": {\n", "line 4"},
+		"type":    {`{"process":{"args":"sh"},"root":{"path":"rootfs"}}`, "field process.args"},
+		"no-root": {`{"process":{"args":["sh"]}}`, "root.path is missing"},
+		"no-args": {`{"process":{"args":[]},"root":{"path":"rootfs"}}`, "process.args is empty"},
+	} {
+		_, err := LoadSpec(writeSpec(t, c.body))
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "config.json") || !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: err = %v, want it to name config.json and %q as invalid argument", name, err, c.want)
+		}
+	}
+	if _, err := LoadSpec(t.TempDir()); err == nil || errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("missing config.json: %v", err)
+	}
+}
+
+func TestPrepare(t *testing.T) {
+	dir := t.TempDir()
+	rootfs, share, state := filepath.Join(dir, "rootfs"), filepath.Join(dir, "share"), filepath.Join(dir, "state")
+	for _, d := range []string{rootfs, share, state} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kernel := filepath.Join(dir, "vmlinux")
+	_ = os.WriteFile(kernel, []byte("k"), 0o644)
+	cfg := config.Default()
+	cfg.Kernel, cfg.GuestRoot, cfg.Libkrun = kernel, "/krunroot", "/lib/libkrun.so.1"
+	spec := &specs.Spec{
+		Root:     &specs.Root{Path: "rootfs"},
+		Process:  &specs.Process{Args: []string{"true"}, Cwd: "/"},
+		Hostname: "h",
+		Mounts:   []specs.Mount{{Destination: "/data", Type: "bind", Source: share, Options: []string{"rbind", "ro"}}},
+		Linux:    &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}},
+	}
+	p, err := Prepare(Request{ID: "c1", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/x.sock", Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	lc := p.Launch
+	if lc.Name != "c1" || lc.GuestRoot != "/krunroot" || lc.Libkrun != "/lib/libkrun.so.1" || lc.Kernel != kernel ||
+		lc.RuntimeDir != state || lc.Cleanup[0] != state || len(lc.Shares) != 2 || !lc.Shares[1].ReadOnly || lc.Shares[1].Path != share {
+		t.Fatalf("launch config: %+v", lc)
+	}
+	if err := lc.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if p.GuestSpec.Mounts[0].Source == share || !strings.HasPrefix(p.GuestSpec.Root.Path, "/run/msb/") {
+		t.Fatalf("guest spec keeps host paths: %+v %+v", p.GuestSpec.Root, p.GuestSpec.Mounts)
+	}
+	if p.VMMLog() != filepath.Join(state, "vmm.log") {
+		t.Fatal(p.VMMLog())
+	}
+
+	// A refused spec is an invalid argument and reserves nothing.
+	spec.Linux.Namespaces = nil
+	if _, err := Prepare(Request{ID: "c2", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, Config: cfg}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("host network: %v", err)
+	}
+	cfg.Kernel = filepath.Join(dir, "missing")
+	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}
+	if _, err := Prepare(Request{ID: "c3", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/y.sock", Config: cfg}); err == nil || !strings.Contains(err.Error(), "install.sh") {
+		t.Fatalf("missing kernel: %v", err)
+	}
+}
