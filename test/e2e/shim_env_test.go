@@ -275,7 +275,20 @@ func (e *shimEnv) ctrEvents(t *testing.T) (stop func() []string) {
 	}()
 	time.Sleep(300 * time.Millisecond) // subscribed before anything happens
 	return func() []string {
-		time.Sleep(500 * time.Millisecond)
+		// Events arrive asynchronously (TaskDelete after `ctr delete`
+		// returns): stop once none came for 1.5 s, or after 15 s.
+		count := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(lines)
+		}
+		last, quiet := count(), time.Now()
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && time.Since(quiet) < 1500*time.Millisecond; {
+			time.Sleep(100 * time.Millisecond)
+			if n := count(); n != last {
+				last, quiet = n, time.Now()
+			}
+		}
 		cancel()
 		_ = cmd.Wait()
 		<-done
