@@ -96,6 +96,7 @@ type Agent struct {
 	lis   *chanListener
 	stdio *stdioRegistry
 	exits *exitTracker
+	ooms  *oomLog // also guards container.oomKills
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -131,6 +132,7 @@ func New(opts Options) (*Agent, error) {
 		lis:        newChanListener(),
 		stdio:      newStdioRegistry(time.Minute),
 		exits:      newExitTracker(),
+		ooms:       newOOMLog(),
 		containers: map[string]*container{},
 		reserved:   map[string]bool{},
 		shutdownCh: make(chan struct{}),

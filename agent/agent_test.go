@@ -365,7 +365,7 @@ func TestRequestErrors(t *testing.T) {
 		req  *task.CreateTaskRequest
 		want codes.Code
 	}{
-		{"terminal", &task.CreateTaskRequest{ID: "tty", Terminal: true, Options: specAny(t, spec)}, codes.Unimplemented},
+		{"terminal flag without process.terminal", &task.CreateTaskRequest{ID: "tty", Terminal: true, Options: specAny(t, spec)}, codes.InvalidArgument},
 		{"no options", &task.CreateTaskRequest{ID: "noopt"}, codes.InvalidArgument},
 		{"wrong type", &task.CreateTaskRequest{ID: "wrongtype", Options: &anypb.Any{TypeUrl: "x", Value: []byte("{}")}}, codes.InvalidArgument},
 		{"bad id", &task.CreateTaskRequest{ID: "a/b", Options: specAny(t, spec)}, codes.InvalidArgument},
@@ -392,8 +392,8 @@ func TestRequestErrors(t *testing.T) {
 			t.Errorf("%s of unknown container: %v, want NotFound", name, err)
 		}
 	}
-	if _, err := e.tasks.Stats(ctx, &task.StatsRequest{ID: "nope"}); codeOf(err) != codes.Unimplemented {
-		t.Errorf("stats: %v, want Unimplemented", err)
+	if _, err := e.tasks.Stats(ctx, &task.StatsRequest{ID: "nope"}); codeOf(err) != codes.NotFound {
+		t.Errorf("stats of unknown container: %v, want NotFound", err)
 	}
 	c, err := e.tasks.Connect(ctx, &task.ConnectRequest{})
 	if err != nil || int(c.ShimPid) != e.pid {

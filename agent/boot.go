@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/protocol"
 )
 
 // agentService implements protocol.Agent.
@@ -33,6 +34,12 @@ func (s *agentService) Status(ctx context.Context) (string, error) {
 
 func (s *agentService) Shutdown(ctx context.Context, code int32) error {
 	return toStatus(s.a.Shutdown(code))
+}
+
+// OOMEvents implements protocol.OOMWatcher.
+func (s *agentService) OOMEvents(ctx context.Context, after uint64, wait bool) ([]protocol.OOMEvent, error) {
+	evs, err := s.a.oomEvents(ctx, after, wait)
+	return evs, toStatus(err)
 }
 
 func (s *agentService) WaitShutdown(ctx context.Context) (int32, error) {

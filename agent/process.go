@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/hashicorp/yamux"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/protocol"
 )
@@ -33,6 +34,7 @@ type process struct {
 	cid    string
 	execID string         // "" for the init process
 	spec   *specs.Process // exec processes only
+	tty    bool           // runs on a pty (console.go)
 
 	// The stdio URIs as the request named them, reported back by State.
 	stdinURI, stdoutURI, stderrURI string
@@ -46,6 +48,10 @@ type process struct {
 	exitedAt   time.Time
 	exitSeen   bool
 	starting   bool // an exec's Start is running runc exec
+	// master is a terminal process's pty master once runc sent it;
+	// winsize a size asked for before that.
+	master  *os.File
+	winsize *unix.Winsize
 
 	pio       *pipeIO
 	stdinOnce sync.Once
@@ -106,20 +112,50 @@ func (p *process) openStreams(ctx context.Context, stdin, stdout, stderr string)
 	return nil
 }
 
-// newIO makes the pipes runc hands to the process, owned by uid:gid.
+// newIO makes the pipes runc hands to the process, owned by uid:gid. A
+// terminal process gets none: its stdio is the pty (all of runc's own
+// stdio is /dev/null then).
 func (p *process) newIO(uid, gid int) (*pipeIO, error) {
+	if p.tty {
+		return newPipeIO(uid, gid, false, false, false)
+	}
 	return newPipeIO(uid, gid, p.stdinS != nil, p.stdoutS != nil, p.stderrS != nil)
 }
 
-// startCopy starts moving bytes between the pipes and the streams once runc
-// has started the process.
-func (p *process) startCopy(pio *pipeIO) {
+// startCopy starts moving bytes between the pipes (or a terminal's pty
+// master) and the streams once runc has started the process.
+func (p *process) startCopy(pio *pipeIO, master *os.File) {
 	p.pio = pio
-	if p.stdinS != nil {
+	var in io.Writer
+	outs := []struct {
+		r io.ReadCloser
+		w net.Conn
+		n string
+	}{{pio.Stdout(), p.stdoutS, "stdout"}, {pio.Stderr(), p.stderrS, "stderr"}}
+	if master != nil {
+		p.mu.Lock()
+		p.master = master
+		ws := p.winsize
+		p.mu.Unlock()
+		if ws != nil {
+			if err := setWinsize(master, *ws); err != nil {
+				log.L.WithError(err).Warnf("%s: set terminal size", p.name())
+			}
+		}
+		in = master
+		// The pty is drained even without a stdout stream: a process
+		// must not block on a full terminal.
+		outs = outs[:1]
+		outs[0].r, outs[0].n = master, "terminal"
+		p.streams.release(p.stderrS) // unused with a terminal
+	} else if pio.Stdin() != nil {
+		in = pio.Stdin()
+	}
+	if p.stdinS != nil && in != nil {
 		p.stdinDone = make(chan struct{})
 		go func() {
 			defer close(p.stdinDone)
-			_, err := io.Copy(pio.Stdin(), p.stdinS)
+			_, err := io.Copy(in, p.stdinS)
 			if err != nil && !isClosedErr(err) {
 				log.L.WithError(err).Debugf("%s: stdin copy", p.name())
 			}
@@ -127,12 +163,8 @@ func (p *process) startCopy(pio *pipeIO) {
 			p.streams.release(p.stdinS)
 		}()
 	}
-	for _, o := range []struct {
-		r io.ReadCloser
-		w net.Conn
-		n string
-	}{{pio.Stdout(), p.stdoutS, "stdout"}, {pio.Stderr(), p.stderrS, "stderr"}} {
-		if o.w == nil {
+	for _, o := range outs {
+		if o.r == nil || (o.w == nil && master == nil) {
 			continue
 		}
 		c := &outCopier{r: o.r, w: o.w, name: p.name() + " " + o.n, done: make(chan struct{})}
@@ -176,6 +208,11 @@ func (p *process) abandonIO() {
 	if p.pio != nil {
 		p.pio.Close()
 	}
+	p.mu.Lock()
+	if p.master != nil {
+		p.master.Close()
+	}
+	p.mu.Unlock()
 	if p.streams != nil {
 		p.streams.closeAll()
 	}
@@ -207,13 +244,24 @@ func (p *process) finish(exitedAt time.Time) {
 		p.streams.release(c.w)
 	}
 	p.closeStdin()
+	p.mu.Lock()
+	master := p.master
+	p.mu.Unlock()
 	if p.stdinDone != nil {
 		_ = p.stdinS.SetReadDeadline(time.Now())
+		if master != nil {
+			_ = master.SetWriteDeadline(time.Now()) // a write into a full pty
+		}
 		<-p.stdinDone
 	}
 	if p.pio != nil {
 		p.pio.Close()
 	}
+	if master != nil {
+		master.Close()
+	}
+	// An OOM kill that ended the process is known before its exit.
+	p.a.checkOOM(p.cid)
 	p.mu.Lock()
 	p.state = stateStopped
 	p.mu.Unlock()
@@ -246,7 +294,8 @@ func (p *process) wait(ctx context.Context) error {
 	}
 }
 
-// outCopier copies one output pipe into its stream. It tracks whether it is
+// outCopier copies one output pipe (or a pty master) into its stream; with
+// no stream (w nil) the output is discarded. It tracks whether it is
 // blocked reading the pipe, so the drain after exit can tell a silent pipe
 // held open by a leftover process (give up after a timeout) from a slow
 // reader on the host (backpressure: wait as long as it takes).
@@ -273,7 +322,7 @@ func (c *outCopier) run() {
 		c.mu.Lock()
 		c.reading = false
 		c.mu.Unlock()
-		if n > 0 && werr == nil {
+		if n > 0 && werr == nil && c.w != nil {
 			if _, werr = c.w.Write(buf[:n]); werr != nil {
 				// Keep reading so the process never blocks on a full
 				// pipe; the host closed the stream, nobody reads it.
@@ -281,7 +330,8 @@ func (c *outCopier) run() {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !isClosedErr(err) {
+			// EIO: a pty master whose slave side is all closed.
+			if !errors.Is(err, io.EOF) && !isClosedErr(err) && !errors.Is(err, unix.EIO) {
 				log.L.WithError(err).Warnf("%s: read", c.name)
 			}
 			return

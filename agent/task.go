@@ -19,17 +19,11 @@ import (
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
-	runcopts "github.com/containerd/containerd/api/types/runc/options"
-	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/msb-dev/msb/protocol"
 )
@@ -41,10 +35,17 @@ type container struct {
 	spec   *specs.Spec
 	init   *process
 
+	// cgroup is the container's cgroup v2 path below /sys/fs/cgroup (""
+	// if unknown): Stats and OOM watching read it.
+	cgroup string
+
 	mu      sync.Mutex
 	started bool
 	paused  bool
 	execs   map[string]*process
+	// oomKills is the last oom_kill count seen in memory.events (guarded
+	// by Agent.ooms.mu).
+	oomKills uint64
 }
 
 // validID is runc's container ID grammar.
@@ -147,8 +148,6 @@ func (a *Agent) getProcess(id, execID string) (*container, *process, error) {
 
 func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.CreateTaskResponse, retErr error) {
 	switch {
-	case r.Terminal:
-		return nil, fmt.Errorf("create %q: terminal (tty) processes are not supported by the msb guest agent yet: %w", r.ID, errdefs.ErrNotImplemented)
 	case r.Checkpoint != "":
 		return nil, fmt.Errorf("create %q: restore from checkpoint is not supported in msb VMs: %w", r.ID, errdefs.ErrNotImplemented)
 	case len(r.Rootfs) > 0:
@@ -169,8 +168,8 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	if spec.Process == nil || spec.Root == nil {
 		return nil, fmt.Errorf("create %q: guest spec has no process or no root: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
-	if spec.Process.Terminal {
-		return nil, fmt.Errorf("create %q: terminal (tty) processes are not supported by the msb guest agent yet: %w", r.ID, errdefs.ErrNotImplemented)
+	if err := checkTerminal(fmt.Sprintf("create %q", r.ID), r.Terminal, spec.Process.Terminal); err != nil {
+		return nil, err
 	}
 
 	a.mu.Lock()
@@ -201,6 +200,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	}
 
 	p := newProcess(a, r.ID, "")
+	p.tty = r.Terminal
 	if err := p.openStreams(ctx, r.Stdin, r.Stdout, r.Stderr); err != nil {
 		return nil, fmt.Errorf("create %q: %w", r.ID, err)
 	}
@@ -210,6 +210,15 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		p.abandonIO()
 		return nil, err
 	}
+	sock, err := p.consoleSocket()
+	if err != nil {
+		pio.Close()
+		p.abandonIO()
+		return nil, err
+	}
+	if sock != nil {
+		defer sock.Close()
+	}
 
 	a.exits.begin()
 	defer a.exits.end()
@@ -217,28 +226,37 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	pidFile := filepath.Join(bundle, "init.pid")
 	mark := logMark(bundle)
 	// Not the request's context: a runc killed half-way leaves a mess.
-	if err := rc.Create(context.Background(), r.ID, bundle, &runc.CreateOpts{IO: pio, PidFile: pidFile, NoPivot: a.opts.NoPivot}); err != nil {
+	copts := &runc.CreateOpts{IO: pio, PidFile: pidFile, NoPivot: a.opts.NoPivot}
+	if sock != nil {
+		copts.ConsoleSocket = sock
+	}
+	if err := rc.Create(context.Background(), r.ID, bundle, copts); err != nil {
 		pio.Close()
 		p.abandonIO()
 		rerr := runtimeError(bundle, mark, "OCI runtime create failed", err)
 		_ = rc.Delete(context.Background(), r.ID, &runc.DeleteOpts{Force: true})
 		return nil, rerr
 	}
+	var master *os.File
 	pid, err := runc.ReadPidFile(pidFile)
+	if err == nil && sock != nil {
+		master, err = receiveMaster(sock)
+	}
 	if err != nil {
 		pio.Close()
 		p.abandonIO()
 		_ = rc.Delete(context.Background(), r.ID, &runc.DeleteOpts{Force: true})
-		return nil, fmt.Errorf("create %q: read pid file: %w", r.ID, err)
+		return nil, fmt.Errorf("create %q: %w", r.ID, err)
 	}
 	p.pid = pid
-	p.startCopy(pio)
-	a.exits.watch(pid, p)
-
 	c := &container{id: r.ID, bundle: bundle, spec: &spec, init: p, execs: map[string]*process{}}
+	c.cgroup = cgroupOf(pid)
 	a.mu.Lock()
 	a.containers[r.ID] = c
 	a.mu.Unlock()
+	a.watchOOM(c)
+	p.startCopy(pio, master)
+	a.exits.watch(pid, p)
 	log.L.Infof("container %s created (pid %d)", r.ID, pid)
 	return &task.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
@@ -279,9 +297,6 @@ func (p *process) exitSeenLocked() bool {
 }
 
 func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
-	if r.Terminal {
-		return fmt.Errorf("exec %q in %q: terminal (tty) processes are not supported by the msb guest agent yet: %w", r.ExecID, r.ID, errdefs.ErrNotImplemented)
-	}
 	if r.ExecID == "" {
 		return fmt.Errorf("exec in %q: empty exec id: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
@@ -292,8 +307,8 @@ func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 	if err := json.Unmarshal(r.Spec.Value, &ps); err != nil {
 		return fmt.Errorf("exec %q in %q: process spec: %v: %w", r.ExecID, r.ID, err, errdefs.ErrInvalidArgument)
 	}
-	if ps.Terminal {
-		return fmt.Errorf("exec %q in %q: terminal (tty) processes are not supported by the msb guest agent yet: %w", r.ExecID, r.ID, errdefs.ErrNotImplemented)
+	if err := checkTerminal(fmt.Sprintf("exec %q in %q", r.ExecID, r.ID), r.Terminal, ps.Terminal); err != nil {
+		return err
 	}
 	c, err := a.getContainer(r.ID)
 	if err != nil {
@@ -310,6 +325,7 @@ func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 	}
 	p := newProcess(a, r.ID, r.ExecID)
 	p.spec = &ps
+	p.tty = r.Terminal
 	c.execs[r.ExecID] = p // reserved; streams are claimed below
 	c.mu.Unlock()
 	if err := p.openStreams(ctx, r.Stdin, r.Stdout, r.Stderr); err != nil {
@@ -342,26 +358,55 @@ func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error)
 	sum := sha256.Sum256([]byte(p.execID))
 	pidFile := filepath.Join(c.bundle, "exec-"+hex.EncodeToString(sum[:8])+".pid")
 	defer os.Remove(pidFile)
+	sock, err := p.consoleSocket()
+	if err != nil {
+		pio.Close()
+		p.failStart()
+		return nil, err
+	}
+	eopts := &runc.ExecOpts{IO: pio, PidFile: pidFile, Detach: true}
+	ps := *p.spec
+	p.mu.Lock()
+	if ws := p.winsize; ws != nil {
+		// runc sizes the pty it makes: the process never sees a resize
+		// (SIGWINCH) as it starts.
+		ps.ConsoleSize = &specs.Box{Height: uint(ws.Row), Width: uint(ws.Col)}
+		p.winsize = nil
+	}
+	p.mu.Unlock()
+	if sock != nil {
+		defer sock.Close()
+		eopts.ConsoleSocket = sock
+	}
 
 	a.exits.begin()
 	defer a.exits.end()
 	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Exec(context.Background(), c.id, *p.spec, &runc.ExecOpts{IO: pio, PidFile: pidFile, Detach: true}); err != nil {
+	if err := a.runc(c.bundle).Exec(context.Background(), c.id, ps, eopts); err != nil {
 		pio.Close()
 		p.failStart()
 		return nil, runtimeError(c.bundle, mark, "OCI runtime exec failed", err)
 	}
+	var master *os.File
 	pid, err := runc.ReadPidFile(pidFile)
+	if err == nil && sock != nil {
+		master, err = receiveMaster(sock)
+	}
 	if err != nil {
+		// The process runs, but without its pid or pty it cannot be
+		// tracked: it goes.
+		if pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
 		pio.Close()
 		p.failStart()
-		return nil, fmt.Errorf("exec %q in %q: read pid file: %w", p.execID, p.cid, err)
+		return nil, fmt.Errorf("exec %q in %q: %w", p.execID, p.cid, err)
 	}
 	p.mu.Lock()
 	p.pid = pid
 	p.state = stateRunning
 	p.mu.Unlock()
-	p.startCopy(pio)
+	p.startCopy(pio, master)
 	a.exits.watch(pid, p)
 	return &task.StartResponse{Pid: uint32(pid)}, nil
 }
@@ -507,237 +552,4 @@ func (a *Agent) KillAll() {
 		}()
 	}
 	wg.Wait()
-}
-
-func ts(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
-
-func (a *Agent) state(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	c, p, err := a.getProcess(r.ID, r.ExecID)
-	if err != nil {
-		return nil, err
-	}
-	st, pid, code, at := p.status()
-	c.mu.Lock()
-	paused := c.paused
-	c.mu.Unlock()
-	var s tasktypes.Status
-	switch {
-	case st == stateStopped:
-		s = tasktypes.Status_STOPPED
-	case paused:
-		s = tasktypes.Status_PAUSED
-	case st == stateRunning:
-		s = tasktypes.Status_RUNNING
-	default:
-		s = tasktypes.Status_CREATED
-	}
-	resp := &task.StateResponse{
-		ID:     r.ID,
-		ExecID: r.ExecID,
-		Bundle: c.bundle,
-		Pid:    uint32(pid),
-		Status: s,
-		Stdin:  p.stdinURI,
-		Stdout: p.stdoutURI,
-		Stderr: p.stderrURI,
-	}
-	if st == stateStopped {
-		resp.ExitStatus = uint32(code)
-		resp.ExitedAt = ts(at)
-	}
-	return resp, nil
-}
-
-func (a *Agent) wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	_, p, err := a.getProcess(r.ID, r.ExecID)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.wait(ctx); err != nil {
-		return nil, err
-	}
-	_, _, code, at := p.status()
-	return &task.WaitResponse{ExitStatus: uint32(code), ExitedAt: ts(at)}, nil
-}
-
-func (a *Agent) pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	c, err := a.getContainer(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	mark := logMark(c.bundle)
-	pids, err := a.runc(c.bundle).Ps(context.Background(), r.ID)
-	if err != nil {
-		return nil, runtimeError(c.bundle, mark, "OCI runtime ps failed", err)
-	}
-	byPid := map[int]string{}
-	c.mu.Lock()
-	for id, e := range c.execs {
-		e.mu.Lock()
-		if e.pid != 0 {
-			byPid[e.pid] = id
-		}
-		e.mu.Unlock()
-	}
-	c.mu.Unlock()
-	resp := &task.PidsResponse{}
-	for _, pid := range pids {
-		pi := &tasktypes.ProcessInfo{Pid: uint32(pid)}
-		if id, ok := byPid[pid]; ok {
-			b, err := proto.Marshal(&runcopts.ProcessDetails{ExecID: id})
-			if err == nil {
-				pi.Info = &anypb.Any{TypeUrl: "containerd.runc.v1.ProcessDetails", Value: b}
-			}
-		}
-		resp.Processes = append(resp.Processes, pi)
-	}
-	return resp, nil
-}
-
-func (a *Agent) closeIO(ctx context.Context, r *task.CloseIORequest) error {
-	_, p, err := a.getProcess(r.ID, r.ExecID)
-	if err != nil {
-		return err
-	}
-	if r.Stdin {
-		p.closeIO(ctx)
-	}
-	return nil
-}
-
-func (a *Agent) pauseResume(id string, pause bool) error {
-	c, err := a.getContainer(id)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	rc := a.runc(c.bundle)
-	mark := logMark(c.bundle)
-	if pause {
-		err = rc.Pause(context.Background(), id)
-	} else {
-		err = rc.Resume(context.Background(), id)
-	}
-	if err != nil {
-		what := "OCI runtime resume failed"
-		if pause {
-			what = "OCI runtime pause failed"
-		}
-		return runtimeError(c.bundle, mark, what, err)
-	}
-	c.paused = pause
-	return nil
-}
-
-func (a *Agent) update(ctx context.Context, r *task.UpdateTaskRequest) error {
-	c, err := a.getContainer(r.ID)
-	if err != nil {
-		return err
-	}
-	if r.Resources == nil || !strings.HasSuffix(r.Resources.TypeUrl, "/runtime-spec/1/LinuxResources") {
-		return fmt.Errorf("update %q: resources must be OCI LinuxResources (JSON): %w", r.ID, errdefs.ErrInvalidArgument)
-	}
-	var res specs.LinuxResources
-	if err := json.Unmarshal(r.Resources.Value, &res); err != nil {
-		return fmt.Errorf("update %q: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
-	}
-	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Update(context.Background(), r.ID, &res); err != nil {
-		return runtimeError(c.bundle, mark, "OCI runtime update failed", err)
-	}
-	return nil
-}
-
-// taskService adapts the Agent to containerd's task API v3.
-type taskService struct{ a *Agent }
-
-var _ task.TTRPCTaskService = (*taskService)(nil)
-
-func unimplemented(what string) error {
-	return toStatus(fmt.Errorf("%s is not supported by the msb guest agent: %w", what, errdefs.ErrNotImplemented))
-}
-
-func (s *taskService) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	resp, err := s.a.state(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
-	resp, err := s.a.create(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
-	resp, err := s.a.start(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
-	resp, err := s.a.deleteTask(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	resp, err := s.a.pids(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.pauseResume(r.ID, true))
-}
-
-func (s *taskService) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.pauseResume(r.ID, false))
-}
-
-func (s *taskService) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("checkpoint")
-}
-
-func (s *taskService) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.kill(ctx, r))
-}
-
-func (s *taskService) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.exec(ctx, r))
-}
-
-func (s *taskService) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("resize pty (terminals)")
-}
-
-func (s *taskService) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.closeIO(ctx, r))
-}
-
-func (s *taskService) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.update(ctx, r))
-}
-
-func (s *taskService) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	resp, err := s.a.wait(ctx, r)
-	return resp, toStatus(err)
-}
-
-func (s *taskService) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	return nil, unimplemented("stats")
-}
-
-func (s *taskService) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
-	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "msb-agent " + Version}
-	if c, err := s.a.getContainer(r.ID); err == nil {
-		resp.TaskPid = uint32(c.init.pid)
-	}
-	return resp, nil
-}
-
-func (s *taskService) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	// The VM's lifetime is the host's business (Agent.Shutdown).
-	return &emptypb.Empty{}, nil
 }

@@ -40,8 +40,12 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		return 1, err
 	}
 	defer sb.destroy()
+	var term *terminal
 	if sb.guest.Process.Terminal {
-		return 1, fmt.Errorf("process.terminal: a terminal is not supported by msb-runtime run yet: set it to false")
+		if term, err = openTerminal(stdio.In); err != nil {
+			return 1, err
+		}
+		sb.guest.Process.ConsoleSize = term.box()
 	}
 	ph.mark("spawn")
 	h, err := sb.prep.Spawn(o.Self)
@@ -49,7 +53,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		return 1, err
 	}
 	ph.mark("startup")
-	code, err := drive(ctx, sb, h, stdio, ph)
+	code, err := drive(ctx, sb, h, stdio, term, ph)
 	if err != nil {
 		// Whatever failed, the VM must not outlive this call.
 		_ = h.Release()
@@ -68,7 +72,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	return code, nil
 }
 
-func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *phases) (int, error) {
+func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
 	sock := sb.launch.AgentSocket
 	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.launch.BootTimeout)+10*time.Second)
 	defer cancel()
@@ -100,14 +104,22 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, ph *pha
 	}
 	tc := task.NewTTRPCTaskClient(client)
 	if _, err := tc.Create(ctx, &task.CreateTaskRequest{
-		ID:      sb.id,
-		Bundle:  "/run/msb/bundles/" + sb.id,
-		Stdin:   protocol.StreamURI(streams.tokens[0]),
-		Stdout:  protocol.StreamURI(streams.tokens[1]),
-		Stderr:  protocol.StreamURI(streams.tokens[2]),
-		Options: &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
+		ID:       sb.id,
+		Bundle:   "/run/msb/bundles/" + sb.id,
+		Terminal: term != nil,
+		Stdin:    protocol.StreamURI(streams.tokens[0]),
+		Stdout:   protocol.StreamURI(streams.tokens[1]),
+		Stderr:   protocol.StreamURI(streams.tokens[2]),
+		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
 	}); err != nil {
 		return 0, fmt.Errorf("create container in the guest: %w", err)
+	}
+	if term != nil {
+		if err := term.raw(); err != nil {
+			return 0, fmt.Errorf("terminal raw mode: %w", err)
+		}
+		defer term.restore()
+		defer term.forwardResize(ctx, tc, sb.id)()
 	}
 	if _, err := tc.Start(ctx, &task.StartRequest{ID: sb.id}); err != nil {
 		return 0, fmt.Errorf("start container in the guest: %w", err)

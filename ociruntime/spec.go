@@ -12,8 +12,8 @@ import (
 )
 
 // DefaultSpec is the spec `msb-runtime spec` writes: runc's example spec,
-// except that process.terminal is false (msb-runtime run has no terminal
-// support yet).
+// except that process.terminal is false, so the bundle also runs where
+// stdin is not a terminal (scripts, CI); set it to true for a shell.
 func DefaultSpec() *specs.Spec {
 	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 	return &specs.Spec{

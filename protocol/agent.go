@@ -29,9 +29,59 @@ type Agent interface {
 	WaitShutdown(ctx context.Context) (int32, error)
 }
 
-// RegisterAgent registers a on a ttrpc server.
+// OOMEvent is one OOM kill in a container's cgroup in the guest. Seq
+// numbers the agent's events from 1 up, so a host can fetch the same
+// events from several places and publish each once.
+type OOMEvent struct {
+	Seq         uint64 `json:"seq"`
+	ContainerID string `json:"id"`
+}
+
+// OOMWatcher is an optional part of the Agent service: an agent that
+// implements it serves OOMEvents.
+type OOMWatcher interface {
+	// OOMEvents returns the OOM events numbered above after, oldest
+	// first. With wait it blocks until there is one (or ctx ends, or the
+	// agent's own bound passes: then it returns none).
+	OOMEvents(ctx context.Context, after uint64, wait bool) ([]OOMEvent, error)
+}
+
+// oomEventsRequest is OOMEvents' request, JSON in a BytesValue.
+type oomEventsRequest struct {
+	After uint64 `json:"after"`
+	Wait  bool   `json:"wait,omitempty"`
+}
+
+// RegisterAgent registers a on a ttrpc server (with OOMEvents where a is
+// an OOMWatcher).
 func RegisterAgent(s *ttrpc.Server, a Agent) {
-	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+	methods := agentMethods(a)
+	if w, ok := a.(OOMWatcher); ok {
+		methods["OOMEvents"] = func(ctx context.Context, un func(any) error) (any, error) {
+			var req wrapperspb.BytesValue
+			if err := un(&req); err != nil {
+				return nil, err
+			}
+			var r oomEventsRequest
+			if err := json.Unmarshal(req.Value, &r); err != nil {
+				return nil, fmt.Errorf("OOMEvents request: %w", err)
+			}
+			evs, err := w.OOMEvents(ctx, r.After, r.Wait)
+			if err != nil {
+				return nil, err
+			}
+			b, err := json.Marshal(evs)
+			if err != nil {
+				return nil, err
+			}
+			return wrapperspb.Bytes(b), nil
+		}
+	}
+	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: methods})
+}
+
+func agentMethods(a Agent) map[string]ttrpc.Method {
+	return map[string]ttrpc.Method{
 		"Boot": func(ctx context.Context, un func(any) error) (any, error) {
 			var req wrapperspb.BytesValue
 			if err := un(&req); err != nil {
@@ -66,7 +116,7 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 			code, err := a.WaitShutdown(ctx)
 			return wrapperspb.Int32(code), err
 		},
-	}})
+	}
 }
 
 // AgentClient calls the Agent service over a ttrpc client.
@@ -101,4 +151,24 @@ func (a *AgentClient) WaitShutdown(ctx context.Context) (int32, error) {
 	var resp wrapperspb.Int32Value
 	err := a.c.Call(ctx, AgentServiceName, "WaitShutdown", &emptypb.Empty{}, &resp)
 	return resp.Value, err
+}
+
+// OOMEvents fetches the guest's OOM events numbered above after (see
+// OOMWatcher). An agent without it answers with codes.Unimplemented.
+func (a *AgentClient) OOMEvents(ctx context.Context, after uint64, wait bool) ([]OOMEvent, error) {
+	b, err := json.Marshal(oomEventsRequest{After: after, Wait: wait})
+	if err != nil {
+		return nil, err
+	}
+	var resp wrapperspb.BytesValue
+	if err := a.c.Call(ctx, AgentServiceName, "OOMEvents", wrapperspb.Bytes(b), &resp); err != nil {
+		return nil, err
+	}
+	var evs []OOMEvent
+	if len(resp.Value) > 0 {
+		if err := json.Unmarshal(resp.Value, &evs); err != nil {
+			return nil, fmt.Errorf("OOMEvents response: %w", err)
+		}
+	}
+	return evs, nil
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
@@ -105,5 +107,52 @@ func TestAgentServiceOverTTRPC(t *testing.T) {
 	}
 	if code, err := c.WaitShutdown(ctx); err != nil || code != 42 {
 		t.Fatal(code, err)
+	}
+}
+
+type oomAgent struct {
+	fakeAgent
+	gotAfter uint64
+	gotWait  bool
+}
+
+func (o *oomAgent) OOMEvents(_ context.Context, after uint64, wait bool) ([]OOMEvent, error) {
+	o.gotAfter, o.gotWait = after, wait
+	return []OOMEvent{{Seq: after + 1, ContainerID: "c1"}}, nil
+}
+
+// OOMEvents round-trips where the agent has it and is Unimplemented where
+// it does not.
+func TestOOMEventsOverTTRPC(t *testing.T) {
+	for _, withOOM := range []bool{true, false} {
+		srv, err := ttrpc.NewServer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		oa := &oomAgent{fakeAgent: fakeAgent{code: make(chan int32, 1)}}
+		if withOOM {
+			RegisterAgent(srv, oa)
+		} else {
+			RegisterAgent(srv, &oa.fakeAgent)
+		}
+		l, err := net.Listen("unix", t.TempDir()+"/s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(context.Background(), l)
+		conn, err := net.Dial("unix", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := NewAgentClient(ttrpc.NewClient(conn))
+		evs, err := c.OOMEvents(context.Background(), 7, true)
+		if withOOM {
+			if err != nil || len(evs) != 1 || evs[0] != (OOMEvent{Seq: 8, ContainerID: "c1"}) || oa.gotAfter != 7 || !oa.gotWait {
+				t.Errorf("OOMEvents = %v, %v (agent got after=%d wait=%v)", evs, err, oa.gotAfter, oa.gotWait)
+			}
+		} else if status.Code(err) != codes.Unimplemented {
+			t.Errorf("OOMEvents without support: %v, want Unimplemented", err)
+		}
+		srv.Close()
 	}
 }

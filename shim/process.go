@@ -41,6 +41,7 @@ type container struct {
 	vm         *vm
 	rec        *record
 	init       *proc
+	oom        oomState
 
 	mu      sync.Mutex
 	execs   map[string]*proc
@@ -206,6 +207,7 @@ func (s *service) watch(p *proc) {
 			log.G(ctx).WithError(err).Warn("record exit status")
 		}
 	}
+	s.flushOOMs(ctx, c) // an OOM kill that caused this exit goes first
 	s.send(&eventstypes.TaskExit{
 		ContainerID: c.id,
 		ID:          p.id(),

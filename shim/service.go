@@ -165,6 +165,7 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	s.mu.Unlock()
 	s.send(taskCreateEvent(c, r))
 	go s.watch(c.init)
+	go s.pollOOM(c)
 	return &task.CreateTaskResponse{Pid: c.hostPid()}, nil
 }
 
@@ -472,7 +473,8 @@ func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*empty
 	return &emptypb.Empty{}, nil
 }
 
-// Stats returns the container's cgroup metrics from inside the guest.
+// Stats returns the container's cgroup metrics from inside the guest, in
+// the type for the host's cgroup mode (stats.go).
 func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
 	c, err := s.get(r.ID)
 	if err != nil {
@@ -481,6 +483,9 @@ func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsR
 	resp, err := c.vm.task.Stats(ctx, r)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	if resp.Stats, err = hostStats(resp.Stats, hostUnified()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return resp, nil
 }
