@@ -57,6 +57,11 @@ var krunOptional = []krunSymbol{
 	// Read-only virtio-fs; without it read-only shares are enforced by the
 	// guest's mount flags only.
 	{"krun_add_virtiofs3", "1.18"},
+	// An explicit vsock device without TSI; without them libkrun's
+	// implicit vsock proxies the guest's AF_INET sockets through the VMM
+	// process (TSI), a network the spec never asked for.
+	{"krun_disable_implicit_vsock", ""},
+	{"krun_add_vsock", ""},
 }
 
 // Disk formats of krun_add_disk2.
@@ -99,6 +104,8 @@ type krunAPI interface {
 	addVirtiofs3(ctx uint32, tag, path string, shmSize uint64, readOnly bool) int32
 	addDisk2(ctx uint32, id, path string, format uint32, readOnly bool) int32
 	addVsockPort2(ctx, port uint32, path string, listen bool) int32
+	disableImplicitVsock(ctx uint32) int32
+	addVsock(ctx, tsiFeatures uint32) int32
 	setExec(ctx uint32, path string, argv, envp []string) int32
 	setEnv(ctx uint32, envp []string) int32
 	setRlimits(ctx uint32, rlimits []string) int32
@@ -113,6 +120,9 @@ type libkrun struct {
 	path string
 	// virtiofs3 is true when krun_add_virtiofs3 (read-only shares) exists.
 	virtiofs3 bool
+	// noTSI is true when the library can add a vsock without TSI
+	// (krun_disable_implicit_vsock and krun_add_vsock).
+	noTSI bool
 }
 
 // APILevel describes the detected libkrun API level.
@@ -274,6 +284,19 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 			fmt.Sprintf("disk %s (%s, %s)", d.Tag, d.Path, d.Format)); err != nil {
 			return p, err
 		}
+	}
+	// The guest gets no network the spec did not share: replace the
+	// implicit vsock, whose TSI would proxy guest sockets through this
+	// process, with one that only carries the agent's port.
+	if l.noTSI {
+		if err := check("krun_disable_implicit_vsock", a.disableImplicitVsock(ctx)); err != nil {
+			return p, err
+		}
+		if err := check("krun_add_vsock", a.addVsock(ctx, 0), "without TSI"); err != nil {
+			return p, err
+		}
+	} else {
+		logf("libkrun %s has no krun_disable_implicit_vsock: TSI stays on, guest AF_INET sockets reach the network of the VMM process (newer libkrun turns it off)", l.path)
 	}
 	// listen=false: the guest connects, the connection appears on chanSock.
 	if err := check("krun_add_vsock_port2", a.addVsockPort2(ctx, protocol.VsockPort, chanSock, false),

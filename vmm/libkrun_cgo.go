@@ -13,6 +13,7 @@ package vmm
 
 typedef int32_t (*krun_u32_fn)(uint32_t);
 typedef int32_t (*krun_void_fn)(void);
+typedef int32_t (*krun_u32u32_fn)(uint32_t, uint32_t);
 typedef int32_t (*krun_vmcfg_fn)(uint32_t, uint8_t, uint32_t);
 typedef int32_t (*krun_str_fn)(uint32_t, const char *);
 typedef int32_t (*krun_str2_fn)(uint32_t, const char *, const char *);
@@ -23,6 +24,7 @@ typedef int32_t (*krun_exec_fn)(uint32_t, const char *, char *const *, char *con
 typedef int32_t (*krun_arr_fn)(uint32_t, char *const *);
 
 static int32_t msb_krun_u32(void *f, uint32_t a) { return ((krun_u32_fn)f)(a); }
+static int32_t msb_krun_u32u32(void *f, uint32_t a, uint32_t b) { return ((krun_u32u32_fn)f)(a, b); }
 static int32_t msb_krun_void(void *f) { return ((krun_void_fn)f)(); }
 static int32_t msb_krun_vmcfg(void *f, uint32_t c, uint8_t v, uint32_t m) { return ((krun_vmcfg_fn)f)(c, v, m); }
 static int32_t msb_krun_str(void *f, uint32_t c, const char *s) { return ((krun_str_fn)f)(c, s); }
@@ -99,7 +101,8 @@ func loadLibkrun(path string) (*libkrun, error) {
 		C.dlclose(h)
 		return nil, err
 	}
-	return &libkrun{api: d, path: path, virtiofs3: v3}, nil
+	noTSI := d.sym["krun_disable_implicit_vsock"] != nil && d.sym["krun_add_vsock"] != nil
+	return &libkrun{api: d, path: path, virtiofs3: v3, noTSI: noTSI}, nil
 }
 
 var atExitOnce sync.Once
@@ -229,6 +232,14 @@ func (d *dlKrun) setEnv(ctx uint32, envp []string) int32 { return d.arr("krun_se
 
 func (d *dlKrun) setRlimits(ctx uint32, rl []string) int32 {
 	return d.arr("krun_set_rlimits", ctx, rl)
+}
+
+func (d *dlKrun) disableImplicitVsock(ctx uint32) int32 {
+	return int32(C.msb_krun_u32(d.f("krun_disable_implicit_vsock"), C.uint32_t(ctx)))
+}
+
+func (d *dlKrun) addVsock(ctx, tsiFeatures uint32) int32 {
+	return int32(C.msb_krun_u32u32(d.f("krun_add_vsock"), C.uint32_t(ctx), C.uint32_t(tsiFeatures)))
 }
 
 func (d *dlKrun) startEnter(ctx uint32) int32 {

@@ -154,6 +154,8 @@ func (k *krunTest) wantCalls() []string {
 		`krun_add_virtiofs3 7 "file-1" "` + d + `/files/1" 0 1`,
 		`krun_add_disk2 7 "disk-0" "` + d + `/d0.img" 0 0`,
 		`krun_add_disk2 7 "disk-1" "` + d + `/d1.qcow2" 1 1`,
+		"krun_disable_implicit_vsock 7",
+		"krun_add_vsock 7 0",
 		`krun_add_vsock_port2 7 1024 "` + d + `/channel.sock" 0`,
 		`krun_set_exec 7 "/init" [] []`,
 		"krun_set_env 7 " + quoteList(append(append([]string{}, k.cfg.Env...), "MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1")),
@@ -325,9 +327,12 @@ func TestLibkrunWithoutVirtiofs3(t *testing.T) {
 	want[3] = `krun_set_root 7 "` + k.dir + `/guestroot"`
 	want[5] = `krun_add_virtiofs 7 "data" "` + k.dir + `/data"`
 	want[6] = `krun_add_virtiofs 7 "file-1" "` + k.dir + `/files/1"`
+	// No krun_disable_implicit_vsock / krun_add_vsock either: TSI stays on.
+	want = append(want[:9], want[11:]...)
 	diffCalls(t, k.calls(t), want[:len(want)-1])
-	if len(logs) != 3 || !strings.Contains(logs[0], "guest root "+k.dir+"/guestroot is shared read-write") ||
-		!strings.Contains(logs[1], "share data is read-only in the guest's mount only") {
+	if len(logs) != 4 || !strings.Contains(logs[0], "guest root "+k.dir+"/guestroot is shared read-write") ||
+		!strings.Contains(logs[1], "share data is read-only in the guest's mount only") ||
+		!strings.Contains(logs[3], "TSI stays on") {
 		t.Fatalf("logs: %q", logs)
 	}
 }

@@ -16,7 +16,8 @@
  *
  * Build variants (-D): KRUNSTUB_OLD leaves out the 1.10 symbols
  * (krun_add_disk2, krun_add_vsock_port2) and krun_add_virtiofs3;
- * KRUNSTUB_NO_VIRTIOFS3 leaves out only krun_add_virtiofs3 (libkrun 1.10-1.17).
+ * KRUNSTUB_NO_VIRTIOFS3 leaves out krun_add_virtiofs3 and the TSI-free vsock calls
+ * (krun_disable_implicit_vsock, krun_add_vsock) of newer libkrun (libkrun 1.10-1.17).
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -141,6 +142,24 @@ int32_t krun_add_virtiofs3(uint32_t ctx, const char *tag, const char *path, uint
 		put_str(f, path);
 		fprintf(f, " %llu %d", (unsigned long long)shm, ro);
 	}
+	return result(f, __func__);
+}
+#endif
+
+#if !defined(KRUNSTUB_OLD) && !defined(KRUNSTUB_NO_VIRTIOFS3)
+int32_t krun_disable_implicit_vsock(uint32_t ctx)
+{
+	FILE *f = begin(__func__);
+	if (f)
+		fprintf(f, " %u", ctx);
+	return result(f, __func__);
+}
+
+int32_t krun_add_vsock(uint32_t ctx, uint32_t tsi_features)
+{
+	FILE *f = begin(__func__);
+	if (f)
+		fprintf(f, " %u %u", ctx, tsi_features);
 	return result(f, __func__);
 }
 #endif
