@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,4 +197,33 @@ cat /tmp/handoff`
 	if r.code != 0 || r.stdout != "handoff init is pid 1\n" {
 		t.Fatalf("exit %d stdout %q; stderr: %s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// TestSignalForwarding: like runc run, msb-runtime run passes the signals
+// it gets on to the container's process.
+func TestSignalForwarding(t *testing.T) {
+	requireVM(t)
+	root := stateRoot(t)
+	script := `trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done`
+	cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"sh", "-c", script}, nil), "sig")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(out)
+	if line, err := rd.ReadString('\n'); err != nil || line != "ready\n" {
+		_ = cmd.Process.Kill()
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	rest, _ := io.ReadAll(rd)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || string(rest) != "got-term\n" {
+		t.Fatalf("after SIGTERM: %v, output %q; want exit 7 and got-term", err, rest)
+	}
+	assertNothingLeft(t, root)
 }
