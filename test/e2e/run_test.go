@@ -227,3 +227,38 @@ func TestSignalForwarding(t *testing.T) {
 	}
 	assertNothingLeft(t, root)
 }
+
+// TestRefusedSpec: what cannot run in a VM is refused before anything is
+// started, with the field named, and leaves nothing behind.
+func TestRefusedSpec(t *testing.T) {
+	requireVM(t)
+	root := stateRoot(t)
+	for name, c := range map[string]struct {
+		mut  func(*specs.Spec)
+		want string
+	}{
+		"host-network": {func(s *specs.Spec) {
+			var keep []specs.LinuxNamespace
+			for _, ns := range s.Linux.Namespaces {
+				if ns.Type != specs.NetworkNamespace {
+					keep = append(keep, ns)
+				}
+			}
+			s.Linux.Namespaces = keep
+		}, "network"},
+		"device-node": {func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/dev/kmsg", Type: "bind", Source: "/dev/kmsg", Options: []string{"bind"}})
+		}, "mounts["},
+		"bad-annotation": {func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.msb.vcpus": "many"}
+		}, "io.msb.vcpus"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, err := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"true"}, c.mut), "refused").CombinedOutput()
+			if err == nil || !strings.Contains(string(out), c.want) {
+				t.Fatalf("err %v, output %q; want an error naming %q", err, out, c.want)
+			}
+			assertNothingLeft(t, root)
+		})
+	}
+}
