@@ -45,7 +45,8 @@ step "building msb binaries into $PREFIX/bin"
 mkdir -p "$MSB_CACHE" "$PREFIX/bin"
 "$GO" build -trimpath -o "$MSB_CACHE/msb-runtime" ./cmd/msb-runtime
 "$GO" build -trimpath -o "$MSB_CACHE/containerd-shim-msb-v2" ./cmd/containerd-shim-msb-v2
-CGO_ENABLED=0 "$GO" build -trimpath -o "$MSB_CACHE/msb-agent" ./cmd/msb-agent
+# Stripped: the agent sits in every guest's initramfs, unpacked into guest RAM.
+CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$MSB_CACHE/msb-agent" ./cmd/msb-agent
 install -m 0755 "$MSB_CACHE/msb-runtime" "$MSB_CACHE/containerd-shim-msb-v2" "$PREFIX/bin/"
 "$PREFIX/bin/msb-runtime" --version | sed -n 1p
 

@@ -38,7 +38,7 @@ fi
 
 if [[ -z "${AGENT:-}" ]]; then
 	AGENT="$CACHE/msb-agent"
-	CGO_ENABLED=0 "$GO" build -trimpath -o "$AGENT" ./cmd/msb-agent
+	CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$AGENT" ./cmd/msb-agent
 fi
 
 "$GO" run ./hack/mkguest -kernel-deb "$KERNEL_DEB" -agent "$AGENT" -runc "$CACHE/runc" -out "$OUTDIR"
