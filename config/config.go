@@ -41,6 +41,9 @@ type Config struct {
 	OverheadMiB int `toml:"overhead_mib"`
 	// BootTimeout bounds boot up to the agent answering (TCG is slow).
 	BootTimeout string `toml:"boot_timeout"`
+	// KVMBootTimeout: with accel left to msb, a KVM boot not done by then
+	// is retried under TCG (broken nested KVM can hang); empty = 15s.
+	KVMBootTimeout string `toml:"kvm_boot_timeout"`
 }
 
 // Default returns the built-in configuration.
@@ -103,6 +106,13 @@ func Parse(name string, b []byte) (Config, error) {
 	return c, nil
 }
 
+// KVMBootTimeoutDuration parses KVMBootTimeout (validated by Load); 0
+// means the VMM's default.
+func (c Config) KVMBootTimeoutDuration() time.Duration {
+	d, _ := time.ParseDuration(c.KVMBootTimeout)
+	return d
+}
+
 // BootTimeoutDuration parses BootTimeout (validated by Load).
 func (c Config) BootTimeoutDuration() time.Duration {
 	d, _ := time.ParseDuration(c.BootTimeout)
@@ -128,6 +138,11 @@ func (c Config) validate() error {
 	}
 	if c.OverheadMiB < 0 {
 		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	}
+	if c.KVMBootTimeout != "" {
+		if _, err := time.ParseDuration(c.KVMBootTimeout); err != nil {
+			return fmt.Errorf("kvm_boot_timeout %q: a Go duration such as 15s: %w", c.KVMBootTimeout, err)
+		}
 	}
 	if _, err := time.ParseDuration(c.BootTimeout); err != nil {
 		return fmt.Errorf("boot_timeout %q: a Go duration such as 2m: %w", c.BootTimeout, err)

@@ -86,6 +86,9 @@ type LaunchConfig struct {
 	Detached bool `json:"detached,omitempty"`
 	// BootTimeout bounds kernel boot up to the agent answering.
 	BootTimeout Duration `json:"bootTimeout,omitempty"`
+	// KVMBootTimeout bounds a boot under automatically chosen KVM before
+	// the VMM retries under TCG (default 15 s).
+	KVMBootTimeout Duration `json:"kvmBootTimeout,omitempty"`
 	// ShutdownGrace is the flush window between asking the guest to power
 	// off and killing the hypervisor.
 	ShutdownGrace Duration `json:"shutdownGrace,omitempty"`

@@ -28,6 +28,9 @@ const (
 const (
 	defaultBootTimeout   = 2 * time.Minute
 	defaultShutdownGrace = 3 * time.Second
+	// A KVM guest boots in well under a second; one that is not up after
+	// this (auto accel only) is taken to be hung by broken nested KVM.
+	defaultKVMBootTimeout = 15 * time.Second
 )
 
 // Main is the VMM process (msb-runtime vmm). It reads its launch config from
@@ -124,20 +127,30 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 
 	booted := make(chan error, 1)
 	go func() { booted <- v.boot(chanLn) }()
-	select {
-	case err := <-booted:
-		if err != nil {
-			return 1, fmt.Errorf("boot: %w (guest console: %s)", err, cfg.ConsoleLog)
+	bootTimeout := time.After(cfg.BootTimeout.or(defaultBootTimeout))
+	kvmTimer := time.NewTimer(cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
+	defer kvmTimer.Stop()
+	for waiting := true; waiting; {
+		select {
+		case err := <-booted:
+			if err != nil {
+				return 1, fmt.Errorf("boot: %w (guest console: %s)", err, cfg.ConsoleLog)
+			}
+			waiting = false
+		case <-kvmTimer.C:
+			if v.hv.GiveUpKVM() {
+				log.L.Warnf("guest not up %s after start under KVM: retrying under TCG", cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
+			}
+		case <-v.hv.Done():
+			return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", v.hv.err, cfg.ConsoleLog)
+		case <-bootTimeout:
+			return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
+		case <-watchEOF:
+			v.orphaned = true
+			return ExitKilled, errors.New("creator exited during boot")
+		case s := <-sigs:
+			return ExitKilled, fmt.Errorf("%v during boot", s)
 		}
-	case <-v.hv.Done():
-		return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", v.hv.err, cfg.ConsoleLog)
-	case <-time.After(cfg.BootTimeout.or(defaultBootTimeout)):
-		return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
-	case <-watchEOF:
-		v.orphaned = true
-		return ExitKilled, errors.New("creator exited during boot")
-	case s := <-sigs:
-		return ExitKilled, fmt.Errorf("%v during boot", s)
 	}
 	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
 	go relay(relayLn, v.sess)

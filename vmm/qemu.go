@@ -19,8 +19,11 @@ type qemu struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	killed bool
-	done   chan struct{}
-	err    error
+	// autoKVM: KVM was picked because /dev/kvm opened; givenUp: KVM was
+	// abandoned for this VM and qemu runs (or is about to run) under TCG.
+	autoKVM, givenUp bool
+	done             chan struct{}
+	err              error
 }
 
 // KVMUsable reports whether /dev/kvm opens read-write, which is what a
@@ -117,7 +120,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
 	autoKVM := c.Accel == "" && KVMUsable()
 	kvm := c.Accel == "kvm" || autoKVM
 	tsc := hostTSCKHz()
-	q := &qemu{done: make(chan struct{})}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM}
 	if err := q.launch(bin, qemuArgs(c, chanSock, kvm, tsc), logf); err != nil {
 		return nil, err
 	}
@@ -125,8 +128,13 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
 		start := time.Now()
 		err := q.wait()
 		// /dev/kvm can open and still not run a guest (broken nesting):
-		// with accel left to us, fall back to TCG instead of failing.
-		if autoKVM && err != nil && time.Since(start) < kvmFallbackWindow {
+		// with accel left to us, fall back to TCG instead of failing —
+		// when KVM qemu dies at once, or when the VMM gave up on its boot.
+		q.mu.Lock()
+		retry := autoKVM && !q.killed && (q.givenUp || (err != nil && time.Since(start) < kvmFallbackWindow))
+		q.givenUp = retry
+		q.mu.Unlock()
+		if retry {
 			fmt.Fprintf(logf, "msb-vmm: qemu with KVM failed (%v): falling back to TCG\n", err)
 			if lerr := q.launch(bin, qemuArgs(c, chanSock, false, tsc), logf); lerr == nil {
 				err = q.wait()
@@ -136,6 +144,20 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
 		close(q.done)
 	}()
 	return q, nil
+}
+
+// GiveUpKVM kills a qemu that KVM was picked for automatically and whose
+// guest did not come up in time (nested KVM can hang instead of failing);
+// it restarts under TCG. It reports whether it did.
+func (q *qemu) GiveUpKVM() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.autoKVM || q.givenUp || q.killed {
+		return false
+	}
+	q.givenUp = true
+	_ = q.cmd.Process.Kill()
+	return true
 }
 
 func (q *qemu) launch(bin string, args []string, logf *os.File) error {

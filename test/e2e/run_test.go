@@ -262,3 +262,50 @@ func TestRefusedSpec(t *testing.T) {
 		})
 	}
 }
+
+// TestKVMHangFallsBackToTCG: nested KVM can hang a guest instead of failing
+// (seen on the device machine). A qemu that never boots under KVM is given
+// up after kvm_boot_timeout and the VM runs under TCG.
+func TestKVMHangFallsBackToTCG(t *testing.T) {
+	requireVM(t)
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
+		t.Skip("no usable /dev/kvm: msb never tries KVM here, so there is nothing to fall back from")
+	} else {
+		f.Close()
+	}
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	wrapper := filepath.Join(dir, "qemu")
+	script := "#!/bin/sh\necho \"$*\" >> " + calls + "\nfor a; do [ \"$a\" = kvm ] && exec sleep 600; done\nexec qemu-system-x86_64 \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg []string
+	for _, l := range strings.Split(string(base), "\n") {
+		if !strings.HasPrefix(l, "accel") {
+			cfg = append(cfg, l)
+		}
+	}
+	cfg = append(cfg, `qemu = "`+wrapper+`"`, `kvm_boot_timeout = "2s"`)
+	cfgFile := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgFile, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := stateRoot(t)
+	cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"echo", "booted anyway"}, nil), "kvmhang")
+	cmd.Env = append(cmd.Env, "MSB_CONFIG="+cfgFile)
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "booted anyway\n" {
+		t.Fatalf("run: %v: %s", err, out)
+	}
+	got, _ := os.ReadFile(calls)
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "-accel kvm") || !strings.Contains(lines[1], "-accel tcg") {
+		t.Fatalf("qemu invocations:\n%s\nwant one KVM attempt, then TCG", got)
+	}
+	assertNothingLeft(t, root)
+}
