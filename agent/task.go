@@ -493,6 +493,7 @@ func (a *Agent) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.De
 	if err := a.destroy(c, 10*time.Second); err != nil {
 		return nil, err
 	}
+	a.unprepare(r.ID)
 	_, pid, code, at := p.status()
 	return &task.DeleteResponse{Pid: uint32(pid), ExitStatus: uint32(code), ExitedAt: ts(at)}, nil
 }
