@@ -60,6 +60,8 @@ type vm struct {
 	launch   *vmm.LaunchConfig
 	guest    *specs.Spec // the spec runc runs in the guest
 	prep     *launch.Prepared
+	// podDir is the host pod directory of a pod VM (ADR 007), else "".
+	podDir string
 
 	h      *vmm.Handle
 	client *ttrpc.Client
@@ -82,6 +84,7 @@ type vmRequest struct {
 	spec          *specs.Spec
 	cfg           config.Config
 	binary        string
+	podDir        string // makes it a pod VM (launch.Request.PodDir)
 }
 
 // startVM prepares the VM for a container (state dir, staged files, disk
@@ -111,7 +114,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	v := &vm{name: r.id, stateDir: stateDir, dead: make(chan struct{})}
+	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, dead: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			v.destroy(ctx)
@@ -119,7 +122,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 	}()
 	p, err := launch.Prepare(launch.Request{
 		ID: r.id, Name: r.namespace + "/" + r.id, Spec: r.spec, Bundle: r.bundle, Rootfs: r.rootfs,
-		StateDir: stateDir, AgentSocket: sock, Config: r.cfg,
+		StateDir: stateDir, AgentSocket: sock, Config: r.cfg, PodDir: r.podDir,
 	})
 	if err != nil {
 		return nil, err
@@ -243,6 +246,14 @@ func (v *vm) destroy(ctx context.Context) {
 	if v.prep != nil {
 		if err := v.prep.Release(); err != nil {
 			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
+		}
+	}
+	if v.podDir != "" {
+		// Members' binds must go before the state dir is removed, or
+		// RemoveAll would empty their rootfs and volumes.
+		if err := unmountBelow(v.podDir); err != nil {
+			log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s: mounts left below it", v.name, v.stateDir)
+			return
 		}
 	}
 	if err := os.RemoveAll(v.stateDir); err != nil {
