@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// taskPid is the PID column of `ctr task ls` for id (0 if absent).
+func (e *shimEnv) taskPid(t *testing.T, id string) int {
+	t.Helper()
+	for _, l := range strings.Split(e.MustCtr("task", "ls"), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[0] == id {
+			pid, _ := strconv.Atoi(f[1])
+			return pid
+		}
+	}
+	return 0
+}
+
+// TestShimPodSharesVM runs a pod the way CRI does (ADR 007): a sandbox
+// container, then an app container of the same sandbox id that joins the
+// sandbox's network namespace by its host path. Both must run in one VM
+// (same guest boot id) and one network namespace; deleting the app
+// container keeps the VM, deleting the sandbox ends it.
+func TestShimPodSharesVM(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod-sb", "pod-app"
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	run := func(id string, flags []string, args ...string) {
+		a := append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...)
+		e.MustCtr(append(append(a, e.image, id), args...)...)
+	}
+	run(sb, ann("sandbox"), "sleep", "600")
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	pid := e.taskPid(t, sb)
+	if pid == 0 {
+		t.Fatal("no pid for the sandbox task")
+	}
+
+	start := time.Now()
+	run(app, append(ann("container"), "--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net"), "sleep", "600")
+	appGone := false
+	t.Cleanup(func() {
+		if !appGone {
+			e.remove(t, app)
+		}
+	})
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+	t.Logf("app container running %s after ctr run", time.Since(start).Round(time.Millisecond))
+	if got := e.taskPid(t, app); got != pid {
+		t.Fatalf("app task pid %d, sandbox %d: not the same VM", got, pid)
+	}
+
+	n := 0
+	read := func(id, cmd string) string {
+		n++
+		out := e.MustCtr("task", "exec", "--exec-id", "x"+strconv.Itoa(n), id, "sh", "-c", cmd)
+		return strings.TrimSpace(out)
+	}
+	const bootID, netns = "cat /proc/sys/kernel/random/boot_id", "readlink /proc/self/ns/net"
+	b1, b2 := read(sb, bootID), read(app, bootID)
+	if b1 == "" || b1 != b2 {
+		t.Fatalf("boot ids: sandbox %q, app %q", b1, b2)
+	}
+	n1, n2 := read(sb, netns), read(app, netns)
+	if n1 == "" || n1 != n2 {
+		t.Fatalf("network namespaces: sandbox %q, app %q", n1, n2)
+	}
+	// The app's own rootfs, not the sandbox's: a file made in one is not
+	// in the other.
+	read(app, "touch /only-in-app")
+	if out := read(sb, "test -e /only-in-app && echo shared || echo separate"); out != "separate" {
+		t.Fatalf("rootfs: %s", out)
+	}
+
+	e.remove(t, app)
+	appGone = true
+	if got := read(sb, bootID); got != b1 {
+		t.Fatalf("after deleting the app container the sandbox's boot id is %q, was %q", got, b1)
+	}
+	if st := e.taskStatus(sb); st != "RUNNING" {
+		t.Fatalf("sandbox %s after the app's delete", st)
+	}
+}
