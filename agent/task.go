@@ -183,6 +183,9 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		a.mu.Lock()
 		delete(a.reserved, r.ID)
 		a.mu.Unlock()
+		if retErr != nil {
+			a.unprepare(r.ID) // a pod container's Prepare mounts
+		}
 	}()
 
 	bundle := filepath.Join(a.opts.BundleRoot, r.ID)
