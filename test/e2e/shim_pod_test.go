@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,4 +90,49 @@ func TestShimPodSharesVM(t *testing.T) {
 	if st := e.taskStatus(sb); st != "RUNNING" {
 		t.Fatalf("sandbox %s after the app's delete", st)
 	}
+}
+
+// TestShimPodMountsSandboxFirst gives a pod's app container a read-only
+// directory bind and a file bind (exposed through the pod share), then
+// deletes the sandbox first: the VM ends, the app container's task
+// stops, and nothing is left.
+func TestShimPodMountsSandboxFirst(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod2-sb", "pod2-app"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("from-dir\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "podfile")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, ann("sandbox")...), e.image, sb, "sleep", "600")...)
+	sbGone := false
+	t.Cleanup(func() {
+		if !sbGone {
+			e.remove(t, sb)
+		}
+	})
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	flags := append(ann("container"),
+		"--mount", "type=bind,src="+dir+",dst=/data,options=rbind:ro",
+		"--mount", "type=bind,src="+file+",dst=/etc/podfile,options=rbind:rw")
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, app) })
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+
+	out := e.MustCtr("task", "exec", "--exec-id", "m1", app, "sh", "-c",
+		"cat /data/hello /etc/podfile; touch /data/x 2>/dev/null && echo writable || echo read-only")
+	if out != "from-dir\nfrom-file\nread-only\n" {
+		t.Fatalf("app mounts: %q", out)
+	}
+
+	e.remove(t, sb)
+	sbGone = true
+	e.waitStatus(t, app, "STOPPED", time.Minute)
 }
