@@ -70,8 +70,10 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		return c, s.createInGuest(ctx, c, r)
 	}
 	podDir := ""
+	var hostNS map[specs.LinuxNamespaceType]string
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
 		podDir = filepath.Join(StateRoot(), s.namespace, r.ID, "containers")
+		hostNS = takeHostNamespaces(spec)
 	}
 	c.vm, err = startVM(ctx, vmRequest{
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
@@ -83,6 +85,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, err
 	}
+	c.vm.podHostNS = hostNS
 	return c, s.createInGuest(ctx, c, r)
 }
 

@@ -38,6 +38,48 @@ var podNamespaces = map[specs.LinuxNamespaceType]string{
 	specs.PIDNamespace:     "pid",
 }
 
+// takeHostNamespaces removes the namespace paths of the types a pod
+// shares from a sandbox container's spec and returns them: CRI gives the
+// sandbox the pod's host netns (made by CNI), which a VM cannot join, so
+// the guest makes new namespaces, which the pod's containers then join.
+func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
+	out := map[specs.LinuxNamespaceType]string{}
+	if spec.Linux == nil {
+		return out
+	}
+	for i, ns := range spec.Linux.Namespaces {
+		if _, ok := podNamespaces[ns.Type]; ok && ns.Path != "" {
+			out[ns.Type] = ns.Path
+			spec.Linux.Namespaces[i].Path = ""
+		}
+	}
+	return out
+}
+
+// joinedNamespaces maps the namespace paths of a pod container's spec
+// that name the sandbox's namespace to the guest paths of the sandbox
+// init's (guestPid) namespaces. A path names the sandbox's namespace when
+// it is the one the sandbox's own spec had (hostNS), or
+// /proc/<sandbox task pid>/ns/<type>, the task pid being the VMM's. Other
+// paths are left out, so specconv refuses them.
+func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, vmmPid, guestPid int) map[specs.LinuxNamespaceType]string {
+	out := map[specs.LinuxNamespaceType]string{}
+	if spec.Linux == nil {
+		return out
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		name, ok := podNamespaces[ns.Type]
+		if !ok || ns.Path == "" {
+			continue
+		}
+		p := filepath.Clean(ns.Path)
+		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", vmmPid, name) {
+			out[ns.Type] = fmt.Sprintf("/proc/%d/ns/%s", guestPid, name)
+		}
+	}
+	return out
+}
+
 // podMember is what a container that joined its pod's VM owns there.
 type podMember struct {
 	vm       *vm
@@ -79,10 +121,7 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	if st.Pid == 0 {
 		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
-	ns := map[specs.LinuxNamespaceType]string{}
-	for t, name := range podNamespaces {
-		ns[t] = fmt.Sprintf("/proc/%d/ns/%s", st.Pid, name)
-	}
+	ns := joinedNamespaces(spec, v.podHostNS, v.h.Pid, int(st.Pid))
 	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id)}
 	c.vm, c.oom, c.pod = v, sb.oom, m
 	mem, err := launch.PrepareMember(launch.MemberRequest{

@@ -64,3 +64,29 @@ func TestPodSandbox(t *testing.T) {
 		t.Fatal("joins a VM without a pod share")
 	}
 }
+
+func TestPodNamespaces(t *testing.T) {
+	sb := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		{Type: specs.MountNamespace},
+		{Type: specs.IPCNamespace},
+	}}}
+	host := takeHostNamespaces(sb)
+	if len(host) != 1 || host[specs.NetworkNamespace] != "/var/run/netns/cni-1" || sb.Linux.Namespaces[0].Path != "" {
+		t.Fatalf("took %v, left %+v", host, sb.Linux.Namespaces)
+	}
+	app := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		{Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}, // not the sandbox's
+		{Type: specs.MountNamespace},
+	}}}
+	got := joinedNamespaces(app, host, 42, 7)
+	want := map[specs.LinuxNamespaceType]string{
+		specs.NetworkNamespace: "/proc/7/ns/net",
+		specs.IPCNamespace:     "/proc/7/ns/ipc",
+	}
+	if len(got) != len(want) || got[specs.NetworkNamespace] != want[specs.NetworkNamespace] || got[specs.IPCNamespace] != want[specs.IPCNamespace] {
+		t.Fatalf("joined %v, want %v", got, want)
+	}
+}

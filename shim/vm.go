@@ -62,6 +62,9 @@ type vm struct {
 	prep     *launch.Prepared
 	// podDir is the host pod directory of a pod VM (ADR 007), else "".
 	podDir string
+	// podHostNS are the host namespace paths the sandbox's spec named
+	// (takeHostNamespaces): a pod container naming one joins the guest's.
+	podHostNS map[specs.LinuxNamespaceType]string
 
 	h      *vmm.Handle
 	client *ttrpc.Client

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -92,10 +93,12 @@ func TestShimPodSharesVM(t *testing.T) {
 	}
 }
 
-// TestShimPodMountsSandboxFirst gives a pod's app container a read-only
-// directory bind and a file bind (exposed through the pod share), then
-// deletes the sandbox first: the VM ends, the app container's task
-// stops, and nothing is left.
+// TestShimPodMountsSandboxFirst runs a pod whose sandbox names a host
+// netns, as CRI does with CNI's (the guest makes its own; an app container
+// naming the same path joins that), gives the app container a read-only
+// directory bind and a file bind (exposed through the pod share), refuses
+// a container naming another host namespace, then deletes the sandbox
+// first: the VM ends, the app container's task stops, nothing is left.
 func TestShimPodMountsSandboxFirst(t *testing.T) {
 	e := startShimEnv(t)
 	const sb, app = "pod2-sb", "pod2-app"
@@ -111,7 +114,13 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
 			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
 	}
-	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, ann("sandbox")...), e.image, sb, "sleep", "600")...)
+	netns := "msbtest-pod-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", netns).Run() })
+	withNS := []string{"--with-ns", "network:/var/run/netns/" + netns}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, append(ann("sandbox"), withNS...)...), e.image, sb, "sleep", "600")...)
 	sbGone := false
 	t.Cleanup(func() {
 		if !sbGone {
@@ -119,7 +128,15 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 		}
 	})
 	e.waitStatus(t, sb, "RUNNING", time.Minute)
-	flags := append(ann("container"),
+
+	bad := append(ann("container"), "--with-ns", "network:/proc/1/ns/net")
+	_, stderr, err := e.Ctr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, bad...), e.image, "pod2-bad", "true")...)
+	e.remove(t, "pod2-bad")
+	if err == nil || !strings.Contains(stderr, "only the pod sandbox's namespaces") {
+		t.Fatalf("joining another host netns: err %v, stderr %s", err, stderr)
+	}
+
+	flags := append(append(ann("container"), withNS...),
 		"--mount", "type=bind,src="+dir+",dst=/data,options=rbind:ro",
 		"--mount", "type=bind,src="+file+",dst=/etc/podfile,options=rbind:rw")
 	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
@@ -130,6 +147,11 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 		"cat /data/hello /etc/podfile; touch /data/x 2>/dev/null && echo writable || echo read-only")
 	if out != "from-dir\nfrom-file\nread-only\n" {
 		t.Fatalf("app mounts: %q", out)
+	}
+	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")
+	n2 := e.MustCtr("task", "exec", "--exec-id", "n2", app, "readlink", "/proc/self/ns/net")
+	if n1 == "" || n1 != n2 {
+		t.Fatalf("network namespaces: sandbox %q, app %q", n1, n2)
 	}
 
 	e.remove(t, sb)
