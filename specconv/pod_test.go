@@ -58,6 +58,12 @@ func TestPodNamespaceNotShared(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "only the pod sandbox's namespaces") {
 		t.Fatalf("err = %v", err)
 	}
+	// In pod mode with no namespace of the sandbox's to join.
+	in := podInput(spec)
+	in.SandboxNamespaces = nil
+	if _, err := Convert(in); err == nil || !strings.Contains(err.Error(), "only the pod sandbox's namespaces") {
+		t.Fatalf("err = %v", err)
+	}
 	// Without pod mode a path is refused as before.
 	spec = baseSpec()
 	spec.Linux.Namespaces[1].Path = "/proc/1/ns/net"

@@ -118,7 +118,7 @@ func Convert(in Input) (*Sandbox, error) {
 	if err := checkInput(in); err != nil {
 		return nil, err
 	}
-	if err := refuseUnsupported(spec, in.SandboxNamespaces); err != nil {
+	if err := refuseUnsupported(spec, in); err != nil {
 		return nil, err
 	}
 	guest, err := deepCopy(spec)
@@ -206,7 +206,7 @@ var standardDevices = map[string]bool{
 	"/dev/urandom": true, "/dev/tty": true, "/dev/console": true, "/dev/ptmx": true,
 }
 
-func refuseUnsupported(spec *specs.Spec, sandboxNS map[specs.LinuxNamespaceType]string) error {
+func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if spec.Process == nil || len(spec.Process.Args) == 0 {
 		return errors.New("process.args: empty; give the command to run")
 	}
@@ -229,8 +229,8 @@ func refuseUnsupported(spec *specs.Spec, sandboxNS map[specs.LinuxNamespaceType]
 	}
 	hasNet := false
 	for i, ns := range spec.Linux.Namespaces {
-		if ns.Path != "" && sandboxNS[ns.Type] == "" {
-			if len(sandboxNS) > 0 {
+		if ns.Path != "" && in.SandboxNamespaces[ns.Type] == "" {
+			if in.podMode() {
 				return fmt.Errorf("linux.namespaces[%d].path %q: only the pod sandbox's namespaces can be joined in its VM, and it shares no %s namespace; drop the path", i, ns.Path, ns.Type)
 			}
 			return fmt.Errorf("linux.namespaces[%d].path %q: a VM cannot join a host namespace; drop the path to get a new %s namespace in the guest", i, ns.Path, ns.Type)
