@@ -108,3 +108,35 @@ func TestPodRefusesDisks(t *testing.T) {
 		t.Fatal("relative guest dir accepted")
 	}
 }
+
+func TestPodSandboxSize(t *testing.T) {
+	spec := baseSpec()
+	spec.Annotations = map[string]string{
+		AnnotationContainerType:    "sandbox",
+		AnnotationSandboxMemory:    "1073741825", // 1 GiB + 1 byte
+		AnnotationSandboxCPUQuota:  "250000",
+		AnnotationSandboxCPUPeriod: "100000",
+	}
+	sb := mustConvert(t, input(spec))
+	if sb.MemoryMiB != 1025+defaults.OverheadMiB || sb.VCPUs != 3 {
+		t.Fatalf("pod VM %d MiB, %d vcpus", sb.MemoryMiB, sb.VCPUs)
+	}
+	// io.msb.* still wins; app containers are not sized by the pod.
+	spec.Annotations[AnnotationMemoryMiB] = "300"
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != 300 {
+		t.Fatalf("io.msb.memory-mib ignored: %d", sb.MemoryMiB)
+	}
+	spec.Annotations = map[string]string{AnnotationContainerType: "container", AnnotationSandboxMemory: "1073741824"}
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != defaults.MemoryMiB {
+		t.Fatalf("app container sized by the pod: %d", sb.MemoryMiB)
+	}
+	// No limit (0) keeps the defaults; garbage is refused.
+	spec.Annotations = map[string]string{AnnotationContainerType: "sandbox", AnnotationSandboxMemory: "0"}
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != defaults.MemoryMiB || sb.VCPUs != defaults.VCPUs {
+		t.Fatalf("no limit: %d MiB %d vcpus", sb.MemoryMiB, sb.VCPUs)
+	}
+	spec.Annotations[AnnotationSandboxMemory] = "1G"
+	if _, err := Convert(input(spec)); err == nil {
+		t.Fatal("bad sandbox-memory accepted")
+	}
+}
