@@ -133,6 +133,24 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 		return err
 	}
 	m.member, m.guest = mem, mem.GuestSpec
+	if err := m.expose(mem); err != nil {
+		return err
+	}
+	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
+		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
+	}
+	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
+	return nil
+}
+
+// expose binds the member's shares below the pod dir, unless the pod VM
+// is going (its state dir is about to be removed).
+func (m *podMember) expose(mem *launch.Member) error {
+	m.vm.podMu.Lock()
+	defer m.vm.podMu.Unlock()
+	if m.vm.podClosed {
+		return fmt.Errorf("pod VM %s is stopping: %w", m.vm.name, errdefs.ErrFailedPrecondition)
+	}
 	if err := os.Mkdir(m.dir, 0o700); err != nil {
 		return fmt.Errorf("pod dir: %w", err)
 	}
@@ -141,10 +159,6 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}
-	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
-		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
-	}
-	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
 	return nil
 }
 

@@ -101,7 +101,11 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 	}
 	if rec != nil {
 		if ownStateDir(rec.StateDir) {
-			if err := os.RemoveAll(rec.StateDir); err != nil {
+			// A pod VM's state dir holds its members' binds (ADR 007):
+			// they go first, or RemoveAll would empty their volumes.
+			if err := unmountBelow(rec.StateDir); err != nil {
+				errs = append(errs, err)
+			} else if err := os.RemoveAll(rec.StateDir); err != nil {
 				errs = append(errs, err)
 			}
 		}

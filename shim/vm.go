@@ -65,6 +65,10 @@ type vm struct {
 	// podHostNS are the host namespace paths the sandbox's spec named
 	// (takeHostNamespaces): a pod container naming one joins the guest's.
 	podHostNS map[specs.LinuxNamespaceType]string
+	// podMu orders members' binds below podDir against destroy: once
+	// podClosed is set, no bind is added and the state dir can go.
+	podMu     sync.Mutex
+	podClosed bool
 
 	h      *vmm.Handle
 	client *ttrpc.Client
@@ -254,7 +258,11 @@ func (v *vm) destroy(ctx context.Context) {
 	if v.podDir != "" {
 		// Members' binds must go before the state dir is removed, or
 		// RemoveAll would empty their rootfs and volumes.
-		if err := unmountBelow(v.podDir); err != nil {
+		v.podMu.Lock()
+		v.podClosed = true
+		err := unmountBelow(v.podDir)
+		v.podMu.Unlock()
+		if err != nil {
 			log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s: mounts left below it", v.name, v.stateDir)
 			return
 		}
