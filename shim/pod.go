@@ -2,21 +2,19 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
 )
 
 // One VM per pod (ADR 007). CRI marks a pod's containers with these
@@ -181,7 +179,7 @@ func bindRO(source, target string, ro bool) error {
 // leave removes what joinPod made on the host; the VM keeps running. The
 // guest side goes with the container's delete in the agent.
 func (m *podMember) leave(ctx context.Context) {
-	if err := unmountBelow(m.dir); err != nil {
+	if err := mounts.UnmountBelow(m.dir); err != nil {
 		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it", m.dir)
 	} else if err := os.RemoveAll(m.dir); err != nil {
 		log.G(ctx).WithError(err).Warnf("remove %s", m.dir)
@@ -192,37 +190,4 @@ func (m *podMember) leave(ctx context.Context) {
 	if err := os.RemoveAll(m.stageDir); err != nil {
 		log.G(ctx).WithError(err).Warnf("remove %s", m.stageDir)
 	}
-}
-
-// unmountBelow detaches every mount at or below dir, deepest first, and
-// fails if any is left (so that a RemoveAll cannot reach into one).
-func unmountBelow(dir string) error {
-	list := func() ([]string, error) {
-		ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-		if err != nil {
-			return nil, err
-		}
-		var out []string
-		for _, m := range ms {
-			out = append(out, m.Mountpoint)
-		}
-		slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
-		return out, nil
-	}
-	mps, err := list()
-	if err != nil {
-		return err
-	}
-	for _, mp := range mps {
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			log.L.WithError(err).Warnf("unmount %s", mp)
-		}
-	}
-	if mps, err = list(); err != nil {
-		return err
-	}
-	if len(mps) > 0 {
-		return fmt.Errorf("still mounted below %s: %v", dir, mps)
-	}
-	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
 func TestUnmountBelow(t *testing.T) {
@@ -30,7 +32,7 @@ func TestUnmountBelow(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(target, "f")); err != nil {
 		t.Fatal(err)
 	}
-	if err := unmountBelow(pod); err != nil {
+	if err := mounts.UnmountBelow(pod); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(target, "f")); err == nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -114,7 +115,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 		}
 		// Left by a shim that died without cleanup; the id is ours now.
 		log.G(ctx).Warnf("removing stale VM state %s", stateDir)
-		if err := os.RemoveAll(stateDir); err != nil {
+		if err := mounts.RemoveAllUnmounted(stateDir); err != nil {
 			return nil, fmt.Errorf("stale state dir: %w", err)
 		}
 		if err := os.Mkdir(stateDir, 0o700); err != nil {
@@ -260,7 +261,7 @@ func (v *vm) destroy(ctx context.Context) {
 		// RemoveAll would empty their rootfs and volumes.
 		v.podMu.Lock()
 		v.podClosed = true
-		err := unmountBelow(v.podDir)
+		err := mounts.UnmountBelow(v.podDir)
 		v.podMu.Unlock()
 		if err != nil {
 			log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s: mounts left below it", v.name, v.stateDir)

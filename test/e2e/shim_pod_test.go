@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -157,4 +158,48 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	e.remove(t, sb)
 	sbGone = true
 	e.waitStatus(t, app, "STOPPED", time.Minute)
+}
+
+// TestShimPodShimKilled: a pod's shim killed with SIGKILL leaves its app
+// container's binds below the pod VM's state dir; containerd's cleanup
+// must unmount them before it removes that dir, so the app's read-write
+// host directory keeps its files.
+func TestShimPodShimKilled(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod3-sb", "pod3-app"
+	dir := t.TempDir()
+	keep := filepath.Join(dir, "keep")
+	if err := os.WriteFile(keep, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, ann("sandbox")...), e.image, sb, "sleep", "600")...)
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	flags := append(ann("container"), "--mount", "type=bind,src="+dir+",dst=/data,options=rbind:rw")
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+
+	if err := syscall.Kill(e.shimPid(t, sb), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(e.vmProcesses()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("VM still running 15 s after its shim was killed: %v", e.vmProcesses())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.waitShimDeletes()
+	e.assertClean(t)
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("the app's host volume lost its file: %v", err)
+	}
+	for _, id := range []string{app, sb} {
+		_, _, _ = e.Ctr("task", "delete", id)
+		e.MustCtr("container", "delete", id)
+	}
+	e.waitShimDeletes()
 }
