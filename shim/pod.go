@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
@@ -135,6 +137,9 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 		return err
 	}
 	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return fmt.Errorf("pod VM %s: its guest agent cannot prepare another container (guest image older than pod VMs): rebuild the guest image: %w", v.name, errdefs.ErrNotImplemented)
+		}
 		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
 	}
 	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
