@@ -138,7 +138,9 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	}
 	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
 		if status.Code(err) == codes.Unimplemented {
-			return fmt.Errorf("pod VM %s: its guest agent cannot prepare another container (guest image older than pod VMs): rebuild the guest image: %w", v.name, errdefs.ErrNotImplemented)
+			// Not ErrNotImplemented: containerd takes an Unimplemented
+			// Create for a shim without task API v3.
+			return fmt.Errorf("pod VM %s: its guest agent cannot prepare another container (guest image older than pod VMs): rebuild the guest image: %w", v.name, errdefs.ErrFailedPrecondition)
 		}
 		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
 	}
