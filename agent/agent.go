@@ -105,6 +105,8 @@ type Agent struct {
 	bootMu  sync.Mutex
 	booted  bool
 	mounted []string // boot mounts, in mount order
+	// prepared are the mounts Prepare made, by container, in mount order.
+	prepared map[string][]string
 
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}

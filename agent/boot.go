@@ -177,6 +177,15 @@ var tmpfsFlags = map[string]uintptr{
 }
 
 func (a *Agent) mountTmpfs(t bootenv.Tmpfs) error {
+	flags, data, err := tmpfsArgs(t)
+	if err != nil {
+		return err
+	}
+	return a.mount("tmpfs", t.GuestPath, "tmpfs", flags, data)
+}
+
+// tmpfsArgs returns the mount flags and data of t.
+func tmpfsArgs(t bootenv.Tmpfs) (uintptr, string, error) {
 	var flags uintptr
 	var data []string
 	if t.SizeBytes > 0 {
@@ -188,11 +197,11 @@ func (a *Agent) mountTmpfs(t bootenv.Tmpfs) error {
 	for _, o := range t.Options {
 		f, ok := tmpfsFlags[o]
 		if !ok {
-			return fmt.Errorf("boot: tmpfs %s: unknown option %q", t.GuestPath, o)
+			return 0, "", fmt.Errorf("boot: tmpfs %s: unknown option %q", t.GuestPath, o)
 		}
 		flags |= f
 	}
-	return a.mount("tmpfs", t.GuestPath, "tmpfs", flags, strings.Join(data, ","))
+	return flags, strings.Join(data, ","), nil
 }
 
 // diskFlags are mount options that are flags, not filesystem data.
@@ -323,6 +332,10 @@ func (a *Agent) Shutdown(code int32) error {
 		a.KillAll()
 		unix.Sync()
 		a.bootMu.Lock()
+		for id, l := range a.prepared {
+			unmountAll(l)
+			delete(a.prepared, id)
+		}
 		for i := len(a.mounted) - 1; i >= 0; i-- {
 			if err := unix.Unmount(a.mounted[i], unix.MNT_DETACH); err != nil {
 				log.L.WithError(err).Warnf("unmount %s", a.mounted[i])

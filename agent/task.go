@@ -183,6 +183,9 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		a.mu.Lock()
 		delete(a.reserved, r.ID)
 		a.mu.Unlock()
+		if retErr != nil {
+			a.unprepare(r.ID) // a pod container's Prepare mounts
+		}
 	}()
 
 	bundle := filepath.Join(a.opts.BundleRoot, r.ID)
@@ -493,6 +496,7 @@ func (a *Agent) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.De
 	if err := a.destroy(c, 10*time.Second); err != nil {
 		return nil, err
 	}
+	a.unprepare(r.ID)
 	_, pid, code, at := p.status()
 	return &task.DeleteResponse{Pid: uint32(pid), ExitStatus: uint32(code), ExitedAt: ts(at)}, nil
 }

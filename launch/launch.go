@@ -16,6 +16,8 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -33,6 +35,10 @@ type Request struct {
 	// where its relay listens (vmm.AgentSocketPath).
 	StateDir, AgentSocket string
 	Config                config.Config
+	// PodDir, when set, makes the VM a pod VM (ADR 007): this host
+	// directory is exported as one more share, mounted in the guest at
+	// protocol.PodGuestDir, where later containers of the pod appear.
+	PodDir string
 }
 
 // Prepared is a launch whose host resources are reserved.
@@ -63,6 +69,13 @@ func Prepare(r Request) (*Prepared, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if r.PodDir != "" {
+		if err := os.MkdirAll(r.PodDir, 0o700); err != nil {
+			return nil, fmt.Errorf("pod dir: %w", err)
+		}
+		sb.Shares = append(sb.Shares, mounts.Share{Tag: protocol.PodShareTag, HostPath: r.PodDir})
+		sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: protocol.PodShareTag, GuestPath: protocol.PodGuestDir})
 	}
 	env, err := sb.Boot.Encode()
 	if err != nil {

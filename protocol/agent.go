@@ -46,6 +46,32 @@ type OOMWatcher interface {
 	OOMEvents(ctx context.Context, after uint64, wait bool) ([]OOMEvent, error)
 }
 
+// Pod VMs (ADR 007): the sandbox container's VM exports one more share,
+// the pod directory, mounted at PodGuestDir; each later container's
+// rootfs and bind sources appear below it as <PodGuestDir>/<id>/<tag>.
+const (
+	PodShareTag = "msb-pod"
+	PodGuestDir = "/run/msb/pod"
+)
+
+// Preparer is an optional part of the Agent service: an agent that
+// implements it serves Prepare, which readies one more container in a
+// running VM (a pod's later container).
+type Preparer interface {
+	// Prepare mounts what the boot env names for container id: each dir
+	// and file mount is bound from PodGuestDir/<id>/<tag> to its guest
+	// path, each tmpfs is mounted. Disks, the handoff init, hostname and
+	// rlimits are refused or ignored: they are the VM's. The mounts are
+	// removed when the container is deleted.
+	Prepare(ctx context.Context, id string, env []string) error
+}
+
+// prepareRequest is Prepare's request, JSON in a BytesValue.
+type prepareRequest struct {
+	ID  string   `json:"id"`
+	Env []string `json:"env"`
+}
+
 // oomEventsRequest is OOMEvents' request, JSON in a BytesValue.
 type oomEventsRequest struct {
 	After uint64 `json:"after"`
@@ -53,7 +79,7 @@ type oomEventsRequest struct {
 }
 
 // RegisterAgent registers a on a ttrpc server (with OOMEvents where a is
-// an OOMWatcher).
+// an OOMWatcher, Prepare where it is a Preparer).
 func RegisterAgent(s *ttrpc.Server, a Agent) {
 	methods := agentMethods(a)
 	if w, ok := a.(OOMWatcher); ok {
@@ -75,6 +101,19 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 				return nil, err
 			}
 			return wrapperspb.Bytes(b), nil
+		}
+	}
+	if p, ok := a.(Preparer); ok {
+		methods["Prepare"] = func(ctx context.Context, un func(any) error) (any, error) {
+			var req wrapperspb.BytesValue
+			if err := un(&req); err != nil {
+				return nil, err
+			}
+			var r prepareRequest
+			if err := json.Unmarshal(req.Value, &r); err != nil {
+				return nil, fmt.Errorf("Prepare request: %w", err)
+			}
+			return &emptypb.Empty{}, p.Prepare(ctx, r.ID, r.Env)
 		}
 	}
 	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: methods})
@@ -171,4 +210,14 @@ func (a *AgentClient) OOMEvents(ctx context.Context, after uint64, wait bool) ([
 		}
 	}
 	return evs, nil
+}
+
+// Prepare readies container id's mounts in a running VM (see Preparer).
+// An agent without it answers with codes.Unimplemented.
+func (a *AgentClient) Prepare(ctx context.Context, id string, env []string) error {
+	b, err := json.Marshal(prepareRequest{ID: id, Env: env})
+	if err != nil {
+		return err
+	}
+	return a.c.Call(ctx, AgentServiceName, "Prepare", wrapperspb.Bytes(b), &emptypb.Empty{})
 }

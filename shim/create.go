@@ -51,7 +51,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err := writeRecord(bundle, rec); err != nil {
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec,
+	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec, oom: &oomState{},
 		execs: map[string]*proc{}, idle: make(chan struct{}, 1)}
 	defer func() {
 		if retErr != nil {
@@ -63,9 +63,21 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, err
 	}
+	if sb := s.podSandbox(spec); sb != nil {
+		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg); err != nil {
+			return nil, err
+		}
+		return c, s.createInGuest(ctx, c, r)
+	}
+	podDir := ""
+	var hostNS map[specs.LinuxNamespaceType]string
+	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
+		podDir = filepath.Join(StateRoot(), s.namespace, r.ID, "containers")
+		hostNS = takeHostNamespaces(spec)
+	}
 	c.vm, err = startVM(ctx, vmRequest{
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
-		spec: spec, cfg: cfg, binary: binary,
+		spec: spec, cfg: cfg, binary: binary, podDir: podDir,
 	}, func(pid int, stateDir, sock string) error {
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = pid, stateDir, sock
 		return writeRecord(bundle, rec)
@@ -73,15 +85,26 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, err
 	}
+	c.vm.podHostNS = hostNS
+	return c, s.createInGuest(ctx, c, r)
+}
+
+// createInGuest opens c's stdio and creates c in its VM's agent, from
+// the guest spec c.guest.
+func (s *service) createInGuest(ctx context.Context, c *container, r *task.CreateTaskRequest) error {
 	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	pio, err := openIO(ctx, c.vm.launch.AgentSocket, r.ID, s.namespace, host)
 	if err != nil {
-		return nil, fmt.Errorf("stdio: %w", err)
+		return fmt.Errorf("stdio: %w", err)
 	}
 	c.init = newProc(c, "", host, pio)
-	guestSpec, err := json.Marshal(c.vm.guest)
+	guest := c.vm.guest
+	if c.pod != nil {
+		guest = c.pod.guest
+	}
+	guestSpec, err := json.Marshal(guest)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := c.vm.task.Create(ctx, &task.CreateTaskRequest{
 		ID:       r.ID,
@@ -93,10 +116,10 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: guestSpec},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create container in the guest: %w", fromAgent(err))
+		return fmt.Errorf("create container in the guest: %w", fromAgent(err))
 	}
 	c.init.guestPid = resp.Pid
-	return c, nil
+	return nil
 }
 
 // mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as
@@ -151,7 +174,9 @@ func (s *service) teardown(ctx context.Context, c *container) {
 		}
 	}
 	c.mu.Unlock()
-	if c.vm != nil {
+	if c.pod != nil {
+		c.pod.leave(ctx)
+	} else if c.vm != nil {
 		c.vm.destroy(ctx)
 	}
 	if c.rootfs != "" {

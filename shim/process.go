@@ -41,7 +41,10 @@ type container struct {
 	vm         *vm
 	rec        *record
 	init       *proc
-	oom        oomState
+	oom        *oomState // the VM's: shared by the containers of a pod VM
+	// pod is set for a container that joined its pod's VM (ADR 007): it
+	// does not own vm.
+	pod *podMember
 
 	mu      sync.Mutex
 	execs   map[string]*proc

@@ -165,7 +165,9 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	s.mu.Unlock()
 	s.send(taskCreateEvent(c, r))
 	go s.watch(c.init)
-	go s.pollOOM(c)
+	if c.pod == nil {
+		go s.pollOOM(c) // one poller per VM
+	}
 	return &task.CreateTaskResponse{Pid: c.hostPid()}, nil
 }
 
@@ -245,7 +247,9 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		// guest is. Closing the host side and stopping the VM ends both.
 		log.G(ctx).WithError(err).Warn("delete: closing stdio and stopping the VM")
 		p.io.abort()
-		c.vm.stop(ctx, int32(exitUnknown))
+		if c.pod == nil {
+			c.vm.stop(ctx, int32(exitUnknown))
+		}
 		if err := p.waitPublished(ctx, 5*time.Second); err != nil {
 			log.G(ctx).WithError(err).Error("delete: init exit never published")
 		}
@@ -254,7 +258,9 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	delete(s.containers, r.ID)
 	s.mu.Unlock()
 	_, code, at := p.status()
-	c.vm.stop(ctx, int32(code))
+	if c.pod == nil {
+		c.vm.stop(ctx, int32(code))
+	}
 	s.teardown(ctx, c)
 	s.send(&eventstypes.TaskDelete{
 		ContainerID: c.id,

@@ -18,6 +18,8 @@ import (
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
 // recordFile is the per-container record the shim keeps in the bundle, so
@@ -101,7 +103,11 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 	}
 	if rec != nil {
 		if ownStateDir(rec.StateDir) {
-			if err := os.RemoveAll(rec.StateDir); err != nil {
+			// A pod VM's state dir holds its members' binds (ADR 007):
+			// they go first, or RemoveAll would empty their volumes.
+			if err := mounts.UnmountBelow(rec.StateDir); err != nil {
+				errs = append(errs, err)
+			} else if err := os.RemoveAll(rec.StateDir); err != nil {
 				errs = append(errs, err)
 			}
 		}

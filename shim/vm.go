@@ -19,6 +19,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -60,6 +61,15 @@ type vm struct {
 	launch   *vmm.LaunchConfig
 	guest    *specs.Spec // the spec runc runs in the guest
 	prep     *launch.Prepared
+	// podDir is the host pod directory of a pod VM (ADR 007), else "".
+	podDir string
+	// podHostNS are the host namespace paths the sandbox's spec named
+	// (takeHostNamespaces): a pod container naming one joins the guest's.
+	podHostNS map[specs.LinuxNamespaceType]string
+	// podMu orders members' binds below podDir against destroy: once
+	// podClosed is set, no bind is added and the state dir can go.
+	podMu     sync.Mutex
+	podClosed bool
 
 	h      *vmm.Handle
 	client *ttrpc.Client
@@ -82,6 +92,7 @@ type vmRequest struct {
 	spec          *specs.Spec
 	cfg           config.Config
 	binary        string
+	podDir        string // makes it a pod VM (launch.Request.PodDir)
 }
 
 // startVM prepares the VM for a container (state dir, staged files, disk
@@ -104,14 +115,14 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 		}
 		// Left by a shim that died without cleanup; the id is ours now.
 		log.G(ctx).Warnf("removing stale VM state %s", stateDir)
-		if err := os.RemoveAll(stateDir); err != nil {
+		if err := mounts.RemoveAllUnmounted(stateDir); err != nil {
 			return nil, fmt.Errorf("stale state dir: %w", err)
 		}
 		if err := os.Mkdir(stateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	v := &vm{name: r.id, stateDir: stateDir, dead: make(chan struct{})}
+	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, dead: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			v.destroy(ctx)
@@ -119,7 +130,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 	}()
 	p, err := launch.Prepare(launch.Request{
 		ID: r.id, Name: r.namespace + "/" + r.id, Spec: r.spec, Bundle: r.bundle, Rootfs: r.rootfs,
-		StateDir: stateDir, AgentSocket: sock, Config: r.cfg,
+		StateDir: stateDir, AgentSocket: sock, Config: r.cfg, PodDir: r.podDir,
 	})
 	if err != nil {
 		return nil, err
@@ -243,6 +254,18 @@ func (v *vm) destroy(ctx context.Context) {
 	if v.prep != nil {
 		if err := v.prep.Release(); err != nil {
 			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
+		}
+	}
+	if v.podDir != "" {
+		// Members' binds must go before the state dir is removed, or
+		// RemoveAll would empty their rootfs and volumes.
+		v.podMu.Lock()
+		v.podClosed = true
+		err := mounts.UnmountBelow(v.podDir)
+		v.podMu.Unlock()
+		if err != nil {
+			log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s: mounts left below it", v.name, v.stateDir)
+			return
 		}
 	}
 	if err := os.RemoveAll(v.stateDir); err != nil {

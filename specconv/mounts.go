@@ -39,6 +39,10 @@ func (t tagger) tag(key string) (string, error) {
 // is shared once, read-only only if every use is; each container mount
 // still gets its own ro flag on its guest bind.
 func convertMounts(sb *Sandbox, in Input) error {
+	sharesDir, filesDir, disksDir, tmpfsDir := GuestSharesDir, GuestFilesDir, GuestDisksDir, GuestTmpfsDir
+	if in.podMode() {
+		sharesDir, filesDir, tmpfsDir = path.Join(in.GuestDir, "shares"), path.Join(in.GuestDir, "files"), path.Join(in.GuestDir, "tmpfs")
+	}
 	tags := tagger{}
 	rootTag, err := tags.tag("rootfs:" + in.ContainerID)
 	if err != nil {
@@ -47,7 +51,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 	// The rootfs is shared read-write even when root.readonly is set: runc
 	// in the guest must create mount points in it before it remounts the
 	// container's root read-only, exactly as runc does on a host (ADR 004).
-	rootGuest := path.Join(GuestSharesDir, rootTag)
+	rootGuest := path.Join(sharesDir, rootTag)
 	sb.Shares = append(sb.Shares, mounts.Share{Tag: rootTag, HostPath: in.RootfsHostPath})
 	sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: rootTag, GuestPath: rootGuest})
 	sb.GuestSpec.Root.Path = rootGuest
@@ -77,9 +81,9 @@ func convertMounts(sb *Sandbox, in Input) error {
 				shareIdx[tag] = len(sb.Shares)
 				dirIdx[tag] = len(sb.Boot.DirMounts)
 				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly})
-				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(GuestSharesDir, tag), ReadOnly: m.ReadOnly})
+				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(sharesDir, tag), ReadOnly: m.ReadOnly})
 			}
-			src = path.Join(GuestSharesDir, tag)
+			src = path.Join(sharesDir, tag)
 		case mounts.KindBindFile:
 			if !filepath.IsAbs(in.StageDir) {
 				return fmt.Errorf("%s: single-file bind needs an absolute stage dir, got %q", field, in.StageDir)
@@ -100,10 +104,13 @@ func convertMounts(sb *Sandbox, in Input) error {
 				shareIdx[tag] = len(sb.Shares)
 				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly})
 				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly})
-				sb.Boot.FileMounts = append(sb.Boot.FileMounts, bootenv.FileMount{Tag: tag, Name: name, GuestPath: path.Join(GuestFilesDir, tag), ReadOnly: m.ReadOnly})
+				sb.Boot.FileMounts = append(sb.Boot.FileMounts, bootenv.FileMount{Tag: tag, Name: name, GuestPath: path.Join(filesDir, tag), ReadOnly: m.ReadOnly})
 			}
-			src = path.Join(GuestFilesDir, tag, name)
+			src = path.Join(filesDir, tag, name)
 		case mounts.KindBlock:
+			if in.podMode() {
+				return fmt.Errorf("%s: disk %s: a container that joins its pod's VM cannot attach disks (nothing can be hot-plugged); give the disk to the pod's sandbox container", field, m.Source)
+			}
 			tag, err := tags.tag("disk:" + m.Source)
 			if err != nil {
 				return fmt.Errorf("%s.source: %w", field, err)
@@ -120,9 +127,9 @@ func convertMounts(sb *Sandbox, in Input) error {
 				diskIdx[tag] = len(sb.Disks)
 				diskFirst[tag] = m.Index
 				sb.Disks = append(sb.Disks, mounts.Disk{Tag: tag, Path: m.Source, Format: m.Format, ReadOnly: m.ReadOnly})
-				sb.Boot.DiskMounts = append(sb.Boot.DiskMounts, bootenv.DiskMount{Tag: tag, GuestPath: path.Join(GuestDisksDir, tag), FSType: m.FSType, ReadOnly: m.ReadOnly, Options: opts})
+				sb.Boot.DiskMounts = append(sb.Boot.DiskMounts, bootenv.DiskMount{Tag: tag, GuestPath: path.Join(disksDir, tag), FSType: m.FSType, ReadOnly: m.ReadOnly, Options: opts})
 			}
-			src = path.Join(GuestDisksDir, tag)
+			src = path.Join(disksDir, tag)
 		case mounts.KindTmpfs:
 			// The index makes the key unique even for two tmpfs on one
 			// destination: each is its own filesystem.
@@ -130,7 +137,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 			if err != nil {
 				return fmt.Errorf("%s.destination: %w", field, err)
 			}
-			src = path.Join(GuestTmpfsDir, tag)
+			src = path.Join(tmpfsDir, tag)
 			sb.Boot.Tmpfs = append(sb.Boot.Tmpfs, bootenv.Tmpfs{GuestPath: src, SizeBytes: m.SizeBytes, Mode: m.Mode, Options: slices.Clone(m.Flags)})
 		default:
 			return fmt.Errorf("%s: unclassified mount kind %v; pass mounts.Classify's result", field, m.Kind)

@@ -19,27 +19,82 @@ const mib = 1 << 20
 // what the container may use, so the VM gets it plus the guest's overhead.
 func sizeVM(sb *Sandbox, spec *specs.Spec, d Defaults) error {
 	sb.VCPUs, sb.MemoryMiB, sb.Backend = d.VCPUs, d.MemoryMiB, d.Backend
-	r := spec.Linux.Resources
-	if r == nil {
+	if r := spec.Linux.Resources; r != nil {
+		if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
+			sb.VCPUs = cpusFor(uint64(*c.Quota), *c.Period)
+		}
+		if m := r.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
+			sb.MemoryMiB = mibFor(uint64(*m.Limit)) + d.OverheadMiB
+		}
+	}
+	return sizePod(sb, spec, d)
+}
+
+// Annotations containerd's CRI sets on a pod's sandbox container: the
+// pod's summed limits (ADR 007: the pod's VM holds all its containers).
+const (
+	AnnotationContainerType    = "io.kubernetes.cri.container-type"
+	AnnotationSandboxMemory    = "io.kubernetes.cri.sandbox-memory"
+	AnnotationSandboxCPUQuota  = "io.kubernetes.cri.sandbox-cpu-quota"
+	AnnotationSandboxCPUPeriod = "io.kubernetes.cri.sandbox-cpu-period"
+)
+
+// sizePod sizes a pod sandbox's VM from the pod's limits, where CRI gives
+// them; they win over the sandbox container's own (tiny) resources. A
+// value that is absent, zero or negative means no limit and is ignored.
+func sizePod(sb *Sandbox, spec *specs.Spec, d Defaults) error {
+	a := spec.Annotations
+	if a[AnnotationContainerType] != "sandbox" {
 		return nil
 	}
-	if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
-		q, p := uint64(*c.Quota), *c.Period
-		n := q / p
-		if q%p != 0 {
-			n++
+	num := func(key string) (int64, error) {
+		v, ok := a[key]
+		if !ok {
+			return 0, nil
 		}
-		sb.VCPUs = int(min(max(n, 1), MaxVCPUs))
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("annotations[%q] %q: must be an integer", key, v)
+		}
+		return n, nil
 	}
-	if m := r.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
-		l := uint64(*m.Limit)
-		n := l / mib
-		if l%mib != 0 {
-			n++
-		}
-		sb.MemoryMiB = int(n) + d.OverheadMiB
+	mem, err := num(AnnotationSandboxMemory)
+	if err != nil {
+		return err
+	}
+	if mem > 0 {
+		sb.MemoryMiB = max(mibFor(uint64(mem))+d.OverheadMiB, sb.MemoryMiB)
+	}
+	q, err := num(AnnotationSandboxCPUQuota)
+	if err != nil {
+		return err
+	}
+	p, err := num(AnnotationSandboxCPUPeriod)
+	if err != nil {
+		return err
+	}
+	if q > 0 && p > 0 {
+		sb.VCPUs = max(cpusFor(uint64(q), uint64(p)), sb.VCPUs)
 	}
 	return nil
+}
+
+// cpusFor is ceil(quota/period) vcpus, 1..MaxVCPUs.
+func cpusFor(q, p uint64) int {
+	n := q / p
+	if q%p != 0 {
+		n++
+	}
+	return int(min(max(n, 1), MaxVCPUs))
+}
+
+// mibFor is bytes rounded up to MiB.
+func mibFor(l uint64) int {
+	n := l / mib
+	if l%mib != 0 {
+		n++
+	}
+	return int(n)
 }
 
 // applyAnnotations applies the io.msb.* overrides; they win over resources

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"path/filepath"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -73,7 +74,22 @@ type Input struct {
 	StageDir    string
 	ContainerID string
 	Defaults    Defaults
+
+	// Pod mode (ADR 007): the container joins a VM that already runs its
+	// pod's sandbox container. GuestDir is the container's own guest
+	// directory: its shares, files and tmpfs are mounted below it instead
+	// of below /run/msb, so containers of one VM never collide. Disks are
+	// refused in pod mode (nothing can be hot-plugged).
+	GuestDir string
+	// SandboxNamespaces maps a namespace type to the guest path of the
+	// sandbox container's namespace (/proc/<pid>/ns/net). A
+	// linux.namespaces path of a type listed here is rewritten to it
+	// instead of refused; any other path is still refused.
+	SandboxNamespaces map[specs.LinuxNamespaceType]string
 }
+
+// podMode reports whether in describes a container joining a pod VM.
+func (in Input) podMode() bool { return in.GuestDir != "" }
 
 // Sandbox is the VM configuration for one container.
 type Sandbox struct {
@@ -102,12 +118,17 @@ func Convert(in Input) (*Sandbox, error) {
 	if err := checkInput(in); err != nil {
 		return nil, err
 	}
-	if err := refuseUnsupported(spec); err != nil {
+	if err := refuseUnsupported(spec, in); err != nil {
 		return nil, err
 	}
 	guest, err := deepCopy(spec)
 	if err != nil {
 		return nil, err
+	}
+	for i, ns := range guest.Linux.Namespaces {
+		if ns.Path != "" {
+			guest.Linux.Namespaces[i].Path = in.SandboxNamespaces[ns.Type]
+		}
 	}
 	sb := &Sandbox{GuestSpec: guest}
 	if err := sizeVM(sb, spec, in.Defaults); err != nil {
@@ -133,6 +154,14 @@ func Convert(in Input) (*Sandbox, error) {
 func checkInput(in Input) error {
 	if in.ContainerID == "" {
 		return errors.New("container id is empty")
+	}
+	if in.GuestDir != "" && (!path.IsAbs(in.GuestDir) || path.Clean(in.GuestDir) != in.GuestDir) {
+		return fmt.Errorf("guest dir %q must be a clean absolute path", in.GuestDir)
+	}
+	for t, p := range in.SandboxNamespaces {
+		if !path.IsAbs(p) {
+			return fmt.Errorf("sandbox %s namespace guest path %q must be absolute", t, p)
+		}
 	}
 	if !filepath.IsAbs(in.RootfsHostPath) {
 		return fmt.Errorf("rootfs host path %q must be absolute", in.RootfsHostPath)
@@ -177,7 +206,7 @@ var standardDevices = map[string]bool{
 	"/dev/urandom": true, "/dev/tty": true, "/dev/console": true, "/dev/ptmx": true,
 }
 
-func refuseUnsupported(spec *specs.Spec) error {
+func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if spec.Process == nil || len(spec.Process.Args) == 0 {
 		return errors.New("process.args: empty; give the command to run")
 	}
@@ -200,7 +229,10 @@ func refuseUnsupported(spec *specs.Spec) error {
 	}
 	hasNet := false
 	for i, ns := range spec.Linux.Namespaces {
-		if ns.Path != "" {
+		if ns.Path != "" && in.SandboxNamespaces[ns.Type] == "" {
+			if in.podMode() {
+				return fmt.Errorf("linux.namespaces[%d].path %q: only the pod sandbox's namespaces can be joined in its VM, and it shares no %s namespace; drop the path", i, ns.Path, ns.Type)
+			}
 			return fmt.Errorf("linux.namespaces[%d].path %q: a VM cannot join a host namespace; drop the path to get a new %s namespace in the guest", i, ns.Path, ns.Type)
 		}
 		if ns.Type == specs.NetworkNamespace {

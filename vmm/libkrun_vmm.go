@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
 // krunAtExitHook is called (through the C atexit handler) when libkrun
@@ -223,7 +225,8 @@ func (k *krunVM) cleanup() {
 		return
 	}
 	for _, p := range k.cfg.Cleanup {
-		if err := os.RemoveAll(p); err != nil {
+		// Below a pod VM's state dir are its containers' binds.
+		if err := mounts.RemoveAllUnmounted(p); err != nil {
 			log.L.WithError(err).Warnf("cleanup %s", p)
 		}
 	}

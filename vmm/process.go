@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
 
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -259,7 +260,8 @@ func (v *vm) cleanup() {
 		return
 	}
 	for _, p := range v.cfg.Cleanup {
-		if err := os.RemoveAll(p); err != nil {
+		// Below a pod VM's state dir are its containers' binds.
+		if err := mounts.RemoveAllUnmounted(p); err != nil {
 			log.L.WithError(err).Warnf("cleanup %s", p)
 		}
 	}

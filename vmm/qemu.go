@@ -72,6 +72,11 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		if s.ReadOnly {
 			fs += ",readonly=on"
 		}
+		if s.Tag == protocol.PodShareTag {
+			// A pod share spans the mounts of several containers: distinct
+			// qids for files of different host devices (ADR 007).
+			fs += ",multidevs=remap"
+		}
 		args = append(args, "-fsdev", fs,
 			"-device", fmt.Sprintf("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.Tag))
 	}

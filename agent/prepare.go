@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/protocol"
+)
+
+// Prepare implements protocol.Preparer.
+func (s *agentService) Prepare(ctx context.Context, id string, env []string) error {
+	return toStatus(s.a.Prepare(id, env))
+}
+
+// Prepare mounts a pod's later container's dir, file and tmpfs mounts
+// (ADR 007): dirs and files are bound from the pod share
+// (protocol.PodGuestDir/<id>/<tag>), where the host exposed them. On error
+// nothing it mounted is left.
+func (a *Agent) Prepare(id string, env []string) (retErr error) {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
+		return fmt.Errorf("prepare: bad container id %q: %w", id, errdefs.ErrInvalidArgument)
+	}
+	e, err := bootenv.Parse(env)
+	if err != nil {
+		return fmt.Errorf("prepare %s: %v: %w", id, err, errdefs.ErrInvalidArgument)
+	}
+	if len(e.DiskMounts) > 0 || e.HandoffInit != "" {
+		return fmt.Errorf("prepare %s: disks and a handoff init are the VM's, set at boot: %w", id, errdefs.ErrInvalidArgument)
+	}
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	if a.prepared == nil {
+		a.prepared = map[string][]string{}
+	}
+	if _, ok := a.prepared[id]; ok {
+		return fmt.Errorf("prepare %s: already prepared: %w", id, errdefs.ErrAlreadyExists)
+	}
+	src := filepath.Join(protocol.PodGuestDir, id)
+	type op struct {
+		path string
+		do   func(*[]string) error
+	}
+	var ops []op
+	for _, d := range e.DirMounts {
+		ops = append(ops, op{d.GuestPath, func(l *[]string) error {
+			return bindInto(l, filepath.Join(src, d.Tag), d.GuestPath, d.ReadOnly)
+		}})
+	}
+	for _, f := range e.FileMounts {
+		ops = append(ops, op{f.GuestPath, func(l *[]string) error {
+			return bindInto(l, filepath.Join(src, f.Tag), f.GuestPath, f.ReadOnly)
+		}})
+	}
+	for _, t := range e.Tmpfs {
+		ops = append(ops, op{t.GuestPath, func(l *[]string) error {
+			flags, data, err := tmpfsArgs(t)
+			if err != nil {
+				return err
+			}
+			return mountInto(l, "tmpfs", t.GuestPath, "tmpfs", flags, data)
+		}})
+	}
+	slices.SortStableFunc(ops, func(x, y op) int {
+		return strings.Count(x.path, "/") - strings.Count(y.path, "/")
+	})
+	var done []string
+	defer func() {
+		if retErr != nil {
+			unmountAll(done)
+		}
+	}()
+	for _, o := range ops {
+		if err := o.do(&done); err != nil {
+			return fmt.Errorf("prepare %s: %w", id, err)
+		}
+	}
+	a.prepared[id] = done
+	log.L.Infof("prepared %s: %d dir, %d file, %d tmpfs mounts", id, len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs))
+	return nil
+}
+
+// unprepare removes what Prepare mounted for id, if anything.
+func (a *Agent) unprepare(id string) {
+	a.bootMu.Lock()
+	defer a.bootMu.Unlock()
+	if l, ok := a.prepared[id]; ok {
+		unmountAll(l)
+		delete(a.prepared, id)
+	}
+}
+
+func unmountAll(l []string) {
+	for i := len(l) - 1; i >= 0; i-- {
+		if err := unix.Unmount(l[i], unix.MNT_DETACH); err != nil {
+			log.L.WithError(err).Warnf("unmount %s", l[i])
+		}
+	}
+}
+
+func mountInto(l *[]string, source, target, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", target, err)
+	}
+	if err := unix.Mount(source, target, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s with %q: %w", source, fstype, target, data, err)
+	}
+	*l = append(*l, target)
+	return nil
+}
+
+func bindInto(l *[]string, source, target string, ro bool) error {
+	if _, err := os.Stat(source); err != nil {
+		return fmt.Errorf("pod share: %w", err)
+	}
+	if err := mountInto(l, source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	if ro {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("remount %s read-only: %w", target, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package launch
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/specconv"
+)
+
+// MemberRequest describes a container that joins its pod's running VM
+// (ADR 007) instead of booting one.
+type MemberRequest struct {
+	ID     string
+	Spec   *specs.Spec
+	Bundle string
+	Rootfs string // host rootfs directory, mounted
+	// StageDir is the host directory for this container's single-file
+	// binds; GuestDir is its own guest directory (specconv.Input.GuestDir).
+	StageDir, GuestDir string
+	// SandboxNamespaces are the guest paths of the sandbox's namespaces.
+	SandboxNamespaces map[specs.LinuxNamespaceType]string
+	Config            config.Config
+}
+
+// Member is a pod container converted and staged: the host directories
+// to expose below the pod dir (each under its tag), the env for
+// Agent.Prepare and the guest spec.
+type Member struct {
+	Shares    []mounts.Share
+	Env       []string
+	GuestSpec *specs.Spec
+	release   func() error
+}
+
+// PrepareMember converts r in specconv's pod mode and stages its files.
+// Errors in the spec wrap errdefs.ErrInvalidArgument; on error nothing is
+// left.
+func PrepareMember(r MemberRequest) (*Member, error) {
+	ms, err := mounts.Classify(r.Spec.Mounts, r.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	c := r.Config
+	sb, err := specconv.Convert(specconv.Input{
+		Spec:              r.Spec,
+		Mounts:            ms,
+		RootfsHostPath:    r.Rootfs,
+		StageDir:          r.StageDir,
+		ContainerID:       r.ID,
+		GuestDir:          r.GuestDir,
+		SandboxNamespaces: r.SandboxNamespaces,
+		Defaults: specconv.Defaults{
+			VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	// The VM's own settings (hostname, user, rlimits) stay the sandbox's.
+	sb.Boot.Hostname, sb.Boot.User, sb.Boot.Rlimits = "", "", nil
+	env, err := sb.Boot.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("guest env: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if len(sb.Files) > 0 {
+		if err := os.MkdirAll(r.StageDir, 0o700); err != nil {
+			return nil, fmt.Errorf("stage dir: %w", err)
+		}
+	}
+	release, err := mounts.Prepare(sb.Files, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Member{Shares: sb.Shares, Env: env, GuestSpec: sb.GuestSpec, release: release}, nil
+}
+
+// Release unstages the member's files; safe to call twice.
+func (m *Member) Release() error {
+	if m == nil || m.release == nil {
+		return nil
+	}
+	return m.release()
+}

@@ -1,0 +1,200 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
+)
+
+// One VM per pod (ADR 007). CRI marks a pod's containers with these
+// annotations; the sandbox (pause) container boots the pod's VM with a pod
+// share, later containers of the pod join it.
+const (
+	annotationContainerType = "io.kubernetes.cri.container-type"
+	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
+	containerTypeSandbox    = "sandbox"
+	containerTypeContainer  = "container"
+)
+
+// podNamespaces are the sandbox namespaces a pod container may join, with
+// their /proc/<pid>/ns names.
+var podNamespaces = map[specs.LinuxNamespaceType]string{
+	specs.NetworkNamespace: "net",
+	specs.IPCNamespace:     "ipc",
+	specs.UTSNamespace:     "uts",
+	specs.PIDNamespace:     "pid",
+}
+
+// takeHostNamespaces removes the namespace paths of the types a pod
+// shares from a sandbox container's spec and returns them: CRI gives the
+// sandbox the pod's host netns (made by CNI), which a VM cannot join, so
+// the guest makes new namespaces, which the pod's containers then join.
+func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
+	out := map[specs.LinuxNamespaceType]string{}
+	if spec.Linux == nil {
+		return out
+	}
+	for i, ns := range spec.Linux.Namespaces {
+		if _, ok := podNamespaces[ns.Type]; ok && ns.Path != "" {
+			out[ns.Type] = ns.Path
+			spec.Linux.Namespaces[i].Path = ""
+		}
+	}
+	return out
+}
+
+// joinedNamespaces maps the namespace paths of a pod container's spec
+// that name the sandbox's namespace to the guest paths of the sandbox
+// init's (guestPid) namespaces. A path names the sandbox's namespace when
+// it is the one the sandbox's own spec had (hostNS), or
+// /proc/<sandbox task pid>/ns/<type>, the task pid being the VMM's. Other
+// paths are left out, so specconv refuses them.
+func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, vmmPid, guestPid int) map[specs.LinuxNamespaceType]string {
+	out := map[specs.LinuxNamespaceType]string{}
+	if spec.Linux == nil {
+		return out
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		name, ok := podNamespaces[ns.Type]
+		if !ok || ns.Path == "" {
+			continue
+		}
+		p := filepath.Clean(ns.Path)
+		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", vmmPid, name) {
+			out[ns.Type] = fmt.Sprintf("/proc/%d/ns/%s", guestPid, name)
+		}
+	}
+	return out
+}
+
+// podMember is what a container that joined its pod's VM owns there.
+type podMember struct {
+	vm       *vm
+	dir      string // host: <pod dir>/<id>, the binds below it
+	stageDir string // host: staged single files
+	member   *launch.Member
+	guest    *specs.Spec
+}
+
+// podSandbox returns the sandbox container whose pod VM a container with
+// spec joins, or nil when it boots its own VM.
+func (s *service) podSandbox(spec *specs.Spec) *container {
+	if spec.Annotations[annotationContainerType] != containerTypeContainer {
+		return nil
+	}
+	id := spec.Annotations[annotationSandboxID]
+	if id == "" {
+		return nil
+	}
+	s.mu.Lock()
+	sb := s.containers[id]
+	s.mu.Unlock()
+	if sb == nil || sb.pod != nil || sb.vm == nil || sb.vm.podDir == "" || sb.vm.isDead() {
+		return nil
+	}
+	return sb
+}
+
+// joinPod makes c a member of sb's VM: its rootfs and bind sources are
+// bound below the pod dir (9p resolves them lazily), its guest spec joins
+// the sandbox's namespaces, and the agent prepares its mounts. teardown
+// undoes it (c.pod.leave).
+func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spec, rootfs string, cfg config.Config) error {
+	v := sb.vm
+	st, err := v.task.State(ctx, &task.StateRequest{ID: sb.id})
+	if err != nil {
+		return fmt.Errorf("pod sandbox %s: %w", sb.id, fromAgent(err))
+	}
+	if st.Pid == 0 {
+		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
+	}
+	ns := joinedNamespaces(spec, v.podHostNS, v.h.Pid, int(st.Pid))
+	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id)}
+	c.vm, c.oom, c.pod = v, sb.oom, m
+	mem, err := launch.PrepareMember(launch.MemberRequest{
+		ID: c.id, Spec: spec, Bundle: c.bundle, Rootfs: rootfs,
+		StageDir: m.stageDir, GuestDir: "/run/msb/c/" + c.id,
+		SandboxNamespaces: ns, Config: cfg,
+	})
+	if err != nil {
+		return err
+	}
+	m.member, m.guest = mem, mem.GuestSpec
+	if err := m.expose(mem); err != nil {
+		return err
+	}
+	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			// Not ErrNotImplemented: containerd takes an Unimplemented
+			// Create for a shim without task API v3.
+			return fmt.Errorf("pod VM %s: its guest agent cannot prepare another container (guest image older than pod VMs): rebuild the guest image: %w", v.name, errdefs.ErrFailedPrecondition)
+		}
+		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
+	}
+	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
+	return nil
+}
+
+// expose binds the member's shares below the pod dir, unless the pod VM
+// is going (its state dir is about to be removed).
+func (m *podMember) expose(mem *launch.Member) error {
+	m.vm.podMu.Lock()
+	defer m.vm.podMu.Unlock()
+	if m.vm.podClosed {
+		return fmt.Errorf("pod VM %s is stopping: %w", m.vm.name, errdefs.ErrFailedPrecondition)
+	}
+	if err := os.Mkdir(m.dir, 0o700); err != nil {
+		return fmt.Errorf("pod dir: %w", err)
+	}
+	for _, sh := range mem.Shares {
+		if err := bindRO(sh.HostPath, filepath.Join(m.dir, sh.Tag), sh.ReadOnly); err != nil {
+			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
+		}
+	}
+	return nil
+}
+
+// bindRO bind-mounts source on a new directory target, read-only if ro.
+func bindRO(source, target string, ro bool) error {
+	if err := os.Mkdir(target, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", source, target, err)
+	}
+	if ro {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("remount %s read-only: %w", target, err)
+		}
+	}
+	return nil
+}
+
+// leave removes what joinPod made on the host; the VM keeps running. The
+// guest side goes with the container's delete in the agent.
+func (m *podMember) leave(ctx context.Context) {
+	if err := mounts.UnmountBelow(m.dir); err != nil {
+		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it", m.dir)
+	} else if err := os.RemoveAll(m.dir); err != nil {
+		log.G(ctx).WithError(err).Warnf("remove %s", m.dir)
+	}
+	if err := m.member.Release(); err != nil {
+		log.G(ctx).WithError(err).Warn("release staged files")
+	}
+	if err := os.RemoveAll(m.stageDir); err != nil {
+		log.G(ctx).WithError(err).Warnf("remove %s", m.stageDir)
+	}
+}

@@ -1,0 +1,94 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+)
+
+func TestUnmountBelow(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	src, pod := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	member := filepath.Join(pod, "c1")
+	if err := os.Mkdir(member, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(member, "tag")
+	if err := bindRO(src, target, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "g"), nil, 0o600); err == nil {
+		t.Fatal("read-only bind is writable")
+	}
+	if _, err := os.Stat(filepath.Join(target, "f")); err != nil {
+		t.Fatal(err)
+	}
+	if err := mounts.UnmountBelow(pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "f")); err == nil {
+		t.Fatal("still mounted")
+	}
+	if err := os.RemoveAll(pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "f")); err != nil {
+		t.Fatalf("source emptied: %v", err)
+	}
+}
+
+func TestPodSandbox(t *testing.T) {
+	s := &service{containers: map[string]*container{}}
+	live := &vm{podDir: "/x", dead: make(chan struct{})}
+	s.containers["sb"] = &container{id: "sb", vm: live}
+	spec := func(typ, id string) *specs.Spec {
+		return &specs.Spec{Annotations: map[string]string{annotationContainerType: typ, annotationSandboxID: id}}
+	}
+	if s.podSandbox(spec("container", "sb")) == nil {
+		t.Fatal("app container does not join its sandbox")
+	}
+	for _, sp := range []*specs.Spec{spec("sandbox", "sb"), spec("container", "other"), spec("container", ""), {}} {
+		if s.podSandbox(sp) != nil {
+			t.Fatalf("%v joins", sp.Annotations)
+		}
+	}
+	s.containers["sb"].vm = &vm{dead: make(chan struct{})} // not a pod VM
+	if s.podSandbox(spec("container", "sb")) != nil {
+		t.Fatal("joins a VM without a pod share")
+	}
+}
+
+func TestPodNamespaces(t *testing.T) {
+	sb := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		{Type: specs.MountNamespace},
+		{Type: specs.IPCNamespace},
+	}}}
+	host := takeHostNamespaces(sb)
+	if len(host) != 1 || host[specs.NetworkNamespace] != "/var/run/netns/cni-1" || sb.Linux.Namespaces[0].Path != "" {
+		t.Fatalf("took %v, left %+v", host, sb.Linux.Namespaces)
+	}
+	app := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		{Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}, // not the sandbox's
+		{Type: specs.MountNamespace},
+	}}}
+	got := joinedNamespaces(app, host, 42, 7)
+	want := map[specs.LinuxNamespaceType]string{
+		specs.NetworkNamespace: "/proc/7/ns/net",
+		specs.IPCNamespace:     "/proc/7/ns/ipc",
+	}
+	if len(got) != len(want) || got[specs.NetworkNamespace] != want[specs.NetworkNamespace] || got[specs.IPCNamespace] != want[specs.IPCNamespace] {
+		t.Fatalf("joined %v, want %v", got, want)
+	}
+}

@@ -1,0 +1,142 @@
+package specconv
+
+import (
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+)
+
+const podDir = "/run/msb/c/c0ffee"
+
+func podInput(spec *specs.Spec, ms ...mounts.Mount) Input {
+	in := input(spec, ms...)
+	in.GuestDir = podDir
+	in.SandboxNamespaces = map[specs.LinuxNamespaceType]string{
+		specs.NetworkNamespace: "/proc/7/ns/net",
+		specs.IPCNamespace:     "/proc/7/ns/ipc",
+	}
+	return in
+}
+
+func TestPodNamespacesRewritten(t *testing.T) {
+	spec := baseSpec()
+	spec.Linux.Namespaces = []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace},
+		{Type: specs.NetworkNamespace, Path: "/proc/4242/ns/net"},
+		{Type: specs.IPCNamespace, Path: "/var/run/netns/x"},
+		{Type: specs.MountNamespace},
+	}
+	sb := mustConvert(t, podInput(spec))
+	got := sb.GuestSpec.Linux.Namespaces
+	want := []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace},
+		{Type: specs.NetworkNamespace, Path: "/proc/7/ns/net"},
+		{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
+		{Type: specs.MountNamespace},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("namespaces %+v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("namespaces[%d] = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// The caller's spec keeps its host paths.
+	if spec.Linux.Namespaces[1].Path != "/proc/4242/ns/net" {
+		t.Fatal("input spec modified")
+	}
+}
+
+func TestPodNamespaceNotShared(t *testing.T) {
+	spec := baseSpec()
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"})
+	_, err := Convert(podInput(spec))
+	if err == nil || !strings.Contains(err.Error(), "only the pod sandbox's namespaces") {
+		t.Fatalf("err = %v", err)
+	}
+	// In pod mode with no namespace of the sandbox's to join.
+	in := podInput(spec)
+	in.SandboxNamespaces = nil
+	if _, err := Convert(in); err == nil || !strings.Contains(err.Error(), "only the pod sandbox's namespaces") {
+		t.Fatalf("err = %v", err)
+	}
+	// Without pod mode a path is refused as before.
+	spec = baseSpec()
+	spec.Linux.Namespaces[1].Path = "/proc/1/ns/net"
+	if _, err := Convert(input(spec)); err == nil || !strings.Contains(err.Error(), "cannot join a host namespace") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestPodGuestPaths(t *testing.T) {
+	in := podInput(baseSpec(),
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/data", Source: "/srv/data", Type: "bind"},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/etc/hosts", Source: "/var/lib/c/hosts", Type: "bind"},
+		mounts.Mount{Kind: mounts.KindTmpfs, Destination: "/dev/shm", Type: "tmpfs"},
+	)
+	sb := mustConvert(t, in)
+	rt := mounts.Tag("rootfs:" + cid)
+	dt := mounts.Tag("dir:/srv/data")
+	ft := mounts.Tag("file:/var/lib/c/hosts")
+	tt := mounts.Tag("tmpfs:2:/dev/shm")
+	if got := sb.GuestSpec.Root.Path; got != podDir+"/shares/"+rt {
+		t.Fatalf("root %s", got)
+	}
+	wantSrc := []string{podDir + "/shares/" + dt, podDir + "/files/" + ft + "/hosts", podDir + "/tmpfs/" + tt}
+	for i, m := range sb.GuestSpec.Mounts {
+		if m.Source != wantSrc[i] {
+			t.Fatalf("mounts[%d].source = %s, want %s", i, m.Source, wantSrc[i])
+		}
+	}
+	if sb.Boot.DirMounts[1].GuestPath != podDir+"/shares/"+dt || sb.Boot.FileMounts[0].GuestPath != podDir+"/files/"+ft || sb.Boot.Tmpfs[0].GuestPath != podDir+"/tmpfs/"+tt {
+		t.Fatalf("boot env %+v", sb.Boot)
+	}
+}
+
+func TestPodRefusesDisks(t *testing.T) {
+	in := podInput(baseSpec(), mounts.Mount{Kind: mounts.KindBlock, Destination: "/vol", Source: "/img/w.img", Type: mounts.BlockType, Format: "raw"})
+	if _, err := Convert(in); err == nil || !strings.Contains(err.Error(), "cannot attach disks") {
+		t.Fatalf("err = %v", err)
+	}
+	in = podInput(baseSpec())
+	in.GuestDir = "run/x"
+	if _, err := Convert(in); err == nil {
+		t.Fatal("relative guest dir accepted")
+	}
+}
+
+func TestPodSandboxSize(t *testing.T) {
+	spec := baseSpec()
+	spec.Annotations = map[string]string{
+		AnnotationContainerType:    "sandbox",
+		AnnotationSandboxMemory:    "1073741825", // 1 GiB + 1 byte
+		AnnotationSandboxCPUQuota:  "250000",
+		AnnotationSandboxCPUPeriod: "100000",
+	}
+	sb := mustConvert(t, input(spec))
+	if sb.MemoryMiB != 1025+defaults.OverheadMiB || sb.VCPUs != 3 {
+		t.Fatalf("pod VM %d MiB, %d vcpus", sb.MemoryMiB, sb.VCPUs)
+	}
+	// io.msb.* still wins; app containers are not sized by the pod.
+	spec.Annotations[AnnotationMemoryMiB] = "300"
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != 300 {
+		t.Fatalf("io.msb.memory-mib ignored: %d", sb.MemoryMiB)
+	}
+	spec.Annotations = map[string]string{AnnotationContainerType: "container", AnnotationSandboxMemory: "1073741824"}
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != defaults.MemoryMiB {
+		t.Fatalf("app container sized by the pod: %d", sb.MemoryMiB)
+	}
+	// No limit (0) keeps the defaults; garbage is refused.
+	spec.Annotations = map[string]string{AnnotationContainerType: "sandbox", AnnotationSandboxMemory: "0"}
+	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != defaults.MemoryMiB || sb.VCPUs != defaults.VCPUs {
+		t.Fatalf("no limit: %d MiB %d vcpus", sb.MemoryMiB, sb.VCPUs)
+	}
+	spec.Annotations[AnnotationSandboxMemory] = "1G"
+	if _, err := Convert(input(spec)); err == nil {
+		t.Fatal("bad sandbox-memory accepted")
+	}
+}

@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// taskPid is the PID column of `ctr task ls` for id (0 if absent).
+func (e *shimEnv) taskPid(t *testing.T, id string) int {
+	t.Helper()
+	for _, l := range strings.Split(e.MustCtr("task", "ls"), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[0] == id {
+			pid, _ := strconv.Atoi(f[1])
+			return pid
+		}
+	}
+	return 0
+}
+
+// TestShimPodSharesVM runs a pod the way CRI does (ADR 007): a sandbox
+// container, then an app container of the same sandbox id that joins the
+// sandbox's network namespace by its host path. Both must run in one VM
+// (same guest boot id) and one network namespace; deleting the app
+// container keeps the VM, deleting the sandbox ends it.
+func TestShimPodSharesVM(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod-sb", "pod-app"
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	run := func(id string, flags []string, args ...string) {
+		a := append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...)
+		e.MustCtr(append(append(a, e.image, id), args...)...)
+	}
+	run(sb, ann("sandbox"), "sleep", "600")
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	pid := e.taskPid(t, sb)
+	if pid == 0 {
+		t.Fatal("no pid for the sandbox task")
+	}
+
+	start := time.Now()
+	run(app, append(ann("container"), "--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net"), "sleep", "600")
+	appGone := false
+	t.Cleanup(func() {
+		if !appGone {
+			e.remove(t, app)
+		}
+	})
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+	t.Logf("app container running %s after ctr run", time.Since(start).Round(time.Millisecond))
+	if got := e.taskPid(t, app); got != pid {
+		t.Fatalf("app task pid %d, sandbox %d: not the same VM", got, pid)
+	}
+
+	n := 0
+	read := func(id, cmd string) string {
+		n++
+		out := e.MustCtr("task", "exec", "--exec-id", "x"+strconv.Itoa(n), id, "sh", "-c", cmd)
+		return strings.TrimSpace(out)
+	}
+	const bootID, netns = "cat /proc/sys/kernel/random/boot_id", "readlink /proc/self/ns/net"
+	b1, b2 := read(sb, bootID), read(app, bootID)
+	if b1 == "" || b1 != b2 {
+		t.Fatalf("boot ids: sandbox %q, app %q", b1, b2)
+	}
+	n1, n2 := read(sb, netns), read(app, netns)
+	if n1 == "" || n1 != n2 {
+		t.Fatalf("network namespaces: sandbox %q, app %q", n1, n2)
+	}
+	// The app's own rootfs, not the sandbox's: a file made in one is not
+	// in the other.
+	read(app, "touch /only-in-app")
+	if out := read(sb, "test -e /only-in-app && echo shared || echo separate"); out != "separate" {
+		t.Fatalf("rootfs: %s", out)
+	}
+
+	e.remove(t, app)
+	appGone = true
+	if got := read(sb, bootID); got != b1 {
+		t.Fatalf("after deleting the app container the sandbox's boot id is %q, was %q", got, b1)
+	}
+	if st := e.taskStatus(sb); st != "RUNNING" {
+		t.Fatalf("sandbox %s after the app's delete", st)
+	}
+}
+
+// TestShimPodMountsSandboxFirst runs a pod whose sandbox names a host
+// netns, as CRI does with CNI's (the guest makes its own; an app container
+// naming the same path joins that), gives the app container a read-only
+// directory bind and a file bind (exposed through the pod share), refuses
+// a container naming another host namespace, then deletes the sandbox
+// first: the VM ends, the app container's task stops, nothing is left.
+func TestShimPodMountsSandboxFirst(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod2-sb", "pod2-app"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("from-dir\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "podfile")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	netns := "msbtest-pod-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", netns).Run() })
+	withNS := []string{"--with-ns", "network:/var/run/netns/" + netns}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, append(ann("sandbox"), withNS...)...), e.image, sb, "sleep", "600")...)
+	sbGone := false
+	t.Cleanup(func() {
+		if !sbGone {
+			e.remove(t, sb)
+		}
+	})
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+
+	bad := append(ann("container"), "--with-ns", "network:/proc/1/ns/net")
+	_, stderr, err := e.Ctr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, bad...), e.image, "pod2-bad", "true")...)
+	_, _, _ = e.Ctr("container", "delete", "pod2-bad") // its create failed: no task
+	if err == nil || !strings.Contains(stderr, "only the pod sandbox's namespaces") {
+		t.Fatalf("joining another host netns: err %v, stderr %s", err, stderr)
+	}
+
+	flags := append(append(ann("container"), withNS...),
+		"--mount", "type=bind,src="+dir+",dst=/data,options=rbind:ro",
+		"--mount", "type=bind,src="+file+",dst=/etc/podfile,options=rbind:rw")
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, app) })
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+
+	out := e.MustCtr("task", "exec", "--exec-id", "m1", app, "sh", "-c",
+		"cat /data/hello /etc/podfile; touch /data/x 2>/dev/null && echo writable || echo read-only")
+	if out != "from-dir\nfrom-file\nread-only\n" {
+		t.Fatalf("app mounts: %q", out)
+	}
+	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")
+	n2 := e.MustCtr("task", "exec", "--exec-id", "n2", app, "readlink", "/proc/self/ns/net")
+	if n1 == "" || n1 != n2 {
+		t.Fatalf("network namespaces: sandbox %q, app %q", n1, n2)
+	}
+
+	e.remove(t, sb)
+	sbGone = true
+	e.waitStatus(t, app, "STOPPED", time.Minute)
+}
+
+// TestShimPodShimKilled: a pod's shim killed with SIGKILL leaves its app
+// container's binds below the pod VM's state dir; containerd's cleanup
+// must unmount them before it removes that dir, so the app's read-write
+// host directory keeps its files.
+func TestShimPodShimKilled(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "pod3-sb", "pod3-app"
+	dir := t.TempDir()
+	keep := filepath.Join(dir, "keep")
+	if err := os.WriteFile(keep, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, ann("sandbox")...), e.image, sb, "sleep", "600")...)
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	flags := append(ann("container"), "--mount", "type=bind,src="+dir+",dst=/data,options=rbind:rw")
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+
+	if err := syscall.Kill(e.shimPid(t, sb), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(e.vmProcesses()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("VM still running 15 s after its shim was killed: %v", e.vmProcesses())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.waitShimDeletes()
+	e.assertClean(t)
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("the app's host volume lost its file: %v", err)
+	}
+	for _, id := range []string{app, sb} {
+		_, _, _ = e.Ctr("task", "delete", id)
+		e.MustCtr("container", "delete", id)
+	}
+	e.waitShimDeletes()
+}
