@@ -52,23 +52,14 @@ type Prepared struct {
 // Prepare converts and reserves. Errors in the spec or its mounts wrap
 // errdefs.ErrInvalidArgument; on any error nothing Prepare made is left.
 func Prepare(r Request) (*Prepared, error) {
-	ms, err := mounts.Classify(r.Spec.Mounts, r.Bundle)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
-	}
 	c := r.Config
-	sb, err := specconv.Convert(specconv.Input{
-		Spec:           r.Spec,
-		Mounts:         ms,
+	sb, err := convert(r.Spec, r.Bundle, c, specconv.Input{
 		RootfsHostPath: r.Rootfs,
 		StageDir:       filepath.Join(r.StateDir, "files"),
 		ContainerID:    r.ID,
-		Defaults: specconv.Defaults{
-			VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend,
-		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	if r.PodDir != "" {
 		if err := os.MkdirAll(r.PodDir, 0o700); err != nil {
@@ -125,6 +116,22 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, err
 	}
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
+}
+
+// convert classifies spec's mounts and converts the spec; in carries the
+// rest of the input. Errors are invalid arguments.
+func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input) (*specconv.Sandbox, error) {
+	ms, err := mounts.Classify(spec.Mounts, bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	in.Spec, in.Mounts = spec, ms
+	in.Defaults = specconv.Defaults{VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend}
+	sb, err := specconv.Convert(in)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return sb, nil
 }
 
 // Release unstages files and unlocks disks; safe to call twice.

@@ -41,25 +41,15 @@ type Member struct {
 // Errors in the spec wrap errdefs.ErrInvalidArgument; on error nothing is
 // left.
 func PrepareMember(r MemberRequest) (*Member, error) {
-	ms, err := mounts.Classify(r.Spec.Mounts, r.Bundle)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
-	}
-	c := r.Config
-	sb, err := specconv.Convert(specconv.Input{
-		Spec:              r.Spec,
-		Mounts:            ms,
+	sb, err := convert(r.Spec, r.Bundle, r.Config, specconv.Input{
 		RootfsHostPath:    r.Rootfs,
 		StageDir:          r.StageDir,
 		ContainerID:       r.ID,
 		GuestDir:          r.GuestDir,
 		SandboxNamespaces: r.SandboxNamespaces,
-		Defaults: specconv.Defaults{
-			VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend,
-		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	// The VM's own settings (hostname, user, rlimits) stay the sandbox's.
 	sb.Boot.Hostname, sb.Boot.User, sb.Boot.Rlimits = "", "", nil
