@@ -341,6 +341,22 @@ func (e *shimEnv) shimPid(t *testing.T, id string) int {
 }
 
 // hasLine reports whether s has line (ctr adds its own warnings to stderr).
+// killShim SIGKILLs the shim serving id and waits until its VMs are gone:
+// the parent watchdog must stop them without the shim.
+func (e *shimEnv) killShim(t *testing.T, id string) {
+	t.Helper()
+	if err := syscall.Kill(e.shimPid(t, id), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(e.vmProcesses()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("VM still running 15 s after its shim was killed: %v", e.vmProcesses())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func hasLine(s, line string) bool {
 	for _, l := range strings.Split(s, "\n") {
 		if l == line {

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -182,16 +181,7 @@ func TestShimPodShimKilled(t *testing.T) {
 	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
 	e.waitStatus(t, app, "RUNNING", time.Minute)
 
-	if err := syscall.Kill(e.shimPid(t, sb), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(e.vmProcesses()) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("VM still running 15 s after its shim was killed: %v", e.vmProcesses())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	e.killShim(t, sb)
 	e.waitShimDeletes()
 	e.assertClean(t)
 	if _, err := os.Stat(keep); err != nil {

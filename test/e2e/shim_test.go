@@ -207,16 +207,7 @@ func TestShimKilled(t *testing.T) {
 	if len(e.vmProcesses()) == 0 {
 		t.Fatal("no VM processes while the task runs")
 	}
-	if err := syscall.Kill(e.shimPid(t, "victim"), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(e.vmProcesses()) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("VM still running 15 s after its shim was killed: %v", e.vmProcesses())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	e.killShim(t, "victim")
 	e.assertClean(t)
 	// containerd saw the shim die and cleaned the task up with `shim delete`.
 	if st := e.taskStatus("victim"); st != "" && st != "STOPPED" {
