@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/vmm"
@@ -27,9 +25,7 @@ type Options struct {
 type sandbox struct {
 	id       string
 	stateDir string
-	launch   *vmm.LaunchConfig
-	guest    *specs.Spec // the spec runc runs in the guest
-	prep     *launch.Prepared
+	prep     *launch.Prepared // launch config and the guest spec
 }
 
 // prepare turns a bundle into a launch config and reserves what it needs.
@@ -76,7 +72,7 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sandbox{id: id, stateDir: stateDir, launch: p.Launch, guest: p.GuestSpec, prep: p}, nil
+	return &sandbox{id: id, stateDir: stateDir, prep: p}, nil
 }
 
 // destroy releases locks and removes the state dir.
@@ -84,5 +80,5 @@ func (s *sandbox) destroy() {
 	_ = s.prep.Release()
 	_ = os.RemoveAll(s.stateDir)
 	// The VMM removes its socket; this covers a VMM that was SIGKILLed.
-	_ = os.Remove(s.launch.AgentSocket)
+	_ = os.Remove(s.prep.Launch.AgentSocket)
 }

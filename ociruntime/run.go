@@ -41,11 +41,11 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	}
 	defer sb.destroy()
 	var term *terminal
-	if sb.guest.Process.Terminal {
+	if sb.prep.GuestSpec.Process.Terminal {
 		if term, err = openTerminal(stdio.In); err != nil {
 			return 1, err
 		}
-		sb.guest.Process.ConsoleSize = term.box()
+		sb.prep.GuestSpec.Process.ConsoleSize = term.box()
 	}
 	ph.mark("spawn")
 	h, err := sb.prep.Spawn(o.Self)
@@ -65,7 +65,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		_, _ = h.Wait()
 		// The state dir goes away with this run: carry the logs' last lines
 		// in the error so the cause is not lost with it.
-		return 1, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.launch.ConsoleLog))
+		return 1, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -73,8 +73,8 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 }
 
 func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
-	sock := sb.launch.AgentSocket
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.launch.BootTimeout)+10*time.Second)
+	sock := sb.prep.Launch.AgentSocket
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.prep.Launch.BootTimeout)+10*time.Second)
 	defer cancel()
 	client, err := vmm.DialTTRPC(bootCtx, sock)
 	if err != nil {
@@ -89,7 +89,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 			return 0, fmt.Errorf("%w (VMM log: %s/vmm.log)", err, sb.stateDir)
 		}
 	case <-h.Done():
-		return 0, fmt.Errorf("VM exited during boot: see %s/vmm.log and %s", sb.stateDir, sb.launch.ConsoleLog)
+		return 0, fmt.Errorf("VM exited during boot: see %s/vmm.log and %s", sb.stateDir, sb.prep.Launch.ConsoleLog)
 	}
 	ph.mark("ready")
 
@@ -98,7 +98,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 		return 0, err
 	}
 	defer streams.close()
-	spec, err := json.Marshal(sb.guest)
+	spec, err := json.Marshal(sb.prep.GuestSpec)
 	if err != nil {
 		return 0, err
 	}
