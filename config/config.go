@@ -44,6 +44,10 @@ type Config struct {
 	// KVMBootTimeout: with accel left to msb, a KVM boot not done by then
 	// is retried under TCG (broken nested KVM can hang); empty = 15s.
 	KVMBootTimeout string `toml:"kvm_boot_timeout"`
+	// SpareNICs is how many NICs a VM gets when its network namespace has
+	// no interface yet at boot, for interfaces that arrive before the
+	// container starts (Docker, nerdctl's hook): a VM cannot hot-plug NICs.
+	SpareNICs int `toml:"spare_nics"`
 }
 
 // Default returns the built-in configuration.
@@ -58,6 +62,7 @@ func Default() Config {
 		MemoryMiB:   256,
 		OverheadMiB: 128,
 		BootTimeout: "2m",
+		SpareNICs:   1,
 	}
 }
 
@@ -138,6 +143,9 @@ func (c Config) validate() error {
 	}
 	if c.OverheadMiB < 0 {
 		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	}
+	if c.SpareNICs < 0 || c.SpareNICs > 8 {
+		return fmt.Errorf("spare_nics %d: use 0..8", c.SpareNICs)
 	}
 	if c.KVMBootTimeout != "" {
 		if _, err := time.ParseDuration(c.KVMBootTimeout); err != nil {

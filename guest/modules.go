@@ -27,6 +27,7 @@ import (
 //   - ext4: filesystem of block devices
 //   - overlay: writable layers over read-only roots
 //   - virtio_rng: guest entropy when the VMM adds a virtio-rng device
+//   - virtio_net: NICs joined to the container's network namespace on the host
 var Modules = []string{
 	"virtio_mmio",
 	"virtio_console",
@@ -37,6 +38,7 @@ var Modules = []string{
 	"ext4",
 	"overlay",
 	"virtio_rng",
+	"virtio_net",
 }
 
 // kmod is one module to put into the initramfs.

@@ -17,6 +17,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/mounts/bootenv"
+	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
@@ -96,6 +97,10 @@ func Prepare(r Request) (*Prepared, error) {
 		KVMBootTimeout: vmm.Duration(c.KVMBootTimeoutDuration()),
 		ShutdownGrace:  vmm.Duration(3 * time.Second),
 		Cleanup:        []string{r.StateDir},
+	}
+	lc.NetNS = sb.NetNS
+	if lc.NICs, err = network.Plan(lc.NetNS, c.SpareNICs); err != nil {
+		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	for _, s := range sb.Shares {
 		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})

@@ -6,6 +6,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/vmm"
@@ -24,8 +27,11 @@ type Options struct {
 // destroy undoes all of it.
 type sandbox struct {
 	id       string
+	bundle   string
+	spec     *specs.Spec // as the bundle has it: its hooks run on the host
 	stateDir string
 	prep     *launch.Prepared // launch config and the guest spec
+	net      *launch.Net      // once the VMM runs
 }
 
 // prepare turns a bundle into a launch config and reserves what it needs.
@@ -72,11 +78,14 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sandbox{id: id, stateDir: stateDir, prep: p}, nil
+	return &sandbox{id: id, bundle: bundle, spec: spec, stateDir: stateDir, prep: p}, nil
 }
 
 // destroy releases locks and removes the state dir.
 func (s *sandbox) destroy() {
+	if err := s.net.Close(); err != nil {
+		log.L.WithError(err).Warn("unwire network")
+	}
 	_ = s.prep.Release()
 	_ = os.RemoveAll(s.stateDir)
 	// The VMM removes its socket; this covers a VMM that was SIGKILLed.

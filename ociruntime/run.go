@@ -16,9 +16,11 @@ import (
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
@@ -53,7 +55,19 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		return 1, err
 	}
 	ph.mark("startup")
-	code, err := drive(ctx, sb, h, stdio, term, ph)
+	code, err := func() (int, error) {
+		if sb.net, err = launch.OpenNet(sb.prep.Launch, h.Pid); err != nil {
+			return 0, err
+		}
+		// The VM boots while the create hooks run, as in the shim.
+		st := hooks.State(sb.spec, id, sb.bundle, specs.StateCreating, h.Pid)
+		for _, phase := range []string{hooks.Prestart, hooks.CreateRuntime} {
+			if err := hooks.Run(ctx, sb.spec, phase, st); err != nil {
+				return 0, err
+			}
+		}
+		return drive(ctx, sb, h, stdio, term, ph)
+	}()
 	if err != nil {
 		// Whatever failed, the VM must not outlive this call.
 		_ = h.Release()
@@ -69,6 +83,11 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
+	sb.destroy()
+	st := hooks.State(sb.spec, id, sb.bundle, specs.StateStopped, h.Pid)
+	if err := hooks.Run(ctx, sb.spec, hooks.Poststop, st); err != nil {
+		log.G(ctx).WithError(err).Warn("poststop")
+	}
 	return code, nil
 }
 
@@ -121,8 +140,16 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 		defer term.restore()
 		defer term.forwardResize(ctx, tc, sb.id)()
 	}
+	agent := protocol.NewAgentClient(client)
+	if err := sb.net.Attach(ctx, agent, sb.id); err != nil {
+		return 0, err
+	}
 	if _, err := tc.Start(ctx, &task.StartRequest{ID: sb.id}); err != nil {
 		return 0, fmt.Errorf("start container in the guest: %w", err)
+	}
+	st := hooks.State(sb.spec, sb.id, sb.bundle, specs.StateRunning, h.Pid)
+	if err := hooks.Run(ctx, sb.spec, hooks.Poststart, st); err != nil {
+		log.G(ctx).WithError(err).Warn("poststart")
 	}
 	stopSignals := forwardSignals(ctx, tc, sb.id)
 	defer stopSignals()
@@ -140,7 +167,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 	code := int(w.ExitStatus)
 	shCtx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel2()
-	if err := protocol.NewAgentClient(client).Shutdown(shCtx, int32(code)); err != nil {
+	if err := agent.Shutdown(shCtx, int32(code)); err != nil {
 		log.G(ctx).WithError(err).Warn("guest shutdown")
 	}
 	vmCode, err := h.Wait()

@@ -83,15 +83,7 @@ type oomEventsRequest struct {
 func RegisterAgent(s *ttrpc.Server, a Agent) {
 	methods := agentMethods(a)
 	if w, ok := a.(OOMWatcher); ok {
-		methods["OOMEvents"] = func(ctx context.Context, un func(any) error) (any, error) {
-			var req wrapperspb.BytesValue
-			if err := un(&req); err != nil {
-				return nil, err
-			}
-			var r oomEventsRequest
-			if err := json.Unmarshal(req.Value, &r); err != nil {
-				return nil, fmt.Errorf("OOMEvents request: %w", err)
-			}
+		methods["OOMEvents"] = jsonMethod("OOMEvents", func(ctx context.Context, r oomEventsRequest) (any, error) {
 			evs, err := w.OOMEvents(ctx, r.After, r.Wait)
 			if err != nil {
 				return nil, err
@@ -101,22 +93,35 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 				return nil, err
 			}
 			return wrapperspb.Bytes(b), nil
-		}
+		})
 	}
 	if p, ok := a.(Preparer); ok {
-		methods["Prepare"] = func(ctx context.Context, un func(any) error) (any, error) {
-			var req wrapperspb.BytesValue
-			if err := un(&req); err != nil {
-				return nil, err
-			}
-			var r prepareRequest
-			if err := json.Unmarshal(req.Value, &r); err != nil {
-				return nil, fmt.Errorf("Prepare request: %w", err)
-			}
+		methods["Prepare"] = jsonMethod("Prepare", func(ctx context.Context, r prepareRequest) (any, error) {
 			return &emptypb.Empty{}, p.Prepare(ctx, r.ID, r.Env)
-		}
+		})
+	}
+	if n, ok := a.(Networker); ok {
+		methods["Network"] = jsonMethod("Network", func(ctx context.Context, r networkRequest) (any, error) {
+			return &emptypb.Empty{}, n.Network(ctx, r.ID, r.NICs)
+		})
 	}
 	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: methods})
+}
+
+// jsonMethod is a ttrpc method whose request is R as JSON in a
+// BytesValue.
+func jsonMethod[R any](name string, call func(context.Context, R) (any, error)) ttrpc.Method {
+	return func(ctx context.Context, un func(any) error) (any, error) {
+		var req wrapperspb.BytesValue
+		if err := un(&req); err != nil {
+			return nil, err
+		}
+		var r R
+		if err := json.Unmarshal(req.Value, &r); err != nil {
+			return nil, fmt.Errorf("%s request: %w", name, err)
+		}
+		return call(ctx, r)
+	}
 }
 
 func agentMethods(a Agent) map[string]ttrpc.Method {

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
 )
@@ -52,7 +53,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		return nil, err
 	}
 	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec, oom: &oomState{},
-		execs: map[string]*proc{}, idle: make(chan struct{}, 1)}
+		spec: spec, execs: map[string]*proc{}, idle: make(chan struct{}, 1)}
 	defer func() {
 		if retErr != nil {
 			s.teardown(ctx, c)
@@ -67,6 +68,9 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg); err != nil {
 			return nil, err
 		}
+		if err := c.createHooks(ctx); err != nil {
+			return nil, err
+		}
 		return c, s.createInGuest(ctx, c, r)
 	}
 	podDir := ""
@@ -78,15 +82,43 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	c.vm, err = startVM(ctx, vmRequest{
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
 		spec: spec, cfg: cfg, binary: binary, podDir: podDir,
-	}, func(pid int, stateDir, sock string) error {
-		rec.VMMPid, rec.StateDir, rec.AgentSocket = pid, stateDir, sock
-		return writeRecord(bundle, rec)
+	}, func(v *vm) error {
+		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
+		if err := writeRecord(bundle, rec); err != nil {
+			return err
+		}
+		// The VM boots while the hooks run: they see the VMM's pid and
+		// its network namespace, which is the container's.
+		c.vm = v
+		return c.createHooks(ctx)
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.vm.podHostNS = hostNS
 	return c, s.createInGuest(ctx, c, r)
+}
+
+// createHooks runs the spec's prestart and createRuntime hooks on the
+// host, as runc does during create: the state names the VMM's pid, whose
+// network namespace is the container's.
+func (c *container) createHooks(ctx context.Context) error {
+	st := hooks.State(c.spec, c.id, c.bundle, specs.StateCreating, int(c.hostPid()))
+	for _, phase := range []string{hooks.Prestart, hooks.CreateRuntime} {
+		if err := hooks.Run(ctx, c.spec, phase, st); err != nil {
+			return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+		}
+	}
+	return nil
+}
+
+// runHooks runs the spec's poststart or poststop hooks; as with runc, a
+// failure is logged and the lifecycle goes on.
+func (c *container) runHooks(ctx context.Context, phase string, status specs.ContainerState) {
+	st := hooks.State(c.spec, c.id, c.bundle, status, int(c.hostPid()))
+	if err := hooks.Run(ctx, c.spec, phase, st); err != nil {
+		log.G(ctx).WithError(err).Warnf("container %s", c.id)
+	}
 }
 
 // createInGuest opens c's stdio and creates c in its VM's agent, from

@@ -38,10 +38,10 @@ var podNamespaces = map[specs.LinuxNamespaceType]string{
 	specs.PIDNamespace:     "pid",
 }
 
-// takeHostNamespaces removes the namespace paths of the types a pod
-// shares from a sandbox container's spec and returns them: CRI gives the
-// sandbox the pod's host netns (made by CNI), which a VM cannot join, so
-// the guest makes new namespaces, which the pod's containers then join.
+// takeHostNamespaces returns the namespace paths of the types a pod
+// shares from a sandbox container's spec and removes all but the
+// network's: the VMM joins the pod's host network namespace (made by
+// CNI), the guest makes new namespaces, which the pod's containers join.
 func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 	out := map[specs.LinuxNamespaceType]string{}
 	if spec.Linux == nil {
@@ -50,7 +50,9 @@ func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 	for i, ns := range spec.Linux.Namespaces {
 		if _, ok := podNamespaces[ns.Type]; ok && ns.Path != "" {
 			out[ns.Type] = ns.Path
-			spec.Linux.Namespaces[i].Path = ""
+			if ns.Type != specs.NetworkNamespace {
+				spec.Linux.Namespaces[i].Path = ""
+			}
 		}
 	}
 	return out

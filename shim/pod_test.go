@@ -71,10 +71,12 @@ func TestPodNamespaces(t *testing.T) {
 	sb := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
 		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
 		{Type: specs.MountNamespace},
-		{Type: specs.IPCNamespace},
+		{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
 	}}}
 	host := takeHostNamespaces(sb)
-	if len(host) != 1 || host[specs.NetworkNamespace] != "/var/run/netns/cni-1" || sb.Linux.Namespaces[0].Path != "" {
+	// The network path stays: the VMM joins it.
+	if len(host) != 2 || host[specs.NetworkNamespace] != "/var/run/netns/cni-1" || sb.Linux.Namespaces[0].Path != "/var/run/netns/cni-1" ||
+		host[specs.IPCNamespace] != "/proc/7/ns/ipc" || sb.Linux.Namespaces[2].Path != "" {
 		t.Fatalf("took %v, left %+v", host, sb.Linux.Namespaces)
 	}
 	app := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{

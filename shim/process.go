@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type container struct {
 	// pod is set for a container that joined its pod's VM (ADR 007): it
 	// does not own vm.
 	pod *podMember
+	// spec is the container's OCI spec as containerd gave it: its hooks
+	// run on the host (package hooks).
+	spec *specs.Spec
 
 	mu      sync.Mutex
 	execs   map[string]*proc

@@ -19,9 +19,11 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/version"
 )
 
@@ -179,6 +181,11 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 	}
 	if r.ExecID == "" {
 		defer p.openGate()
+		if c.pod == nil {
+			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
+				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, err))
+			}
+		}
 		resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID})
 		if err != nil {
 			return nil, errgrpc.ToGRPC(fromAgent(err))
@@ -187,6 +194,7 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		p.guestPid, p.state = resp.Pid, stateRunning
 		p.mu.Unlock()
 		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: c.hostPid()})
+		c.runHooks(ctx, hooks.Poststart, specs.StateRunning)
 		return &task.StartResponse{Pid: c.hostPid()}, nil
 	}
 
@@ -262,6 +270,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		c.vm.stop(ctx, int32(code))
 	}
 	s.teardown(ctx, c)
+	c.runHooks(ctx, hooks.Poststop, specs.StateStopped)
 	s.send(&eventstypes.TaskDelete{
 		ContainerID: c.id,
 		Pid:         c.hostPid(),

@@ -81,6 +81,10 @@ type vm struct {
 	// killed is set when the shim SIGKILLed the VM itself.
 	killed atomic.Bool
 
+	// net is the VMM's network namespace (the container's) and what is
+	// joined to the VM's NICs; the shim attaches at Start.
+	net *launch.Net
+
 	stopOnce sync.Once
 }
 
@@ -99,7 +103,7 @@ type vmRequest struct {
 // locks), spawns its VMM attached to this process, and waits until the
 // guest agent answers. On error nothing it made is left behind and the
 // error names the logs.
-func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, sock string) error) (_ *vm, retErr error) {
+func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, retErr error) {
 	root := filepath.Join(StateRoot(), r.namespace)
 	sock, err := vmm.AgentSocketPath(root, r.id)
 	if err != nil {
@@ -143,7 +147,10 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(pid int, stateDir, s
 		<-v.h.Done()
 		close(v.dead)
 	}()
-	if err := onSpawn(v.h.Pid, stateDir, sock); err != nil {
+	if v.net, err = launch.OpenNet(v.launch, v.h.Pid); err != nil {
+		return nil, err
+	}
+	if err := onSpawn(v); err != nil {
 		return nil, err
 	}
 	if err := v.connect(ctx); err != nil {
@@ -250,6 +257,9 @@ func (v *vm) destroy(ctx context.Context) {
 	v.stop(ctx, vmm.ExitKilled)
 	if v.client != nil {
 		v.client.Close()
+	}
+	if err := v.net.Close(); err != nil {
+		log.G(ctx).WithError(err).Warnf("VM %s: unwire network", v.name)
 	}
 	if v.prep != nil {
 		if err := v.prep.Release(); err != nil {

@@ -64,9 +64,9 @@ func TestPodNamespaceNotShared(t *testing.T) {
 	if _, err := Convert(in); err == nil || !strings.Contains(err.Error(), "only the pod sandbox's namespaces") {
 		t.Fatalf("err = %v", err)
 	}
-	// Without pod mode a path is refused as before.
+	// Without pod mode a path other than the network's is refused as before.
 	spec = baseSpec()
-	spec.Linux.Namespaces[1].Path = "/proc/1/ns/net"
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"})
 	if _, err := Convert(input(spec)); err == nil || !strings.Contains(err.Error(), "cannot join a host namespace") {
 		t.Fatalf("err = %v", err)
 	}

@@ -106,6 +106,9 @@ type Sandbox struct {
 	Boot  bootenv.Env
 	// GuestSpec is a deep copy of the spec with host paths rewritten.
 	GuestSpec *specs.Spec
+	// NetNS is the host network namespace path the spec names, which the
+	// VMM process joins ("" for a new one).
+	NetNS string
 }
 
 // Convert checks that in.Spec can run in a VM and builds its Sandbox. It
@@ -125,12 +128,19 @@ func Convert(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i, ns := range guest.Linux.Namespaces {
-		if ns.Path != "" {
-			guest.Linux.Namespaces[i].Path = in.SandboxNamespaces[ns.Type]
-		}
-	}
 	sb := &Sandbox{GuestSpec: guest}
+	for i, ns := range guest.Linux.Namespaces {
+		if ns.Path == "" {
+			continue
+		}
+		if ns.Type == specs.NetworkNamespace && in.SandboxNamespaces[ns.Type] == "" {
+			// The VMM joins it on the host; the guest makes its own.
+			sb.NetNS = ns.Path
+		}
+		guest.Linux.Namespaces[i].Path = in.SandboxNamespaces[ns.Type]
+	}
+	// Hooks run on the host (package hooks), never in the guest.
+	guest.Hooks = nil
 	if err := sizeVM(sb, spec, in.Defaults); err != nil {
 		return nil, err
 	}
@@ -214,13 +224,15 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 		return errors.New("root: missing; the spec needs a root filesystem")
 	}
 	if h := spec.Hooks; h != nil {
+		// Both run in the container's mount namespace, which is in the
+		// guest, where neither the hook binaries nor the host paths they
+		// expect exist (ADR 008).
 		for _, l := range []struct {
 			name  string
 			hooks []specs.Hook
-		}{{"prestart", h.Prestart}, {"createRuntime", h.CreateRuntime}, {"createContainer", h.CreateContainer},
-			{"startContainer", h.StartContainer}, {"poststart", h.Poststart}, {"poststop", h.Poststop}} {
+		}{{"createContainer", h.CreateContainer}, {"startContainer", h.StartContainer}} {
 			if len(l.hooks) > 0 {
-				return fmt.Errorf("hooks.%s[0] %q: OCI hooks would run inside the guest VM, where the hook binary and the host paths it expects do not exist; msb does not run hooks, remove them", l.name, l.hooks[0].Path)
+				return fmt.Errorf("hooks.%s[0] %q: %s hooks run inside the container's mount namespace, which is in the guest VM, where the host's hook binaries do not exist; use a createRuntime or prestart hook (run on the host) instead", l.name, l.hooks[0].Path, l.name)
 			}
 		}
 	}
@@ -229,7 +241,7 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 	}
 	hasNet := false
 	for i, ns := range spec.Linux.Namespaces {
-		if ns.Path != "" && in.SandboxNamespaces[ns.Type] == "" {
+		if ns.Path != "" && in.SandboxNamespaces[ns.Type] == "" && !(ns.Type == specs.NetworkNamespace && !in.podMode()) {
 			if in.podMode() {
 				return fmt.Errorf("linux.namespaces[%d].path %q: only the pod sandbox's namespaces can be joined in its VM, and it shares no %s namespace; drop the path", i, ns.Path, ns.Type)
 			}

@@ -352,9 +352,10 @@ func TestRefusals(t *testing.T) {
 		{"nil process", func(in *Input) { in.Spec.Process = nil }, []string{"process.args"}},
 		{"empty args", func(in *Input) { in.Spec.Process.Args = nil }, []string{"process.args", "empty"}},
 		{"nil root", func(in *Input) { in.Spec.Root = nil }, []string{"root", "missing"}},
-		{"prestart hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/usr/bin/nvidia-hook"}}} }, []string{"hooks.prestart[0]", "inside the guest"}},
-		{"createRuntime hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/x"}}} }, []string{"hooks.createRuntime[0]", "inside the guest"}},
-		{"poststop hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/x"}}} }, []string{"hooks.poststop[0]"}},
+		{"createContainer hook", func(in *Input) {
+			in.Spec.Hooks = &specs.Hooks{CreateContainer: []specs.Hook{{Path: "/usr/bin/nvidia-hook"}}}
+		}, []string{"hooks.createContainer[0]", "in the guest VM", "createRuntime or prestart"}},
+		{"startContainer hook", func(in *Input) { in.Spec.Hooks = &specs.Hooks{StartContainer: []specs.Hook{{Path: "/x"}}} }, []string{"hooks.startContainer[0]"}},
 		// Empty hook lists are not refused: the next check is the one that fails.
 		{"empty hooks pass", func(in *Input) { in.Spec.Hooks = &specs.Hooks{}; in.ContainerID = "" }, []string{"container id"}},
 		{"nil linux", func(in *Input) { in.Spec.Linux = nil }, []string{"linux", "network"}},
@@ -461,5 +462,40 @@ func TestConvertDoesNotMutateInput(t *testing.T) {
 	sb.Boot.DiskMounts[0].Options[0] = "changed"
 	if after2, _ := json.Marshal(in); string(after2) != string(before) {
 		t.Fatalf("guest spec or boot env aliases the input:\n%s\n%s", before, after2)
+	}
+}
+
+// The VMM joins a network namespace path on the host; the guest makes a
+// new namespace. Hooks that run on the host leave the guest spec.
+func TestNetworkPathAndHostHooks(t *testing.T) {
+	spec := baseSpec()
+	spec.Linux.Namespaces[1].Path = "/var/run/netns/cni-1234"
+	spec.Hooks = &specs.Hooks{
+		Prestart:      []specs.Hook{{Path: "/usr/bin/true"}},
+		CreateRuntime: []specs.Hook{{Path: "/usr/local/bin/nerdctl", Args: []string{"nerdctl", "internal", "oci-hook", "createRuntime"}}},
+		Poststart:     []specs.Hook{{Path: "/usr/bin/true"}},
+		Poststop:      []specs.Hook{{Path: "/usr/local/bin/nerdctl"}},
+	}
+	sb, err := Convert(input(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.NetNS != "/var/run/netns/cni-1234" {
+		t.Errorf("NetNS = %q", sb.NetNS)
+	}
+	if sb.GuestSpec.Hooks != nil {
+		t.Errorf("guest spec keeps hooks: %+v", sb.GuestSpec.Hooks)
+	}
+	for _, ns := range sb.GuestSpec.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("guest namespace %s keeps path %q", ns.Type, ns.Path)
+		}
+	}
+	if spec.Hooks == nil || spec.Linux.Namespaces[1].Path == "" {
+		t.Error("Convert modified its input")
+	}
+	// Without a path the VMM gets a new namespace.
+	if sb, err := Convert(input(baseSpec())); err != nil || sb.NetNS != "" {
+		t.Errorf("NetNS = %q, %v", sb.NetNS, err)
 	}
 }

@@ -9,8 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/msb-dev/msb/network"
 )
 
 // ConfigVersion is the launch config version this build writes and reads.
@@ -80,6 +84,15 @@ type LaunchConfig struct {
 	Disks  []Disk  `json:"disks,omitempty"`
 	// Env is the MSB_* guest boot env (mounts/bootenv).
 	Env []string `json:"env,omitempty"`
+
+	// NetNS is the network namespace (a path) the VMM process is started
+	// in: the container's, so its pid points clients at the container's
+	// network. Empty: Spawn gives the VMM a new, empty namespace. Never
+	// the host's.
+	NetNS string `json:"netns,omitempty"`
+	// NICs are the VM's virtio-net devices; the VMM creates their taps in
+	// its namespace (network.CreateTaps).
+	NICs []network.NIC `json:"nics,omitempty"`
 
 	// Detached VMMs survive their creator; attached ones shut the guest
 	// down when ParentWatchFD reaches EOF.
@@ -153,6 +166,17 @@ func (c *LaunchConfig) Validate() error {
 	case "", "kvm", "tcg":
 	default:
 		return fmt.Errorf("launch config: accel %q unknown: use kvm, tcg or leave empty", c.Accel)
+	}
+	if c.NetNS != "" && !filepath.IsAbs(c.NetNS) {
+		return fmt.Errorf("launch config: netns %q must be an absolute path", c.NetNS)
+	}
+	for i, n := range c.NICs {
+		if !strings.HasPrefix(n.Tap, network.TapPrefix) || len(n.Tap) > 15 {
+			return fmt.Errorf("launch config: nics[%d].tap %q must start with %q and fit in 15 bytes", i, n.Tap, network.TapPrefix)
+		}
+		if _, err := net.ParseMAC(n.MAC); err != nil {
+			return fmt.Errorf("launch config: nics[%d].mac %q: %w", i, n.MAC, err)
+		}
 	}
 	for i, d := range c.Disks {
 		switch d.Format {

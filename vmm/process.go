@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -98,12 +99,20 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 		return 1, err
 	}
 	if backend == BackendLibkrun {
+		if len(cfg.NICs) > 0 {
+			log.L.Warnf("backend libkrun: %d NIC(s) not wired: this build joins only qemu guests to the container's network; use backend qemu for networking", len(cfg.NICs))
+		}
 		// Returns only if libkrun refused the configuration; otherwise
 		// libkrun ends the process with the guest (libkrun_vmm.go).
 		return runLibkrun(v, krun, relayLn, chanLn, chanSock, watch, startup)
 	}
+	taps, err := network.CreateTaps(cfg.NICs)
+	if err != nil {
+		return 1, err
+	}
+	defer closeAll(taps)
 	start := time.Now()
-	v.hv, err = startQEMU(cfg, chanSock, logf)
+	v.hv, err = startQEMU(cfg, chanSock, logf, taps)
 	if err != nil {
 		return 1, err
 	}
@@ -254,6 +263,13 @@ func (v *vm) cleanup() {
 	if v.sess != nil {
 		v.sess.Close()
 	}
+	// The creator records the interfaces it wired to this VM's taps; the
+	// VMM, in that namespace, unwires them when it outlives its creator.
+	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {
+		log.L.WithError(err).Warn("read network wires")
+	} else if err := network.Detach(nil, wires); err != nil {
+		log.L.WithError(err).Warn("unwire network")
+	}
 	_ = os.Remove(v.cfg.AgentSocket)
 	_ = os.Remove(filepath.Join(v.cfg.RuntimeDir, "channel.sock"))
 	if !v.orphaned {
@@ -264,5 +280,11 @@ func (v *vm) cleanup() {
 		if err := mounts.RemoveAllUnmounted(p); err != nil {
 			log.L.WithError(err).Warnf("cleanup %s", p)
 		}
+	}
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
 	}
 }

@@ -22,8 +22,10 @@ type qemu struct {
 	// autoKVM: KVM was picked because /dev/kvm opened; givenUp: KVM was
 	// abandoned for this VM and qemu runs (or is about to run) under TCG.
 	autoKVM, givenUp bool
-	done             chan struct{}
-	err              error
+	// taps are the NICs' tap fds, handed to every qemu started.
+	taps []*os.File
+	done chan struct{}
+	err  error
 }
 
 // KVMUsable reports whether /dev/kvm opens read-write, which is what a
@@ -80,6 +82,11 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		args = append(args, "-fsdev", fs,
 			"-device", fmt.Sprintf("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.Tag))
 	}
+	for i, n := range c.NICs {
+		// The taps are the qemu process's fds 3, 4, … (qemu.taps).
+		args = append(args, "-netdev", fmt.Sprintf("tap,id=net%d,fd=%d", i, 3+i),
+			"-device", fmt.Sprintf("virtio-net-device,netdev=net%d,mac=%s", i, n.MAC))
+	}
 	for i, d := range c.Disks {
 		drv := fmt.Sprintf("if=none,id=disk%d,file=%s,format=%s,cache=none,aio=threads", i, qemuEscape(d.Path), d.Format)
 		if d.ReadOnly {
@@ -117,7 +124,7 @@ func hostTSCKHz() int {
 // set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
 const kvmFallbackWindow = 5 * time.Second
 
-func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
+func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
@@ -125,7 +132,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File) (*qemu, error) {
 	autoKVM := c.Accel == "" && KVMUsable()
 	kvm := c.Accel == "kvm" || autoKVM
 	tsc := hostTSCKHz()
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps}
 	if err := q.launch(bin, qemuArgs(c, chanSock, kvm, tsc), logf); err != nil {
 		return nil, err
 	}
@@ -168,6 +175,7 @@ func (q *qemu) GiveUpKVM() bool {
 func (q *qemu) launch(bin string, args []string, logf *os.File) error {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = q.taps
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(logf, "msb-vmm: starting %s %s\n", bin, strings.Join(args, " "))

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StartupTimeout bounds the wait for the VMM's startup line.
@@ -92,7 +95,15 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 	// this process are handled (see TestSpawnSourceFDsOnTargetNumbers).
 	cmd.ExtraFiles = []*os.File{cfgFile, watchR, startW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: cfg.Detached, Setpgid: !cfg.Detached}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if cfg.NetNS == "" {
+		// Never the host's namespace: clients configure what the
+		// container's pid points at (Docker moves its veth there).
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+	} else {
+		start = func() error { return inNetNS(cfg.NetNS, cmd.Start) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("start VMM process %s: %w", o.Binary, err)
 	}
 	h := &Handle{Pid: cmd.Process.Pid, cmd: cmd, watch: watchW, done: make(chan struct{})}
@@ -113,6 +124,27 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 		return nil, fmt.Errorf("VMM process %d did not start (see %s): %w", h.Pid, o.Log, err)
 	}
 	return h, nil
+}
+
+// inNetNS runs start (which forks) on a thread switched into the network
+// namespace at path, so the child is born there. The thread is never given
+// back: it ends with its goroutine, its namespace with it.
+func inNetNS(path string, start func() error) error {
+	ns, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
+			return
+		}
+		errc <- start()
+	}()
+	return <-errc
 }
 
 // configFile writes cfg to an unlinked temp file, so the config never shows

@@ -1,0 +1,89 @@
+package launch
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/msb-dev/msb/network"
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// Net is a running VM's network as its creator holds it: the VMM's
+// network namespace (the container's), open so the wiring can be undone
+// even after the VMM is gone, and the interfaces joined to its NICs.
+type Net struct {
+	ns       *os.File
+	nics     []network.NIC
+	stateDir string
+	wires    []network.Wire
+}
+
+// OpenNet opens the network namespace of the VMM process pid started
+// for lc: lc.NetNS, or the VMM's own new one.
+func OpenNet(lc *vmm.LaunchConfig, pid int) (*Net, error) {
+	p := lc.NetNS
+	if p == "" {
+		p = fmt.Sprintf("/proc/%d/ns/net", pid)
+	}
+	ns, err := network.OpenNS(p)
+	if err != nil {
+		return nil, err
+	}
+	return &Net{ns: ns, nics: lc.NICs, stateDir: lc.RuntimeDir}, nil
+}
+
+// Attach joins the namespace's interfaces that are not joined yet to the
+// VM's NICs and has agent configure them in container id's guest
+// namespace. Creators call it just before the container starts: Docker
+// moves its veth in after create, CNI runs before it. The wires are
+// recorded in the state dir for whoever cleans up (network.LoadWires).
+func (n *Net) Attach(ctx context.Context, agent *protocol.AgentClient, id string) error {
+	if n == nil || len(n.nics) == 0 {
+		return nil
+	}
+	wires, nics, err := network.Attach(n.ns, n.nics, n.wires)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if len(wires) == 0 {
+		return nil
+	}
+	n.wires = append(n.wires, wires...)
+	if err := network.SaveWires(n.stateDir, n.wires); err != nil {
+		return err
+	}
+	if err := agent.Network(ctx, id, nics); err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return fmt.Errorf("the guest agent cannot configure NICs (guest image older than networking): rebuild the guest image: %w", errdefs.ErrFailedPrecondition)
+		}
+		return fmt.Errorf("configure the guest network: %w", errgrpc.ToNative(err))
+	}
+	return nil
+}
+
+// Wires returns the interfaces joined so far.
+func (n *Net) Wires() []network.Wire {
+	if n == nil {
+		return nil
+	}
+	return n.wires
+}
+
+// Close undoes the wiring (the taps go with the VMM) and closes the
+// namespace; safe on nil.
+func (n *Net) Close() error {
+	if n == nil || n.ns == nil {
+		return nil
+	}
+	err := network.Detach(n.ns, n.wires)
+	n.ns.Close()
+	n.ns = nil
+	return err
+}
