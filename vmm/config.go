@@ -36,6 +36,10 @@ type Share struct {
 	Tag      string `json:"tag"`
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// MultiDevs says the directory can span several host mounts (devices):
+	// the backend must keep files of different devices apart in the guest
+	// (inode numbers repeat across devices).
+	MultiDevs bool `json:"multiDevs,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest
