@@ -17,7 +17,7 @@ import (
 // A VMM refuses configs from newer creators instead of half-understanding them.
 const ConfigVersion = 1
 
-// Fixed fd numbers in the VMM process (the contract of DESIGN.md §2).
+// Fixed fd numbers in the VMM process (the VMM contract, docs/architecture.md).
 const (
 	ConfigFD      = 3 // launch config JSON, an unlinked temp file
 	ParentWatchFD = 4 // read end of a pipe; EOF means the creator died
