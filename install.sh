@@ -78,7 +78,7 @@ fi
 if [[ -r /dev/kvm ]] && [[ -w /dev/kvm ]]; then echo "KVM: usable"; else echo "KVM: not usable here, VMs run under TCG emulation (slow but isolated)"; fi
 
 # ============================================================================
-# containerd (issue 4 item 6; docs/containerd.md). Installs containerd v2.4.x,
+# containerd (docs/containerd.md). Installs containerd v2.4.x,
 # ctr, containerd's runc shim and runc when no containerd is there; writes the
 # msb runtime entry into /etc/containerd/config.toml without clobbering it;
 # (re)starts containerd; imports the default image. Skip all of it with
@@ -288,7 +288,7 @@ containerd_image() {
 	ctd_ctr -n default image ls | awk -v img="$MSB_IMAGE" 'NR == 1 || $1 == img'
 }
 
-# demo_ctr: the containerd demo (issue 4): prints the guest kernel's release.
+# demo_ctr: the containerd demo: prints the guest kernel's release.
 demo_ctr() {
 	step "demo: ctr run --rm --runtime io.containerd.msb.v2 $MSB_IMAGE msb-demo uname -r"
 	ctd_ctr -n default run --rm --runtime io.containerd.msb.v2 "$MSB_IMAGE" "msb-demo-$$" uname -r

@@ -66,7 +66,9 @@ func Prepare(r Request) (*Prepared, error) {
 		if err := os.MkdirAll(r.PodDir, 0o700); err != nil {
 			return nil, fmt.Errorf("pod dir: %w", err)
 		}
-		sb.Shares = append(sb.Shares, mounts.Share{Tag: protocol.PodShareTag, HostPath: r.PodDir})
+		// The pod dir holds the binds of several containers' rootfs and
+		// volumes: it spans host mounts.
+		sb.Shares = append(sb.Shares, mounts.Share{Tag: protocol.PodShareTag, HostPath: r.PodDir, MultiDevs: true})
 		sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: protocol.PodShareTag, GuestPath: protocol.PodGuestDir})
 	}
 	env, err := sb.Boot.Encode()
@@ -103,7 +105,7 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	for _, s := range sb.Shares {
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly})
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs})
 	}
 	for _, d := range sb.Disks {
 		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})

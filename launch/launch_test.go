@@ -77,6 +77,11 @@ func TestPrepare(t *testing.T) {
 	if p.VMMLog() != filepath.Join(state, "vmm.log") {
 		t.Fatal(p.VMMLog())
 	}
+	for _, s := range lc.Shares {
+		if s.MultiDevs {
+			t.Errorf("share %s of a lone container spans mounts: %+v", s.Tag, s)
+		}
+	}
 
 	// A refused spec is an invalid argument and reserves nothing.
 	spec.Linux.Namespaces = nil
@@ -87,5 +92,43 @@ func TestPrepare(t *testing.T) {
 	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}
 	if _, err := Prepare(Request{ID: "c3", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/y.sock", Config: cfg}); err == nil || !strings.Contains(err.Error(), "install.sh") {
 		t.Fatalf("missing kernel: %v", err)
+	}
+}
+
+func TestPreparePodShareSpansMounts(t *testing.T) {
+	dir := t.TempDir()
+	rootfs, state, pod := filepath.Join(dir, "rootfs"), filepath.Join(dir, "state"), filepath.Join(dir, "pod")
+	for _, d := range []string{rootfs, state} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kernel := filepath.Join(dir, "vmlinux")
+	_ = os.WriteFile(kernel, []byte("k"), 0o644)
+	cfg := config.Default()
+	cfg.Kernel = kernel
+	spec := &specs.Spec{
+		Root:    &specs.Root{Path: "rootfs"},
+		Process: &specs.Process{Args: []string{"true"}, Cwd: "/"},
+		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}},
+	}
+	p, err := Prepare(Request{ID: "c1", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/x.sock", Config: cfg, PodDir: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	var podShares int
+	for _, s := range p.Launch.Shares {
+		if s.Path == pod {
+			podShares++
+			if !s.MultiDevs {
+				t.Errorf("pod share %+v: MultiDevs not set", s)
+			}
+		} else if s.MultiDevs {
+			t.Errorf("share %+v: MultiDevs set", s)
+		}
+	}
+	if podShares != 1 {
+		t.Fatalf("%d pod shares in %+v", podShares, p.Launch.Shares)
 	}
 }

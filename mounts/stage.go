@@ -19,6 +19,8 @@ type Share struct {
 	Tag      string
 	HostPath string
 	ReadOnly bool
+	// MultiDevs: HostPath can span several host mounts (vmm.Share).
+	MultiDevs bool
 }
 
 // FileStage asks for Source to be staged as Dir/Name; Dir is then exported

@@ -3,7 +3,9 @@ package mounts
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/containerd/log"
@@ -11,11 +13,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// UnmountBelow detaches every mount at or below dir, deepest first, and
-// fails if any is left, so that a RemoveAll of dir cannot reach into one
-// (a pod VM's state dir holds binds of its containers' rootfs and
-// volumes, ADR 007).
+// UnmountBelow detaches every mount at or below dir (dir's own mounts
+// included, stacked ones too), deepest first, and fails if any is left, so
+// that a RemoveAll of dir cannot reach into one (a pod VM's state dir holds
+// binds of its containers' rootfs and volumes, ADR 007). Detaching is lazy:
+// a mount still in use leaves the tree at once and goes when its last user
+// does. A dir that does not exist has nothing mounted below it; symlinks in
+// dir are resolved, as mountinfo names mount points by their real paths.
 func UnmountBelow(dir string) error {
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	} else if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	list := func() ([]string, error) {
 		ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 		if err != nil {

@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/log"
 )
 
@@ -29,7 +28,7 @@ const (
 // nerdctl and Docker use: the binary gets the process's stdout on fd 3, its
 // stderr on fd 4, and signals readiness on fd 5. The command (args from the
 // URI's query, CONTAINER_ID and CONTAINER_NAMESPACE in its environment) is
-// built by containerd's own helper, as in runc's shim.
+// built as containerd's runc shim builds it (newBinaryCmd).
 type binaryLogger struct {
 	cmd            *exec.Cmd
 	stdout, stderr *os.File // write ends
@@ -62,7 +61,7 @@ func startBinaryLogger(ctx context.Context, id, namespace string, uri *url.URL) 
 	if err != nil {
 		return nil, err
 	}
-	cmd := process.NewBinaryCmd(uri, id, namespace)
+	cmd := newBinaryCmd(uri, id, namespace)
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start logging binary %s: %w", uri.Path, err)

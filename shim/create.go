@@ -18,6 +18,7 @@ import (
 
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -181,7 +182,7 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 	}
 	c.rootfs = rootfs
 	if err := mount.All(mount.FromProto(r.Rootfs), rootfs); err != nil {
-		if uerr := mount.UnmountRecursive(rootfs, 0); uerr != nil {
+		if uerr := mounts.UnmountBelow(rootfs); uerr != nil {
 			log.G(ctx).WithError(uerr).Warn("undo partial rootfs mount")
 		}
 		c.rootfs = ""
@@ -212,7 +213,7 @@ func (s *service) teardown(ctx context.Context, c *container) {
 		c.vm.destroy(ctx)
 	}
 	if c.rootfs != "" {
-		if err := mount.UnmountRecursive(c.rootfs, 0); err != nil {
+		if err := mounts.UnmountBelow(c.rootfs); err != nil {
 			log.G(ctx).WithError(err).Warnf("unmount rootfs %s", c.rootfs)
 		}
 	}

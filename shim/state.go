@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -98,7 +97,7 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 			st.Pid, st.ExitStatus, st.ExitedAt = int(rec.Exit.Pid), int(rec.Exit.Status), rec.Exit.At
 		}
 	}
-	if err := mount.UnmountRecursive(filepath.Join(bundle, "rootfs"), 0); err != nil {
+	if err := mounts.UnmountBelow(filepath.Join(bundle, "rootfs")); err != nil {
 		errs = append(errs, fmt.Errorf("unmount rootfs: %w", err))
 	}
 	if rec != nil {

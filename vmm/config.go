@@ -21,7 +21,7 @@ import (
 // A VMM refuses configs from newer creators instead of half-understanding them.
 const ConfigVersion = 1
 
-// Fixed fd numbers in the VMM process (the contract of DESIGN.md §2).
+// Fixed fd numbers in the VMM process (the VMM contract, docs/architecture.md).
 const (
 	ConfigFD      = 3 // launch config JSON, an unlinked temp file
 	ParentWatchFD = 4 // read end of a pipe; EOF means the creator died
@@ -40,6 +40,10 @@ type Share struct {
 	Tag      string `json:"tag"`
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// MultiDevs says the directory can span several host mounts (devices):
+	// the backend must keep files of different devices apart in the guest
+	// (inode numbers repeat across devices).
+	MultiDevs bool `json:"multiDevs,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest

@@ -259,6 +259,9 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 			return p, err
 		}
 	}
+	// Share.MultiDevs needs nothing here: libkrun's virtio-fs server keys
+	// its inodes by host device and inode, so files of different mounts
+	// below one share stay apart.
 	for _, s := range cfg.Shares {
 		what := fmt.Sprintf("share %s (%s)", s.Tag, s.Path)
 		var err error

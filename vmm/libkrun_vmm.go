@@ -4,20 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/containerd/log"
-
-	"github.com/msb-dev/msb/mounts"
 )
 
 // krunAtExitHook is called (through the C atexit handler) when libkrun
@@ -31,24 +27,19 @@ var krunAtExitHook atomic.Pointer[func() int]
 // process ends either in libkrun's exit() (through atExit) or in k.exit.
 type krunVM struct {
 	*vm
-	lib      *libkrun
-	plan     krunPlan
-	chanSock string
-	start    time.Time
+	lib  *libkrun
+	plan krunPlan
 
 	// code is the exit code the agent announced (WaitShutdown), or -1.
 	code atomic.Int64
 	// connected is set once the guest opened the agent channel.
 	connected atomic.Bool
-
-	mu      sync.Mutex // guards cleaned and vm.orphaned
-	cleaned bool
 }
 
 // runLibkrun configures libkrun, writes the startup line and enters the VM.
 // It returns only when libkrun refuses the configuration.
 func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock string, watch, startup *os.File) (int, error) {
-	k := &krunVM{vm: v, lib: lib, chanSock: chanSock}
+	k := &krunVM{vm: v, lib: lib}
 	k.code.Store(-1)
 	plan, err := lib.configure(v.cfg, chanSock, log.L.Warnf)
 	if err != nil {
@@ -68,8 +59,12 @@ func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock
 		return 1, fmt.Errorf("write startup line: %w", err)
 	}
 	startup.Close()
-	k.start = time.Now()
-	go k.supervise(relayLn, chanLn, watch, sigs)
+	go func() {
+		// supervise returns only when the VM ended early (k.stop ends
+		// the process itself).
+		code, err := v.supervise(k, relayLn, chanLn, watch, sigs, time.Now())
+		k.exit(code, "%v", err)
+	}()
 
 	// The VM runs on this thread until libkrun exits the process.
 	runtime.LockOSThread()
@@ -80,44 +75,6 @@ func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock
 		k.exit(1, "%v (guest console: %s)", err, v.cfg.ConsoleLog)
 	}
 	return 1, errors.New("libkrun krun_start_enter returned without running the VM: report this with vmm.log")
-}
-
-// supervise boots the agent, serves the relay and watches the creator.
-func (k *krunVM) supervise(relayLn, chanLn *net.UnixListener, watch *os.File, sigs <-chan os.Signal) {
-	watchEOF := make(chan struct{})
-	if !k.cfg.Detached && watch != nil {
-		go func() {
-			_, _ = io.Copy(io.Discard, watch)
-			close(watchEOF)
-		}()
-	}
-	booted := make(chan error, 1)
-	go func() { booted <- k.boot(chanLn) }()
-	timeout := k.cfg.BootTimeout.or(defaultBootTimeout)
-	select {
-	case err := <-booted:
-		if err != nil {
-			k.exit(1, "boot: %v (guest console: %s)", err, k.cfg.ConsoleLog)
-		}
-	case <-time.After(timeout):
-		k.exit(1, "agent not ready within %s (guest console: %s)", timeout, k.cfg.ConsoleLog)
-	case <-watchEOF:
-		k.setOrphaned()
-		k.exit(ExitKilled, "creator exited during boot")
-	case s := <-sigs:
-		k.exit(ExitKilled, "%v during boot", s)
-	}
-	log.L.Infof("agent ready %s after start", time.Since(k.start).Round(time.Millisecond))
-	go relay(relayLn, k.sess)
-	go k.waitShutdown()
-	select {
-	case <-watchEOF:
-		k.setOrphaned()
-		log.L.Info("creator exited: shutting the guest down")
-	case s := <-sigs:
-		log.L.Infof("%v: shutting the guest down", s)
-	}
-	k.stop()
 }
 
 // boot opens the agent channel. The boot env normally reached the agent
@@ -162,8 +119,8 @@ func (k *krunVM) waitShutdown() {
 }
 
 // stop asks the guest to power off, then ends the VM after ShutdownGrace if
-// libkrun has not exited by then.
-func (k *krunVM) stop() {
+// libkrun has not exited by then. It does not return.
+func (k *krunVM) stop() int {
 	grace := k.cfg.ShutdownGrace.or(defaultShutdownGrace)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
@@ -173,7 +130,18 @@ func (k *krunVM) stop() {
 	k.code.CompareAndSwap(-1, ExitKilled)
 	<-ctx.Done()
 	k.exit(ExitKilled, "guest did not power off within %s: ending the VM", grace)
+	return ExitKilled // not reached
 }
+
+// bootSlow: libkrun runs under KVM only, there is nothing to fall back to.
+func (k *krunVM) bootSlow() {}
+
+// exited is nil: libkrun ends the process when the guest stops (atExit).
+func (k *krunVM) exited() <-chan struct{} { return nil }
+
+func (k *krunVM) exitErr() error { return nil }
+
+func (k *krunVM) guestCode() int { return ExitGuestLost } // not reached: exited is nil
 
 // atExit runs inside libkrun's exit(): clean up and pick the exit code.
 // Before the agent connected, libkrun's code stands (its init reports 125
@@ -204,30 +172,6 @@ func (k *krunVM) exit(code int, format string, args ...any) {
 	os.Exit(code)
 }
 
-func (k *krunVM) setOrphaned() {
-	k.mu.Lock()
-	k.orphaned = true
-	k.mu.Unlock()
-}
-
 // cleanup removes the sockets and, when the creator died, cfg.Cleanup.
 // It runs once, from whichever exit path comes first.
-func (k *krunVM) cleanup() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.cleaned {
-		return
-	}
-	k.cleaned = true
-	_ = os.Remove(k.cfg.AgentSocket)
-	_ = os.Remove(k.chanSock)
-	if !k.orphaned {
-		return
-	}
-	for _, p := range k.cfg.Cleanup {
-		// Below a pod VM's state dir are its containers' binds.
-		if err := mounts.RemoveAllUnmounted(p); err != nil {
-			log.L.WithError(err).Warnf("cleanup %s", p)
-		}
-	}
-}
+func (k *krunVM) cleanup() { k.removeState() }

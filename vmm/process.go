@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -72,9 +73,12 @@ type vm struct {
 	sess     *yamux.Session
 	agent    *protocol.AgentClient
 	exitCode chan int32 // the code the guest was shut down with
+
+	mu sync.Mutex // guards orphaned and cleaned
 	// orphaned is set when the creator died: then the VMM removes
 	// cfg.Cleanup itself, since nobody else will.
 	orphaned bool
+	cleaned  bool
 }
 
 func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
@@ -125,59 +129,22 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 	}
 	startup.Close()
 
-	watchEOF := make(chan struct{})
-	if !cfg.Detached && watch != nil {
-		go func() {
-			_, _ = io.Copy(io.Discard, watch)
-			close(watchEOF)
-		}()
-	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	return v.supervise(v, relayLn, chanLn, watch, sigs, start)
+}
 
-	booted := make(chan error, 1)
-	go func() { booted <- v.boot(chanLn) }()
-	bootTimeout := time.After(cfg.BootTimeout.or(defaultBootTimeout))
-	kvmTimer := time.NewTimer(cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
-	defer kvmTimer.Stop()
-	for waiting := true; waiting; {
-		select {
-		case err := <-booted:
-			if err != nil {
-				return 1, fmt.Errorf("boot: %w (guest console: %s)", err, cfg.ConsoleLog)
-			}
-			waiting = false
-		case <-kvmTimer.C:
-			if v.hv.GiveUpKVM() {
-				log.L.Warnf("guest not up %s after start under KVM: retrying under TCG", cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
-			}
-		case <-v.hv.Done():
-			return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", v.hv.err, cfg.ConsoleLog)
-		case <-bootTimeout:
-			return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
-		case <-watchEOF:
-			v.orphaned = true
-			return ExitKilled, errors.New("creator exited during boot")
-		case s := <-sigs:
-			return ExitKilled, fmt.Errorf("%v during boot", s)
-		}
-	}
-	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
-	go relay(relayLn, v.sess)
-	go v.waitShutdown()
+// The qemu backend's side of the supervision loop (guestVM).
 
-	select {
-	case <-v.hv.Done():
-		return v.guestCode(), nil
-	case <-watchEOF:
-		v.orphaned = true
-		log.L.Info("creator exited: shutting the guest down")
-		return v.stop(), nil
-	case s := <-sigs:
-		log.L.Infof("%v: shutting the guest down", s)
-		return v.stop(), nil
+func (v *vm) bootSlow() {
+	if v.hv.GiveUpKVM() {
+		log.L.Warnf("guest not up %s after start under KVM: retrying under TCG", v.cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
 	}
 }
+
+func (v *vm) exited() <-chan struct{} { return v.hv.Done() }
+
+func (v *vm) exitErr() error { return v.hv.err }
 
 // boot accepts the guest channel, starts the mux, and sends the boot env.
 // A channel that closes before the agent answered belonged to a hypervisor
@@ -263,6 +230,24 @@ func (v *vm) cleanup() {
 	if v.sess != nil {
 		v.sess.Close()
 	}
+	v.removeState()
+}
+
+func (v *vm) setOrphaned() {
+	v.mu.Lock()
+	v.orphaned = true
+	v.mu.Unlock()
+}
+
+// removeState removes the sockets and, when the creator died, cfg.Cleanup.
+// It runs once, from whichever exit path comes first.
+func (v *vm) removeState() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cleaned {
+		return
+	}
+	v.cleaned = true
 	// The creator records the interfaces it wired to this VM's taps; the
 	// VMM, in that namespace, unwires them when it outlives its creator.
 	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {

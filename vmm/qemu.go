@@ -28,17 +28,6 @@ type qemu struct {
 	err  error
 }
 
-// KVMUsable reports whether /dev/kvm opens read-write, which is what a
-// hypervisor needs; existence alone is not enough (permissions, nesting).
-func KVMUsable() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
-}
-
 // qemuArgs builds the command line. Values from bundles (paths) are escaped
 // for QEMU's option grammar, where ',' separates options.
 func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
@@ -74,9 +63,8 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		if s.ReadOnly {
 			fs += ",readonly=on"
 		}
-		if s.Tag == protocol.PodShareTag {
-			// A pod share spans the mounts of several containers: distinct
-			// qids for files of different host devices (ADR 007).
+		if s.MultiDevs {
+			// Distinct 9p qids for files of different host devices.
 			fs += ",multidevs=remap"
 		}
 		args = append(args, "-fsdev", fs,
@@ -129,7 +117,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
-	autoKVM := c.Accel == "" && KVMUsable()
+	autoKVM := c.Accel == "" && kvmCheck() == nil
 	kvm := c.Accel == "kvm" || autoKVM
 	tsc := hostTSCKHz()
 	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps}

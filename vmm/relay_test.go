@@ -95,7 +95,7 @@ func TestQEMUArgs(t *testing.T) {
 	c := &LaunchConfig{
 		Version: ConfigVersion, Name: "n", MemoryMiB: 300, VCPUs: 2, Kernel: "/k/vmlinux", Initrd: "/k/initrd",
 		ConsoleLog: "/s/console.log",
-		Shares:     []Share{{Tag: "root-1", Path: "/b/a,b", ReadOnly: true}},
+		Shares:     []Share{{Tag: "root-1", Path: "/b/a,b", ReadOnly: true}, {Tag: "p", Path: "/p", MultiDevs: true}},
 		Disks:      []Disk{{Tag: "d1", Path: "/i.qcow2", Format: "qcow2"}},
 	}
 	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
@@ -107,6 +107,9 @@ func TestQEMUArgs(t *testing.T) {
 		if !strings.Contains(tcg, want) {
 			t.Errorf("missing %q in %s", want, tcg)
 		}
+	}
+	if n := strings.Count(tcg, "multidevs=remap"); n != 1 || !strings.Contains(tcg, "path=/p,security_model=none,multidevs=remap") {
+		t.Errorf("want multidevs=remap on the MultiDevs share only: %s", tcg)
 	}
 	kvm := strings.Join(qemuArgs(c, "/s/ch.sock", true, 2500000), " ")
 	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 )
 
 // TestRunc proves the harness with containerd's own runc shim: import the
@@ -162,10 +163,25 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/t\04`: `/t\04`} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
+// mountsUnder reads mount points unescaped (mountinfo writes a space as
+// \040, a backslash as \134).
+func TestMountsUnderUnescapes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	dir := t.TempDir()
+	mp := filepath.Join(dir, `a b\c`)
+	if err := os.Mkdir(mp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", mp, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mp, unix.MNT_DETACH)
+	if got := mountsUnder(dir); len(got) != 1 || got[0] != mp {
+		t.Fatalf("mountsUnder(%s) = %q, want [%q]", dir, got, mp)
+	}
+	if got := mountsUnder(filepath.Join(dir, "a")); len(got) != 0 {
+		t.Fatalf("a prefix that is not a parent matched: %q", got)
 	}
 }

@@ -1,0 +1,130 @@
+package shim
+
+import (
+	"context"
+	"os"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/msb-dev/msb/version"
+)
+
+// The task API calls outside a container's lifecycle (create, start,
+// exec, kill, wait and delete are in service.go): queries and adjustments,
+// mostly forwarded to the guest as they are.
+
+// Pids lists the container's processes inside the guest (guest pids).
+func (s *service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.vm.task.Pids(ctx, &task.PidsRequest{ID: r.ID})
+	if err != nil {
+		if agentGone(c.vm, err) {
+			return &task.PidsResponse{}, nil
+		}
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return resp, nil
+}
+
+// Pause freezes the container's processes in the guest.
+func (s *service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Pause(ctx, &task.PauseRequest{ID: r.ID}); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	s.send(&eventstypes.TaskPaused{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Resume thaws the container.
+func (s *service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Resume(ctx, &task.ResumeRequest{ID: r.ID}); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	s.send(&eventstypes.TaskResumed{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Checkpoint is not supported.
+func (s *service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented,
+		"checkpoint of %q: msb runs containers in microVMs and cannot checkpoint them (no CRIU in the guest, and VM snapshots are not implemented)", r.ID)
+}
+
+// ResizePty forwards a terminal resize to the guest.
+func (s *service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
+	c, _, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.ResizePty(ctx, r); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin once what the client wrote is passed on.
+func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.io.closeStdin()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Update changes the container's resources inside the guest.
+func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.vm.task.Update(ctx, r); err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Stats returns the container's cgroup metrics from inside the guest, in
+// the type for the host's cgroup mode (stats.go).
+func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.vm.task.Stats(ctx, r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fromAgent(err))
+	}
+	if resp.Stats, err = hostStats(resp.Stats, hostUnified()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return resp, nil
+}
+
+// Connect returns the shim's pid and the container's (its VMM's).
+func (s *service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
+	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: version.Version}
+	if c, err := s.get(r.ID); err == nil {
+		resp.TaskPid = c.hostPid()
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once it serves no container.

@@ -1,0 +1,94 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/containerd/log"
+)
+
+// guestVM is one backend's side of the supervision loop: how its agent
+// comes up, how its hypervisor ends, and how its guest is stopped. The qemu
+// backend is *vm itself (process.go), libkrun is *krunVM (libkrun_vmm.go).
+type guestVM interface {
+	// boot accepts the guest channel on chanLn, opens the agent and
+	// brings it up with the boot env.
+	boot(chanLn *net.UnixListener) error
+	// bootSlow is called once when the agent is not up KVMBootTimeout
+	// after start (a backend may retry under TCG).
+	bootSlow()
+	// exited is closed when the hypervisor stopped by itself; nil when the
+	// backend ends the process itself when the guest stops (libkrun).
+	exited() <-chan struct{}
+	// exitErr is why the hypervisor stopped, once exited is closed.
+	exitErr() error
+	// guestCode is the VMM's exit code once exited is closed after boot.
+	guestCode() int
+	// waitShutdown runs once the agent is up, to learn the code the guest
+	// is being shut down with.
+	waitShutdown()
+	// stop asks the guest to power off, gives it ShutdownGrace, and
+	// returns the VMM's exit code (or ends the process itself).
+	stop() int
+}
+
+// supervise is the VMM's one supervision loop for every backend: it boots
+// the agent (bounded by BootTimeout), then serves the relay, and ends when
+// the hypervisor stops, the creator dies (EOF on watch, unless detached) or
+// a signal arrives on sigs. It returns the VMM's exit code; the error says
+// why the VM ended early. start is when the hypervisor was started.
+func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.File, sigs <-chan os.Signal, start time.Time) (int, error) {
+	cfg := v.cfg
+	watchEOF := make(chan struct{})
+	if !cfg.Detached && watch != nil {
+		go func() {
+			_, _ = io.Copy(io.Discard, watch)
+			close(watchEOF)
+		}()
+	}
+
+	booted := make(chan error, 1)
+	go func() { booted <- g.boot(chanLn) }()
+	bootTimeout := time.After(cfg.BootTimeout.or(defaultBootTimeout))
+	kvmTimer := time.NewTimer(cfg.KVMBootTimeout.or(defaultKVMBootTimeout))
+	defer kvmTimer.Stop()
+	for waiting := true; waiting; {
+		select {
+		case err := <-booted:
+			if err != nil {
+				return 1, fmt.Errorf("boot: %w (guest console: %s)", err, cfg.ConsoleLog)
+			}
+			waiting = false
+		case <-kvmTimer.C:
+			g.bootSlow()
+		case <-g.exited():
+			return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", g.exitErr(), cfg.ConsoleLog)
+		case <-bootTimeout:
+			return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
+		case <-watchEOF:
+			v.setOrphaned()
+			return ExitKilled, errors.New("creator exited during boot")
+		case s := <-sigs:
+			return ExitKilled, fmt.Errorf("%v during boot", s)
+		}
+	}
+	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
+	go relay(relayLn, v.sess)
+	go g.waitShutdown()
+
+	select {
+	case <-g.exited():
+		return g.guestCode(), nil
+	case <-watchEOF:
+		v.setOrphaned()
+		log.L.Info("creator exited: shutting the guest down")
+		return g.stop(), nil
+	case s := <-sigs:
+		log.L.Infof("%v: shutting the guest down", s)
+		return g.stop(), nil
+	}
+}
