@@ -90,6 +90,9 @@ func Plan(nsPath string, spares int) ([]NIC, error) {
 			return nil, err
 		}
 		defer ns.Close()
+		if err := notHost(ns, nsPath); err != nil {
+			return nil, err
+		}
 		h, err := handle(ns)
 		if err != nil {
 			return nil, err
@@ -120,6 +123,22 @@ func Plan(nsPath string, spares int) ([]NIC, error) {
 		nics = append(nics, NIC{Tap: tapName(i), MAC: mac, Spare: true})
 	}
 	return nics, nil
+}
+
+// notHost refuses the host's network namespace (init's, or the caller's):
+// joining it would hand the host's interfaces to the guest.
+func notHost(ns *os.File, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+		return fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	for _, host := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
+		var hs unix.Stat_t
+		if err := unix.Stat(host, &hs); err == nil && hs.Dev == st.Dev && hs.Ino == st.Ino {
+			return fmt.Errorf("network namespace %s is the host's: a VM cannot share the host's network; drop the path (or use the container's own network)", path)
+		}
+	}
+	return nil
 }
 
 func tapName(i int) string { return fmt.Sprintf("%s%d", TapPrefix, i) }

@@ -127,14 +127,21 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 }
 
 // inNetNS runs start (which forks) on a thread switched into the network
-// namespace at path, so the child is born there. The thread is never given
-// back: it ends with its goroutine, its namespace with it.
+// namespace at path, so the child is born there, and switches the thread
+// back. A thread that cannot be switched back is never given back: it
+// ends with its goroutine. (It may be the main thread, whose namespace is
+// what /proc/<pid>/ns/net shows for the whole process.)
 func inNetNS(path string, start func() error) error {
 	ns, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("network namespace %s: %w", path, err)
 	}
 	defer ns.Close()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -142,7 +149,11 @@ func inNetNS(path string, start func() error) error {
 			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
 			return
 		}
-		errc <- start()
+		err := start()
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
