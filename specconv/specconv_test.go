@@ -218,7 +218,7 @@ func TestMountsRewritten(t *testing.T) {
 	wantShares := []mounts.Share{
 		{Tag: rt, HostPath: rootfs},
 		{Tag: dt, HostPath: "/srv/data", ReadOnly: true},
-		{Tag: ft, HostPath: stage + "/" + ft},
+		{Tag: ft, HostPath: stage + "/" + ft, MultiDevs: true},
 	}
 	wantFiles := []mounts.FileStage{{Source: "/var/lib/c/hosts", Dir: stage + "/" + ft, Name: "hosts"}}
 	wantDisks := []mounts.Disk{{Tag: d1, Path: "/img/v.qcow2", Format: "qcow2", ReadOnly: true}, {Tag: d2, Path: "/img/w.img", Format: "raw"}}
