@@ -42,10 +42,15 @@ type Disk struct {
 }
 
 // StageFile places f.Source at f.Dir/f.Name, creating f.Dir (0700) if needed.
-// It hard-links, so the guest reads and writes the very inode the user
-// bound. Across filesystems (EXDEV) a read-only file is copied instead; a
-// read-write one is refused, because a copy would silently drop the
-// container's writes. On error nothing it created is left behind.
+// A read-write file is bind-mounted onto an empty file there, so the guest
+// reads and writes the very file the user bound, wherever it lives (Docker
+// and Kubernetes bind /etc/hosts, resolv.conf and the like from their data
+// roots under /var; state dirs are on /run). It is the mechanism pod
+// members use for their sources (ADR 007): 9p follows the bind. A
+// read-only file is hard-linked, or copied across filesystems (EXDEV):
+// the guest cannot write it either way. On error nothing it created is
+// left behind; a bind left by a killed process is found below its state
+// dir by UnmountBelow.
 func StageFile(f FileStage) error {
 	_, err := stageFile(f)
 	return err
@@ -53,12 +58,19 @@ func StageFile(f FileStage) error {
 
 // staged records what stageFile created, so it can be undone.
 type staged struct {
-	file string
-	dirs []string // created directories, parents first
+	file    string
+	mounted bool     // file is a bind mount of the source
+	dirs    []string // created directories, parents first
 }
 
 func (s staged) undo() error {
 	var errs []error
+	if s.mounted {
+		if err := unix.Unmount(s.file, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			// Never remove a file something is still mounted on.
+			return fmt.Errorf("unmount staged file %s: %w", s.file, err)
+		}
+	}
 	if s.file != "" {
 		if err := os.Remove(s.file); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
@@ -86,11 +98,14 @@ func stageFile(f FileStage) (staged, error) {
 		return st, errors.Join(fmt.Errorf("staging %s: %w", f.Source, err), st.undo())
 	}
 	dst := filepath.Join(f.Dir, f.Name)
+	if !f.ReadOnly {
+		if err := bindFile(f.Source, dst, &st); err != nil {
+			return st, errors.Join(fmt.Errorf("staging %s: %w", f.Source, err), st.undo())
+		}
+		return st, nil
+	}
 	err = os.Link(f.Source, dst)
 	if errors.Is(err, syscall.EXDEV) {
-		if !f.ReadOnly {
-			return st, errors.Join(fmt.Errorf("staging %s: a read-write single-file bind must be on the same filesystem as the state dir %s (hard link failed: %w); make the mount read-only (it is then copied), move the file, or bind its directory instead", f.Source, f.Dir, err), st.undo())
-		}
 		st.file = dst
 		if err := copyFile(f.Source, dst); err != nil {
 			return st, errors.Join(fmt.Errorf("staging %s: copying to %s: %w", f.Source, dst, err), st.undo())
@@ -102,6 +117,29 @@ func stageFile(f FileStage) (staged, error) {
 	}
 	st.file = dst
 	return st, nil
+}
+
+// bindFile bind-mounts the regular file src onto a new empty file dst,
+// recording in st what to undo.
+func bindFile(src, dst string, st *staged) error {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", src)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	st.file = dst
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount onto %s: %w (a read-write single-file bind is staged by a bind mount, which needs CAP_SYS_ADMIN; or bind the file's directory instead)", dst, err)
+	}
+	st.mounted = true
+	return nil
 }
 
 // mkdirAll is os.MkdirAll that reports which directories it created, so a

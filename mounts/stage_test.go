@@ -50,7 +50,7 @@ func TestStageFileHardLink(t *testing.T) {
 	tmp := t.TempDir()
 	src := writeFile(t, filepath.Join(tmp, "hosts"), "x")
 	dir := filepath.Join(tmp, "stage", "tag1")
-	if err := StageFile(FileStage{Source: src, Dir: dir, Name: "hosts"}); err != nil {
+	if err := StageFile(FileStage{Source: src, Dir: dir, Name: "hosts", ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	d1, i1 := inode(t, src)
@@ -63,7 +63,7 @@ func TestStageFileHardLink(t *testing.T) {
 		t.Fatalf("stage dir mode: %v %v", fi.Mode(), err)
 	}
 	// Staging again into the same place is refused, not overwritten.
-	err = StageFile(FileStage{Source: src, Dir: dir, Name: "hosts"})
+	err = StageFile(FileStage{Source: src, Dir: dir, Name: "hosts", ReadOnly: true})
 	if err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("second stage: %v", err)
 	}
@@ -103,14 +103,66 @@ func TestStageFileCrossDevice(t *testing.T) {
 		t.Fatalf("copy mode %v", fi.Mode())
 	}
 
-	// Read-write: refused, and the directory it made is gone again.
+	// Read-write: bind-mounted, the very file on the other filesystem.
+	requireRoot(t)
 	rw := filepath.Join(local, "rw", "tag")
-	err = StageFile(FileStage{Source: src, Dir: rw, Name: "cfg"})
-	if err == nil || !strings.Contains(err.Error(), "same filesystem as the state dir") {
+	st, err := stageFile(FileStage{Source: src, Dir: rw, Name: "cfg"})
+	if err != nil {
 		t.Fatalf("rw cross-device: %v", err)
+	}
+	staged := filepath.Join(rw, "cfg")
+	sd, si := inode(t, src)
+	if d, i := inode(t, staged); d != sd || i != si {
+		t.Fatal("staged rw file is not the source (bind mount)")
+	}
+	writeFile(t, staged, "from guest")
+	if b, _ := os.ReadFile(src); string(b) != "from guest" {
+		t.Fatalf("source after a write to the staged file: %q", b)
+	}
+	writeFile(t, src, "from host")
+	if b, _ := os.ReadFile(staged); string(b) != "from host" {
+		t.Fatalf("staged file after a write to the source: %q", b)
+	}
+	// Staging again into the same place is refused, not mounted over.
+	if err := StageFile(FileStage{Source: src, Dir: rw, Name: "cfg"}); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("second rw stage: %v", err)
+	}
+	if err := st.undo(); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(local, "rw")); !os.IsNotExist(err) {
 		t.Fatalf("left %s behind: %v", filepath.Join(local, "rw"), err)
+	}
+	if b, _ := os.ReadFile(src); string(b) != "from host" {
+		t.Fatalf("undo touched the source: %q", b)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("staging a read-write file bind-mounts it: needs root")
+	}
+}
+
+// A rw file left mounted (its stager was SIGKILLed) is what UnmountBelow
+// finds; RemoveAllUnmounted then removes the state dir, never the source.
+func TestStagedBindUnmountBelow(t *testing.T) {
+	requireRoot(t)
+	tmp := t.TempDir()
+	src := writeFile(t, filepath.Join(tmp, "hosts"), "keep")
+	state := filepath.Join(tmp, "state")
+	if err := StageFile(FileStage{Source: src, Dir: filepath.Join(state, "files", "t"), Name: "hosts"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveAllUnmounted(state); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Fatalf("state dir: %v", err)
+	}
+	if b, err := os.ReadFile(src); err != nil || string(b) != "keep" {
+		t.Fatalf("source %q, %v", b, err)
 	}
 }
 

@@ -124,6 +124,7 @@ type proc struct {
 	exitStatus uint32
 	exitedAt   time.Time
 	killed     bool // SIGKILL was asked for
+	starting   bool // init: Start was called (it opens the gate)
 
 	// gate is closed once the process's start event is out (or it will
 	// never start), so its exit can never be published before it.
@@ -201,6 +202,7 @@ func (s *service) watch(p *proc) {
 		}
 		p.io.finish(deadVMOutputWait)
 	}
+	p.neverStarted()
 	<-p.gate
 	if p.execID == "" {
 		if !c.waitExecs(execDrainWait) {
@@ -225,6 +227,19 @@ func (s *service) watch(p *proc) {
 	close(p.published)
 	if p.execID != "" {
 		c.execDone()
+	}
+}
+
+// neverStarted opens the gate of an init that exited (killed, or its VM
+// died) while created, with no Start under way: it never starts, so no
+// TaskStart can come, and its exit is published at once, as runc's shim
+// does (dockerd kills a task it failed to start and waits for its exit).
+func (p *proc) neverStarted() {
+	p.mu.Lock()
+	never := p.execID == "" && p.state == stateCreated && !p.starting
+	p.mu.Unlock()
+	if never {
+		p.openGate()
 	}
 }
 

@@ -178,6 +178,9 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		return nil, err
 	}
 	if r.ExecID == "" {
+		p.mu.Lock()
+		p.starting = true // watch now leaves the gate to us
+		p.mu.Unlock()
 		defer p.openGate()
 		if c.pod == nil {
 			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
@@ -203,6 +206,11 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 	}
 	c.running++
 	c.mu.Unlock()
+	if err := p.io.attach(ctx, r.ID, c.namespace); err != nil {
+		p.failStart()
+		c.execDone()
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q stdio: %w", r.ExecID, err))
+	}
 	resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID, ExecID: r.ExecID})
 	if err != nil {
 		p.failStart()
@@ -314,7 +322,8 @@ func (s *service) exec(ctx context.Context, c *container, r *task.ExecProcessReq
 		return nil, fmt.Errorf("exec %q in %q: container is not running: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
 	}
 	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
-	pio, err := openIO(ctx, c.vm.launch.AgentSocket, r.ID, c.namespace, host)
+	// The host side (fifos) is opened at Start, as runc's shim does.
+	pio, err := dialIO(ctx, c.vm.launch.AgentSocket, host)
 	if err != nil {
 		return nil, fmt.Errorf("exec %q stdio: %w", r.ExecID, err)
 	}

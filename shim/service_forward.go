@@ -2,12 +2,15 @@ package shim
 
 import (
 	"context"
+	"fmt"
 	"os"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	task "github.com/containerd/containerd/api/runtime/task/v3"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/msb-dev/msb/version"
@@ -17,7 +20,11 @@ import (
 // exec, kill, wait and delete are in service.go): queries and adjustments,
 // mostly forwarded to the guest as they are.
 
-// Pids lists the container's processes inside the guest (guest pids).
+// Pids lists the container's processes (ADR 008): one entry per guest
+// process, each with the task's host pid (the VMM's), because docker top
+// and nerdctl top filter the host's ps by these pids and a guest pid
+// would name an unrelated host process. The guest pid, with the exec id
+// the agent gives, is in Info as a containerd.v1.types.ProcessInfo.
 func (s *service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
 	c, err := s.get(r.ID)
 	if err != nil {
@@ -30,7 +37,21 @@ func (s *service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResp
 		}
 		return nil, errgrpc.ToGRPC(fromAgent(err))
 	}
-	return resp, nil
+	return hostPids(resp, c.hostPid())
+}
+
+// hostPids rewrites the agent's process list for the host: every pid
+// becomes hostPid, the guest's entry moves into Info.
+func hostPids(guest *task.PidsResponse, hostPid uint32) (*task.PidsResponse, error) {
+	out := &task.PidsResponse{}
+	for _, p := range guest.Processes {
+		info, err := typeurl.MarshalAnyToProto(p)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("guest pid %d: %w", p.Pid, err))
+		}
+		out.Processes = append(out.Processes, &tasktypes.ProcessInfo{Pid: hostPid, Info: info})
+	}
+	return out, nil
 }
 
 // Pause freezes the container's processes in the guest.

@@ -73,7 +73,44 @@ func satAdd(a, b uint64) uint64 {
 // memory usage/limit and the memory.stat counters, CPU usage (µs → ns)
 // and throttling, pids, block I/O per device, hugetlb, OOM kills. v2
 // metrics are hierarchical, so v1's total_* fields get the same values.
+// Every message containerd's clients dereference is set, empty when the
+// guest reports nothing for it (runc's shim always fills them; nerdctl
+// stats and dockerd read Blkio, CPU.Usage, Memory.Usage... unchecked).
 func v1FromV2(m *v2.Metrics) *v1.Metrics {
+	out := v1FromV2Fields(m)
+	if out.Pids == nil {
+		out.Pids = &v1.PidsStat{}
+	}
+	if out.CPU == nil {
+		out.CPU = &v1.CPUStat{}
+	}
+	if out.CPU.Usage == nil {
+		out.CPU.Usage = &v1.CPUUsage{}
+	}
+	if out.CPU.Throttling == nil {
+		out.CPU.Throttling = &v1.Throttle{}
+	}
+	if out.Memory == nil {
+		out.Memory = &v1.MemoryStat{}
+	}
+	for _, e := range []**v1.MemoryEntry{&out.Memory.Usage, &out.Memory.Swap, &out.Memory.Kernel, &out.Memory.KernelTCP} {
+		if *e == nil {
+			*e = &v1.MemoryEntry{}
+		}
+	}
+	if out.MemoryOomControl == nil {
+		out.MemoryOomControl = &v1.MemoryOomControl{}
+	}
+	if out.Blkio == nil {
+		out.Blkio = &v1.BlkIOStat{}
+	}
+	if out.Rdma == nil {
+		out.Rdma = &v1.RdmaStat{}
+	}
+	return out
+}
+
+func v1FromV2Fields(m *v2.Metrics) *v1.Metrics {
 	out := &v1.Metrics{}
 	if p := m.Pids; p != nil {
 		out.Pids = &v1.PidsStat{Current: p.Current, Limit: v1Limit(p.Limit)}

@@ -68,3 +68,28 @@ func TestHostStats(t *testing.T) {
 		t.Errorf("v1 metrics not passed through: %v %v", o, err)
 	}
 }
+
+// An idle guest reports no IO (and may leave out more): the v1 metrics
+// still carry every message clients dereference; nerdctl stats panicked
+// on a nil Blkio.
+func TestHostStatsEmpty(t *testing.T) {
+	for name, m := range map[string]*v2.Metrics{
+		"no io":   {Pids: &v2.PidsStat{Current: 1}, CPU: &v2.CPUStat{UsageUsec: 1}, Memory: &v2.MemoryStat{Usage: 1}},
+		"nothing": {},
+	} {
+		out, err := hostStats(v2Any(t, m), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec, err := typeurl.UnmarshalAny(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := dec.(*v1.Metrics)
+		if got.Blkio == nil || got.Pids == nil || got.CPU == nil || got.CPU.Usage == nil || got.CPU.Throttling == nil ||
+			got.Memory == nil || got.Memory.Usage == nil || got.Memory.Swap == nil || got.Memory.Kernel == nil ||
+			got.Memory.KernelTCP == nil || got.MemoryOomControl == nil || got.Rdma == nil {
+			t.Errorf("%s: nil field in %v", name, got)
+		}
+	}
+}

@@ -35,10 +35,20 @@ type stdioURIs struct {
 // nothing is dropped). The agent closes a process's output streams after
 // its last byte and before it reports the exit, so once the copies below
 // finish every byte has been written to the host side.
+//
+// It is set up in two steps, as containerd's runc shim opens an exec's
+// stdio only at Start: dialIO opens the relay streams (the agent claims
+// them in Create/Exec), attach opens the host side and starts copying.
+// A client may rely on the stdin fifo having no reader before Start:
+// nerdctl `exec -i` installs its CloseIO callback only after Exec returns.
 type procIO struct {
-	guest   stdioURIs // the stream URIs the agent gets
-	conns   []*net.UnixConn
-	outDone sync.WaitGroup
+	host  stdioURIs // what the host side opens (a terminal's stderr dropped)
+	guest stdioURIs // the stream URIs the agent gets
+	conns []*net.UnixConn
+	// the streams' shim ends; nil for a stream the process does not have
+	stdoutC, stderrC, stdinC *net.UnixConn
+	attached                 bool
+	outDone                  sync.WaitGroup
 	// stdinKeep is the shim's own write end of the stdin fifo: while it is
 	// open the copy does not see EOF when the client reopens the fifo;
 	// CloseIO closes it, and the copy ends once the client's data is in.
@@ -46,6 +56,8 @@ type procIO struct {
 	stdinR    io.Closer
 	sinks     []io.Closer // host outputs, closed once the copies end
 	logger    *binaryLogger
+	mu        sync.Mutex // guards attached, stdinKeep, stdinR, sinks, logger against closeHost
+	closed    bool
 	closeOnce sync.Once
 }
 
@@ -55,87 +67,157 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-// openIO opens the host side of u and one relay stream for each stdio
-// stream the process has. ctx bounds opening the fifos.
-func openIO(ctx context.Context, sock, id, namespace string, u stdioURIs) (_ *procIO, retErr error) {
-	p := &procIO{guest: stdioURIs{Terminal: u.Terminal}}
+// openIO is dialIO and attach at once (init: its stdio is opened at
+// Create, as runc's shim does). ctx bounds opening the fifos.
+func openIO(ctx context.Context, sock, id, namespace string, u stdioURIs) (*procIO, error) {
+	p, err := dialIO(ctx, sock, u)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.attach(ctx, id, namespace); err != nil {
+		p.abort()
+		return nil, err
+	}
+	return p, nil
+}
+
+// outputURI parses the URI of a process's output (stdout's, else
+// stderr's); nil when it has none.
+func outputURI(u stdioURIs) (*url.URL, error) {
+	ref := u.Stdout
+	if ref == "" {
+		ref = u.Stderr
+	}
+	if ref == "" {
+		return nil, nil
+	}
+	uri, err := url.Parse(ref)
+	if err != nil {
+		return nil, fmt.Errorf("stdout %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	switch uri.Scheme {
+	case "", "fifo", "file", "binary", "binary-v2":
+		return uri, nil
+	}
+	return nil, fmt.Errorf("stdio URI scheme %q: use a fifo path, file:// or binary://: %w", uri.Scheme, errdefs.ErrInvalidArgument)
+}
+
+// outputs reports which output streams a process with stdio u has. A
+// terminal has one: the pty. containerd makes no stderr fifo for it, yet
+// clients (nerdctl exec -it) still name one; runc's shim ignores it, and
+// so does msb.
+func outputs(u stdioURIs) (stdout, stderr bool, err error) {
+	uri, err := outputURI(u)
+	switch {
+	case err != nil || uri == nil:
+		return false, false, err
+	case uri.Scheme == "" || uri.Scheme == "fifo":
+		return u.Stdout != "", u.Stderr != "" && !u.Terminal, nil
+	}
+	return true, !u.Terminal, nil // one file or logger takes both
+}
+
+// dialIO opens one relay stream for each stdio stream the process has; the
+// host side stays closed until attach.
+func dialIO(ctx context.Context, sock string, u stdioURIs) (_ *procIO, retErr error) {
+	if u.Terminal {
+		u.Stderr = ""
+	}
+	hasOut, hasErr, err := outputs(u)
+	if err != nil {
+		return nil, err
+	}
+	p := &procIO{host: u, guest: stdioURIs{Terminal: u.Terminal}}
 	defer func() {
 		if retErr != nil {
 			p.abort()
 		}
 	}()
-	stdout, stderr, err := p.openSinks(ctx, id, namespace, u)
-	if err != nil {
-		return nil, err
-	}
-	dial := func() (*net.UnixConn, string, error) {
+	dial := func(want bool, uri *string) (*net.UnixConn, error) {
+		if !want {
+			return nil, nil
+		}
 		tok := newToken()
 		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, tok)
 		if err != nil {
-			return nil, "", err
-		}
-		p.conns = append(p.conns, c)
-		return c, protocol.StreamURI(tok), nil
-	}
-	for _, o := range []struct {
-		w   io.Writer
-		uri *string
-	}{{stdout, &p.guest.Stdout}, {stderr, &p.guest.Stderr}} {
-		if o.w == nil {
-			continue
-		}
-		c, uri, err := dial()
-		if err != nil {
 			return nil, err
 		}
-		_ = c.CloseWrite() // the shim never writes to an output stream
-		*o.uri = uri
+		p.conns = append(p.conns, c)
+		*uri = protocol.StreamURI(tok)
+		return c, nil
+	}
+	if p.stdoutC, err = dial(hasOut, &p.guest.Stdout); err != nil {
+		return nil, err
+	}
+	if p.stderrC, err = dial(hasErr, &p.guest.Stderr); err != nil {
+		return nil, err
+	}
+	if p.stdinC, err = dial(u.Stdin != "", &p.guest.Stdin); err != nil {
+		return nil, err
+	}
+	for _, c := range []*net.UnixConn{p.stdoutC, p.stderrC} {
+		if c != nil {
+			_ = c.CloseWrite() // the shim never writes to an output stream
+		}
+	}
+	return p, nil
+}
+
+// attach opens the host side of the process's stdio and starts copying;
+// a second call does nothing. On error the caller aborts p.
+func (p *procIO) attach(ctx context.Context, id, namespace string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.attached || p.closed {
+		return nil
+	}
+	p.attached = true
+	stdout, stderr, err := p.openSinks(ctx, id, namespace, p.host)
+	if err != nil {
+		return err
+	}
+	for _, o := range []struct {
+		w io.Writer
+		c *net.UnixConn
+	}{{stdout, p.stdoutC}, {stderr, p.stderrC}} {
+		if o.w == nil || o.c == nil {
+			continue
+		}
 		p.outDone.Add(1)
-		go func(w io.Writer) {
+		go func(w io.Writer, c *net.UnixConn) {
 			defer p.outDone.Done()
 			buf := make([]byte, 32<<10)
 			if _, err := io.CopyBuffer(w, c, buf); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.G(ctx).WithError(err).Warnf("%s: copying output", id)
 			}
-		}(o.w)
+		}(o.w, o.c)
 	}
-	if u.Stdin != "" {
-		r, err := fifo.OpenFifo(context.WithoutCancel(ctx), u.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if p.stdinC != nil {
+		stdin := p.host.Stdin
+		r, err := fifo.OpenFifo(context.WithoutCancel(ctx), stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return nil, fmt.Errorf("open stdin fifo %s: %w", u.Stdin, err)
+			return fmt.Errorf("open stdin fifo %s: %w", stdin, err)
 		}
 		p.stdinR = r
-		w, err := fifo.OpenFifo(context.WithoutCancel(ctx), u.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		w, err := fifo.OpenFifo(context.WithoutCancel(ctx), stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return nil, fmt.Errorf("open stdin fifo %s: %w", u.Stdin, err)
+			return fmt.Errorf("open stdin fifo %s: %w", stdin, err)
 		}
 		p.stdinKeep = w
-		c, uri, err := dial()
-		if err != nil {
-			return nil, err
-		}
-		p.guest.Stdin = uri
-		go func() {
+		go func(c *net.UnixConn) {
 			buf := make([]byte, 32<<10)
 			_, _ = io.CopyBuffer(c, r, buf)
 			_ = c.CloseWrite() // EOF for the process
-		}()
+		}(p.stdinC)
 	}
-	return p, nil
+	return nil
 }
 
 // openSinks opens the host side of stdout and stderr; nil means none.
 func (p *procIO) openSinks(ctx context.Context, id, namespace string, u stdioURIs) (stdout, stderr io.Writer, err error) {
-	if u.Stdout == "" && u.Stderr == "" {
-		return nil, nil, nil
-	}
-	ref := u.Stdout
-	if ref == "" {
-		ref = u.Stderr
-	}
-	uri, err := url.Parse(ref)
-	if err != nil {
-		return nil, nil, fmt.Errorf("stdout %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+	uri, err := outputURI(u)
+	if err != nil || uri == nil {
+		return nil, nil, err
 	}
 	switch uri.Scheme {
 	case "", "fifo":
@@ -170,9 +252,8 @@ func (p *procIO) openSinks(ctx context.Context, id, namespace string, u stdioURI
 		}
 		p.logger = l
 		return l.stdout, l.stderr, nil
-	default:
-		return nil, nil, fmt.Errorf("stdio URI scheme %q: use a fifo path, file:// or binary://: %w", uri.Scheme, errdefs.ErrInvalidArgument)
 	}
+	return nil, nil, nil // outputURI admits no other scheme
 }
 
 // openPath opens a fifo (as runc's shim does: both ends, so the write side
@@ -207,6 +288,8 @@ func (p *procIO) openPath(ctx context.Context, path string) (io.Writer, error) {
 // closeStdin is CloseIO: the process sees EOF once what the client wrote
 // has been passed on.
 func (p *procIO) closeStdin() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.stdinKeep != nil {
 		p.stdinKeep.Close()
 	}
@@ -241,6 +324,9 @@ func (p *procIO) finish(wait time.Duration) {
 // closeHost closes the streams and the host files and fifos.
 func (p *procIO) closeHost() {
 	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.closed = true
 		for _, c := range p.conns {
 			c.Close()
 		}

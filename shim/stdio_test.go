@@ -3,6 +3,7 @@ package shim
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -223,5 +224,79 @@ func TestBadStdioURI(t *testing.T) {
 	}
 	if _, err := openIO(testCtx(), relay.sock, "c1", "test", stdioURIs{Stdout: "binary:///nonexistent/logger"}); err == nil {
 		t.Fatal("a missing logger must fail")
+	}
+}
+
+// TestTerminalIgnoresStderr: with a terminal, containerd makes no stderr
+// fifo but nerdctl `exec -it` still names one; like runc's shim, the stderr
+// path is not opened and the guest gets no stderr stream.
+func TestTerminalIgnoresStderr(t *testing.T) {
+	relay := newFakeRelay(t)
+	dir := t.TempDir()
+	out := mkfifo(t, dir, "out")
+	ctx := testCtx()
+	outR, err := fifo.OpenFifo(ctx, out, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "never-created-stderr")
+	p, err := openIO(ctx, relay.sock, "c1", "test", stdioURIs{Stdout: out, Stderr: missing, Terminal: true})
+	if err != nil {
+		t.Fatalf("terminal with a stderr path that does not exist: %v", err)
+	}
+	if p.guest.Stderr != "" || p.guest.Stdout == "" || !p.guest.Terminal {
+		t.Fatalf("guest stdio %+v: want stdout and terminal, no stderr", p.guest)
+	}
+	gOut := relay.stream(t, p.guest.Stdout)
+	_, _ = gOut.Write([]byte("pty\n"))
+	gOut.Close()
+	p.finish(-1)
+	if b, _ := io.ReadAll(outR); string(b) != "pty\n" {
+		t.Fatalf("stdout %q", b)
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Fatalf("stderr path was created: %v", err)
+	}
+}
+
+// TestExecStdinOpenedAtAttach: an exec's stdin fifo has no reader between
+// Exec (dialIO) and Start (attach), as with runc's shim: a client's write
+// blocks until Start, so nerdctl reads its stdin's EOF only once it can
+// send CloseIO.
+func TestExecStdinOpenedAtAttach(t *testing.T) {
+	relay := newFakeRelay(t)
+	dir := t.TempDir()
+	in := mkfifo(t, dir, "in")
+	ctx := testCtx()
+	p, err := dialIO(ctx, relay.sock, stdioURIs{Stdin: in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.abort()
+	gIn := relay.stream(t, p.guest.Stdin) // the agent can claim it at Exec
+	if f, err := os.OpenFile(in, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+		f.Close()
+		t.Fatal("stdin fifo has a reader before Start")
+	} else if !errors.Is(err, syscall.ENXIO) {
+		t.Fatalf("open stdin fifo before Start: %v, want ENXIO (no reader)", err)
+	}
+	if err := p.attach(ctx, "c1", "test"); err != nil {
+		t.Fatal(err)
+	}
+	// containerd/fifo opens in the background: poll for the reader.
+	var w *os.File
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if w, err = os.OpenFile(in, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stdin fifo after Start: %v", err)
+		}
+	}
+	_, _ = w.Write([]byte("x"))
+	w.Close()
+	p.closeStdin()
+	if b, err := io.ReadAll(gIn); err != nil || string(b) != "x" {
+		t.Fatalf("guest stdin %q, %v", b, err)
 	}
 }

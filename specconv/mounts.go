@@ -103,7 +103,9 @@ func convertMounts(sb *Sandbox, in Input) error {
 				fileIdx[tag] = len(sb.Files)
 				shareIdx[tag] = len(sb.Shares)
 				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly})
-				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly})
+				// MultiDevs: a read-write file is staged by a bind mount
+				// from any filesystem (mounts.StageFile).
+				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly, MultiDevs: true})
 				sb.Boot.FileMounts = append(sb.Boot.FileMounts, bootenv.FileMount{Tag: tag, Name: name, GuestPath: path.Join(filesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(filesDir, tag, name)

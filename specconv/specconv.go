@@ -209,13 +209,6 @@ func validBackend(b string) bool {
 	return false
 }
 
-// standardDevices are the nodes every container gets; runc creates them in
-// the guest from the guest kernel, so listing them passes nothing of the host.
-var standardDevices = map[string]bool{
-	"/dev/null": true, "/dev/zero": true, "/dev/full": true, "/dev/random": true,
-	"/dev/urandom": true, "/dev/tty": true, "/dev/console": true, "/dev/ptmx": true,
-}
-
 func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if spec.Process == nil || len(spec.Process.Args) == 0 {
 		return errors.New("process.args: empty; give the command to run")
@@ -254,12 +247,7 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if !hasNet {
 		return errors.New(`linux.namespaces: no network namespace means host networking, which a VM cannot share; add {"type": "network"}`)
 	}
-	for i, d := range spec.Linux.Devices {
-		if !standardDevices[filepath.Clean(d.Path)] {
-			return fmt.Errorf("linux.devices[%d] %q: cannot pass host device nodes into a VM; remove it (only /dev/null, zero, full, random, urandom, tty, console and ptmx are allowed)", i, d.Path)
-		}
-	}
-	return nil
+	return refuseHostDevices(spec)
 }
 
 // deepCopy copies spec through JSON, its defined representation, so the

@@ -218,7 +218,7 @@ func TestMountsRewritten(t *testing.T) {
 	wantShares := []mounts.Share{
 		{Tag: rt, HostPath: rootfs},
 		{Tag: dt, HostPath: "/srv/data", ReadOnly: true},
-		{Tag: ft, HostPath: stage + "/" + ft},
+		{Tag: ft, HostPath: stage + "/" + ft, MultiDevs: true},
 	}
 	wantFiles := []mounts.FileStage{{Source: "/var/lib/c/hosts", Dir: stage + "/" + ft, Name: "hosts"}}
 	wantDisks := []mounts.Disk{{Tag: d1, Path: "/img/v.qcow2", Format: "qcow2", ReadOnly: true}, {Tag: d2, Path: "/img/w.img", Format: "raw"}}
@@ -367,7 +367,12 @@ func TestRefusals(t *testing.T) {
 		}, []string{"linux.namespaces", "host networking", `{"type": "network"}`}},
 		{"host device", func(in *Input) {
 			in.Spec.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/null"}, {Path: "/dev/fuse"}}
-		}, []string{`linux.devices[1] "/dev/fuse"`, "cannot pass host device nodes into a VM"}},
+		}, []string{`linux.devices[1] "/dev/fuse"`, "cannot use the host's device nodes", "drop --device /dev/fuse"}},
+		{"privileged", func(in *Input) {
+			for _, p := range []string{"/dev/null", "/dev/sda", "/dev/kvm", "/dev/fuse", "/dev/loop0"} {
+				in.Spec.Linux.Devices = append(in.Spec.Linux.Devices, specs.LinuxDevice{Path: p})
+			}
+		}, []string{"linux.devices: 4 host device nodes (/dev/sda, /dev/kvm, /dev/fuse, ...)", "--privileged", "privileged_without_host_devices = true"}},
 		{"bad rlimit", func(in *Input) {
 			in.Spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 1}, {Type: "RLIMIT_FOO"}}
 		}, []string{`process.rlimits[1].type "RLIMIT_FOO"`, "unknown"}},

@@ -1,0 +1,325 @@
+package e2e
+
+// The call sequences of real containerd clients (dockerd, nerdctl),
+// reproduced with containerd's Go client against the test containerd.
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/containerd/cgroups/v3/cgroup1/stats"
+	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
+	eventstypes "github.com/containerd/containerd/api/events"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/typeurl/v2"
+)
+
+// goClient is a containerd Go client on the test containerd, in its
+// namespace.
+func (e *shimEnv) goClient(t *testing.T) (*client.Client, context.Context) {
+	t.Helper()
+	c, err := client.New(e.Address, client.WithDefaultNamespace(e.Namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, context.Background()
+}
+
+// newContainer creates container id of the busybox image on msb's
+// runtime, as nerdctl and dockerd do; it is removed (task and all) when
+// the test ends.
+func (e *shimEnv) newContainer(t *testing.T, c *client.Client, id string, opts ...oci.SpecOpts) client.Container {
+	t.Helper()
+	ctx := context.Background()
+	img, err := c.GetImage(ctx, e.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts = append([]oci.SpecOpts{oci.WithImageConfig(img)}, opts...)
+	ctr, err := c.NewContainer(ctx, id,
+		client.WithImage(img),
+		client.WithNewSnapshot(id+"-snap", img),
+		client.WithRuntime(msbRuntimeType, nil),
+		client.WithNewSpec(opts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.remove(t, id) })
+	return ctr
+}
+
+// waitStatus waits at most d for an exit status from ch.
+func waitExit(t *testing.T, ch <-chan client.ExitStatus, d time.Duration, what string) client.ExitStatus {
+	t.Helper()
+	select {
+	case st := <-ch:
+		return st
+	case <-time.After(d):
+		t.Fatalf("%s: Wait did not return within %s", what, d)
+	}
+	return client.ExitStatus{}
+}
+
+// dockerd kills a task it created but could not start (any failure
+// between create and start) and waits for its exit: Wait must return 137
+// and TaskExit be published, as with runc's shim.
+func TestClientKillCreatedTask(t *testing.T) {
+	e := startShimEnv(t)
+	c, ctx := e.goClient(t)
+	ctr := e.newContainer(t, c, "killcreated", oci.WithProcessArgs("sleep", "600"))
+	evs, errs := c.Subscribe(ctx, `topic=="/tasks/exit"`)
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil {
+		t.Fatal(err)
+	}
+	st := waitExit(t, exitC, 15*time.Second, "killed created task")
+	if st.ExitCode() != 137 {
+		t.Fatalf("exit status %d (%v), want 137", st.ExitCode(), st.Error())
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case env := <-evs:
+			v, err := typeurl.UnmarshalAny(env.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ex, ok := v.(*eventstypes.TaskExit); ok && ex.ContainerID == "killcreated" {
+				if ex.ExitStatus != 137 {
+					t.Fatalf("TaskExit status %d, want 137", ex.ExitStatus)
+				}
+				if _, err := task.Delete(ctx); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		case err := <-errs:
+			t.Fatal(err)
+		case <-deadline:
+			t.Fatal("no TaskExit for the killed created task")
+		}
+	}
+}
+
+// stdinCloser is nerdctl's StdinCloser: at EOF it calls Closer, which
+// nerdctl sets only after Exec returned (it needs the process).
+type stdinCloser struct {
+	mu     sync.Mutex
+	r      io.Reader
+	closer func()
+	sawEOF bool // EOF read before closer was set: nerdctl hangs then
+}
+
+func (s *stdinCloser) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.mu.Lock()
+		if s.closer != nil {
+			s.closer()
+		} else {
+			s.sawEOF = true
+		}
+		s.mu.Unlock()
+	}
+	return n, err
+}
+
+func (s *stdinCloser) setCloser(f func()) {
+	s.mu.Lock()
+	s.closer = f
+	s.mu.Unlock()
+}
+
+// lockedBuffer is a bytes.Buffer safe for cio's copy goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// nerdctl's exec -i, exec -it and top, and stats, on one running container.
+func TestClientExecStdioPidsStats(t *testing.T) {
+	e := startShimEnv(t)
+	c, ctx := e.goClient(t)
+	ctr := e.newContainer(t, c, "clientexec", oci.WithProcessArgs("sleep", "600"))
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ctr.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("exec -i sees EOF", func(t *testing.T) {
+		// echo 'echo in-$((6*7))' | nerdctl exec -i clientexec sh
+		in := &stdinCloser{r: strings.NewReader("echo in-$((6*7))\n")}
+		var out, errb lockedBuffer
+		ps := *spec.Process
+		ps.Args, ps.Terminal = []string{"sh"}, false
+		p, err := task.Exec(ctx, "exec-i", &ps, cio.NewCreator(cio.WithStreams(in, &out, &errb)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.setCloser(func() { _ = p.CloseIO(ctx, client.WithStdinCloser) })
+		exitC, err := p.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		st := waitExit(t, exitC, 20*time.Second, "exec -i after stdin EOF")
+		p.IO().Wait()
+		if st.ExitCode() != 0 || out.String() != "in-42\n" {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0, \"in-42\\n\"", st.ExitCode(), out.String(), errb.String())
+		}
+		if in.sawEOF {
+			t.Fatal("stdin EOF was read before Exec returned: the shim opened the stdin fifo before Start")
+		}
+		if _, err := p.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("exec -it with a stderr writer", func(t *testing.T) {
+		// nerdctl exec -it: terminal, and a stderr stream given anyway.
+		var out, errb lockedBuffer
+		ps := *spec.Process
+		ps.Args, ps.Terminal = []string{"echo", "tty-ok"}, true
+		p, err := task.Exec(ctx, "exec-t", &ps, cio.NewCreator(cio.WithStreams(strings.NewReader(""), &out, &errb), cio.WithTerminal))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exitC, err := p.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(ctx); err != nil {
+			t.Fatalf("start of a terminal exec with a stderr path: %v", err)
+		}
+		st := waitExit(t, exitC, 20*time.Second, "exec -t")
+		p.IO().Wait()
+		if st.ExitCode() != 0 || !strings.Contains(out.String(), "tty-ok") {
+			t.Fatalf("exit %d, output %q", st.ExitCode(), out.String())
+		}
+		if _, err := p.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("top", func(t *testing.T) {
+		ps, err := task.Pids(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ps) == 0 {
+			t.Fatal("no processes")
+		}
+		for _, p := range ps {
+			if p.Pid != task.Pid() {
+				t.Errorf("pid %d: not the task's host pid %d (docker top would show an unrelated host process)", p.Pid, task.Pid())
+			}
+			v, err := typeurl.UnmarshalAny(p.Info)
+			if err != nil {
+				t.Fatalf("info: %v", err)
+			}
+			if g, ok := v.(*tasktypes.ProcessInfo); !ok || g.Pid == 0 {
+				t.Errorf("info %v: want the guest's ProcessInfo", v)
+			}
+		}
+	})
+
+	t.Run("stats", func(t *testing.T) {
+		m, err := task.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := typeurl.UnmarshalAny(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch s := v.(type) {
+		case *v1.Metrics:
+			// What nerdctl stats and dockerd read without checking.
+			if s.Blkio == nil || s.CPU == nil || s.CPU.Usage == nil || s.Memory == nil || s.Memory.Usage == nil || s.Pids == nil {
+				t.Fatalf("v1 metrics with a nil field: %v", s)
+			}
+			if s.Memory.Usage.Usage == 0 || s.Pids.Current == 0 || s.CPU.Usage.Total == 0 {
+				t.Fatalf("idle container: memory %d, pids %d, cpu %d: want real values", s.Memory.Usage.Usage, s.Pids.Current, s.CPU.Usage.Total)
+			}
+		case *v2.Metrics:
+			if s.Memory == nil || s.Pids == nil || s.Pids.Current == 0 {
+				t.Fatalf("v2 metrics: %v", s)
+			}
+		default:
+			t.Fatalf("metrics of type %T", v)
+		}
+	})
+
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A terminal init with a stderr stream (nerdctl run -it): containerd makes
+// no stderr fifo; the shim must not need one.
+func TestClientTerminalInitStderr(t *testing.T) {
+	e := startShimEnv(t)
+	c, ctx := e.goClient(t)
+	ctr := e.newContainer(t, c, "ttyinit", oci.WithProcessArgs("echo", "init-tty"), oci.WithTTY)
+	var out, errb lockedBuffer
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(strings.NewReader(""), &out, &errb), cio.WithTerminal))
+	if err != nil {
+		t.Fatalf("create with a terminal and a stderr path: %v", err)
+	}
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := waitExit(t, exitC, 20*time.Second, "terminal init")
+	task.IO().Wait()
+	if st.ExitCode() != 0 || !strings.Contains(out.String(), "init-tty") {
+		t.Fatalf("exit %d, output %q", st.ExitCode(), out.String())
+	}
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
