@@ -235,7 +235,17 @@ func dockerVeth(t *testing.T, host string, pid int, ip, gw string) {
 	if err := h.LinkSetNsFd(peer, int(ns.Fd())); err != nil {
 		t.Fatal(err)
 	}
-	ch := nsHandle(t, target)
+	// Closed at once: its sockets would keep the task's namespace alive.
+	tns, err := netns.GetFromPath(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := netlink.NewHandleAt(tns, unix.NETLINK_ROUTE)
+	tns.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
 	peer, err = ch.LinkByName(name + "c")
 	if err != nil {
 		t.Fatal(err)

@@ -123,6 +123,7 @@ func TestNetDockerFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := waitExit(t, ch, time.Minute, "exec wget")
+	proc.IO().Wait() // the client's copy of the output
 	proc.Delete(ctx)
 	if st.ExitCode() != 0 || out.String() != "the-gateway" {
 		t.Fatalf("container → gateway: exit %d, %q", st.ExitCode(), out.String())
