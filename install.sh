@@ -29,8 +29,8 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (sudo ./install.sh): it installs packages and writes $PREFIX/bin, $MSB_LIB, /etc/msb"
 [[ -x $GO ]] || die "Go not found: install Go 1.26 (/usr/local/go) first"
 
-step "installing distro packages (qemu, busybox, libseccomp, e2fsprogs)"
-pkgs=(qemu-system-x86 busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd)
+step "installing distro packages (qemu, busybox, libseccomp, e2fsprogs, iptables)"
+pkgs=(qemu-system-x86 busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -55,6 +55,15 @@ hack/build-runc.sh "$MSB_CACHE"
 
 step "building the guest image in $MSB_LIB (kernel from the distro's kernel package)"
 CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent hack/build-guest-image.sh "$MSB_LIB"
+
+step "CNI plugins (bridge, host-local, portmap, loopback) for nerdctl and Kubernetes pod networks"
+CNI_VERSION=${CNI_VERSION:-v1.10.0}
+CNI_VERSION=$CNI_VERSION hack/build-cni.sh "$MSB_CACHE/cni/bin-$CNI_VERSION"
+mkdir -p /opt/cni/bin
+for p in bridge host-local portmap loopback; do
+	# Never replace plugins the machine already has.
+	[[ -e /opt/cni/bin/$p ]] || { install -m 0755 "$MSB_CACHE/cni/bin-$CNI_VERSION/$p" /opt/cni/bin/ && echo "installed /opt/cni/bin/$p"; }
+done
 
 step "configuration"
 mkdir -p /etc/msb
