@@ -125,16 +125,28 @@ func Plan(nsPath string, spares int) ([]NIC, error) {
 	return nics, nil
 }
 
-// notHost refuses the host's network namespace (init's, or the caller's):
-// joining it would hand the host's interfaces to the guest.
+// hostNS are the namespaces taken for the host's: init's, and this
+// process's as it started (read before any thread could switch).
+var hostNS = func() []unix.Stat_t {
+	var out []unix.Stat_t
+	for _, p := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil {
+			out = append(out, st)
+		}
+	}
+	return out
+}()
+
+// notHost refuses the host's network namespace: joining it would hand the
+// host's interfaces to the guest.
 func notHost(ns *os.File, path string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
 		return fmt.Errorf("network namespace %s: %w", path, err)
 	}
-	for _, host := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
-		var hs unix.Stat_t
-		if err := unix.Stat(host, &hs); err == nil && hs.Dev == st.Dev && hs.Ino == st.Ino {
+	for _, hs := range hostNS {
+		if hs.Dev == st.Dev && hs.Ino == st.Ino {
 			return fmt.Errorf("network namespace %s is the host's: a VM cannot share the host's network; drop the path (or use the container's own network)", path)
 		}
 	}
