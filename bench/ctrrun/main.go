@@ -1,6 +1,8 @@
 // Command ctrrun compares, in one run, `ctr run --rm IMG true` with runc
 // (io.containerd.runc.v2) and with msb (io.containerd.msb.v2) against a
-// private containerd, then the host memory (RSS and PSS) each runtime adds
+// private containerd, each also "with network" (the container's namespace
+// holds a veth on a bridge, as CNI's bridge plugin leaves it; msb wires it
+// into the guest), then the host memory (RSS and PSS) each runtime adds
 // per running container: the runc shim; the msb shim, VMM process and qemu.
 //
 //	go run ./bench/ctrrun [-n 20] [-bin DIR] [-settle 3s]   (as root)
@@ -121,29 +123,57 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 		}
 		fmt.Printf("warm-up %-4s uname -r: %s\n", rt.name, strings.TrimSpace(out))
 	}
+	bn, err := newBenchNet()
+	if bn != nil {
+		defer bn.cleanup()
+	}
+	if err != nil {
+		return fmt.Errorf("bench network: %w", err)
+	}
 	times := map[string][]float64{}
 	for i := 0; i < n; i++ {
 		var line []string
 		for j := range runtimes {
 			rt := runtimes[(i+j)%2] // alternate which goes first
-			start := time.Now()
-			if _, err := e.ctrRun(ctx, "run", "--rm", "--runtime", rt.typ, img, fmt.Sprintf("t%d-%s", i, rt.name), "true"); err != nil {
-				return err
+			for _, withNet := range []bool{false, true} {
+				args := []string{"run", "--rm", "--runtime", rt.typ}
+				key := rt.name
+				if withNet {
+					// A namespace wired like CNI's bridge plugin leaves it.
+					ns, err := bn.container()
+					if err != nil {
+						return fmt.Errorf("bench network: %w", err)
+					}
+					args = append(args, "--with-ns", "network:"+ns)
+					key += "+net"
+				}
+				start := time.Now()
+				if _, err := e.ctrRun(ctx, append(args, img, fmt.Sprintf("t%d-%s", i, strings.ReplaceAll(key, "+", "-")), "true")...); err != nil {
+					return err
+				}
+				d := float64(time.Since(start).Microseconds()) / 1000
+				times[key] = append(times[key], d)
+				line = append(line, fmt.Sprintf("%s %.0f ms", key, d))
 			}
-			d := float64(time.Since(start).Microseconds()) / 1000
-			times[rt.name] = append(times[rt.name], d)
-			line = append(line, fmt.Sprintf("%s %.0f ms", rt.name, d))
 		}
 		fmt.Fprintf(os.Stderr, "run %d/%d: %s\n", i+1, n, strings.Join(line, ", "))
 	}
 	fmt.Printf("\n`ctr run --rm %s true`, %d runs each, interleaved (wall ms, ctr start to exit)\n", img, n)
-	fmt.Printf("  %-22s %8s %8s %8s %8s\n", "runtime", "median", "p90", "min", "max")
+	fmt.Printf("  %-34s %8s %8s %8s %8s\n", "runtime", "median", "p90", "min", "max")
 	for _, rt := range runtimes {
-		s := times[rt.name]
-		sort.Float64s(s)
-		fmt.Printf("  %-22s %8.1f %8.1f %8.1f %8.1f\n", rt.typ, median(s), s[int(math.Ceil(0.9*float64(len(s))))-1], s[0], s[len(s)-1])
+		for _, key := range []string{rt.name, rt.name + "+net"} {
+			s := times[key]
+			sort.Float64s(s)
+			label := rt.typ
+			if key != rt.name {
+				label += " with network (veth)"
+			}
+			fmt.Printf("  %-34s %8.1f %8.1f %8.1f %8.1f\n", label, median(s), s[int(math.Ceil(0.9*float64(len(s))))-1], s[0], s[len(s)-1])
+		}
 	}
-	fmt.Printf("  ratio msb/runc (medians) %.1fx\n", median(times["msb"])/median(times["runc"]))
+	fmt.Printf("  ratio msb/runc (medians) %.1fx; with network %.1fx; network's cost msb %+.0f ms, runc %+.0f ms\n",
+		median(times["msb"])/median(times["runc"]), median(times["msb+net"])/median(times["runc+net"]),
+		median(times["msb+net"])-median(times["msb"]), median(times["runc+net"])-median(times["runc"]))
 	return e.memory(ctx, img, settle)
 }
 
