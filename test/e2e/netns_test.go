@@ -204,9 +204,9 @@ func testBridge(t *testing.T, gw string) string {
 
 // dockerVeth does what dockerd does between task create and start: a
 // veth pair in the host namespace, one end on the bridge, the other moved
-// into the task's namespace (/proc/<pid>/ns/net), renamed eth0, with
-// ip/24 and a default route via gw.
-func dockerVeth(t *testing.T, host string, pid int, ip, gw string) {
+// into the namespace at target (dockerd: /proc/<task pid>/ns/net),
+// renamed eth0, with ip/24 and a default route via gw.
+func dockerVeth(t *testing.T, host, target, ip, gw string) {
 	t.Helper()
 	h := nsHandle(t, host)
 	br, err := h.LinkByName("msbbr0")
@@ -222,7 +222,6 @@ func dockerVeth(t *testing.T, host string, pid int, ip, gw string) {
 	if err := h.LinkSetUp(veth); err != nil {
 		t.Fatal(err)
 	}
-	target := fmt.Sprintf("/proc/%d/ns/net", pid)
 	ns, err := os.Open(target)
 	if err != nil {
 		t.Fatal(err)

@@ -96,7 +96,7 @@ func TestNetDockerFlow(t *testing.T) {
 	}
 	pid := int(task.Pid())
 	assertOwnNetNS(t, e, "dock", pid, "")
-	dockerVeth(t, host, pid, "10.88.3.2", "10.88.3.1")
+	dockerVeth(t, host, fmt.Sprintf("/proc/%d/ns/net", pid), "10.88.3.2", "10.88.3.1")
 	if err := task.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -324,4 +324,39 @@ func TestNetRefused(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "already wired to another msb VM") {
 		t.Fatalf("another VM's netns: exit %d, %s", code, stderr)
 	}
+}
+
+// TestRuntimeRunNetwork: `msb-runtime run` does what the shim does: the
+// VMM joins the spec's network namespace path, the createRuntime hook runs
+// on the host with the VMM's pid, the guest reaches the gateway, and the
+// namespace is unwired after the run.
+func TestRuntimeRunNetwork(t *testing.T) {
+	requireVM(t)
+	host := testBridge(t, "10.88.6.1")
+	serveHTTP(t, host, "10.88.6.1:8000", "the-gateway")
+	ns := newNetNS(t)
+	dockerVeth(t, host, ns, "10.88.6.2", "10.88.6.1")
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "hook.out")
+	script := filepath.Join(dir, "hook.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ncat > "+marker+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := bundle(t, []string{"busybox", "wget", "-q", "-O-", "http://10.88.6.1:8000/"}, func(s *specs.Spec) {
+		for i, n := range s.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = ns
+			}
+		}
+		s.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: script}}}
+	})
+	r := run(t, b, "")
+	if r.code != 0 || r.stdout != "the-gateway" {
+		t.Fatalf("exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+	st, err := os.ReadFile(marker)
+	if err != nil || !strings.Contains(string(st), `"status":"creating"`) || !strings.Contains(string(st), `"pid":`) {
+		t.Fatalf("createRuntime hook state %q, %v", st, err)
+	}
+	assertUnwired(t, ns)
 }
