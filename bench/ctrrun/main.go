@@ -159,7 +159,7 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 		fmt.Fprintf(os.Stderr, "run %d/%d: %s\n", i+1, n, strings.Join(line, ", "))
 	}
 	fmt.Printf("\n`ctr run --rm %s true`, %d runs each, interleaved (wall ms, ctr start to exit)\n", img, n)
-	fmt.Printf("  %-34s %8s %8s %8s %8s\n", "runtime", "median", "p90", "min", "max")
+	fmt.Printf("  %-42s %8s %8s %8s %8s\n", "runtime", "median", "p90", "min", "max")
 	for _, rt := range runtimes {
 		for _, key := range []string{rt.name, rt.name + "+net"} {
 			s := times[key]
@@ -168,7 +168,7 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 			if key != rt.name {
 				label += " with network (veth)"
 			}
-			fmt.Printf("  %-34s %8.1f %8.1f %8.1f %8.1f\n", label, median(s), s[int(math.Ceil(0.9*float64(len(s))))-1], s[0], s[len(s)-1])
+			fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", label, median(s), s[int(math.Ceil(0.9*float64(len(s))))-1], s[0], s[len(s)-1])
 		}
 	}
 	fmt.Printf("  ratio msb/runc (medians) %.1fx; with network %.1fx; network's cost msb %+.0f ms, runc %+.0f ms\n",
