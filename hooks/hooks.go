@@ -56,6 +56,17 @@ func State(spec *specs.Spec, id, bundle string, status specs.ContainerState, pid
 	}
 }
 
+// Create runs the hooks of the create phases, prestart then
+// createRuntime, as runc does during create.
+func Create(ctx context.Context, spec *specs.Spec, st specs.State) error {
+	for _, phase := range []string{Prestart, CreateRuntime} {
+		if err := Run(ctx, spec, phase, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Run runs spec's hooks of phase in order with st on stdin. The error
 // names the hook and carries its output.
 func Run(ctx context.Context, spec *specs.Spec, phase string, st specs.State) error {

@@ -68,14 +68,6 @@ func (n *Net) Attach(ctx context.Context, agent *protocol.AgentClient, id string
 	return nil
 }
 
-// Wires returns the interfaces joined so far.
-func (n *Net) Wires() []network.Wire {
-	if n == nil {
-		return nil
-	}
-	return n.wires
-}
-
 // Close undoes the wiring (the taps go with the VMM) and closes the
 // namespace; safe on nil.
 func (n *Net) Close() error {

@@ -60,11 +60,8 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 			return 0, err
 		}
 		// The VM boots while the create hooks run, as in the shim.
-		st := hooks.State(sb.spec, id, sb.bundle, specs.StateCreating, h.Pid)
-		for _, phase := range []string{hooks.Prestart, hooks.CreateRuntime} {
-			if err := hooks.Run(ctx, sb.spec, phase, st); err != nil {
-				return 0, err
-			}
+		if err := hooks.Create(ctx, sb.spec, hooks.State(sb.spec, id, sb.bundle, specs.StateCreating, h.Pid)); err != nil {
+			return 0, err
 		}
 		return drive(ctx, sb, h, stdio, term, ph)
 	}()

@@ -105,10 +105,8 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 // network namespace is the container's.
 func (c *container) createHooks(ctx context.Context) error {
 	st := hooks.State(c.spec, c.id, c.bundle, specs.StateCreating, int(c.hostPid()))
-	for _, phase := range []string{hooks.Prestart, hooks.CreateRuntime} {
-		if err := hooks.Run(ctx, c.spec, phase, st); err != nil {
-			return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
-		}
+	if err := hooks.Create(ctx, c.spec, st); err != nil {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }

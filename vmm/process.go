@@ -248,17 +248,17 @@ func (v *vm) removeState() {
 		return
 	}
 	v.cleaned = true
-	// The creator records the interfaces it wired to this VM's taps; the
-	// VMM, in that namespace, unwires them when it outlives its creator.
-	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {
-		log.L.WithError(err).Warn("read network wires")
-	} else if err := network.Detach(nil, wires); err != nil {
-		log.L.WithError(err).Warn("unwire network")
-	}
 	_ = os.Remove(v.cfg.AgentSocket)
 	_ = os.Remove(filepath.Join(v.cfg.RuntimeDir, "channel.sock"))
 	if !v.orphaned {
 		return
+	}
+	// The creator records the interfaces it wired to this VM's taps and
+	// unwires them itself; when it died, the VMM, in that namespace, does.
+	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {
+		log.L.WithError(err).Warn("read network wires")
+	} else if err := network.Detach(nil, wires); err != nil {
+		log.L.WithError(err).Warn("unwire network")
 	}
 	for _, p := range v.cfg.Cleanup {
 		// Below a pod VM's state dir are its containers' binds.

@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/msb-dev/msb/network"
 )
 
 // StartupTimeout bounds the wait for the VMM's startup line.
@@ -101,7 +100,7 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 		// container's pid points at (Docker moves its veth there).
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
 	} else {
-		start = func() error { return inNetNS(cfg.NetNS, cmd.Start) }
+		start = func() error { return network.InNS(cfg.NetNS, cmd.Start) }
 	}
 	if err := start(); err != nil {
 		return nil, fmt.Errorf("start VMM process %s: %w", o.Binary, err)
@@ -124,38 +123,6 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 		return nil, fmt.Errorf("VMM process %d did not start (see %s): %w", h.Pid, o.Log, err)
 	}
 	return h, nil
-}
-
-// inNetNS runs start (which forks) on a thread switched into the network
-// namespace at path, so the child is born there, and switches the thread
-// back. A thread that cannot be switched back is never given back: it
-// ends with its goroutine. (It may be the main thread, whose namespace is
-// what /proc/<pid>/ns/net shows for the whole process.)
-func inNetNS(path string, start func() error) error {
-	ns, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("network namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
-			return
-		}
-		err := start()
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
 }
 
 // configFile writes cfg to an unlinked temp file, so the config never shows

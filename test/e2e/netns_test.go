@@ -25,6 +25,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/network"
 )
 
 var netnsSeq atomic.Int32
@@ -87,25 +89,7 @@ func onThread(fn func() error) error {
 
 // inNetNS runs fn on a thread inside the namespace at path: sockets it
 // makes and processes it starts live there.
-func inNetNS(path string, fn func() error) error {
-	return onThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("setns %s: %w", path, err)
-		}
-		defer netns.Set(orig)
-		return fn()
-	})
-}
+func inNetNS(path string, fn func() error) error { return network.InNS(path, fn) }
 
 // nsHandle is a netlink handle in the namespace at path.
 func nsHandle(t *testing.T, path string) *netlink.Handle {
