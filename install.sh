@@ -84,7 +84,12 @@ boot_timeout = "2m"
 TOML
 	echo "wrote /etc/msb/config.toml"
 fi
-if [[ -r /dev/kvm ]] && [[ -w /dev/kvm ]]; then echo "KVM: usable"; else echo "KVM: not usable here, VMs run under TCG emulation (slow but isolated)"; fi
+# The qemu line of --version runs the cached KVM probe (docs/backends.md).
+qemu_line=$("$PREFIX/bin/msb-runtime" --version | grep '^backend qemu:' || true)
+case $qemu_line in
+*"(kvm)") echo "KVM: usable" ;;
+*) echo "KVM: not usable here, VMs run under TCG emulation (slow but isolated): ${qemu_line#backend qemu: }" ;;
+esac
 
 # ============================================================================
 # containerd (docs/containerd.md). Installs containerd v2.4.x,

@@ -59,7 +59,7 @@ func loadConfigOrDefault(c *cli.Context) config.Config {
 }
 
 func writeFeatures(w io.Writer, cfg config.Config) error {
-	backends := vmm.ProbeBackends(cfg.QEMU, "")
+	backends := vmm.ProbeBackends(cfg.QEMU, "", cfg.Kernel)
 	ann := map[string]string{
 		FeatureVersion:        version.Version,
 		FeatureDefaultBackend: cfg.Backend,
@@ -95,7 +95,8 @@ func printVersion(c *cli.Context) {
 	fmt.Fprintf(w, "%s version %s\n", c.App.Name, c.App.Version)
 	fmt.Fprintf(w, "spec: %s\n", specs.Version)
 	fmt.Fprintf(w, "go: %s\n", runtime.Version())
-	for _, b := range vmm.ProbeBackends(loadConfigOrDefault(c).QEMU, "") {
+	cfg := loadConfigOrDefault(c)
+	for _, b := range vmm.ProbeBackends(cfg.QEMU, "", cfg.Kernel) {
 		state := "available"
 		if !b.Available {
 			state = "not available"

@@ -33,6 +33,7 @@ func TestFeaturesReportBackends(t *testing.T) {
 	t.Setenv(vmm.LibkrunEnv, lib)
 	cfg := config.Default()
 	cfg.QEMU = "true" // any binary on PATH stands for qemu
+	cfg.Kernel = ""   // no KVM probe (and no cached verdict for "true")
 	var buf bytes.Buffer
 	if err := writeFeatures(&buf, cfg); err != nil {
 		t.Fatal(err)

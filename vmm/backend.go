@@ -75,8 +75,9 @@ type BackendStatus struct {
 // ProbeBackends reports which backends this host can run, for
 // `msb-runtime features` and `--version`. qemuBin is the configured QEMU
 // binary ("" = qemu-system-x86_64 from PATH); libkrunPath the configured
-// libkrun ("" = $MSB_LIBKRUN or libkrun.so.1).
-func ProbeBackends(qemuBin, libkrunLib string) []BackendStatus {
+// libkrun ("" = $MSB_LIBKRUN or libkrun.so.1); kernel the guest kernel the
+// KVM probe boots (KVMUsable).
+func ProbeBackends(qemuBin, libkrunLib, kernel string) []BackendStatus {
 	kvm := "kvm"
 	if err := kvmCheck(); err != nil {
 		kvm = "no kvm: " + err.Error()
@@ -102,7 +103,11 @@ func ProbeBackends(qemuBin, libkrunLib string) []BackendStatus {
 		q.Detail = fmt.Sprintf("%s not found: install qemu-system-x86", qemuBin)
 	} else {
 		q.Available = true
-		q.Detail = fmt.Sprintf("%s (%s)", p, map[bool]string{true: "kvm", false: "tcg"}[kvm == "kvm"])
+		if ok, why := KVMUsable(p, kernel); ok {
+			q.Detail = p + " (kvm)"
+		} else {
+			q.Detail = fmt.Sprintf("%s (tcg: %s)", p, why)
+		}
 	}
 	return append(out, q)
 }

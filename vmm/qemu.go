@@ -19,7 +19,7 @@ type qemu struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	killed bool
-	// autoKVM: KVM was picked because /dev/kvm opened; givenUp: KVM was
+	// autoKVM: KVM was picked because the host's probe passed; givenUp: KVM was
 	// abandoned for this VM and qemu runs (or is about to run) under TCG.
 	autoKVM, givenUp bool
 	// taps are the NICs' tap fds, handed to every qemu started.
@@ -117,7 +117,14 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
-	autoKVM := c.Accel == "" && kvmCheck() == nil
+	autoKVM := false
+	if c.Accel == "" {
+		var why string
+		autoKVM, why = KVMUsable(bin, c.Kernel)
+		if !autoKVM {
+			fmt.Fprintf(logf, "msb-vmm: KVM not usable on this host (%s): running under TCG\n", why)
+		}
+	}
 	kvm := c.Accel == "kvm" || autoKVM
 	tsc := hostTSCKHz()
 	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps}
@@ -135,6 +142,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 		q.givenUp = retry
 		q.mu.Unlock()
 		if retry {
+			RecordKVMBroken(bin, c.Kernel, fmt.Sprintf("a guest under KVM failed to boot (%v)", err))
 			fmt.Fprintf(logf, "msb-vmm: qemu with KVM failed (%v): falling back to TCG\n", err)
 			if lerr := q.launch(bin, qemuArgs(c, chanSock, false, tsc), logf); lerr == nil {
 				err = q.wait()

@@ -246,7 +246,7 @@ func (e *env) memory(ctx context.Context, img string, settle time.Duration) erro
 	fmt.Printf("\nmsb VMs ran under %s: qemu -accel %s\n", kind, accel)
 	log, _ := os.ReadFile(vmDir + "/vmm.log")
 	for _, l := range strings.Split(string(log), "\n") {
-		if strings.Contains(l, "falling back") || strings.Contains(l, "backend auto") {
+		if strings.Contains(l, "falling back") || strings.Contains(l, "backend auto") || strings.Contains(l, "KVM not usable") {
 			fmt.Printf("  vmm.log: %.160s\n", l)
 		}
 	}

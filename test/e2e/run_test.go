@@ -263,49 +263,105 @@ func TestRefusedSpec(t *testing.T) {
 	}
 }
 
-// TestKVMHangFallsBackToTCG: nested KVM can hang a guest instead of failing
-// (seen on the device machine). A qemu that never boots under KVM is given
-// up after kvm_boot_timeout and the VM runs under TCG.
-func TestKVMHangFallsBackToTCG(t *testing.T) {
+// TestKVMBrokenGoesToTCG: nested KVM can hang a guest instead of failing
+// (seen on the device machine). msb probes KVM once per host boot with a
+// kernel-only boot and caches the verdict, so a host whose KVM hangs runs
+// every VM under TCG without a failed attempt first; a guest that hangs
+// under KVM although the probe passed is given up after kvm_boot_timeout,
+// runs under TCG, and turns the verdict to broken.
+func TestKVMBrokenGoesToTCG(t *testing.T) {
 	requireVM(t)
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
 		t.Skip("no usable /dev/kvm: msb never tries KVM here, so there is nothing to fall back from")
 	} else {
 		f.Close()
 	}
-	dir := t.TempDir()
-	calls := filepath.Join(dir, "calls")
-	wrapper := filepath.Join(dir, "qemu")
-	script := "#!/bin/sh\necho \"$*\" >> " + calls + "\nfor a; do [ \"$a\" = kvm ] && exec sleep 600; done\nexec qemu-system-x86_64 \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	base, err := os.ReadFile(configFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg []string
-	for _, l := range strings.Split(string(base), "\n") {
-		if !strings.HasPrefix(l, "accel") {
-			cfg = append(cfg, l)
+	// A fake qemu: the probe (the boot with earlyprintk) prints the banner
+	// when probeOK; any other KVM boot hangs; TCG boots run the real qemu.
+	fakeQEMU := func(t *testing.T, probeOK bool) (run func(), calls func() []string) {
+		dir := t.TempDir()
+		log, wrapper := filepath.Join(dir, "calls"), filepath.Join(dir, "qemu")
+		probe := "exec sleep 600"
+		if probeOK {
+			probe = "echo 'Linux version 6.1'; exec sleep 600"
+		}
+		script := "#!/bin/sh\necho \"$*\" >> " + log + "\n" +
+			"case \"$*\" in *earlyprintk*) " + probe + ";; *'-accel kvm'*) exec sleep 600;; esac\n" +
+			"exec qemu-system-x86_64 \"$@\"\n"
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { forgetKVMVerdicts(t, wrapper) })
+		var cfg []string
+		for _, l := range strings.Split(string(base), "\n") {
+			if !strings.HasPrefix(l, "accel") && !strings.HasPrefix(l, "qemu") {
+				cfg = append(cfg, l)
+			}
+		}
+		cfg = append(cfg, `qemu = "`+wrapper+`"`, `kvm_boot_timeout = "2s"`)
+		cfgFile := filepath.Join(dir, "config.toml")
+		if err := os.WriteFile(cfgFile, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		root := stateRoot(t)
+		run = func() {
+			cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"echo", "booted"}, nil), "kvmhang")
+			cmd.Env = append(cmd.Env, "MSB_CONFIG="+cfgFile)
+			if out, err := cmd.CombinedOutput(); err != nil || string(out) != "booted\n" {
+				t.Fatalf("run: %v: %s", err, out)
+			}
+			assertNothingLeft(t, root)
+		}
+		calls = func() []string {
+			got, _ := os.ReadFile(log)
+			var accel []string
+			for _, l := range strings.Split(strings.TrimSpace(string(got)), "\n") {
+				switch {
+				case strings.Contains(l, "earlyprintk"):
+					accel = append(accel, "probe")
+				case strings.Contains(l, "-accel kvm"):
+					accel = append(accel, "kvm")
+				case strings.Contains(l, "-accel tcg"):
+					accel = append(accel, "tcg")
+				}
+			}
+			return accel
+		}
+		return run, calls
+	}
+	t.Run("probe fails", func(t *testing.T) {
+		run, calls := fakeQEMU(t, false)
+		run()
+		run()
+		if got := strings.Join(calls(), " "); got != "probe tcg tcg" {
+			t.Fatalf("qemu runs: %s; want one probe per boot, then TCG only", got)
+		}
+	})
+	t.Run("probe passes, guest hangs", func(t *testing.T) {
+		run, calls := fakeQEMU(t, true)
+		run()
+		run()
+		if got := strings.Join(calls(), " "); got != "probe kvm tcg tcg" {
+			t.Fatalf("qemu runs: %s; want the probe, a KVM boot given up for TCG, then TCG only", got)
+		}
+	})
+}
+
+// forgetKVMVerdicts removes the cached KVM verdicts a test's fake qemu left.
+func forgetKVMVerdicts(t *testing.T, qemu string) {
+	ents, _ := os.ReadDir(kvmProbeDir)
+	for _, e := range ents {
+		p := filepath.Join(kvmProbeDir, e.Name())
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), " "+qemu+" ") {
+			_ = os.Remove(p)
+			_ = os.Remove(p + ".lock")
 		}
 	}
-	cfg = append(cfg, `qemu = "`+wrapper+`"`, `kvm_boot_timeout = "2s"`)
-	cfgFile := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgFile, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	root := stateRoot(t)
-	cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"echo", "booted anyway"}, nil), "kvmhang")
-	cmd.Env = append(cmd.Env, "MSB_CONFIG="+cfgFile)
-	out, err := cmd.CombinedOutput()
-	if err != nil || string(out) != "booted anyway\n" {
-		t.Fatalf("run: %v: %s", err, out)
-	}
-	got, _ := os.ReadFile(calls)
-	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], "-accel kvm") || !strings.Contains(lines[1], "-accel tcg") {
-		t.Fatalf("qemu invocations:\n%s\nwant one KVM attempt, then TCG", got)
-	}
-	assertNothingLeft(t, root)
 }
+
+// kvmProbeDir is where msb caches its KVM verdicts (vmm.KVMUsable).
+const kvmProbeDir = "/run/msb/kvm-probe"
