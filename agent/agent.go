@@ -197,6 +197,8 @@ func (a *Agent) dispatch(st *yamux.Stream) {
 			return
 		}
 		a.stdio.register(arg, st)
+	case protocol.KindPort:
+		a.forwardPort(st, arg)
 	default:
 		log.L.Warnf("stream of unknown kind %q: closing it", kind)
 		st.Close()

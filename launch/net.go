@@ -2,7 +2,10 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 
 	"github.com/containerd/errdefs"
@@ -23,6 +26,7 @@ type Net struct {
 	nics     []network.NIC
 	stateDir string
 	wires    []network.Wire
+	loopback *network.LoopbackForwarder
 }
 
 // OpenNet opens the network namespace of the VMM process pid started
@@ -68,13 +72,41 @@ func (n *Net) Attach(ctx context.Context, agent *protocol.AgentClient, id string
 	return nil
 }
 
-// Close undoes the wiring (the taps go with the VMM) and closes the
-// namespace; safe on nil.
+// ForwardLoopback makes TCP connections to 127.0.0.1 in the VM's network
+// namespace on the host reach the same port on container id's loopback in
+// the guest, through the agent socket: containerd's CRI serves a pod's
+// port-forward by dialing there (network.ForwardLoopback).
+func (n *Net) ForwardLoopback(agentSocket, id string) error {
+	if n == nil || n.ns == nil || n.loopback != nil {
+		return nil
+	}
+	f, err := network.ForwardLoopback(fmt.Sprintf("/proc/self/fd/%d", n.ns.Fd()), func(port int) (io.ReadWriteCloser, error) {
+		c, err := net.Dial("unix", agentSocket)
+		if err != nil {
+			return nil, err
+		}
+		if err := protocol.OpenPort(c, id, port); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	})
+	if err != nil {
+		return err
+	}
+	n.loopback = f
+	return nil
+}
+
+// Close stops loopback forwarding, undoes the wiring (the taps go with the
+// VMM) and closes the namespace; safe on nil.
 func (n *Net) Close() error {
 	if n == nil || n.ns == nil {
 		return nil
 	}
-	err := network.Detach(n.ns, n.wires)
+	ferr := n.loopback.Close()
+	n.loopback = nil
+	err := errors.Join(ferr, network.Detach(n.ns, n.wires))
 	n.ns.Close()
 	n.ns = nil
 	return err

@@ -10,6 +10,12 @@
 //	                   API v3 plus the small Agent service below
 //	"stdio <token>\n"  the stream is one raw byte stream of a process's stdio;
 //	                   a task request names it as StreamURI(token)
+//	"port <id>/<n>\n"  the agent connects to TCP port n on the loopback of
+//	                   container id's network namespace and answers "ok\n"
+//	                   (then the stream is that connection's bytes) or
+//	                   "error <why>\n" (then it closes): containerd's CRI
+//	                   port-forward, which dials localhost in the pod's
+//	                   network namespace on the host (docs/networking.md)
 //
 // Stdio streams are half-closed to signal EOF (yamux FIN); output streams
 // are fully written and closed before the agent reports the exit.
@@ -34,9 +40,10 @@ const (
 	// backends with vsock (libkrun).
 	VsockPort = 1024
 
-	// KindTTRPC and KindStdio are the stream header kinds.
+	// KindTTRPC, KindStdio and KindPort are the stream header kinds.
 	KindTTRPC = "ttrpc"
 	KindStdio = "stdio"
+	KindPort  = "port"
 
 	// maxHeader bounds the header line so a broken client cannot make the
 	// agent buffer without limit.

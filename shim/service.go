@@ -186,6 +186,12 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
 				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, err))
 			}
+			if c.spec.Annotations[annotationContainerType] == containerTypeSandbox {
+				// For CRI's port-forward; without it the pod still runs.
+				if err := c.vm.net.ForwardLoopback(c.vm.launch.AgentSocket, c.id); err != nil {
+					log.G(ctx).WithError(err).Warnf("VM %s: port-forward into the pod will not work", c.vm.name)
+				}
+			}
 		}
 		resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID})
 		if err != nil {

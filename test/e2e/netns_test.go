@@ -359,9 +359,12 @@ func sameNetNS(t *testing.T, a, b string) bool {
 }
 
 // assertUnwired fails the test if the namespace at path still has an msb
-// tap or an ingress qdisc.
+// tap, an ingress qdisc or msb's loopback redirect rule.
 func assertUnwired(t *testing.T, path string) {
 	t.Helper()
+	if rules, err := nsRun(path, "iptables", "-w", "5", "-t", "nat", "-S", "OUTPUT"); err == nil && strings.Contains(rules, "msb") {
+		t.Errorf("iptables rule left in %s: %s", path, rules)
+	}
 	h := nsHandle(t, path)
 	links, err := h.LinkList()
 	if err != nil {

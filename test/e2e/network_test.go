@@ -8,7 +8,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -280,6 +282,24 @@ func TestNetPod(t *testing.T) {
 	}
 	if out := e.MustCtr("task", "exec", "--exec-id", "lo", sb, "wget", "-q", "-O-", "http://127.0.0.1/"); out != "served-by-pod\n" {
 		t.Fatalf("sandbox → app over lo: %q", out)
+	}
+	// Port-forward as containerd's CRI does it: dial localhost:PORT inside
+	// the pod's network namespace on the host.
+	if body, err := httpGet(podNS, "http://127.0.0.1:80/", time.Minute); err != nil || body != "served-by-pod\n" {
+		t.Fatalf("port-forward (127.0.0.1:80 in the pod netns on the host): %q, %v", body, err)
+	}
+	var err error
+	if ierr := inNetNS(podNS, func() error {
+		c, derr := net.DialTimeout("tcp4", "127.0.0.1:81", 5*time.Second)
+		if derr == nil {
+			_ = c.SetDeadline(time.Now().Add(time.Minute))
+			_, derr = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		err = derr
+		return nil
+	}); ierr != nil || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("port-forward to a port nothing listens on in the guest: %v, %v; want connection reset", ierr, err)
 	}
 	e.remove(t, app)
 	e.remove(t, sb)
