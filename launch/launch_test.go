@@ -56,7 +56,7 @@ func TestPrepare(t *testing.T) {
 		Process:  &specs.Process{Args: []string{"true"}, Cwd: "/"},
 		Hostname: "h",
 		Mounts:   []specs.Mount{{Destination: "/data", Type: "bind", Source: share, Options: []string{"rbind", "ro"}}},
-		Linux:    &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}},
+		Linux:    &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}},
 	}
 	p, err := Prepare(Request{ID: "c1", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/x.sock", Config: cfg})
 	if err != nil {
@@ -89,7 +89,7 @@ func TestPrepare(t *testing.T) {
 		t.Fatalf("host network: %v", err)
 	}
 	cfg.Kernel = filepath.Join(dir, "missing")
-	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}
+	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}
 	if _, err := Prepare(Request{ID: "c3", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/y.sock", Config: cfg}); err == nil || !strings.Contains(err.Error(), "install.sh") {
 		t.Fatalf("missing kernel: %v", err)
 	}
@@ -110,7 +110,7 @@ func TestPreparePodShareSpansMounts(t *testing.T) {
 	spec := &specs.Spec{
 		Root:    &specs.Root{Path: "rootfs"},
 		Process: &specs.Process{Args: []string{"true"}, Cwd: "/"},
-		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}},
+		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}},
 	}
 	p, err := Prepare(Request{ID: "c1", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/x.sock", Config: cfg, PodDir: pod})
 	if err != nil {

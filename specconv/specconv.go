@@ -232,20 +232,26 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if spec.Linux == nil {
 		return errors.New(`linux: missing, so no network namespace: host networking cannot be shared with a VM; add "linux": {"namespaces": [{"type": "network"}]}`)
 	}
-	hasNet := false
+	has := map[specs.LinuxNamespaceType]bool{}
 	for i, ns := range spec.Linux.Namespaces {
+		has[ns.Type] = true
 		if ns.Path != "" && in.SandboxNamespaces[ns.Type] == "" && !(ns.Type == specs.NetworkNamespace && !in.podMode()) {
 			if in.podMode() {
 				return fmt.Errorf("linux.namespaces[%d].path %q: only the pod sandbox's namespaces can be joined in its VM, and it shares no %s namespace; drop the path", i, ns.Path, ns.Type)
 			}
 			return fmt.Errorf("linux.namespaces[%d].path %q: a VM cannot join a host namespace; drop the path to get a new %s namespace in the guest", i, ns.Path, ns.Type)
 		}
-		if ns.Type == specs.NetworkNamespace {
-			hasNet = true
-		}
 	}
-	if !hasNet {
+	if !has[specs.NetworkNamespace] {
 		return errors.New(`linux.namespaces: no network namespace means host networking, which a VM cannot share; add {"type": "network"}`)
+	}
+	// The host's IPC and PID namespaces are the host kernel's; the guest
+	// has its own kernel, so a VM cannot share them (ADR 011).
+	if !has[specs.IPCNamespace] {
+		return errors.New(`linux.namespaces: no ipc namespace means the host's IPC namespace (hostIPC, --ipc host), which a VM cannot share: its shared memory and semaphores are the host kernel's; add {"type": "ipc"} (drop hostIPC / --ipc host)`)
+	}
+	if !has[specs.PIDNamespace] {
+		return errors.New(`linux.namespaces: no pid namespace means the host's PID namespace (hostPID, --pid host), which a VM cannot share: the host's processes are not in the guest; add {"type": "pid"} (drop hostPID / --pid host)`)
 	}
 	return refuseHostDevices(spec)
 }

@@ -32,7 +32,7 @@ func baseSpec() *specs.Spec {
 		},
 		Root: &specs.Root{Path: "rootfs"},
 		Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace}},
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}},
 		},
 	}
 }
@@ -365,6 +365,12 @@ func TestRefusals(t *testing.T) {
 		{"host network", func(in *Input) {
 			in.Spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
 		}, []string{"linux.namespaces", "host networking", `{"type": "network"}`}},
+		{"host ipc", func(in *Input) {
+			in.Spec.Linux.Namespaces = in.Spec.Linux.Namespaces[:3]
+		}, []string{"linux.namespaces", "hostIPC, --ipc host", `{"type": "ipc"}`}},
+		{"host pid", func(in *Input) {
+			in.Spec.Linux.Namespaces = in.Spec.Linux.Namespaces[1:]
+		}, []string{"linux.namespaces", "hostPID, --pid host", `{"type": "pid"}`}},
 		{"host device", func(in *Input) {
 			in.Spec.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/null"}, {Path: "/dev/fuse"}}
 		}, []string{`linux.devices[1] "/dev/fuse"`, "cannot use the host's device nodes", "drop --device /dev/fuse"}},

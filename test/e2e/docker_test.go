@@ -163,6 +163,8 @@ func TestDockerRefused(t *testing.T) {
 		{[]string{"--device", "/dev/loop-control"}, "cannot use the host's device nodes"},
 		{[]string{"--privileged"}, "cannot use the host's device nodes"},
 		{[]string{"--network", "container:other"}, "another msb VM"},
+		{[]string{"--ipc", "host"}, "hostIPC, --ipc host"},
+		{[]string{"--pid", "host"}, "hostPID, --pid host"},
 	} {
 		args := append(append([]string{"run", "--rm", "--runtime", "msb"}, c.flags...), d.image, "true")
 		out, err := d.docker(args...)
