@@ -39,6 +39,9 @@ type service struct {
 	publisher cshim.Publisher
 	sd        shutdown.Service
 	events    chan any
+	// stopEvents is closed when the shim starts shutting down; forward
+	// then publishes what is queued and closes forwarded.
+	stopEvents, forwarded chan struct{}
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -60,10 +63,26 @@ func newService(ctx context.Context, publisher cshim.Publisher, sd shutdown.Serv
 		publisher:  publisher,
 		sd:         sd,
 		events:     make(chan any, 128),
+		stopEvents: make(chan struct{}),
+		forwarded:  make(chan struct{}),
 		containers: map[string]*container{},
 		creating:   map[string]bool{},
 	}
 	go s.forward()
+	// The shim process exits once the shutdown callbacks return: this one
+	// holds it until every queued event (the last container's
+	// /tasks/delete above all) is published, or gives up with an error.
+	sd.RegisterCallback(func(ctx context.Context) error {
+		close(s.stopEvents)
+		select {
+		case <-s.forwarded:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("events not all published at shutdown: %w", ctx.Err())
+		case <-time.After(eventsDrainTimeout):
+			return fmt.Errorf("events not all published within %s of shutdown", eventsDrainTimeout)
+		}
+	})
 	if address, err := cshim.ReadAddress("address"); err == nil {
 		sd.RegisterCallback(func(context.Context) error { return cshim.RemoveSocket(address) })
 	}
@@ -80,23 +99,28 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 func (s *service) send(e any) {
 	select {
 	case s.events <- e:
-	case <-s.sd.Done():
+	case <-s.stopEvents:
+		log.G(s.ctx).Errorf("event %s after shutdown: dropped", runtime.GetTopic(e))
 	}
 }
 
+// eventsDrainTimeout bounds how long shutdown waits for queued events.
+const eventsDrainTimeout = 10 * time.Second
+
 func (s *service) forward() {
 	ctx := context.WithoutCancel(s.ctx)
+	defer close(s.forwarded)
 	defer s.publisher.Close()
 	publish := func(e any) {
 		if err := s.publisher.Publish(ctx, runtime.GetTopic(e), e); err != nil {
-			log.G(ctx).WithError(err).Error("post event")
+			log.G(ctx).WithError(err).Errorf("post event %s", runtime.GetTopic(e))
 		}
 	}
 	for {
 		select {
 		case e := <-s.events:
 			publish(e)
-		case <-s.sd.Done():
+		case <-s.stopEvents:
 			for {
 				select {
 				case e := <-s.events:
