@@ -167,16 +167,56 @@ func (p *Prepared) Spawn(binary string) (*vmm.Handle, error) {
 	return h, nil
 }
 
+// Exit statuses of a VM's processes when the VM died under them.
+const (
+	ExitVMKilled  = 137 // something killed the VM (a signal to the VMM or hypervisor)
+	ExitGuestDied = 255 // the guest stopped by itself (panic, power-off, agent lost)
+)
+
+// VMEnded says why a VM that died unasked ended and the exit status its
+// processes get (ExitVMKilled or ExitGuestDied), from its VMM process's
+// exit (code and waitErr from vmm.Handle.Wait) and the cause the VMM
+// logged in vmmLog (vmm.EndCause). docs/configuration.md lists the causes.
+func VMEnded(vmmLog string, code int, waitErr error) (int, string) {
+	if cause, ok := vmm.EndCause(vmmLog); ok {
+		if code == vmm.ExitKilled {
+			return ExitVMKilled, cause
+		}
+		return ExitGuestDied, cause
+	}
+	switch {
+	case waitErr != nil:
+		return ExitGuestDied, "the VMM process: " + waitErr.Error()
+	case code > 128 && code < 128+65:
+		return ExitVMKilled, fmt.Sprintf("the VMM process was killed (signal %d)", code-128)
+	}
+	return ExitGuestDied, fmt.Sprintf("the VMM process exited with status %d", code)
+}
+
+// lastLines is the last n lines of the file at path, read from its last
+// 64 KiB only (a guest may have written any amount); nil if none.
+func lastLines(path string, n int) []string {
+	b := vmm.ReadTail(path, 64<<10)
+	if len(b) == 0 {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// LastLines is the last n lines of the file at path on one line, joined
+// by " | " (for one-line log entries); "" when it is empty or missing.
+func LastLines(path string, n int) string { return strings.Join(lastLines(path, n), " | ") }
+
 // LogTail returns the last lines of a log file, formatted for an error, so
 // the cause survives the state dir's removal.
 func LogTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
+	lines := lastLines(path, 15)
+	if len(lines) == 0 {
 		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
 	}
 	return fmt.Sprintf("\n--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
 }

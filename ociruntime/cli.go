@@ -17,10 +17,19 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// exitError carries a container's exit code out of a command.
-type exitError struct{ code int }
+// exitError carries a container's exit code out of a command, and err
+// when there is something to say (the VM died under the container).
+type exitError struct {
+	code int
+	err  error
+}
 
-func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+func (e exitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.code)
+}
 
 // App is the msb-runtime command line, runc-compatible where runc has the
 // same command.
@@ -59,7 +68,7 @@ func App() *cli.App {
 				Hidden:    true,
 				Action: func(*cli.Context) error {
 					if code := vmm.Main(); code != 0 {
-						return exitError{code}
+						return exitError{code: code}
 					}
 					return nil
 				},
@@ -76,6 +85,9 @@ func Main(args []string) int {
 	case err == nil:
 		return 0
 	case errors.As(err, &ee):
+		if ee.err != nil {
+			fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
+		}
 		return ee.code
 	default:
 		fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
@@ -135,7 +147,7 @@ func runCommand(c *cli.Context) error {
 		return err
 	}
 	if code != 0 {
-		return exitError{code}
+		return exitError{code: code}
 	}
 	return nil
 }

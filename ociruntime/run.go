@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,7 +77,11 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		_, _ = h.Wait()
 		// The state dir goes away with this run: carry the logs' last lines
 		// in the error so the cause is not lost with it.
-		return 1, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
+		code := 1
+		if ee := (exitError{}); errors.As(err, &ee) {
+			code = ee.code
+		}
+		return code, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -153,7 +158,17 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 
 	w, err := tc.Wait(ctx, &task.WaitRequest{ID: sb.id})
 	if err != nil {
-		return 0, fmt.Errorf("wait for container: %w", err)
+		// The VM died under the container (the channel breaks a moment
+		// before the VMM exits): say why, with the shim's exit rule.
+		select {
+		case <-h.Done():
+		case <-time.After(5 * time.Second):
+			return 0, fmt.Errorf("wait for container: %w", err)
+		}
+		vmCode, werr := h.Wait()
+		code, cause := launch.VMEnded(sb.prep.VMMLog(), vmCode, werr)
+		streams.wait()
+		return code, exitError{code, fmt.Errorf("VM ended: %s: exit status %d", cause, code)}
 	}
 	// The agent closes output streams before it reports the exit; wait for
 	// our side of the copy too, so every byte is written before we return.

@@ -26,6 +26,9 @@ const (
 
 // How long exit handling waits for things that should be quick.
 const (
+	// vmExitWait bounds the wait for a VMM process to exit after its
+	// agent's channel broke.
+	vmExitWait = 5 * time.Second
 	// deadVMOutputWait bounds draining output of a VM that died: its
 	// streams are closed with it, so this is only a safety net.
 	deadVMOutputWait = time.Second
@@ -192,13 +195,19 @@ func (s *service) watch(p *proc) {
 		p.mu.Lock()
 		killed := p.killed
 		p.mu.Unlock()
-		if killed || c.vm.killed.Load() {
-			status = exitKilled
+		// The agent's channel breaks a moment before the VMM process
+		// exits: give it time to, so the cause can be named.
+		select {
+		case <-c.vm.dead:
+		case <-time.After(vmExitWait):
 		}
 		if c.vm.isDead() {
-			log.G(ctx).Warnf("VM gone (VMM log %s): reporting exit status %d", c.vm.vmmLog(), status)
+			status, _ = c.vm.ended(ctx)
 		} else {
 			log.G(ctx).WithError(err).Warnf("lost the guest agent: reporting exit status %d", status)
+		}
+		if killed {
+			status = exitKilled
 		}
 		p.io.finish(deadVMOutputWait)
 	}

@@ -86,6 +86,8 @@ type vm struct {
 	net *launch.Net
 
 	stopOnce sync.Once
+	// endOnce logs once why the VM died (ended).
+	endOnce sync.Once
 }
 
 // vmRequest is what startVM needs to know about a container.
@@ -198,6 +200,22 @@ func (v *vm) bootError(err error) error {
 	default:
 		return fmt.Errorf("guest agent did not come up (VMM log %s, guest console %s): %w", v.vmmLog(), v.launch.ConsoleLog, err)
 	}
+}
+
+// ended says why the VM, which died unasked, ended and the exit status
+// its processes get (launch.VMEnded). The first call logs one line with
+// the cause and the console's last lines.
+func (v *vm) ended(ctx context.Context) (int, string) {
+	code, err := v.h.Wait()
+	status, cause := launch.VMEnded(v.vmmLog(), code, err)
+	if v.killed.Load() {
+		status, cause = exitKilled, "the shim killed it"
+	}
+	v.endOnce.Do(func() {
+		log.G(ctx).Errorf("VM %s ended: %s: exit status %d (VMM log %s); guest console: %s",
+			v.name, cause, status, v.vmmLog(), launch.LastLines(v.launch.ConsoleLog, 5))
+	})
+	return status, cause
 }
 
 // isDead reports whether the VMM process has exited.

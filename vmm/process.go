@@ -202,9 +202,13 @@ func (v *vm) guestCode() int {
 	case c := <-v.exitCode:
 		return int(c)
 	case <-time.After(100 * time.Millisecond):
-		log.L.Warnf("guest stopped without a shutdown request: exiting %d", ExitGuestLost)
-		return ExitGuestLost
 	}
+	if err := v.hv.err; hypervisorKilled(err) {
+		log.L.Warnf("%sthe hypervisor was killed (%v): exiting %d", endedPrefix, err, ExitKilled)
+		return ExitKilled
+	}
+	log.L.Warnf("%s%s: exiting %d", endedPrefix, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
+	return ExitGuestLost
 }
 
 // stop asks the guest to power off and gives it ShutdownGrace to flush

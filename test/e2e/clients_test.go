@@ -58,6 +58,20 @@ func (e *shimEnv) newContainer(t *testing.T, c *client.Client, id string, opts .
 	return ctr
 }
 
+// waitAndStart subscribes to p's exit, then starts it, as clients must
+// (an exit before Wait would be missed).
+func waitAndStart(t *testing.T, ctx context.Context, p client.Process) <-chan client.ExitStatus {
+	t.Helper()
+	ch, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		t.Fatalf("start %s: %v", p.ID(), err)
+	}
+	return ch
+}
+
 // waitStatus waits at most d for an exit status from ch.
 func waitExit(t *testing.T, ch <-chan client.ExitStatus, d time.Duration, what string) client.ExitStatus {
 	t.Helper()

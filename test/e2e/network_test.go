@@ -117,13 +117,7 @@ func TestNetDockerFlow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := proc.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ch := waitAndStart(t, ctx, proc)
 	st := waitExit(t, ch, time.Minute, "exec wget")
 	proc.IO().Wait() // the client's copy of the output
 	proc.Delete(ctx)

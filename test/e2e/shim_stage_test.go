@@ -78,13 +78,7 @@ func TestShimRWFileBindOtherFS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		exitC, err := p.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		exitC := waitAndStart(t, ctx, p)
 		st := waitExit(t, exitC, 20*time.Second, id)
 		p.IO().Wait()
 		if _, err := p.Delete(ctx); err != nil {

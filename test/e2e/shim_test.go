@@ -187,8 +187,11 @@ func TestShimTwoVMsAndVMMDeath(t *testing.T) {
 	}
 	e.waitStatus(t, "a", "STOPPED", 2*time.Second)
 	t.Logf("task stopped %s after its VMM was killed", time.Since(killed).Round(time.Millisecond))
-	if code := e.deleteTask(t, "a"); code != 255 {
-		t.Fatalf("task delete of the VM-less task: exit status %d, want 255", code)
+	if code := e.deleteTask(t, "a"); code != 137 {
+		t.Fatalf("task delete of the task whose VMM was killed: exit status %d, want 137", code)
+	}
+	if want := "VM a ended: the VMM process was killed (signal 9): exit status 137"; !strings.Contains(e.Log(), want) {
+		t.Errorf("containerd log has no %q", want)
 	}
 	if st := e.taskStatus("b"); st != "RUNNING" {
 		t.Fatalf("task b is %q after a's VM died", st)

@@ -1,0 +1,99 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+)
+
+// A VM that stops without being asked is named by one line in the VMM
+// log, "VM ended: <cause>: exiting <status>", which creators read back
+// (EndCause) to say what happened. The status follows one rule: 137 when
+// something killed the VM (its hypervisor or the VMM process got a
+// signal), 255 when the guest stopped by itself (panic, power-off, the
+// agent lost). docs/configuration.md lists the causes.
+
+// endedPrefix starts the VMM log line naming why a VM stopped.
+const endedPrefix = "VM ended: "
+
+// agentOOMKilled matches the kernel's line when its OOM killer takes the
+// agent (the guest's /init binary, running as PID 1's child).
+var agentOOMKilled = regexp.MustCompile(`Out of memory: Killed process \d+ \(init\)`)
+
+// consoleTailBytes is how much of the console the cause is read from.
+const consoleTailBytes = 64 << 10
+
+// GuestStopCause names why a guest stopped by itself, from the tail of
+// its console: the OOM killer taking the agent, a kernel panic, the
+// guest's own power-off, or that the console does not say.
+func GuestStopCause(consoleLog string) string {
+	tail := ReadTail(consoleLog, consoleTailBytes)
+	var panicLine, oomLine string
+	off := false
+	sc := bufio.NewScanner(bytes.NewReader(tail))
+	for sc.Scan() {
+		l := sc.Text()
+		switch {
+		case agentOOMKilled.MatchString(l):
+			oomLine = l
+		case strings.Contains(l, "Kernel panic - not syncing"):
+			panicLine = l
+		case strings.Contains(l, "reboot: Power down") || strings.Contains(l, "reboot: System halted"):
+			off = true
+		}
+	}
+	switch {
+	case oomLine != "":
+		return "the guest's OOM killer killed the agent (guest memory exhausted)"
+	case panicLine != "":
+		return "guest kernel panic: " + strings.TrimSpace(panicLine[strings.Index(panicLine, "Kernel panic"):])
+	case off:
+		return "the guest powered itself off"
+	}
+	return "the guest stopped and its console does not say why"
+}
+
+// hypervisorKilled reports whether the hypervisor's exit error is a
+// signal's.
+func hypervisorKilled(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled()
+}
+
+// EndCause returns the cause the VMM logged in vmmLog when its VM
+// stopped unasked; false when it logged none (it was killed itself).
+func EndCause(vmmLog string) (string, bool) {
+	tail := ReadTail(vmmLog, consoleTailBytes)
+	i := bytes.LastIndex(tail, []byte(endedPrefix))
+	if i < 0 {
+		return "", false
+	}
+	line, _, _ := strings.Cut(string(tail[i+len(endedPrefix):]), "\n")
+	cause, _, _ := strings.Cut(line, ": exiting ")
+	return strings.ReplaceAll(cause, `\"`, `"`), true
+}
+
+// ReadTail reads at most n bytes from the end of the file at path (nil
+// when it cannot): logs a guest writes to can be of any size.
+func ReadTail(path string, n int64) []byte {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return b
+}
