@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
@@ -131,6 +132,14 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 	ms, err := mounts.Classify(spec.Mounts, bundle)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	for _, m := range ms {
+		if m.Kind != mounts.KindBindDir && m.Kind != mounts.KindBindFile {
+			continue
+		}
+		if u := mounts.UnknownBindOptions(m.Options); len(u) > 0 {
+			log.L.Warnf("mounts[%d] %s: options %q mean nothing for a bind mount: ignored, as runc does", m.Index, m.Destination, u)
+		}
 	}
 	in.Spec, in.Mounts = spec, ms
 	in.Defaults = specconv.Defaults{VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend}

@@ -423,3 +423,34 @@ func formatFromName(name string) string {
 	}
 	return ""
 }
+
+// runcBindOptions are the options runc knows for a bind mount (mount
+// flags, their recursive r* forms, propagation, idmap); anything else it
+// passes to mount(2) as data, which a bind ignores.
+var runcBindOptions = map[string]bool{}
+
+func init() {
+	for _, o := range strings.Fields(`async atime bind defaults dev diratime dirsync exec iversion lazytime loud mand
+		noatime nodev nodiratime noexec noiversion nolazytime nomand norelatime nostrictatime nosuid nosymfollow
+		rbind relatime remount ro rw silent strictatime suid sync symfollow
+		private rprivate shared rshared slave rslave unbindable runbindable idmap ridmap tmpcopyup`) {
+		runcBindOptions[o] = true
+	}
+	for _, o := range strings.Fields(`ro rw nosuid suid nodev dev noexec exec noatime atime nodiratime diratime
+		relatime norelatime strictatime nostrictatime nosymfollow symfollow`) {
+		runcBindOptions["r"+o] = true
+	}
+}
+
+// UnknownBindOptions lists the options of a bind mount that neither runc
+// nor msb knows. Like runc, msb accepts them (they change nothing); its
+// callers log them, so a typo does not pass unseen.
+func UnknownBindOptions(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		if !runcBindOptions[o] {
+			out = append(out, o)
+		}
+	}
+	return out
+}

@@ -253,3 +253,10 @@ func TestKindString(t *testing.T) {
 		}
 	}
 }
+
+func TestUnknownBindOptions(t *testing.T) {
+	got := UnknownBindOptions([]string{"rbind", "ro", "rnosuid", "rprivate", "nonsense", "foo=bar", "idmap", "rrelatime"})
+	if strings.Join(got, ",") != "nonsense,foo=bar" {
+		t.Fatalf("unknown = %q", got)
+	}
+}

@@ -34,7 +34,7 @@ func TestClassifyConvertPrepare(t *testing.T) {
 	spec := &specs.Spec{
 		Process: &specs.Process{Args: []string{"/bin/true"}},
 		Root:    &specs.Root{Path: "rootfs"},
-		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}},
+		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}},
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},
 			{Destination: "/dev/shm", Type: "tmpfs", Options: []string{"nosuid", "size=64m"}},

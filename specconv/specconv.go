@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path"
 	"path/filepath"
 
@@ -216,6 +217,9 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if spec.Root == nil {
 		return errors.New("root: missing; the spec needs a root filesystem")
 	}
+	if err := checkUser(spec.Process.User); err != nil {
+		return err
+	}
 	if h := spec.Hooks; h != nil {
 		// Both run in the container's mount namespace, which is in the
 		// guest, where neither the hook binaries nor the host paths they
@@ -280,5 +284,25 @@ func bootProcess(sb *Sandbox, spec *specs.Spec) error {
 		return err
 	}
 	sb.Boot.Rlimits = rl
+	return nil
+}
+
+// noID is (uid_t)-1: setuid and setgid take it as "no change", the guest's
+// runc refuses it — after a whole boot; refuse it before.
+const noID = math.MaxUint32
+
+func checkUser(u specs.User) error {
+	const fix = "valid ids are 0..4294967294"
+	if u.UID == noID {
+		return fmt.Errorf("process.user.uid %d: (uid_t)-1 is not a user id; %s", u.UID, fix)
+	}
+	if u.GID == noID {
+		return fmt.Errorf("process.user.gid %d: (gid_t)-1 is not a group id; %s", u.GID, fix)
+	}
+	for i, g := range u.AdditionalGids {
+		if g == noID {
+			return fmt.Errorf("process.user.additionalGids[%d] %d: (gid_t)-1 is not a group id; %s", i, g, fix)
+		}
+	}
 	return nil
 }

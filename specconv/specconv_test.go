@@ -336,8 +336,8 @@ func TestUserAndHostname(t *testing.T) {
 		t.Fatalf("got %q %q", sb.Boot.User, sb.Boot.Hostname)
 	}
 	spec = baseSpec()
-	spec.Process.User = specs.User{UID: 4294967295, GID: 7}
-	if sb := mustConvert(t, input(spec)); sb.Boot.User != "4294967295:7" {
+	spec.Process.User = specs.User{UID: 4294967294, GID: 7}
+	if sb := mustConvert(t, input(spec)); sb.Boot.User != "4294967294:7" {
 		t.Fatalf("got %q", sb.Boot.User)
 	}
 }
@@ -365,6 +365,12 @@ func TestRefusals(t *testing.T) {
 		{"host network", func(in *Input) {
 			in.Spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
 		}, []string{"linux.namespaces", "host networking", `{"type": "network"}`}},
+		{"uid -1", func(in *Input) {
+			in.Spec.Process.User.UID = 4294967295
+		}, []string{"process.user.uid 4294967295", "0..4294967294"}},
+		{"additional gid -1", func(in *Input) {
+			in.Spec.Process.User.AdditionalGids = []uint32{10, 4294967295}
+		}, []string{"process.user.additionalGids[1] 4294967295"}},
 		{"host ipc", func(in *Input) {
 			in.Spec.Linux.Namespaces = in.Spec.Linux.Namespaces[:3]
 		}, []string{"linux.namespaces", "hostIPC, --ipc host", `{"type": "ipc"}`}},
