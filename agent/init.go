@@ -81,6 +81,7 @@ func RunInit() {
 	if err := LoadModules(ModulesList); err != nil {
 		log.L.WithError(err).Error("loading kernel modules")
 	}
+	SetupModprobe()
 
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

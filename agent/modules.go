@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/protocol"
 )
 
 // LoadModules loads the kernel modules listed in list (one path per line,
@@ -51,18 +53,56 @@ func LoadModules(list string) error {
 }
 
 func loadModule(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("module %s: %w", path, err)
-	}
-	defer unix.Close(fd)
-	flags := 0
-	switch filepath.Ext(path) {
-	case ".xz", ".zst", ".gz":
-		flags = unix.MODULE_INIT_COMPRESSED_FILE
-	}
-	if err := unix.FinitModule(fd, "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := loadModuleParams(path, ""); err != nil {
 		return fmt.Errorf("module %s: %w", path, err)
 	}
 	return nil
+}
+
+// modprobePath is where the kernel runs its module helper from
+// (/proc/sys/kernel/modprobe); the initramfs links it to the agent.
+const modprobePath = "/sbin/modprobe"
+
+// SetupModprobe points the kernel's request_module at /sbin/modprobe (the
+// agent, multi-call) and mounts the kernel's whole module tree from the
+// protocol.ModulesShareTag 9p share at /lib/modules, read-only, when the
+// VM has that share. Without it only the boot-time modules are there.
+func SetupModprobe() {
+	const sysctl = "/proc/sys/kernel/modprobe"
+	if b, err := os.ReadFile(sysctl); err == nil && strings.TrimSpace(string(b)) != modprobePath {
+		if err := os.WriteFile(sysctl, []byte(modprobePath), 0); err != nil {
+			log.L.WithError(err).Warnf("set %s", sysctl)
+		}
+	}
+	if channelKind() == ChannelVsock {
+		// libkrun boots libkrunfw's kernel, whose drivers are built in:
+		// the image's module tree is for another kernel.
+		return
+	}
+	if !has9pTag(protocol.ModulesShareTag) {
+		log.L.Infof("no %s share: only the boot-time kernel modules are available", protocol.ModulesShareTag)
+		return
+	}
+	if err := unix.Mount(protocol.ModulesShareTag, protocol.ModulesGuestDir, "9p",
+		unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ninePOptions); err != nil {
+		log.L.WithError(err).Errorf("mount the %s share on %s", protocol.ModulesShareTag, protocol.ModulesGuestDir)
+		return
+	}
+	rel := kernelRelease()
+	if _, err := os.Stat(filepath.Join(protocol.ModulesGuestDir, rel, "modules.dep")); err != nil {
+		log.L.Warnf("the %s share has no module tree for kernel %s: modprobe will find nothing", protocol.ModulesShareTag, rel)
+		return
+	}
+	log.L.Infof("kernel modules of %s on %s (read-only share)", rel, protocol.ModulesGuestDir)
+}
+
+// has9pTag reports whether a virtio-9p device with mount tag tag exists.
+func has9pTag(tag string) bool {
+	paths, _ := filepath.Glob("/sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag")
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil && strings.TrimRight(string(b), "\x00\n") == tag {
+			return true
+		}
+	}
+	return false
 }

@@ -139,6 +139,30 @@ func TestBuildDeb(t *testing.T) {
 		t.Errorf("manifest: %s", mj)
 	}
 
+	// The whole module tree, with its index files, beside the kernel.
+	if mt := man.ModuleTree; mt == nil || mt.Dir != ModulesDir+"/"+img.KernelRelease || mt.Modules < 1000 || mt.Aliases < mt.Modules || mt.Bytes == 0 {
+		t.Errorf("manifest module tree: %+v", man.ModuleTree)
+	}
+	treeDir := filepath.Join(img.Modules, img.KernelRelease)
+	dep, err := os.ReadFile(filepath.Join(treeDir, ModulesDepFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alias, _ := os.ReadFile(filepath.Join(treeDir, ModulesAliasFile))
+	for _, want := range []string{"\nkernel/net/bridge/bridge.ko", "kernel/net/802/stp.ko"} {
+		if !strings.Contains(string(dep), want) {
+			t.Errorf("modules.dep lacks %q", want)
+		}
+	}
+	if !strings.Contains(string(alias), "\nalias rtnl-link-bridge bridge\n") {
+		t.Errorf("modules.alias lacks rtnl-link-bridge")
+	}
+	for _, f := range []string{"modules.builtin", "modules.builtin.modinfo", "modules.order", ModulesSoftdepFile} {
+		if _, err := os.Stat(filepath.Join(treeDir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+
 	ird, err := os.ReadFile(img.Initrd)
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +174,9 @@ func TestBuildDeb(t *testing.T) {
 	byName := map[string]CpioEntry{}
 	for _, e := range entries {
 		byName[e.Name] = e
+	}
+	if e := byName["sbin/modprobe"]; e.Mode&sIFMT != sIFLNK || string(e.Data) != "/init" {
+		t.Errorf("initramfs sbin/modprobe: %+v, want a link to /init", e.Name)
 	}
 	for _, n := range []string{"init", "sbin/runc", "dev/console", "dev/null", "proc", "sys", "run", "tmp", "mnt", "etc/msb/kernel-release"} {
 		if _, ok := byName[n]; !ok {

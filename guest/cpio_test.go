@@ -119,7 +119,7 @@ func TestInitramfsLayout(t *testing.T) {
 		"init", "lib", "lib/modules", "lib/modules/6.0.0-test", "lib/modules/6.0.0-test/kernel",
 		"lib/modules/6.0.0-test/kernel/fs", "lib/modules/6.0.0-test/kernel/fs/a.ko",
 		"lib/modules/6.0.0-test/kernel/lib", "lib/modules/6.0.0-test/kernel/lib/b.ko",
-		"lib/modules/6.0.0-test/modules.dep", "mnt", "proc", "run", "sbin", "sbin/runc", "sys", "tmp",
+		"lib/modules/6.0.0-test/modules.dep", "mnt", "proc", "run", "sbin", "sbin/modprobe", "sbin/runc", "sys", "tmp",
 	}
 	if !reflect.DeepEqual(listing, want) {
 		t.Errorf("listing:\n%q\nwant\n%q", listing, want)

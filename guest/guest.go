@@ -36,6 +36,7 @@ type Image struct {
 	Initrd        string // uncompressed newc initramfs
 	KrunRoot      string // libkrun guest root directory (agent as /init, runc)
 	KernelRelease string // e.g. "6.1.0-56-amd64"
+	Modules       string // OutDir/modules: holds <release>/, the whole module tree with its index files
 }
 
 // Names of the files in OutDir and of the configuration files inside the initramfs.
@@ -63,7 +64,10 @@ type Manifest struct {
 	Agent         string            `json:"agent_sha256"`
 	Runc          string            `json:"runc_sha256"`
 	Files         map[string]string `json:"files"` // OutDir file → sha256
-	Built         time.Time         `json:"built"`
+	// ModuleTree is the kernel's whole module tree in OutDir (ModulesDir),
+	// with the index files Build generated.
+	ModuleTree *ModuleTree `json:"module_tree,omitempty"`
+	Built      time.Time   `json:"built"`
 }
 
 // Build makes the guest image in o.OutDir: it unpacks the kernel package, extracts
@@ -181,6 +185,11 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		}
 		man.Files[f.name] = sha(f.data)
 	}
+	start := time.Now()
+	if man.ModuleTree, err = installModuleTree(ctx, tree, o.OutDir, ver, logf); err != nil {
+		return nil, err
+	}
+	logf("module tree indexed and installed in %v", time.Since(start).Round(time.Millisecond))
 	krunRoot, err := writeKrunRoot(o.OutDir, agent, runc)
 	if err != nil {
 		return nil, err
@@ -197,6 +206,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		Initrd:        filepath.Join(o.OutDir, InitrdFile),
 		KrunRoot:      krunRoot,
 		KernelRelease: ver,
+		Modules:       filepath.Join(o.OutDir, ModulesDir),
 	}, nil
 }
 
@@ -217,6 +227,9 @@ func initramfs(ver string, agent, runc []byte, mods []*kmod, modDir string) (*bu
 	entries := []CpioEntry{
 		{Name: "init", Mode: exe, Data: agent},
 		{Name: "sbin/runc", Mode: exe, Data: runc},
+		// The kernel's usermode helper for request_module: the agent is
+		// multi-call and acts as modprobe under that name.
+		{Name: "sbin/modprobe", Mode: sIFLNK | 0o777, Data: []byte("/init")},
 		{Name: "etc/msb/kernel-release", Mode: file, Data: []byte(ver + "\n")},
 		{Name: "dev/console", Mode: sIFCHR | 0o600, Major: 5, Minor: 1},
 		{Name: "dev/null", Mode: sIFCHR | 0o666, Major: 1, Minor: 3},

@@ -114,6 +114,10 @@ func modinfo(ko []byte) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("not an ELF object: %w", err)
 	}
+	return elfModinfo(f)
+}
+
+func elfModinfo(f *elf.File) ([]string, error) {
 	s := f.Section(".modinfo")
 	if s == nil {
 		return nil, errors.New("no .modinfo section")
@@ -129,6 +133,32 @@ func modinfo(ko []byte) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// readModinfo returns the .modinfo strings of the module file p. A plain .ko
+// is read through its section headers only; a compressed one is decompressed.
+func readModinfo(ctx context.Context, p string) ([]string, error) {
+	if plainKo(p) == p {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		ef, err := elf.NewFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("not an ELF object: %w", err)
+		}
+		return elfModinfo(ef)
+	}
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	ko, _, err := decompress(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	return modinfo(ko)
 }
 
 // parseModinfo extracts the hard dependencies and the softdep "pre:" names.

@@ -183,3 +183,89 @@ func TestResolveErrors(t *testing.T) {
 		t.Errorf("builtin module: %v %v", names(mods), err)
 	}
 }
+
+func TestTreeIndexes(t *testing.T) {
+	dir := fakeModuleTree(t)
+	src := t.TempDir()
+	write := func(rel string, data []byte) {
+		if err := os.WriteFile(filepath.Join(dir, rel), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Aliases and a soft dependency; cyc1/cyc2 and broken stay in the tree
+	// and must only give warnings.
+	write("kernel/lib/leaf-dash.ko", fakeModule(t, src, "leaf-dash", "depends=", "alias=rtnl-link-leaf", "alias=fs-leaf*"))
+	write("kernel/fs/other.ko", fakeModule(t, src, "other", "depends=leaf_dash", "alias=net-pf-7", "softdep=pre:  soft   post: mid"))
+	write("modules.order", []byte("kernel/fs/other.ko\nkernel/drivers/top.ko\n"))
+	tree, err := loadModuleTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := tree.indexAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, alias, softdep, warnings := treeIndexes(entries)
+	wantDep := "kernel/fs/other.ko: kernel/lib/leaf-dash.ko\n" + // modules.order first
+		"kernel/drivers/top.ko: kernel/lib/mid.ko.xz kernel/lib/leaf-dash.ko\n" +
+		"kernel/fs/broken.ko:\n" +
+		"kernel/fs/cyc1.ko: kernel/fs/cyc2.ko\n" +
+		"kernel/fs/cyc2.ko:\n" +
+		"kernel/lib/leaf-dash.ko:\n" +
+		"kernel/lib/mid.ko.xz: kernel/lib/leaf-dash.ko\n" + // as shipped, compressed
+		"kernel/lib/soft.ko:\n"
+	if string(dep) != wantDep {
+		t.Errorf("modules.dep:\n%s\nwant:\n%s", dep, wantDep)
+	}
+	wantAlias := "# Aliases extracted from modules themselves.\n" +
+		"alias net-pf-7 other\n" +
+		"alias rtnl-link-leaf leaf_dash\n" +
+		"alias fs-leaf* leaf_dash\n"
+	if string(alias) != wantAlias {
+		t.Errorf("modules.alias:\n%s\nwant:\n%s", alias, wantAlias)
+	}
+	wantSoft := "# Soft dependencies extracted from modules themselves.\n" +
+		"softdep other pre: soft post: mid\n" +
+		"softdep top pre: soft crypto-alias post: other\n"
+	if string(softdep) != wantSoft {
+		t.Errorf("modules.softdep:\n%s\nwant:\n%s", softdep, wantSoft)
+	}
+	w := strings.Join(warnings, "\n")
+	if !strings.Contains(w, "broken depends on missing") || !strings.Contains(w, "cycle") {
+		t.Errorf("warnings: %q", warnings)
+	}
+}
+
+func TestInstallModuleTree(t *testing.T) {
+	dir := fakeModuleTree(t)
+	tree, err := loadModuleTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	// An older tree of the same release and one of another release.
+	for _, d := range []string{"modules/6.0.0-test/kernel", "modules/5.0.0-old/kernel"} {
+		if err := os.MkdirAll(filepath.Join(out, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := installModuleTree(context.Background(), tree, out, "6.0.0-test", t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Dir != "modules/6.0.0-test" || info.Modules != 8 || info.Bytes == 0 || info.Softdeps != 1 {
+		t.Errorf("info = %+v", info)
+	}
+	ents, _ := os.ReadDir(filepath.Join(out, "modules"))
+	if len(ents) != 1 || ents[0].Name() != "6.0.0-test" {
+		t.Errorf("modules dir holds %v, want only 6.0.0-test", ents)
+	}
+	for _, f := range []string{"modules.dep", "modules.alias", "modules.softdep", "modules.builtin", "kernel/lib/mid.ko.xz", "kernel/drivers/top.ko"} {
+		if _, err := os.Stat(filepath.Join(out, "modules/6.0.0-test", f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("the unpacked tree was copied, not moved")
+	}
+}

@@ -91,6 +91,7 @@ func Prepare(r Request) (*Prepared, error) {
 		MemoryMiB:      sb.MemoryMiB,
 		Kernel:         c.Kernel,
 		Initrd:         c.Initrd,
+		Modules:        modulesDir(c.Kernel),
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		GuestRoot:      c.GuestRoot,
@@ -124,6 +125,25 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, err
 	}
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
+}
+
+// ModulesDir is the directory beside the guest kernel that holds its whole
+// module tree (<release>/ with modules.dep, modules.alias, ...), written by
+// package guest (guest.ModulesDir).
+const ModulesDir = "modules"
+
+// modulesDir returns the module tree of the image the kernel belongs to, or
+// "" when the image has none (an older image, or a kernel of one's own):
+// such a guest keeps its boot-time modules only, and says so in its log.
+func modulesDir(kernel string) string {
+	if kernel == "" {
+		return ""
+	}
+	d := filepath.Join(filepath.Dir(kernel), ModulesDir)
+	if st, err := os.Stat(d); err != nil || !st.IsDir() {
+		return ""
+	}
+	return d
 }
 
 // convert classifies spec's mounts and converts the spec; in carries the

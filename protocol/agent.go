@@ -54,6 +54,16 @@ const (
 	PodGuestDir = "/run/msb/pod"
 )
 
+// The guest kernel's whole module tree (qemu backend): the image's
+// modules dir is exported read-only under ModulesShareTag, and PID 1 in the
+// guest mounts it at ModulesGuestDir right after the boot-time modules, so
+// that the kernel's request_module finds every module (docs/guest-image.md,
+// ADR 012). A VM without the share has the boot-time modules only.
+const (
+	ModulesShareTag = "msb-modules"
+	ModulesGuestDir = "/lib/modules"
+)
+
 // Preparer is an optional part of the Agent service: an agent that
 // implements it serves Prepare, which readies one more container in a
 // running VM (a pod's later container).

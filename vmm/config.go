@@ -85,7 +85,13 @@ type LaunchConfig struct {
 	Libkrun string `json:"libkrun,omitempty"`
 
 	Shares []Share `json:"shares,omitempty"`
-	Disks  []Disk  `json:"disks,omitempty"`
+	// Modules is the guest image's kernel module tree (its modules dir,
+	// holding <release>/), exported read-only to qemu guests under
+	// protocol.ModulesShareTag, where the agent mounts it at /lib/modules.
+	// Empty: the guest has its boot-time modules only. libkrun ignores it
+	// (libkrunfw's kernel is another kernel).
+	Modules string `json:"modules,omitempty"`
+	Disks   []Disk `json:"disks,omitempty"`
 	// Env is the MSB_* guest boot env (mounts/bootenv).
 	Env []string `json:"env,omitempty"`
 
@@ -170,6 +176,9 @@ func (c *LaunchConfig) Validate() error {
 	case "", "kvm", "tcg":
 	default:
 		return fmt.Errorf("launch config: accel %q unknown: use kvm, tcg or leave empty", c.Accel)
+	}
+	if c.Modules != "" && !filepath.IsAbs(c.Modules) {
+		return fmt.Errorf("launch config: modules %q must be an absolute path", c.Modules)
 	}
 	if c.NetNS != "" && !filepath.IsAbs(c.NetNS) {
 		return fmt.Errorf("launch config: netns %q must be an absolute path", c.NetNS)

@@ -259,6 +259,9 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 			return p, err
 		}
 	}
+	if cfg.Modules != "" {
+		logf("module tree %s not shared: libkrun boots libkrunfw's kernel, not the image's (its drivers are built in)", cfg.Modules)
+	}
 	// Share.MultiDevs needs nothing here: libkrun's virtio-fs server keys
 	// its inodes by host device and inode, so files of different mounts
 	// below one share stay apart.

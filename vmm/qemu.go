@@ -70,6 +70,11 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		args = append(args, "-fsdev", fs,
 			"-device", fmt.Sprintf("virtio-9p-device,fsdev=fs%d,mount_tag=%s", i, s.Tag))
 	}
+	if c.Modules != "" {
+		// Read-only and the same for every VM: the kernel's module tree.
+		args = append(args, "-fsdev", "local,id=fsmod,path="+qemuEscape(c.Modules)+",security_model=none,readonly=on",
+			"-device", "virtio-9p-device,fsdev=fsmod,mount_tag="+protocol.ModulesShareTag)
+	}
 	for i, n := range c.NICs {
 		// The taps are the qemu process's fds 3, 4, … (qemu.taps).
 		args = append(args, "-netdev", fmt.Sprintf("tap,id=net%d,fd=%d", i, 3+i),

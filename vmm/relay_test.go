@@ -97,12 +97,14 @@ func TestQEMUArgs(t *testing.T) {
 		ConsoleLog: "/s/console.log",
 		Shares:     []Share{{Tag: "root-1", Path: "/b/a,b", ReadOnly: true}, {Tag: "p", Path: "/p", MultiDevs: true}},
 		Disks:      []Disk{{Tag: "d1", Path: "/i.qcow2", Format: "qcow2"}},
+		Modules:    "/k/modules",
 	}
 	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
 	for _, want := range []string{
 		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=128 -cpu max", "tsc_early_khz=2500000",
 		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
 		"file=/i.qcow2,format=qcow2", "serial=d1", "name=" + protocol.PortName, "-no-reboot",
+		"-fsdev local,id=fsmod,path=/k/modules,security_model=none,readonly=on -device virtio-9p-device,fsdev=fsmod,mount_tag=" + protocol.ModulesShareTag,
 	} {
 		if !strings.Contains(tcg, want) {
 			t.Errorf("missing %q in %s", want, tcg)

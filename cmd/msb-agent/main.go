@@ -1,6 +1,7 @@
 // Command msb-agent is the msb guest agent: /init of the guest image. As PID
 // 1 it is the init supervisor, which starts itself again as the agent
-// proper. Run by hand (not PID 1) it serves the agent protocol on a Unix
+// proper. Started as "modprobe" (/sbin/modprobe links to /init) it is the
+// kernel's module helper. Run by hand (not PID 1) it serves the agent protocol on a Unix
 // socket, one channel per connection, for development.
 package main
 
@@ -11,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -20,6 +22,9 @@ import (
 
 func main() {
 	switch {
+	case filepath.Base(os.Args[0]) == agent.ModprobeName:
+		// /sbin/modprobe → /init: the kernel's request_module helper.
+		os.Exit(agent.Modprobe(os.Args[1:], os.Stderr))
 	case os.Getpid() == 1:
 		agent.RunInit()
 	case os.Getenv(agent.RoleEnv) == agent.RoleGuest:

@@ -15,6 +15,12 @@ import (
 )
 
 func main() {
+	// The initramfs links /sbin/modprobe to /init for the kernel's
+	// request_module: this init is not a modprobe, so it must not go on
+	// (and power the VM off) when the kernel asks for a module.
+	if filepath.Base(os.Args[0]) == "modprobe" {
+		os.Exit(1)
+	}
 	start := time.Now()
 	console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
 	if err != nil {
