@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -71,6 +72,10 @@ func RunInit() {
 	signal.Ignore(initIgnored...)
 	rootErr := switchRoot()
 	earlyMounts()
+	// Neither PID 1 nor the agent (which inherits this) may be the OOM
+	// killer's victim: the VM dies with them. Containers get the spec's
+	// score (0 by default, Create sees to it), not this one.
+	setOOMScoreAdj(oomNever)
 	consoleOutput()
 	SetupLogging()
 	noPivot := rootErr != nil
@@ -343,7 +348,17 @@ func execHandoff(req HandoffRequest) error {
 	if err := unix.Chdir("/"); err != nil {
 		return err
 	}
-	// Give the user's init default signal dispositions.
+	// Give the user's init default signal dispositions and OOM score.
 	signal.Reset()
+	setOOMScoreAdj(0)
 	return syscall.Exec(req.Init, req.Args, req.Env)
+}
+
+// oomNever is the oom_score_adj that exempts a process from the OOM killer.
+const oomNever = -1000
+
+func setOOMScoreAdj(v int) {
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(v)), 0); err != nil {
+		log.L.WithError(err).Warnf("oom_score_adj %d", v)
+	}
 }

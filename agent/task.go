@@ -196,7 +196,15 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 			_ = os.RemoveAll(bundle)
 		}
 	}()
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), r.Options.Value, 0o600); err != nil {
+	config := r.Options.Value
+	if guestDefaults(&spec) {
+		b, err := json.Marshal(&spec)
+		if err != nil {
+			return nil, err
+		}
+		config = b
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600); err != nil {
 		return nil, err
 	}
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"syscall"
 )
@@ -22,9 +21,8 @@ import (
 // endedPrefix starts the VMM log line naming why a VM stopped.
 const endedPrefix = "VM ended: "
 
-// agentOOMKilled matches the kernel's line when its OOM killer takes the
-// agent (the guest's /init binary, running as PID 1's child).
-var agentOOMKilled = regexp.MustCompile(`Out of memory: Killed process \d+ \(init\)`)
+// agentExited starts guest PID 1's console line when the agent died.
+const agentExited = "agent exited ("
 
 // consoleTailBytes is how much of the console the cause is read from.
 const consoleTailBytes = 64 << 10
@@ -34,14 +32,16 @@ const consoleTailBytes = 64 << 10
 // guest's own power-off, or that the console does not say.
 func GuestStopCause(consoleLog string) string {
 	tail := ReadTail(consoleLog, consoleTailBytes)
-	var panicLine, oomLine string
+	var panicLine, oomLine, agentLine string
 	off := false
 	sc := bufio.NewScanner(bytes.NewReader(tail))
 	for sc.Scan() {
 		l := sc.Text()
 		switch {
-		case agentOOMKilled.MatchString(l):
+		case strings.Contains(l, "Out of memory: Killed process"):
 			oomLine = l
+		case strings.Contains(l, agentExited):
+			agentLine = l
 		case strings.Contains(l, "Kernel panic - not syncing"):
 			panicLine = l
 		case strings.Contains(l, "reboot: Power down") || strings.Contains(l, "reboot: System halted"):
@@ -49,8 +49,10 @@ func GuestStopCause(consoleLog string) string {
 		}
 	}
 	switch {
-	case oomLine != "":
+	case agentLine != "" && oomLine != "":
 		return "the guest's OOM killer killed the agent (guest memory exhausted)"
+	case agentLine != "":
+		return "the guest agent died: " + strings.TrimSpace(agentLine[strings.Index(agentLine, agentExited):])
 	case panicLine != "":
 		return "guest kernel panic: " + strings.TrimSpace(panicLine[strings.Index(panicLine, "Kernel panic"):])
 	case off:

@@ -9,7 +9,8 @@ import (
 
 func TestGuestStopCause(t *testing.T) {
 	for _, c := range []struct{ console, want string }{
-		{"[    1.0] msb-agent: ready\n[   40.1] Out of memory: Killed process 87 (init) total-vm:1234kB\n[   40.2] reboot: Power down\n", "the guest's OOM killer killed the agent"},
+		{"[    8.1] Out of memory: Killed process 102 (exe) total-vm:1271768kB oom_score_adj:0\r\nmsb-agent: time=\"02:41:00.087\" level=error msg=\"agent exited (signal killed): powering off\"\r\n[    8.3] reboot: Power down\r\n", "the guest's OOM killer killed the agent"},
+		{"msb-agent: time=\"x\" level=error msg=\"agent exited (exit status 2): powering off\"\n[    8.3] reboot: Power down\n", "the guest agent died: agent exited (exit status 2)"},
 		{"[    1.0] sysrq: Trigger a crash\n[    1.0] Kernel panic - not syncing: sysrq triggered crash\n", "guest kernel panic: Kernel panic - not syncing: sysrq triggered crash"},
 		{"[    1.0] Out of memory: Killed process 90 (dd) total-vm:1kB\n[    2.0] reboot: Power down\n", "the guest powered itself off"},
 		{"[    1.0] nothing to see\n", "its console does not say why"},

@@ -22,43 +22,7 @@ import (
 // MSB_TEST_EVENT_CYCLES sets the number of runs (default 50).
 func TestShimEventsComplete(t *testing.T) {
 	e := startShimEnv(t)
-	c, _ := e.goClient(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	evc, errc := c.EventService().Subscribe(ctx, `topic~="/tasks/"`)
-	var mu sync.Mutex
-	seen := map[string][]string{} // container id → topics in order
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case env := <-evc:
-				v, err := typeurl.UnmarshalAny(env.Event)
-				if err != nil {
-					continue
-				}
-				id := ""
-				switch ev := v.(type) {
-				case *eventstypes.TaskCreate:
-					id = ev.ContainerID
-				case *eventstypes.TaskStart:
-					id = ev.ContainerID
-				case *eventstypes.TaskExit:
-					id = ev.ContainerID
-				case *eventstypes.TaskDelete:
-					id = ev.ContainerID
-				}
-				mu.Lock()
-				seen[id] = append(seen[id], env.Topic)
-				mu.Unlock()
-			case <-errc:
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	events := e.recordTaskEvents(t)
 	n := intEnv(t, "MSB_TEST_EVENT_CYCLES", 50)
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("ev%d", i)
@@ -66,16 +30,11 @@ func TestShimEventsComplete(t *testing.T) {
 			t.Fatalf("cycle %d: %v exit %d: %s", i, err, code, stderr)
 		}
 	}
-	time.Sleep(2 * time.Second) // events are asynchronous to ctr's return
-	cancel()
-	<-done
-	mu.Lock()
-	defer mu.Unlock()
 	want := "/tasks/create /tasks/start /tasks/exit /tasks/delete"
 	var bad []string
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("ev%d", i)
-		if got := strings.Join(seen[id], " "); got != want {
+		if got := events.wait(id, "/tasks/delete", 10*time.Second); got != want {
 			bad = append(bad, id+": "+got)
 		}
 	}
@@ -96,4 +55,67 @@ func intEnv(t *testing.T, k string, def int) int {
 		t.Fatalf("%s=%q: want a positive integer", k, v)
 	}
 	return n
+}
+
+// taskEvents records the /tasks/ topics each container's events carry, in
+// order, from a subscription made before anything runs.
+type taskEvents struct {
+	mu   sync.Mutex
+	seen map[string][]string // container id → topics
+}
+
+func (e *shimEnv) recordTaskEvents(t *testing.T) *taskEvents {
+	t.Helper()
+	c, _ := e.goClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	evc, errc := c.EventService().Subscribe(ctx, `topic~="/tasks/"`)
+	r := &taskEvents{seen: map[string][]string{}}
+	go func() {
+		for {
+			select {
+			case env := <-evc:
+				v, err := typeurl.UnmarshalAny(env.Event)
+				if err != nil {
+					continue
+				}
+				id := ""
+				switch ev := v.(type) {
+				case *eventstypes.TaskCreate:
+					id = ev.ContainerID
+				case *eventstypes.TaskStart:
+					id = ev.ContainerID
+				case *eventstypes.TaskExit:
+					id = ev.ContainerID
+				case *eventstypes.TaskDelete:
+					id = ev.ContainerID
+				case *eventstypes.TaskOOM:
+					id = ev.ContainerID
+				}
+				r.mu.Lock()
+				r.seen[id] = append(r.seen[id], env.Topic)
+				r.mu.Unlock()
+			case <-errc:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// wait returns id's topics once last has come (events are asynchronous to
+// the calls that cause them), or what came within d.
+func (r *taskEvents) wait(id, last string, d time.Duration) string {
+	deadline := time.Now().Add(d)
+	for {
+		r.mu.Lock()
+		got := strings.Join(r.seen[id], " ")
+		r.mu.Unlock()
+		if strings.HasSuffix(got, last) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -116,3 +116,48 @@ func writableSysrq(s *specs.Spec) {
 	}
 	s.Linux.ReadonlyPaths = ro
 }
+
+// The agent is the OOM killer's last choice (-1000, the VM dies with it);
+// a container's processes, init and exec, get the spec's score: 0 when it
+// names none, not the agent's inherited -1000.
+func TestGuestOOMScores(t *testing.T) {
+	e := startShimEnv(t)
+	e.startDetached(t, "oomscore", "sleep", "600")
+	t.Cleanup(func() { e.remove(t, "oomscore") })
+	e.waitStatus(t, "oomscore", "RUNNING", 2*time.Minute)
+	if out := e.MustCtr("task", "exec", "--exec-id", "s", "oomscore", "sh", "-c", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"); out != "0\n0\n" {
+		t.Fatalf("oom_score_adj of init and exec: %q, want 0 and 0", out)
+	}
+}
+
+// A container filling a tmpfs past the VM's memory: the OOM killer takes
+// the writer, not the agent; the container exits 137 with a TaskOOM, and
+// the VM still serves the pod's other container.
+func TestGuestOOMFill(t *testing.T) {
+	e := startShimEnv(t)
+	const sb = "oomfill-sb"
+	ann := func(typ string) []string {
+		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ, "--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+	}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, ann("sandbox")...), e.image, sb, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", 2*time.Minute)
+	events := e.recordTaskEvents(t)
+	for _, limit := range []string{"", "128m"} {
+		id := "oomfill" + strings.TrimSuffix(limit, "m")
+		flags := append(ann("container"), "--mount", "type=tmpfs,destination=/fill,options=size=4g")
+		if limit != "" {
+			flags = append(flags, "--memory-limit", "134217728")
+		}
+		_, stderr, code, err := e.run(id, flags, "dd", "if=/dev/zero", "of=/fill/f", "bs=1M")
+		if err != nil || code != 137 {
+			t.Errorf("limit %q: exit %d, %v: %s", limit, code, err, stderr)
+		}
+		if out := e.MustCtr("task", "exec", "--exec-id", "alive-"+id, sb, "echo", "alive"); out != "alive\n" {
+			t.Fatalf("limit %q: exec in the pod's sandbox after the OOM: %q", limit, out)
+		}
+		if got := events.wait(id, "/tasks/delete", 10*time.Second); !strings.Contains(got, "/tasks/oom /tasks/exit") {
+			t.Errorf("limit %q: events %s; want /tasks/oom before /tasks/exit", limit, got)
+		}
+	}
+}
