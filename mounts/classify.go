@@ -146,9 +146,9 @@ func classify(i int, sm specs.Mount, bundleDir string) (Mount, error) {
 			m.Options = append(m.Options, o)
 		}
 		switch o {
-		case "ro":
+		case "ro", "rro": // a share has no submounts in the guest: ro is recursive
 			m.ReadOnly = true
-		case "rw":
+		case "rw", "rrw":
 			m.ReadOnly = false
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/version"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -71,7 +72,9 @@ func writeFeatures(w io.Writer, cfg config.Config) error {
 	f := features.Features{
 		OCIVersionMin: "1.0.0",
 		OCIVersionMax: specs.Version,
-		Annotations:   ann,
+		// containerd's CRI reads rro here for recursive read-only mounts.
+		MountOptions: specconv.BindOptions(),
+		Annotations:  ann,
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "    ")

@@ -13,12 +13,31 @@ import (
 	"github.com/msb-dev/msb/mounts/bootenv"
 )
 
+// recursiveForms are runc's recursive mount options msb honours
+// (mount_setattr's AT_RECURSIVE forms of the flags).
+var recursiveForms = map[string]bool{
+	"rro": true, "rrw": true, "rnosuid": true, "rsuid": true, "rnoexec": true, "rexec": true, "rnodev": true, "rdev": true,
+}
+
+// BindOptions are the mount options msb honours on binds, as runc's
+// features report lists them: flags, their recursive forms, propagation.
+func BindOptions() []string {
+	out := []string{"bind", "rbind", "ro", "rw", "nosuid", "suid", "noexec", "exec", "nodev", "dev",
+		"private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"}
+	for o := range recursiveForms {
+		out = append(out, o)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // notForDisk are options runc or the bind handles; the rest (noatime,
 // data=ordered, nouuid, ...) describe the filesystem and go to the agent.
 var notForDisk = map[string]bool{
 	"ro": true, "rw": true, "nosuid": true, "suid": true, "noexec": true, "exec": true, "nodev": true, "dev": true,
 	"bind": true, "rbind": true, "private": true, "rprivate": true, "slave": true, "rslave": true,
 	"shared": true, "rshared": true, "unbindable": true, "runbindable": true, "defaults": true,
+	"rro": true, "rrw": true, "rnosuid": true, "rsuid": true, "rnoexec": true, "rexec": true, "rnodev": true, "rdev": true,
 }
 
 // tagger hands out tags and refuses two keys with one tag, which would
@@ -165,6 +184,11 @@ func guestBindOptions(m mounts.Mount) []string {
 	}
 	state := map[string]bool{}
 	for _, o := range m.Options {
+		// The recursive forms (rro, rnosuid, ...) mean the same for a bind
+		// of a share, which has no submounts in the guest.
+		if recursiveForms[o] {
+			o = o[1:]
+		}
 		switch o {
 		case "ro", "nosuid", "noexec", "nodev":
 			state[o] = true

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func TestEchoAndExitCode(t *testing.T) {
@@ -365,3 +366,33 @@ func forgetKVMVerdicts(t *testing.T, qemu string) {
 
 // kvmProbeDir is where msb caches its KVM verdicts (vmm.KVMUsable).
 const kvmProbeDir = "/run/msb/kvm-probe"
+
+// rro (what containerd's CRI asks for a recursive read-only volume) makes
+// the whole bind read-only, a filesystem mounted below its source on the
+// host included; a plain rw bind of the same tree stays writable.
+func TestRecursiveReadOnlyBind(t *testing.T) {
+	requireVM(t)
+	src := t.TempDir()
+	sub := filepath.Join(src, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(sub, "inner"), []byte("in the submount\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `for f in /rro/x /rro/sub/y /rw/x /rw/sub/y; do touch $f 2>/dev/null && echo "$f writable" || echo "$f read-only"; done; cat /rro/sub/inner`
+	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/rro", Type: "bind", Source: src, Options: []string{"rbind", "rro"}},
+			specs.Mount{Destination: "/rw", Type: "bind", Source: src, Options: []string{"rbind", "rw"}})
+	})
+	r := run(t, b, "")
+	want := "/rro/x read-only\n/rro/sub/y read-only\n/rw/x writable\n/rw/sub/y writable\nin the submount\n"
+	if r.code != 0 || r.stdout != want {
+		t.Fatalf("exit %d\n%s\nwant:\n%s\nstderr: %s", r.code, r.stdout, want, r.stderr)
+	}
+}
