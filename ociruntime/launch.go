@@ -56,10 +56,10 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(o.Root, 0o711); err != nil {
+	stateDir := vmm.StateDirPath(o.Root, id)
+	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
 		return nil, fmt.Errorf("state root: %w", err)
 	}
-	stateDir := filepath.Join(o.Root, id)
 	if err := os.Mkdir(stateDir, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("container %q already exists (state in %s): pick another id or delete it", id, stateDir)

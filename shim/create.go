@@ -20,6 +20,7 @@ import (
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // guestBundleRoot is where the agent keeps bundles; it only informs.
@@ -77,7 +78,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	podDir := ""
 	var hostNS map[specs.LinuxNamespaceType]string
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
-		podDir = filepath.Join(StateRoot(), s.namespace, r.ID, "containers")
+		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(StateRoot(), s.namespace), r.ID), "containers")
 		hostNS = takeHostNamespaces(spec)
 	}
 	c.vm, err = startVM(ctx, vmRequest{

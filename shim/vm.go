@@ -111,10 +111,10 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(root, 0o711); err != nil {
+	if err := os.MkdirAll(filepath.Dir(vmm.StateDirPath(root, r.id)), 0o711); err != nil {
 		return nil, fmt.Errorf("state root: %w", err)
 	}
-	stateDir := filepath.Join(root, r.id)
+	stateDir := vmm.StateDirPath(root, r.id)
 	if err := os.Mkdir(stateDir, 0o700); err != nil {
 		if !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("state dir: %w", err)

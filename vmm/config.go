@@ -216,12 +216,20 @@ func DecodeConfig(b []byte) (*LaunchConfig, error) {
 // maxUnixPath is sun_path's size minus the terminating NUL.
 const maxUnixPath = 107
 
-// AgentSocketPath is where the relay of VM name listens under stateRoot
-// (e.g. /run/msb): agent/<first 32 hex of sha256(name)>.sock. Hashing keeps
-// the path short and free of characters from hostile names.
+// A state root (e.g. /run/msb/shim/<namespace>) holds two disjoint trees,
+// so no VM name can collide with msb's own entries: vms/<name> is each
+// VM's state dir (StateDirPath), sock/<hash>.sock its relay socket
+// (AgentSocketPath).
+
+// StateDirPath is VM name's state dir under stateRoot.
+func StateDirPath(stateRoot, name string) string { return filepath.Join(stateRoot, "vms", name) }
+
+// AgentSocketPath is where the relay of VM name listens under stateRoot:
+// sock/<first 32 hex of sha256(name)>.sock. Hashing keeps the path short
+// and free of characters from hostile names.
 func AgentSocketPath(stateRoot, name string) (string, error) {
 	sum := sha256.Sum256([]byte(name))
-	p := filepath.Join(stateRoot, "agent", hex.EncodeToString(sum[:])[:32]+".sock")
+	p := filepath.Join(stateRoot, "sock", hex.EncodeToString(sum[:])[:32]+".sock")
 	if len(p) > maxUnixPath {
 		return "", fmt.Errorf("agent socket path %q is %d bytes, over the %d-byte Unix socket limit: use a shorter state root (--root)", p, len(p), maxUnixPath)
 	}

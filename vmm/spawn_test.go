@@ -216,7 +216,7 @@ func TestAgentSocketPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filepath.Dir(p) != "/run/msb/agent" || len(filepath.Base(p)) != 32+5 {
+	if filepath.Dir(p) != "/run/msb/sock" || len(filepath.Base(p)) != 32+5 {
 		t.Fatalf("path %q", p)
 	}
 	p2, _ := AgentSocketPath("/run/msb", "../../etc/x;z")

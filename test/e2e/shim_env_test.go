@@ -311,7 +311,7 @@ func jsonField(body, name string) string {
 // the VM's state dir).
 func (e *shimEnv) vmmPid(t *testing.T, id string) int {
 	t.Helper()
-	suffix := []byte("\x00vmm\x00" + filepath.Join(e.stateRoot, e.Namespace, id) + "\x00")
+	suffix := []byte("\x00vmm\x00" + filepath.Join(e.stateRoot, e.Namespace, "vms", id) + "\x00")
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, _ := os.ReadFile(p)

@@ -321,3 +321,23 @@ func TestShimRuntimeOptions(t *testing.T) {
 		t.Fatalf("exit %d %v, stdout %q (want 2 vCPUs and > 300 MB), stderr %q", code, err, stdout, stderr)
 	}
 }
+
+// Container ids share the state root with msb's own entries in no way:
+// containers named like them (agent, the old relay dir; sock and vms, the
+// trees now) run side by side, and removing two leaves the third's VM
+// reachable.
+func TestShimIDsCannotCollide(t *testing.T) {
+	e := startShimEnv(t)
+	for _, id := range []string{"agent", "sock", "vms"} {
+		e.startDetached(t, id, "sleep", "600")
+		t.Cleanup(func() { e.remove(t, id) })
+	}
+	for _, id := range []string{"agent", "sock", "vms"} {
+		e.waitStatus(t, id, "RUNNING", 2*time.Minute)
+	}
+	e.remove(t, "sock")
+	e.remove(t, "vms")
+	if out := e.MustCtr("task", "exec", "--exec-id", "x", "agent", "echo", "still-here"); out != "still-here\n" {
+		t.Fatalf("exec in agent after removing sock and vms: %q", out)
+	}
+}
