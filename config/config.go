@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"regexp"
+	"runtime"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultPath is the system config file.
@@ -48,22 +51,52 @@ type Config struct {
 	// no interface yet at boot, for interfaces that arrive before the
 	// container starts (Docker, nerdctl's hook): a VM cannot hot-plug NICs.
 	SpareNICs int `toml:"spare_nics"`
+	// MaxVCPUs and MaxMemoryMiB bound every VM (0: the host's CPUs and
+	// RAM); a spec or annotation asking for more is refused.
+	MaxVCPUs     int `toml:"max_vcpus"`
+	MaxMemoryMiB int `toml:"max_memory_mib"`
+	// EnableAnnotations are regular expressions, each matched against a
+	// whole annotation name, of the io.msb.* annotations a spec may set;
+	// any other io.msb.* annotation is refused. The default lets a
+	// container size its VM, not pick the backend or a handoff init.
+	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
 // Default returns the built-in configuration.
 func Default() Config {
 	return Config{
-		Backend:     "auto",
-		Kernel:      "/var/lib/msb/vmlinux",
-		Initrd:      "/var/lib/msb/initrd.cpio",
-		GuestRoot:   "/var/lib/msb/krunroot",
-		QEMU:        "qemu-system-x86_64",
-		VCPUs:       1,
-		MemoryMiB:   256,
-		OverheadMiB: 128,
-		BootTimeout: "2m",
-		SpareNICs:   1,
+		Backend:           "auto",
+		Kernel:            "/var/lib/msb/vmlinux",
+		Initrd:            "/var/lib/msb/initrd.cpio",
+		GuestRoot:         "/var/lib/msb/krunroot",
+		QEMU:              "qemu-system-x86_64",
+		VCPUs:             1,
+		MemoryMiB:         256,
+		OverheadMiB:       128,
+		BootTimeout:       "2m",
+		SpareNICs:         1,
+		EnableAnnotations: []string{`io\.msb\.(vcpus|memory-mib)`},
 	}
+}
+
+// VCPUBound is MaxVCPUs, or the host's CPU count when 0.
+func (c Config) VCPUBound() int {
+	if c.MaxVCPUs > 0 {
+		return c.MaxVCPUs
+	}
+	return runtime.NumCPU()
+}
+
+// MemoryBound is MaxMemoryMiB, or the host's RAM when 0 (0 if unknown).
+func (c Config) MemoryBound() int {
+	if c.MaxMemoryMiB > 0 {
+		return c.MaxMemoryMiB
+	}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
 }
 
 // Load reads path over the defaults; a missing file yields the defaults.
@@ -143,6 +176,14 @@ func (c Config) validate() error {
 	}
 	if c.OverheadMiB < 0 {
 		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	}
+	if c.MaxVCPUs < 0 || c.MaxMemoryMiB < 0 {
+		return fmt.Errorf("max_vcpus %d, max_memory_mib %d: must not be negative (0: the host's)", c.MaxVCPUs, c.MaxMemoryMiB)
+	}
+	for i, re := range c.EnableAnnotations {
+		if _, err := regexp.Compile(re); err != nil {
+			return fmt.Errorf("enable_annotations[%d] %q: %w", i, re, err)
+		}
 	}
 	if c.SpareNICs < 0 || c.SpareNICs > 8 {
 		return fmt.Errorf("spare_nics %d: use 0..8", c.SpareNICs)

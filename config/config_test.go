@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func write(t *testing.T, body string) string {
 
 func TestMissingFileGivesDefaults(t *testing.T) {
 	c, err := Load(filepath.Join(t.TempDir(), "none.toml"))
-	if err != nil || c != Default() {
+	if err != nil || !reflect.DeepEqual(c, Default()) {
 		t.Fatalf("%+v %v", c, err)
 	}
 }
@@ -56,6 +57,24 @@ func TestErrorsNameTheKey(t *testing.T) {
 		_, err := Load(write(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want it to name %q", body, err, want)
+		}
+	}
+}
+
+func TestBounds(t *testing.T) {
+	c, err := Load(write(t, "max_vcpus = 2\nmax_memory_mib = 1024\nenable_annotations = ['io\\.msb\\..*']\n"))
+	if err != nil || c.VCPUBound() != 2 || c.MemoryBound() != 1024 || len(c.EnableAnnotations) != 1 {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if d := Default(); d.VCPUBound() < 1 || d.MemoryBound() < 64 {
+		t.Fatalf("host bounds %d vcpus %d MiB", d.VCPUBound(), d.MemoryBound())
+	}
+	for text, want := range map[string]string{
+		"max_vcpus = -1\n":                        "must not be negative",
+		"enable_annotations = ['io\\.msb\\.(']\n": "enable_annotations[0]",
+	} {
+		if _, err := Load(write(t, text)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
 		}
 	}
 }

@@ -162,7 +162,8 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 		}
 	}
 	in.Spec, in.Mounts = spec, ms
-	in.Defaults = specconv.Defaults{VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend}
+	in.Defaults = specconv.Defaults{VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, OverheadMiB: c.OverheadMiB, Backend: c.Backend,
+		MaxVCPUs: c.VCPUBound(), MaxMemoryMiB: c.MemoryBound(), EnableAnnotations: c.EnableAnnotations}
 	sb, err := specconv.Convert(in)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)

@@ -3,6 +3,8 @@ package specconv
 import (
 	"fmt"
 	"path"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -171,4 +173,43 @@ func rlimits(rs []specs.POSIXRlimit) ([]bootenv.Rlimit, error) {
 		out = append(out, bootenv.Rlimit{Resource: id, Soft: r.Soft, Hard: r.Hard})
 	}
 	return out, nil
+}
+
+// checkAnnotations refuses io.msb.* annotations that no enable pattern
+// matches: the VM's backend and handoff init are the admin's to allow,
+// since CRI can pass pod annotations through to the spec.
+func checkAnnotations(spec *specs.Spec, enable []string) error {
+	var res []*regexp.Regexp
+	for _, p := range enable {
+		re, err := regexp.Compile("^(?:" + p + ")$")
+		if err != nil {
+			return fmt.Errorf("enable_annotations %q: %w", p, err)
+		}
+		res = append(res, re)
+	}
+	keys := make([]string, 0, len(spec.Annotations))
+	for k := range spec.Annotations {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "io.msb.") {
+			continue
+		}
+		if !slices.ContainsFunc(res, func(re *regexp.Regexp) bool { return re.MatchString(k) }) {
+			return fmt.Errorf("annotations[%q]: not enabled for this runtime; an admin can allow it with a pattern in enable_annotations in /etc/msb/config.toml", k)
+		}
+	}
+	return nil
+}
+
+// checkBounds refuses a VM bigger than the configured bounds.
+func checkBounds(sb *Sandbox, d Defaults) error {
+	if d.MaxVCPUs > 0 && sb.VCPUs > d.MaxVCPUs {
+		return fmt.Errorf("VM vcpus %d (from the CPU limit or %s): over max_vcpus %d in /etc/msb/config.toml; ask for fewer CPUs", sb.VCPUs, AnnotationVCPUs, d.MaxVCPUs)
+	}
+	if d.MaxMemoryMiB > 0 && sb.MemoryMiB > d.MaxMemoryMiB {
+		return fmt.Errorf("VM memory %d MiB (from the memory limit plus overhead, or %s): over max_memory_mib %d in /etc/msb/config.toml; ask for less memory", sb.MemoryMiB, AnnotationMemoryMiB, d.MaxMemoryMiB)
+	}
+	return nil
 }

@@ -62,6 +62,12 @@ type Defaults struct {
 	// kernel, agent and runc.
 	OverheadMiB int
 	Backend     string
+	// MaxVCPUs and MaxMemoryMiB bound the VM (0: no bound); a bigger one
+	// is refused, naming the bound.
+	MaxVCPUs, MaxMemoryMiB int
+	// EnableAnnotations are the regexps (whole names) of the io.msb.*
+	// annotations the spec may set; others are refused.
+	EnableAnnotations []string
 }
 
 // Input is everything Convert needs; all host lookups are already done.
@@ -145,7 +151,13 @@ func Convert(in Input) (*Sandbox, error) {
 	if err := sizeVM(sb, spec, in.Defaults); err != nil {
 		return nil, err
 	}
+	if err := checkAnnotations(spec, in.Defaults.EnableAnnotations); err != nil {
+		return nil, err
+	}
 	if err := applyAnnotations(sb, spec); err != nil {
+		return nil, err
+	}
+	if err := checkBounds(sb, in.Defaults); err != nil {
 		return nil, err
 	}
 	if err := convertMounts(sb, in); err != nil {

@@ -18,7 +18,8 @@ const (
 	stage  = "/run/msb/vm/c0ffee/stage"
 )
 
-var defaults = Defaults{VCPUs: 1, MemoryMiB: 256, OverheadMiB: 128, Backend: "auto"}
+// defaults enable every io.msb.* annotation; TestAnnotationsAndBounds checks the allow-list.
+var defaults = Defaults{VCPUs: 1, MemoryMiB: 256, OverheadMiB: 128, Backend: "auto", EnableAnnotations: []string{`io\.msb\..*`}}
 
 func baseSpec() *specs.Spec {
 	return &specs.Spec{
@@ -514,5 +515,43 @@ func TestNetworkPathAndHostHooks(t *testing.T) {
 	// Without a path the VMM gets a new namespace.
 	if sb, err := Convert(input(baseSpec())); err != nil || sb.NetNS != "" {
 		t.Errorf("NetNS = %q, %v", sb.NetNS, err)
+	}
+}
+
+func TestAnnotationsAndBounds(t *testing.T) {
+	d := Defaults{VCPUs: 1, MemoryMiB: 256, OverheadMiB: 128, Backend: "auto", MaxVCPUs: 2, MaxMemoryMiB: 1024,
+		EnableAnnotations: []string{`io\.msb\.(vcpus|memory-mib)`}}
+	for _, c := range []struct {
+		name string
+		mut  func(*specs.Spec)
+		want string // "" = accepted
+	}{
+		{"sizing annotations", func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.msb.vcpus": "2", "io.msb.memory-mib": "512", "other.io/x": "y"}
+		}, ""},
+		{"backend not enabled", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.backend": "qemu"} },
+			`annotations["io.msb.backend"]: not enabled for this runtime`},
+		{"handoff not enabled", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.handoff-init": "/sbin/init"} },
+			"enable_annotations in /etc/msb/config.toml"},
+		{"vcpus over the bound", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.vcpus": "3"} },
+			"VM vcpus 3 (from the CPU limit or io.msb.vcpus): over max_vcpus 2"},
+		{"memory annotation over the bound", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.memory-mib": "2048"} },
+			"VM memory 2048 MiB"},
+		{"memory limit over the bound", func(s *specs.Spec) {
+			l := int64(1000 << 20)
+			s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}}
+		}, "VM memory 1128 MiB (from the memory limit plus overhead, or io.msb.memory-mib): over max_memory_mib 1024"},
+	} {
+		spec := baseSpec()
+		c.mut(spec)
+		in := input(spec)
+		in.Defaults = d
+		_, err := Convert(in)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
 	}
 }

@@ -253,6 +253,9 @@ func TestRefusedSpec(t *testing.T) {
 		"bad-annotation": {func(s *specs.Spec) {
 			s.Annotations = map[string]string{"io.msb.vcpus": "many"}
 		}, "io.msb.vcpus"},
+		"memory-past-host": {func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.msb.memory-mib": "99999999"}
+		}, "over max_memory_mib"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			out, err := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"true"}, c.mut), "refused").CombinedOutput()
