@@ -51,6 +51,9 @@ type Config struct {
 	// no interface yet at boot, for interfaces that arrive before the
 	// container starts (Docker, nerdctl's hook): a VM cannot hot-plug NICs.
 	SpareNICs int `toml:"spare_nics"`
+	// ConsoleLogMaxKiB caps each VM's guest console log (0: 4096 KiB);
+	// the oldest half goes when it is reached.
+	ConsoleLogMaxKiB int `toml:"console_log_max_kib"`
 	// MaxVCPUs and MaxMemoryMiB bound every VM (0: the host's CPUs and
 	// RAM); a spec or annotation asking for more is refused.
 	MaxVCPUs     int `toml:"max_vcpus"`
@@ -176,6 +179,9 @@ func (c Config) validate() error {
 	}
 	if c.OverheadMiB < 0 {
 		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	}
+	if c.ConsoleLogMaxKiB < 0 || c.ConsoleLogMaxKiB > 0 && c.ConsoleLogMaxKiB < 16 {
+		return fmt.Errorf("console_log_max_kib %d: use at least 16 (or 0 for the default 4096)", c.ConsoleLogMaxKiB)
 	}
 	if c.MaxVCPUs < 0 || c.MaxMemoryMiB < 0 {
 		return fmt.Errorf("max_vcpus %d, max_memory_mib %d: must not be negative (0: the host's)", c.MaxVCPUs, c.MaxMemoryMiB)

@@ -87,6 +87,7 @@ func Prepare(r Request) (*Prepared, error) {
 		RuntimeDir:     r.StateDir,
 		AgentSocket:    r.AgentSocket,
 		ConsoleLog:     filepath.Join(r.StateDir, "console.log"),
+		ConsoleLogMax:  int64(c.ConsoleLogMaxKiB) << 10,
 		VCPUs:          sb.VCPUs,
 		MemoryMiB:      sb.MemoryMiB,
 		Kernel:         c.Kernel,

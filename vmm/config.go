@@ -65,6 +65,9 @@ type LaunchConfig struct {
 	RuntimeDir  string `json:"runtimeDir"`
 	AgentSocket string `json:"agentSocket"`
 	ConsoleLog  string `json:"consoleLog"`
+	// ConsoleLogMax caps ConsoleLog in bytes (0: DefaultConsoleLogMax);
+	// the oldest half goes when it is reached.
+	ConsoleLogMax int64 `json:"consoleLogMax,omitempty"`
 
 	VCPUs     int `json:"vcpus"`
 	MemoryMiB int `json:"memoryMiB"`

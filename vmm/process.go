@@ -70,6 +70,7 @@ func readConfig() (*LaunchConfig, error) {
 type vm struct {
 	cfg      *LaunchConfig
 	hv       *qemu
+	console  *consoleServer
 	sess     *yamux.Session
 	agent    *protocol.AgentClient
 	exitCode chan int32 // the code the guest was shut down with
@@ -115,6 +116,10 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 		return 1, err
 	}
 	defer closeAll(taps)
+	if v.console, err = startConsole(consoleSocket(cfg), cfg.ConsoleLog, cfg.ConsoleLogMax); err != nil {
+		return 1, err
+	}
+	defer v.console.Close()
 	start := time.Now()
 	v.hv, err = startQEMU(cfg, chanSock, logf, taps)
 	if err != nil {
@@ -203,6 +208,7 @@ func (v *vm) guestCode() int {
 		return int(c)
 	case <-time.After(100 * time.Millisecond):
 	}
+	v.console.drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
 		log.L.Warnf("%sthe hypervisor was killed (%v): exiting %d", endedPrefix, err, ExitKilled)
 		return ExitKilled

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +53,7 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		args = append(args, "-initrd", c.Initrd)
 	}
 	args = append(args, "-append", cmdline,
-		"-chardev", "file,id=console,path="+qemuEscape(c.ConsoleLog),
+		"-chardev", "socket,id=console,path="+qemuEscape(consoleSocket(c)),
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=agent,path="+qemuEscape(chanSock),
 		"-device", "virtio-serial-device",
@@ -90,6 +91,10 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 	}
 	return args
 }
+
+// consoleSocket is where the VMM takes the guest console from qemu
+// (consoleServer), in the VM's runtime dir.
+func consoleSocket(c *LaunchConfig) string { return filepath.Join(c.RuntimeDir, "console.sock") }
 
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 

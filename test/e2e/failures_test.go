@@ -161,3 +161,43 @@ func TestGuestOOMFill(t *testing.T) {
 		}
 	}
 }
+
+// A guest flooding its console (here: sysrq task dumps, each tens of KiB,
+// at console log level 9) leaves console.log within console_log_max_kib.
+func TestConsoleLogCapped(t *testing.T) {
+	requireVM(t)
+	base, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfg, append(base, []byte("console_log_max_kib = 64\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := stateRoot(t)
+	b := bundle(t, []string{"sh", "-c", "echo 9 > /proc/sysrq-trigger; for i in $(seq 40); do echo t > /proc/sysrq-trigger; done; sleep 2; echo flooded"}, writableSysrq)
+	cmd := runtimeCmd(root, "--debug", "run", "--bundle", b, "flood")
+	cmd.Env = append(cmd.Env, "MSB_CONFIG="+cfg)
+	done := make(chan []byte, 1)
+	go func() { out, _ := cmd.CombinedOutput(); done <- out }()
+	// Read the log while the VM runs (the state dir goes with the run).
+	var max int
+	log := filepath.Join(root, "vms", "flood", "console.log")
+	for {
+		if st, err := os.Stat(log); err == nil && int(st.Size()) > max {
+			max = int(st.Size())
+		}
+		select {
+		case out := <-done:
+			if !strings.Contains(string(out), "flooded") {
+				t.Fatalf("run: %s", out)
+			}
+			if max < 32<<10 || max > 64<<10 {
+				t.Fatalf("console.log peaked at %d bytes; want near the cap, 65536, never over (40 task dumps are far more)", max)
+			}
+			t.Logf("console.log peaked at %d bytes", max)
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
