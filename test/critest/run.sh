@@ -19,6 +19,8 @@
 #                     critest.log, report.json (ginkgo), specs.tsv, summary.txt, containerd.log
 #                     (with the shims' lines), registry.log, images.txt
 #   CRITEST_TIMEOUT   ginkgo's suite timeout (default 75m)
+#   CRITEST_RUNTIME_TIMEOUT  critest's CRI call timeout (default 120s; critest's own is 300s, and
+#                     twice that for RunPodSandbox: a hung sandbox start then costs 10 minutes)
 #   CRITEST_KEEP=1    leave containerd, the registry and the netns up afterwards (cleanup.sh
 #                     removes them); crictl against it: see README.md
 #   CRITEST_EXTRA     more critest flags (word-split)
@@ -55,7 +57,7 @@ CRITEST_LOGDIR=$OUT "$CRITEST_DIR/setup.sh"
 
 args=(--runtime-endpoint="unix://$SOCK" --image-endpoint="unix://$SOCK" --runtime-handler="$HANDLER"
 	--report-dir="$OUT" --ginkgo.v --ginkgo.no-color --ginkgo.json-report="$OUT/report.json"
-	--ginkgo.timeout="${CRITEST_TIMEOUT:-75m}")
+	--ginkgo.timeout="${CRITEST_TIMEOUT:-75m}" --runtime-service-timeout="${CRITEST_RUNTIME_TIMEOUT:-120s}")
 [[ -n $FOCUS ]] && args+=(--ginkgo.focus="$FOCUS")
 [[ -n $SKIP ]] && args+=(--ginkgo.skip="$SKIP")
 # shellcheck disable=SC2206
