@@ -6,7 +6,8 @@
 //
 // It prints the failing specs, each marked expected (with the list's
 // reason) or UNEXPECTED, then the listed entries whose specs all passed
-// (remove them from the list), then as its last line
+// (remove them from the list), the specs that passed only when retried
+// (ginkgo --flake-attempts), then as its last line
 // "N passed, N failed, N skipped". It exits 1 when a spec failed that the
 // list does not name, 2 on a bad report or list, else 0.
 //
@@ -36,6 +37,7 @@ type specReport struct {
 	LeafNodeType            string
 	State                   string
 	RunTime                 time.Duration
+	NumAttempts             int
 	Failure                 struct {
 		Message  string
 		Location struct {
@@ -57,6 +59,7 @@ type spec struct {
 	State   string // passed, failed, skipped, ...
 	Message string // failure message on one line
 	RunTime time.Duration
+	Tries   int // how many times it ran (ginkgo --flake-attempts)
 }
 
 // entry is one line of the expected-failures list.
@@ -126,11 +129,24 @@ func readReport(path string) ([]spec, error) {
 			if s.LeafNodeType != "It" {
 				name = strings.TrimSpace("[" + s.LeafNodeType + "] " + name)
 			}
-			msg := strings.Join(strings.Fields(s.Failure.Message), " ") // one line
-			specs = append(specs, spec{Name: name, State: s.State, Message: msg, RunTime: s.RunTime})
+			msg := oneLine(s.Failure.Message)
+			specs = append(specs, spec{Name: name, State: s.State, Message: msg, RunTime: s.RunTime, Tries: s.NumAttempts})
 		}
 	}
 	return specs, nil
+}
+
+// oneLine joins a failure message's lines, up to gomega's dump of the
+// error value (a line holding only "{"), which repeats what came before.
+func oneLine(msg string) string {
+	var keep []string
+	for _, l := range strings.Split(msg, "\n") {
+		if strings.TrimSpace(l) == "{" {
+			break
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(strings.Fields(strings.Join(keep, " ")), " ")
 }
 
 func failed(state string) bool {
@@ -168,6 +184,7 @@ type result struct {
 	Passed, Failed, Skipped int
 	Expected                []match // failures the list names
 	Unexpected              []spec
+	Flaky                   []spec  // passed, but not at the first try
 	NowPassing              []entry // entries whose specs ran and all passed
 }
 
@@ -201,6 +218,9 @@ func check(specs []spec, entries []entry) result {
 		switch {
 		case s.State == "passed":
 			res.Passed++
+			if s.Tries > 1 {
+				res.Flaky = append(res.Flaky, s)
+			}
 		case failed(s.State):
 			res.Failed++
 		default:
@@ -247,6 +267,12 @@ func (r result) print(w io.Writer, list string) {
 		fmt.Fprintf(w, "--- %d UNEXPECTED failures (not in %s):\n", len(r.Unexpected), orNone(list))
 		for _, s := range r.Unexpected {
 			fmt.Fprintf(w, "UNEXPECTED  %s\n            %s: %s\n", s.Name, s.State, clip(s.Message, 400))
+		}
+	}
+	if len(r.Flaky) > 0 {
+		fmt.Fprintf(w, "--- %d specs passed only when retried (flaky: a bug to chase, see critest.log):\n", len(r.Flaky))
+		for _, s := range r.Flaky {
+			fmt.Fprintf(w, "FLAKY  %s (passed at try %d)\n", s.Name, s.Tries)
 		}
 	}
 	if len(r.NowPassing) > 0 {

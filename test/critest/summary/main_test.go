@@ -9,8 +9,8 @@ import (
 )
 
 const sampleReport = `[{"SuiteDescription":"CRI validation","SpecReports":[
- {"ContainerHierarchyTexts":["[k8s.io] Networking","runtime should support networking"],"LeafNodeText":"runtime should support port mapping with only container port [Conformance]","LeafNodeType":"It","State":"failed","RunTime":2000000000,"Failure":{"Message":"boom\nmore"}},
- {"ContainerHierarchyTexts":["[k8s.io] Networking"],"LeafNodeText":"runtime should support DNS config [Conformance]","LeafNodeType":"It","State":"passed"},
+ {"ContainerHierarchyTexts":["[k8s.io] Networking","runtime should support networking"],"LeafNodeText":"runtime should support port mapping with only container port [Conformance]","LeafNodeType":"It","State":"failed","RunTime":2000000000,"Failure":{"Message":"boom\nmore\n  {\n  s: dump\n}"}},
+ {"ContainerHierarchyTexts":["[k8s.io] Networking"],"LeafNodeText":"runtime should support DNS config [Conformance]","LeafNodeType":"It","State":"passed","NumAttempts":2},
  {"ContainerHierarchyTexts":["[k8s.io] Image Manager"],"LeafNodeText":"listImage should get exactly 3 image in the result list [Conformance]","LeafNodeType":"It","State":"passed"},
  {"ContainerHierarchyTexts":["[k8s.io] Security Context"],"LeafNodeText":"runtime should support HostIpc is true","LeafNodeType":"It","State":"failed","Failure":{"Message":"refused"}},
  {"ContainerHierarchyTexts":["[k8s.io] Security Context"],"LeafNodeText":"runtime should support something new","LeafNodeType":"It","State":"failed","Failure":{"Message":"new bug"}},
@@ -61,6 +61,9 @@ func TestCheck(t *testing.T) {
 	}
 	if strings.Join(names, "|") != "DNS config|image in the result list" {
 		t.Errorf("now passing: %q", names)
+	}
+	if len(res.Flaky) != 1 || !strings.Contains(res.Flaky[0].Name, "DNS config") {
+		t.Errorf("flaky: %v", res.Flaky)
 	}
 	var out bytes.Buffer
 	res.print(&out, "list")
