@@ -69,8 +69,14 @@ args=(--runtime-endpoint="unix://$SOCK" --image-endpoint="unix://$SOCK" --runtim
 echo "critest ${args[*]}" >"$OUT/cmd.txt"
 log "critest against handler $HANDLER (log $OUT/critest.log)"
 start=$(date +%s)
+# In the background: a signal to this script then runs its trap at once
+# (bash defers traps while a foreground command runs), which stops critest.
+nsenter --net="$NETNS_PATH" -- "$BIN/critest" "${args[@]}" >"$OUT/critest.log" 2>&1 </dev/null &
+critest_pid=$!
+trap 'kill -INT $critest_pid 2>/dev/null; wait $critest_pid || true; exit 130' INT TERM
 rc=0
-innetns "$BIN/critest" "${args[@]}" >"$OUT/critest.log" 2>&1 </dev/null || rc=$?
+wait $critest_pid || rc=$?
+trap 'exit 130' INT TERM
 wall=$(($(date +%s) - start))
 log "critest exited $rc after $wall s"
 
