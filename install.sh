@@ -164,7 +164,10 @@ containerd_config() {
 	*) table="[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]" ;;
 	esac
 	local entry
-	entry=$(printf '# added by msb install.sh: CRI runtime handler "msb" (ctr uses --runtime io.containerd.msb.v2)\n%s\n  runtime_type = '"'"'io.containerd.msb.v2'"'"'\n' "$table")
+	# privileged_without_host_devices: containerd hands a privileged container
+	# every host device node, which mean nothing in a VM (msb refuses them);
+	# with it, privileged pods run in their VM without the host's devices.
+	entry=$(printf '# added by msb install.sh: CRI runtime handler "msb" (ctr uses --runtime io.containerd.msb.v2)\n%s\n  runtime_type = '"'"'io.containerd.msb.v2'"'"'\n  # a privileged container gets no host device nodes: they mean nothing in a VM\n  privileged_without_host_devices = true\n' "$table")
 	if [[ ! -e $CONTAINERD_CONFIG ]]; then
 		mkdir -p "$(dirname "$CONTAINERD_CONFIG")"
 		printf '# containerd config written by msb install.sh (containerd config default shows all settings)\nversion = %s\n\n%s\n' "$ver" "$entry" >"$CONTAINERD_CONFIG"
