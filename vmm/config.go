@@ -224,6 +224,21 @@ const maxUnixPath = 107
 // VM's state dir (StateDirPath), sock/<hash>.sock its relay socket
 // (AgentSocketPath).
 
+// The VMM's other sockets sit beside the relay socket, named after it: a
+// state dir's path can be too long for a Unix socket (108 bytes with a
+// 64-character pod id), the hashed relay path never is.
+
+// channelSocket is where the hypervisor connects the guest's agent channel.
+func channelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "chan") }
+
+// consoleSocket is where the VMM takes the guest console from qemu
+// (consoleServer).
+func consoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
+
+func siblingSocket(agentSocket, kind string) string {
+	return strings.TrimSuffix(agentSocket, ".sock") + "." + kind + ".sock"
+}
+
 // StateDirPath is VM name's state dir under stateRoot.
 func StateDirPath(stateRoot, name string) string { return filepath.Join(stateRoot, "vms", name) }
 
@@ -233,7 +248,7 @@ func StateDirPath(stateRoot, name string) string { return filepath.Join(stateRoo
 func AgentSocketPath(stateRoot, name string) (string, error) {
 	sum := sha256.Sum256([]byte(name))
 	p := filepath.Join(stateRoot, "sock", hex.EncodeToString(sum[:])[:32]+".sock")
-	if len(p) > maxUnixPath {
+	if len(siblingSocket(p, "chan")) > maxUnixPath {
 		return "", fmt.Errorf("agent socket path %q is %d bytes, over the %d-byte Unix socket limit: use a shorter state root (--root)", p, len(p), maxUnixPath)
 	}
 	return p, nil

@@ -156,7 +156,7 @@ func (k *krunTest) wantCalls() []string {
 		`krun_add_disk2 7 "disk-1" "` + d + `/d1.qcow2" 1 1`,
 		"krun_disable_implicit_vsock 7",
 		"krun_add_vsock 7 0",
-		`krun_add_vsock_port2 7 1024 "` + d + `/channel.sock" 0`,
+		`krun_add_vsock_port2 7 1024 "` + channelSocket(k.cfg) + `" 0`,
 		`krun_set_exec 7 "/init" [] []`,
 		"krun_set_env 7 " + quoteList(append(append([]string{}, k.cfg.Env...), "MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1")),
 		`krun_set_rlimits 7 ["7=1024:4096", "4=0:18446744073709551615"]`,
@@ -200,7 +200,7 @@ func TestLibkrunCallSequence(t *testing.T) {
 	if !strings.Contains(k.log(t), "backend libkrun: "+k.cfg.Libkrun+", API >= 1.18") {
 		t.Errorf("vmm.log does not report the API level:\n%s", k.log(t))
 	}
-	for _, p := range []string{k.cfg.AgentSocket, filepath.Join(k.dir, "channel.sock")} {
+	for _, p := range []string{k.cfg.AgentSocket, channelSocket(k.cfg)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s left behind after libkrun exited", p)
 		}
@@ -318,7 +318,7 @@ func TestLibkrunWithoutVirtiofs3(t *testing.T) {
 	k := newKrunTest(t, stub)
 	t.Setenv("KRUNSTUB_LOG", k.callLog)
 	var logs []string
-	if _, err := lib.configure(k.cfg, filepath.Join(k.dir, "channel.sock"), func(f string, a ...any) {
+	if _, err := lib.configure(k.cfg, channelSocket(k.cfg), func(f string, a ...any) {
 		logs = append(logs, fmt.Sprintf(f, a...))
 	}); err != nil {
 		t.Fatal(err)
@@ -467,7 +467,7 @@ func TestLibkrunGuestShutdown(t *testing.T) {
 		t.Fatalf("%v\nvmm.log:\n%s", err, k.log(t))
 	}
 	defer h.Kill()
-	go g.serve(t, filepath.Join(k.dir, "channel.sock"))
+	go g.serve(t, channelSocket(k.cfg))
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

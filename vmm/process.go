@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -92,7 +91,7 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 		return 1, err
 	}
 	defer relayLn.Close()
-	chanSock := filepath.Join(cfg.RuntimeDir, "channel.sock")
+	chanSock := channelSocket(cfg)
 	chanLn, err := listenUnix(chanSock)
 	if err != nil {
 		return 1, err
@@ -259,7 +258,8 @@ func (v *vm) removeState() {
 	}
 	v.cleaned = true
 	_ = os.Remove(v.cfg.AgentSocket)
-	_ = os.Remove(filepath.Join(v.cfg.RuntimeDir, "channel.sock"))
+	_ = os.Remove(channelSocket(v.cfg))
+	_ = os.Remove(consoleSocket(v.cfg))
 	if !v.orphaned {
 		return
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,10 +90,6 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 	}
 	return args
 }
-
-// consoleSocket is where the VMM takes the guest console from qemu
-// (consoleServer), in the VM's runtime dir.
-func consoleSocket(c *LaunchConfig) string { return filepath.Join(c.RuntimeDir, "console.sock") }
 
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
