@@ -46,6 +46,8 @@ type service struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	creating   map[string]bool
+	// shutdownAsked: containerd called Shutdown (shutdownIfAsked).
+	shutdownAsked bool
 }
 
 var _ task.TTRPCTaskService = (*service)(nil)
@@ -176,6 +178,10 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	defer func() {
 		s.mu.Lock()
 		delete(s.creating, r.ID)
+		if _, ok := s.containers[r.ID]; ok {
+			s.shutdownAsked = false // containerd asks again when it is done
+		}
+		s.shutdownIfAsked()
 		s.mu.Unlock()
 	}()
 
@@ -444,9 +450,18 @@ func (s *service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResp
 func (s *service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.containers) > 0 || len(s.creating) > 0 {
-		return &emptypb.Empty{}, nil
-	}
-	s.sd.Shutdown()
+	s.shutdownAsked = true
+	s.shutdownIfAsked()
 	return &emptypb.Empty{}, nil
+}
+
+// shutdownIfAsked shuts the shim down once containerd asked for it and
+// it serves nothing: no container, no create under way. containerd asks
+// after a failed (or cancelled) create while the shim may still be tearing
+// that VM down; without this the shim would outlive it, serving nothing.
+// Call with s.mu held.
+func (s *service) shutdownIfAsked() {
+	if s.shutdownAsked && len(s.containers) == 0 && len(s.creating) == 0 {
+		s.sd.Shutdown()
+	}
 }

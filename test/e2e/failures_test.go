@@ -201,3 +201,36 @@ func TestConsoleLogCapped(t *testing.T) {
 		}
 	}
 }
+
+// A create that containerd gives up on while the VM boots (its client's
+// deadline passed, as CRI's RunPodSandbox timeout does) leaves no shim:
+// containerd asks the shim to shut down while it is still tearing the VM
+// down, and it must go once that is done.
+func TestShimCancelledCreate(t *testing.T) {
+	e := startShimEnv(t)
+	c, _ := e.goClient(t)
+	ctr := e.newContainer(t, c, "cancelled", oci.WithProcessArgs("sleep", "600"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := ctr.NewTask(ctx, cio.NullIO); err == nil {
+		t.Fatal("create finished within 2 s: nothing was cancelled")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var shims []string
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			b, _ := os.ReadFile(p)
+			if strings.Contains(string(b), "containerd-shim-msb-v2\x00") && strings.Contains(string(b), e.Address) {
+				shims = append(shims, p)
+			}
+		}
+		if len(shims) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shim processes left 30 s after a cancelled create: %v", shims)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
