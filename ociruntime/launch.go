@@ -88,6 +88,6 @@ func (s *sandbox) destroy() {
 	}
 	_ = s.prep.Release()
 	_ = os.RemoveAll(s.stateDir)
-	// The VMM removes its socket; this covers a VMM that was SIGKILLed.
-	_ = os.Remove(s.prep.Launch.AgentSocket)
+	// The VMM removes its sockets; this covers a VMM that was SIGKILLed.
+	vmm.RemoveSockets(s.prep.Launch.AgentSocket)
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // recordFile is the per-container record the shim keeps in the bundle, so
@@ -111,7 +112,7 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 			}
 		}
 		if rec.AgentSocket != "" {
-			_ = os.Remove(rec.AgentSocket)
+			vmm.RemoveSockets(rec.AgentSocket)
 		}
 	}
 	if err := os.Remove(filepath.Join(bundle, recordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {

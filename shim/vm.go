@@ -300,6 +300,6 @@ func (v *vm) destroy(ctx context.Context) {
 		log.G(ctx).WithError(err).Warnf("VM %s: remove state", v.name)
 	}
 	if v.launch != nil {
-		_ = os.Remove(v.launch.AgentSocket)
+		vmm.RemoveSockets(v.launch.AgentSocket)
 	}
 }

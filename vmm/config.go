@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -234,6 +235,14 @@ func channelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket,
 // consoleSocket is where the VMM takes the guest console from qemu
 // (consoleServer).
 func consoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
+
+// RemoveSockets removes a VM's relay socket and the sockets beside it;
+// the VMM does so when it ends, its creator when the VMM was killed.
+func RemoveSockets(agentSocket string) {
+	for _, p := range []string{agentSocket, siblingSocket(agentSocket, "chan"), siblingSocket(agentSocket, "cons")} {
+		_ = os.Remove(p)
+	}
+}
 
 func siblingSocket(agentSocket, kind string) string {
 	return strings.TrimSuffix(agentSocket, ".sock") + "." + kind + ".sock"

@@ -257,9 +257,7 @@ func (v *vm) removeState() {
 		return
 	}
 	v.cleaned = true
-	_ = os.Remove(v.cfg.AgentSocket)
-	_ = os.Remove(channelSocket(v.cfg))
-	_ = os.Remove(consoleSocket(v.cfg))
+	RemoveSockets(v.cfg.AgentSocket)
 	if !v.orphaned {
 		return
 	}
