@@ -1,13 +1,9 @@
 package agent
 
 import (
-	"bufio"
-	"os"
-	"strconv"
-	"strings"
-
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // What a guest keeps for itself when a container's memory has no limit.
@@ -60,21 +56,11 @@ func guestDefaults(spec *specs.Spec) bool {
 	return true
 }
 
-// memTotal is the guest's MemTotal in bytes; 0 if unknown.
+// memTotal is the guest's total memory in bytes; 0 if unknown.
 func memTotal() int64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
 		return 0
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err == nil {
-				return kb << 10
-			}
-		}
-	}
-	return 0
+	return int64(si.Totalram) * int64(si.Unit)
 }

@@ -32,6 +32,7 @@ type LoopbackDialer func(port int) (io.ReadWriteCloser, error)
 // LoopbackForwarder is the listener and its redirect rule.
 type LoopbackForwarder struct {
 	nsPath string
+	bin    string // iptables, as found at start
 	ln     *net.TCPListener
 	rule   []string
 	dial   LoopbackDialer
@@ -50,7 +51,7 @@ func ForwardLoopback(nsPath string, dial LoopbackDialer) (_ *LoopbackForwarder, 
 	if err != nil {
 		return nil, fmt.Errorf("loopback forwarding needs iptables: %w (apt-get install iptables)", err)
 	}
-	f := &LoopbackForwarder{nsPath: nsPath, dial: dial, conns: map[io.Closer]bool{}}
+	f := &LoopbackForwarder{nsPath: nsPath, bin: bin, dial: dial, conns: map[io.Closer]bool{}}
 	err = InNS(nsPath, func() error {
 		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
@@ -187,13 +188,9 @@ func (f *LoopbackForwarder) Close() error {
 	if f == nil {
 		return nil
 	}
-	bin, lerr := exec.LookPath(iptables)
-	err := lerr
-	if lerr == nil {
-		err = InNS(f.nsPath, func() error { return iptablesRun(bin, "-D", f.rule) })
-		if errors.Is(err, os.ErrNotExist) {
-			err = nil // the namespace is gone, and its rule with it
-		}
+	err := InNS(f.nsPath, func() error { return iptablesRun(f.bin, "-D", f.rule) })
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil // the namespace is gone, and its rule with it
 	}
 	f.ln.Close()
 	f.mu.Lock()
