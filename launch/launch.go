@@ -185,12 +185,14 @@ func (p *Prepared) VMMLog() string { return filepath.Join(p.Launch.RuntimeDir, "
 
 // Spawn starts the VMM process (binary's hidden `vmm` command) attached to
 // the caller. The state dir on its argv names the VM in ps and lets a
-// cleanup recognise the process.
-func (p *Prepared) Spawn(binary string) (*vmm.Handle, error) {
+// cleanup recognise the process. stdio are a container-mode VMM's
+// (vmm.SpawnOptions.Stdio).
+func (p *Prepared) Spawn(binary string, stdio ...*os.File) (*vmm.Handle, error) {
 	h, err := vmm.Spawn(p.Launch, vmm.SpawnOptions{
 		Binary: binary,
 		Args:   []string{"vmm", p.Launch.RuntimeDir},
 		Log:    p.VMMLog(),
+		Stdio:  stdio,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w%s", err, LogTail(p.VMMLog()))

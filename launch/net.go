@@ -98,6 +98,17 @@ func (n *Net) ForwardLoopback(agentSocket, id string) error {
 	return nil
 }
 
+// Release closes the namespace and leaves the wiring in place, for a
+// creator that hands the VM over (the VMM then undoes it when it ends);
+// safe on nil.
+func (n *Net) Release() {
+	if n == nil || n.ns == nil {
+		return
+	}
+	n.ns.Close()
+	n.ns = nil
+}
+
 // Close stops loopback forwarding, undoes the wiring (the taps go with the
 // VMM) and closes the namespace; safe on nil.
 func (n *Net) Close() error {

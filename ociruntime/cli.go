@@ -48,7 +48,7 @@ func App() *cli.App {
 		},
 		Before:         setupLogging,
 		ExitErrHandler: func(*cli.Context, error) {},
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			specCommand(),
 			{
 				Name:      "run",
@@ -56,7 +56,12 @@ func App() *cli.App {
 				ArgsUsage: "<container-id>",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "bundle directory"},
-					&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "not supported yet"},
+					&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "create and start, then return (the container's pid exits with it)"},
+					&cli.StringFlag{Name: "pid-file", Usage: "with --detach: write the container's pid here"},
+					&cli.StringFlag{Name: "console-socket", Usage: "with --detach: Unix socket that receives the pty master"},
+					&cli.BoolFlag{Name: "no-pivot", Usage: "accepted: the guest sets up its own root"},
+					&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted: keyrings are the guest kernel's"},
+					&cli.IntFlag{Name: "preserve-fds", Usage: "must be 0: host fds cannot enter a VM"},
 				},
 				Action: runCommand,
 			},
@@ -67,13 +72,13 @@ func App() *cli.App {
 				Usage:     "the VMM process (started by msb, reads its config from fd 3)",
 				Hidden:    true,
 				Action: func(*cli.Context) error {
-					if code := vmm.Main(); code != 0 {
+					if code := vmm.Main(vmm.MainOptions{Container: superviseContainer}); code != 0 {
 						return exitError{code: code}
 					}
 					return nil
 				},
 			},
-		},
+		}, lifecycleCommands()...),
 	}
 }
 
@@ -87,11 +92,23 @@ func Main(args []string) int {
 	case errors.As(err, &ee):
 		if ee.err != nil {
 			fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
+			logError(err)
 		}
 		return ee.code
 	default:
 		fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
+		logError(err)
 		return 1
+	}
+}
+
+// logToFile is set when --log names a file: errors go there too, as runc
+// writes them (conmon and containerd's runc shim read them from it).
+var logToFile bool
+
+func logError(err error) {
+	if logToFile {
+		logrus.Error(err)
 	}
 }
 
@@ -109,6 +126,10 @@ func setupLogging(c *cli.Context) error {
 			return fmt.Errorf("--log %s: %w", p, err)
 		}
 		l.SetOutput(f)
+		logToFile = true
+	} else if c.Args().First() == "exec-relay" {
+		// Its stderr is the exec's: keep the relay's own words out of it.
+		l.SetOutput(io.Discard)
 	}
 	return nil
 }
@@ -126,21 +147,31 @@ func options(c *cli.Context) (Options, error) {
 	if err != nil {
 		return Options{}, err
 	}
-	return Options{Root: root, Config: cfg, Self: self}, nil
+	return Options{Root: root, Config: cfg, Self: self, Log: c.String("log"), LogFormat: c.String("log-format")}, nil
 }
 
 func runCommand(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return fmt.Errorf("run needs exactly one container id, got %d arguments", c.NArg())
 	}
-	if c.Bool("detach") {
-		return errors.New("--detach is not supported yet: run in the foreground")
-	}
 	o, err := options(c)
 	if err != nil {
 		return err
 	}
 	ctx := log.WithLogger(context.Background(), log.L)
+	if c.Bool("detach") {
+		id := c.Args().First()
+		if err := Create(ctx, o, id, createOptions(c), stdioFiles()); err != nil {
+			return err
+		}
+		if err := Start(ctx, o, id); err != nil {
+			if derr := Delete(ctx, o, id, true); derr != nil {
+				log.G(ctx).WithError(derr).Warn("delete after a failed start")
+			}
+			return err
+		}
+		return nil
+	}
 	var in io.Reader = os.Stdin
 	code, err := Run(ctx, o, c.String("bundle"), c.Args().First(), Stdio{In: in, Out: os.Stdout, Err: os.Stderr})
 	if err != nil {

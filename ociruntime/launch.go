@@ -21,6 +21,9 @@ type Options struct {
 	Config config.Config
 	// Self is the msb-runtime binary that serves as the VMM process.
 	Self string
+	// Log and LogFormat are the global --log and --log-format, passed on
+	// to the processes msb-runtime leaves behind (exec relays).
+	Log, LogFormat string
 }
 
 // sandbox is a prepared launch: state dir made, files staged, disks locked.

@@ -2,16 +2,11 @@ package ociruntime
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -26,12 +21,6 @@ import (
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
-
-// Stdio is the caller's standard streams.
-type Stdio struct {
-	In       io.Reader
-	Out, Err io.Writer
-}
 
 // Run is `msb-runtime run`: create, start and wait for the container in its
 // own VM, wiring stdio through, and return the container's exit code. The VM
@@ -114,7 +103,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 	}
 	ph.mark("ready")
 
-	streams, err := openStdio(bootCtx, sock, stdio, ph)
+	streams, err := openStdio(bootCtx, sock, newTokens(), stdio, func() { ph.mark("first-output") })
 	if err != nil {
 		return 0, err
 	}
@@ -140,7 +129,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 			return 0, fmt.Errorf("terminal raw mode: %w", err)
 		}
 		defer term.restore()
-		defer term.forwardResize(ctx, tc, sb.id)()
+		defer term.forwardResize(ctx, tc, sb.id, "")()
 	}
 	agent := protocol.NewAgentClient(client)
 	if err := sb.net.Attach(ctx, agent, sb.id); err != nil {
@@ -190,76 +179,6 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 		log.G(ctx).Warnf("VMM exited %d, container %d", vmCode, code)
 	}
 	return code, nil
-}
-
-// stdioStreams are the three relay connections of a process's stdio.
-type stdioStreams struct {
-	tokens [3]string
-	conns  [3]*net.UnixConn
-	out    sync.WaitGroup
-}
-
-func openStdio(ctx context.Context, sock string, stdio Stdio, ph *phases) (*stdioStreams, error) {
-	s := &stdioStreams{}
-	for i := range s.conns {
-		s.tokens[i] = newToken()
-		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, s.tokens[i])
-		if err != nil {
-			s.close()
-			return nil, err
-		}
-		s.conns[i] = c
-	}
-	go func() {
-		if stdio.In != nil {
-			_, _ = io.Copy(s.conns[0], stdio.In)
-		}
-		_ = s.conns[0].CloseWrite()
-	}()
-	var first sync.Once
-	for i, w := range []io.Writer{stdio.Out, stdio.Err} {
-		c := s.conns[i+1]
-		if w == nil {
-			w = io.Discard
-		}
-		_ = c.CloseWrite()
-		s.out.Add(1)
-		go func() {
-			defer s.out.Done()
-			_, _ = io.Copy(w, &markReader{r: c, once: &first, mark: func() { ph.mark("first-output") }})
-		}()
-	}
-	return s, nil
-}
-
-func (s *stdioStreams) wait() { s.out.Wait() }
-
-func (s *stdioStreams) close() {
-	for _, c := range s.conns {
-		if c != nil {
-			c.Close()
-		}
-	}
-}
-
-type markReader struct {
-	r    io.Reader
-	once *sync.Once
-	mark func()
-}
-
-func (m *markReader) Read(p []byte) (int, error) {
-	n, err := m.r.Read(p)
-	if n > 0 {
-		m.once.Do(m.mark)
-	}
-	return n, err
-}
-
-func newToken() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // forwardSignals passes the signals runc run forwards on to the container.

@@ -51,9 +51,9 @@ func (t *terminal) restore() {
 	}
 }
 
-// forwardResize passes the terminal's size changes to the container's pty
-// until stop is called.
-func (t *terminal) forwardResize(ctx context.Context, tc task.TTRPCTaskService, id string) (stop func()) {
+// forwardResize passes the terminal's size changes to the pty of process
+// id/execID until stop is called.
+func (t *terminal) forwardResize(ctx context.Context, tc task.TTRPCTaskService, id, execID string) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, unix.SIGWINCH)
 	done := make(chan struct{})
@@ -65,7 +65,7 @@ func (t *terminal) forwardResize(ctx context.Context, tc task.TTRPCTaskService, 
 				if err != nil {
 					continue
 				}
-				if _, err := tc.ResizePty(ctx, &task.ResizePtyRequest{ID: id, Width: uint32(ws.Width), Height: uint32(ws.Height)}); err != nil {
+				if _, err := tc.ResizePty(ctx, &task.ResizePtyRequest{ID: id, ExecID: execID, Width: uint32(ws.Width), Height: uint32(ws.Height)}); err != nil {
 					log.G(ctx).WithError(err).Debug("resize the container's terminal")
 				}
 			case <-done:

@@ -27,7 +27,14 @@ const (
 	ConfigFD      = 3 // launch config JSON, an unlinked temp file
 	ParentWatchFD = 4 // read end of a pipe; EOF means the creator died
 	StartupFD     = 5 // write end of a pipe; one line {"pid":N}
+	// ContainerStdioFD is the first of a container-mode VMM's stdio fds:
+	// stdin, stdout, stderr, or the one pty slave.
+	ContainerStdioFD = 6
 )
+
+// DetachByte, written by the creator on the parent-watch pipe, tells the
+// VMM to outlive its creator from then on (Handle.Detach).
+const DetachByte = 'd'
 
 // Backend names.
 const (
@@ -108,9 +115,11 @@ type LaunchConfig struct {
 	// its namespace (network.CreateTaps).
 	NICs []network.NIC `json:"nics,omitempty"`
 
-	// Detached VMMs survive their creator; attached ones shut the guest
-	// down when ParentWatchFD reaches EOF.
-	Detached bool `json:"detached,omitempty"`
+	// Container, when set, makes the VMM the host process of one
+	// container for a runtime CLI caller (msb-runtime create): it holds the
+	// container's stdio (fds from ContainerStdioFD on), outlives the CLI
+	// once detached, and exits with the container's exit status.
+	Container *ContainerMode `json:"container,omitempty"`
 	// BootTimeout bounds kernel boot up to the agent answering.
 	BootTimeout Duration `json:"bootTimeout,omitempty"`
 	// KVMBootTimeout bounds a boot under automatically chosen KVM before
@@ -122,6 +131,17 @@ type LaunchConfig struct {
 	// Cleanup lists paths the VMM removes when it exits after its creator
 	// died, so a killed creator leaves nothing behind.
 	Cleanup []string `json:"cleanup,omitempty"`
+}
+
+// ContainerMode is LaunchConfig.Container.
+type ContainerMode struct {
+	// ID is the container's id in the guest.
+	ID string `json:"id"`
+	// Tokens name the stdio streams (stdin, stdout, stderr) the creator
+	// gave the container in its create request.
+	Tokens [3]string `json:"tokens"`
+	// Terminal: the VMM holds one fd, a pty's slave end, instead of three.
+	Terminal bool `json:"terminal,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string.
@@ -180,6 +200,9 @@ func (c *LaunchConfig) Validate() error {
 	case "", "kvm", "tcg":
 	default:
 		return fmt.Errorf("launch config: accel %q unknown: use kvm, tcg or leave empty", c.Accel)
+	}
+	if m := c.Container; m != nil && (m.ID == "" || m.Tokens[0] == "" || m.Tokens[1] == "" || m.Tokens[2] == "") {
+		return errors.New("launch config: container needs an id and three stdio tokens")
 	}
 	if c.Modules != "" && !filepath.IsAbs(c.Modules) {
 		return fmt.Errorf("launch config: modules %q must be an absolute path", c.Modules)

@@ -28,7 +28,7 @@ func realVMM() int {
 	if d := os.Getenv(testKVMEnv); d != "" {
 		kvmDevice = d
 	}
-	return Main()
+	return Main(MainOptions{})
 }
 
 // buildStub compiles testdata/krunstub into dir/libkrun.so.1 with the

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -54,7 +53,7 @@ func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock
 	defer krunAtExitHook.Store(nil)
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, shutdownSignals(v.cfg)...)
 	if err := WriteStartupLine(startup); err != nil {
 		return 1, fmt.Errorf("write startup line: %w", err)
 	}

@@ -39,17 +39,30 @@ const (
 // ConfigFD, boots the VM, writes the startup line, relays agent clients, and
 // returns the exit code the process must exit with: the code the guest was
 // shut down with, or ExitGuestLost/ExitKilled.
-func Main() int {
+func Main(o MainOptions) int {
 	cfg, err := readConfig()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "msb-vmm: %v\n", err)
 		return 1
 	}
-	code, err := run(cfg, os.NewFile(ParentWatchFD, "parent-watch"), os.NewFile(StartupFD, "startup"))
+	if cfg.Container != nil && o.Container == nil {
+		fmt.Fprintf(os.Stderr, "msb-vmm: %s: launch config asks for container mode, which this binary does not serve\n", cfg.Name)
+		return 1
+	}
+	code, err := run(cfg, o, os.NewFile(ParentWatchFD, "parent-watch"), os.NewFile(StartupFD, "startup"))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "msb-vmm: %s: %v\n", cfg.Name, err)
 	}
 	return code
+}
+
+// MainOptions are what the binary serving as VMM adds to it.
+type MainOptions struct {
+	// Container supervises a container-mode VMM's container (its stdio and
+	// its exit) once the agent is up; detached is closed when the creator
+	// has handed the VM over (Handle.Detach). It makes the VMM exit with
+	// the container's status by shutting the guest down with it.
+	Container func(cfg *LaunchConfig, detached <-chan struct{})
 }
 
 func readConfig() (*LaunchConfig, error) {
@@ -74,15 +87,22 @@ type vm struct {
 	agent    *protocol.AgentClient
 	exitCode chan int32 // the code the guest was shut down with
 
-	mu sync.Mutex // guards orphaned and cleaned
+	superviseContainer func(cfg *LaunchConfig, detached <-chan struct{})
+	detached           chan struct{} // closed on DetachByte from the creator
+
+	mu sync.Mutex // guards orphaned, detachedSet and cleaned
 	// orphaned is set when the creator died: then the VMM removes
 	// cfg.Cleanup itself, since nobody else will.
 	orphaned bool
-	cleaned  bool
+	// detachedSet: the creator handed the VM over; the VMM undoes the
+	// network wiring itself when it ends, but leaves the state dir to
+	// whoever deletes the container.
+	detachedSet bool
+	cleaned     bool
 }
 
-func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
-	v := &vm{cfg: cfg, exitCode: make(chan int32, 1)}
+func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, retErr error) {
+	v := &vm{cfg: cfg, exitCode: make(chan int32, 1), superviseContainer: o.Container, detached: make(chan struct{})}
 	defer v.cleanup()
 	logf := os.Stderr
 
@@ -134,7 +154,7 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 	startup.Close()
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, shutdownSignals(cfg)...)
 	return v.supervise(v, relayLn, chanLn, watch, sigs, start)
 }
 
@@ -258,7 +278,7 @@ func (v *vm) removeState() {
 	}
 	v.cleaned = true
 	RemoveSockets(v.cfg.AgentSocket)
-	if !v.orphaned {
+	if !v.orphaned && !v.detachedSet {
 		return
 	}
 	// The creator records the interfaces it wired to this VM's taps and
@@ -268,12 +288,26 @@ func (v *vm) removeState() {
 	} else if err := network.Detach(nil, wires); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
+	if !v.orphaned {
+		return
+	}
 	for _, p := range v.cfg.Cleanup {
 		// Below a pod VM's state dir are its containers' binds.
 		if err := mounts.RemoveAllUnmounted(p); err != nil {
 			log.L.WithError(err).Warnf("cleanup %s", p)
 		}
 	}
+}
+
+// shutdownSignals are the signals that make the VMM shut its guest down.
+// A container's VMM may hold the container's pty as its controlling
+// terminal: a hangup there is the container's business (the container
+// supervisor passes it on), not the VM's end.
+func shutdownSignals(cfg *LaunchConfig) []os.Signal {
+	if cfg.Container != nil {
+		return []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	}
+	return []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP}
 }
 
 func closeAll(fs []*os.File) {

@@ -25,6 +25,9 @@ type SpawnOptions struct {
 	Log string
 	// StartupTimeout overrides the 30 s default (tests).
 	StartupTimeout time.Duration
+	// Stdio are a container-mode VMM's stdio fds (LaunchConfig.Container),
+	// from ContainerStdioFD on.
+	Stdio []*os.File
 }
 
 // Handle is the creator's side of a running VMM process.
@@ -92,8 +95,12 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 	// ExtraFiles[i] becomes fd 3+i. os/exec dups every source fd out of the
 	// way before the final dup2s, so sources that already sit on 3..5 in
 	// this process are handled (see TestSpawnSourceFDsOnTargetNumbers).
-	cmd.ExtraFiles = []*os.File{cfgFile, watchR, startW}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: cfg.Detached, Setpgid: !cfg.Detached}
+	cmd.ExtraFiles = append([]*os.File{cfgFile, watchR, startW}, o.Stdio...)
+	// A container's VMM leads its own session, as runc's container init
+	// does: the caller's terminal signals do not reach it, and a pty it
+	// holds can become its controlling terminal.
+	container := cfg.Container != nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: container, Setpgid: !container}
 	start := cmd.Start
 	if cfg.NetNS == "" {
 		// Never the host's namespace: clients configure what the
@@ -231,6 +238,17 @@ func (h *Handle) Kill() error {
 // Release closes the creator's end of the parent-watch pipe: an attached
 // VMM treats that like its creator's death and shuts the guest down.
 func (h *Handle) Release() error { return h.watch.Close() }
+
+// Detach tells the VMM to outlive its creator (DetachByte) and closes the
+// creator's end of the parent-watch pipe. The VM then runs until its guest
+// stops or the VMM is signalled.
+func (h *Handle) Detach() error {
+	_, err := h.watch.Write([]byte{DetachByte})
+	if cerr := h.watch.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 func exitCode(st *os.ProcessState) int {
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {

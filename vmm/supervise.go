@@ -41,14 +41,33 @@ type guestVM interface {
 // the hypervisor stops, the creator dies (EOF on watch, unless detached) or
 // a signal arrives on sigs. It returns the VMM's exit code; the error says
 // why the VM ended early. start is when the hypervisor was started.
+// watchCreator reads the parent-watch pipe: EOF closes eof (the creator
+// died), unless the creator wrote DetachByte first, which closes
+// v.detached and lets the VMM outlive it.
+func (v *vm) watchCreator(watch *os.File, eof chan<- struct{}) {
+	b := make([]byte, 1)
+	for {
+		n, err := watch.Read(b)
+		if n == 1 && b[0] == DetachByte {
+			v.mu.Lock()
+			v.detachedSet = true
+			v.mu.Unlock()
+			close(v.detached)
+			_, _ = io.Copy(io.Discard, watch)
+			return
+		}
+		if err != nil {
+			close(eof)
+			return
+		}
+	}
+}
+
 func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.File, sigs <-chan os.Signal, start time.Time) (int, error) {
 	cfg := v.cfg
 	watchEOF := make(chan struct{})
-	if !cfg.Detached && watch != nil {
-		go func() {
-			_, _ = io.Copy(io.Discard, watch)
-			close(watchEOF)
-		}()
+	if watch != nil {
+		go v.watchCreator(watch, watchEOF)
 	}
 
 	booted := make(chan error, 1)
@@ -79,6 +98,9 @@ func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.F
 	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
 	go relay(relayLn, v.sess)
 	go g.waitShutdown()
+	if cfg.Container != nil && v.superviseContainer != nil {
+		go v.superviseContainer(cfg, v.detached)
+	}
 
 	select {
 	case <-g.exited():

@@ -1,0 +1,226 @@
+package ociruntime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/msb-dev/msb/hooks"
+	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// CreateOptions are runc create's flags that mean something here.
+type CreateOptions struct {
+	Bundle        string
+	PidFile       string
+	ConsoleSocket string
+	// PreserveFDs must be 0: host fds cannot be passed into a VM.
+	PreserveFDs int
+}
+
+// Create is `msb-runtime create`: it boots the container's VM, creates the
+// container in the guest and leaves the VMM process running as the
+// container's pid, holding stdio (the caller's fds 0–2, or a pty whose
+// master goes to the console socket). That process exits with the
+// container's exit status. Later commands find the container under
+// o.Root. On error nothing is left behind.
+func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [3]*os.File) (retErr error) {
+	if co.PreserveFDs > 0 {
+		return errors.New("--preserve-fds: host file descriptors cannot be passed into the container's VM: drop the option (socket activation does not work with msb)")
+	}
+	sb, err := prepare(o, co.Bundle, id)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			sb.destroy()
+		}
+	}()
+	files := stdio[:]
+	terminal := sb.prep.GuestSpec.Process.Terminal
+	if terminal {
+		if co.ConsoleSocket == "" {
+			return errors.New("process.terminal is true: --console-socket is required to receive the pty master (as with runc create)")
+		}
+		slave, err := hostPty(co.ConsoleSocket, sb.prep.GuestSpec.Process.ConsoleSize)
+		if err != nil {
+			return err
+		}
+		defer slave.Close()
+		files = []*os.File{slave}
+	}
+	tokens := newTokens()
+	sb.prep.Launch.Container = &vmm.ContainerMode{ID: id, Tokens: tokens, Terminal: terminal}
+	h, err := sb.prep.Spawn(o.Self, files...)
+	if err != nil {
+		return err
+	}
+	if err := createInVM(ctx, sb, h, tokens, terminal); err != nil {
+		// The VMM sees its creator go and shuts the guest down.
+		_ = h.Release()
+		select {
+		case <-h.Done():
+		case <-time.After(10 * time.Second):
+			_ = h.Kill()
+		}
+		_, _ = h.Wait()
+		return fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
+	}
+	start, ok := procStart(h.Pid)
+	if !ok {
+		return fmt.Errorf("VMM process %d exited during create: see %s", h.Pid, sb.prep.VMMLog())
+	}
+	c := &container{dir: sb.stateDir, rec: record{
+		ID: id, Bundle: sb.bundle, Rootfs: sb.prep.GuestSpec.Root.Path, Created: time.Now().UTC(),
+		Spec:        specs.Spec{Version: sb.spec.Version, Hooks: sb.spec.Hooks, Annotations: sb.spec.Annotations},
+		Pid:         h.Pid,
+		PidStart:    start,
+		AgentSocket: sb.prep.Launch.AgentSocket,
+		NetNS:       sb.prep.Launch.NetNS,
+		NICs:        sb.prep.Launch.NICs,
+	}}
+	if rootfs, err := rootfsPath(sb.bundle, sb.spec); err == nil {
+		c.rec.Rootfs = rootfs
+	}
+	err = c.save()
+	if err == nil && co.PidFile != "" {
+		err = writePidFile(co.PidFile, h.Pid)
+	}
+	if err == nil {
+		err = h.Detach()
+	}
+	if err != nil {
+		_ = h.Release()
+		_, _ = h.Wait()
+		return err
+	}
+	return nil
+}
+
+// createInVM runs the create hooks while the VM boots, then creates the
+// container in the guest with the stdio streams the VMM holds.
+func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]string, terminal bool) error {
+	if err := hooks.Create(ctx, sb.spec, hooks.State(sb.spec, sb.id, sb.bundle, specs.StateCreating, h.Pid)); err != nil {
+		return err
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.prep.Launch.BootTimeout)+10*time.Second)
+	defer cancel()
+	a, err := dialReady(bootCtx, sb, h)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	spec, err := json.Marshal(sb.prep.GuestSpec)
+	if err != nil {
+		return err
+	}
+	if _, err := a.task.Create(bootCtx, &task.CreateTaskRequest{
+		ID:       sb.id,
+		Bundle:   "/run/msb/bundles/" + sb.id,
+		Terminal: terminal,
+		Stdin:    protocol.StreamURI(tokens[0]),
+		Stdout:   protocol.StreamURI(tokens[1]),
+		Stderr:   protocol.StreamURI(tokens[2]),
+		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
+	}); err != nil {
+		return fmt.Errorf("create container in the guest: %w", err)
+	}
+	return nil
+}
+
+// dialReady connects to the agent of a booting VM and waits until it
+// answers, or the VMM dies.
+func dialReady(ctx context.Context, sb *sandbox, h *vmm.Handle) (*agentConn, error) {
+	cl, err := vmm.DialTTRPC(ctx, sb.prep.Launch.AgentSocket)
+	if err != nil {
+		return nil, err
+	}
+	ready := make(chan error, 1)
+	go func() { ready <- vmm.WaitReady(ctx, cl) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("%w (VMM log: %s)", err, sb.prep.VMMLog())
+		}
+	case <-h.Done():
+		cl.Close()
+		return nil, fmt.Errorf("VM exited during boot: see %s and %s", sb.prep.VMMLog(), sb.prep.Launch.ConsoleLog)
+	}
+	return &agentConn{client: cl, task: task.NewTTRPCTaskClient(cl), agent: protocol.NewAgentClient(cl)}, nil
+}
+
+// writePidFile writes pid as runc does: the number alone, atomically.
+func writePidFile(path string, pid int) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path))
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("--pid-file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("--pid-file: %w", err)
+	}
+	return nil
+}
+
+// Start is `msb-runtime start`: it wires the network the caller set up in
+// the container's namespace since create to the VM, starts the container
+// in the guest and runs the poststart hooks.
+func Start(ctx context.Context, o Options, id string) error {
+	c, err := load(o, id)
+	if err != nil {
+		return err
+	}
+	switch st := c.status(ctx); st {
+	case statusCreated:
+	case statusStopped:
+		return fmt.Errorf("cannot start a container that has stopped")
+	default:
+		return fmt.Errorf("cannot start an already %s container", st)
+	}
+	a, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	lc := &vmm.LaunchConfig{NetNS: c.rec.NetNS, NICs: c.rec.NICs, RuntimeDir: c.dir}
+	n, err := launch.OpenNet(lc, c.rec.Pid)
+	if err != nil {
+		return err
+	}
+	// The VMM undoes the wiring when it ends: here only the namespace fd
+	// is let go.
+	defer n.Release()
+	if err := n.Attach(ctx, a.agent, id); err != nil {
+		return err
+	}
+	if _, err := a.task.Start(ctx, &task.StartRequest{ID: id}); err != nil {
+		return fmt.Errorf("start container in the guest: %w", err)
+	}
+	c.rec.Started = true
+	if err := c.save(); err != nil {
+		log.G(ctx).WithError(err).Warn("record start")
+	}
+	st := hooks.State(&c.rec.Spec, id, c.rec.Bundle, specs.StateRunning, c.rec.Pid)
+	if err := hooks.Run(ctx, &c.rec.Spec, hooks.Poststart, st); err != nil {
+		log.G(ctx).WithError(err).Warn("poststart")
+	}
+	return nil
+}

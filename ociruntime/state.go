@@ -1,0 +1,227 @@
+package ociruntime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/network"
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// recordFile is a created container's record in its state dir: what
+// runc keeps in its state.json, read by every later command.
+const recordFile = "container.json"
+
+// record is what `create` leaves for the commands that follow it.
+type record struct {
+	ID      string    `json:"id"`
+	Bundle  string    `json:"bundle"`
+	Rootfs  string    `json:"rootfs"`
+	Created time.Time `json:"created"`
+	// Spec keeps what later commands need of the bundle's spec, which may
+	// be gone by then: the hooks and the annotations.
+	Spec specs.Spec `json:"spec"`
+	// Pid is the VMM process, the container's pid; PidStart its start
+	// time in clock ticks (/proc/<pid>/stat), so a reused pid is not taken
+	// for it.
+	Pid         int           `json:"pid"`
+	PidStart    uint64        `json:"pidStart"`
+	AgentSocket string        `json:"agentSocket"`
+	NetNS       string        `json:"netns,omitempty"`
+	NICs        []network.NIC `json:"nics,omitempty"`
+	Started     bool          `json:"started,omitempty"`
+}
+
+// container is a created container as a command finds it under --root.
+type container struct {
+	rec record
+	dir string // its state dir
+}
+
+// errNotExist is runc's wording: callers (containerd's runc shim, Podman)
+// match "does not exist".
+func errNotExist(id string) error { return fmt.Errorf("container %q does not exist", id) }
+
+// load finds container id under o.Root.
+func load(o Options, id string) (*container, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	dir := vmm.StateDirPath(o.Root, id)
+	b, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errNotExist(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	c := &container{dir: dir}
+	if err := json.Unmarshal(b, &c.rec); err != nil {
+		return nil, fmt.Errorf("container %q: state %s: %w", id, filepath.Join(dir, recordFile), err)
+	}
+	return c, nil
+}
+
+// save writes the record atomically.
+func (c *container) save() error {
+	b, err := json.Marshal(c.rec)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(c.dir, "."+recordFile)
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write container state: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(c.dir, recordFile))
+}
+
+// procStart is pid's start time in clock ticks since boot, and whether it
+// runs at all (a zombie has exited).
+func procStart(pid int) (uint64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state), so starttime (field 22) is f[19].
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return 0, false
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	return st, err == nil
+}
+
+// vmmAlive says whether the container's VMM process still runs.
+func (c *container) vmmAlive() bool {
+	st, ok := procStart(c.rec.Pid)
+	return ok && st == c.rec.PidStart
+}
+
+// agentConn is a connection to the container's guest agent.
+type agentConn struct {
+	client *ttrpc.Client
+	task   taskapi
+	agent  *protocol.AgentClient
+}
+
+type taskapi = task.TTRPCTaskService
+
+func (a *agentConn) Close() { a.client.Close() }
+
+// dial connects to the guest agent; the VM must be running.
+func (c *container) dial(ctx context.Context) (*agentConn, error) {
+	if !c.vmmAlive() {
+		return nil, fmt.Errorf("container %q is not running: %w", c.rec.ID, errStopped)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cl, err := vmm.DialTTRPC(dctx, c.rec.AgentSocket)
+	if err != nil {
+		return nil, err
+	}
+	return &agentConn{client: cl, task: task.NewTTRPCTaskClient(cl), agent: protocol.NewAgentClient(cl)}, nil
+}
+
+// errStopped carries runc's wording, which containerd's runc shim matches
+// ("container not running").
+var errStopped = errors.New("container not running")
+
+// Statuses as runc reports them.
+const (
+	statusCreated = "created"
+	statusRunning = "running"
+	statusPaused  = "paused"
+	statusStopped = "stopped"
+)
+
+// status asks the guest; a container whose VMM is gone has stopped.
+func (c *container) status(ctx context.Context) string {
+	if !c.vmmAlive() {
+		return statusStopped
+	}
+	a, err := c.dial(ctx)
+	if err != nil {
+		return statusStopped
+	}
+	defer a.Close()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := a.task.State(sctx, &task.StateRequest{ID: c.rec.ID})
+	if err != nil {
+		if c.vmmAlive() {
+			log.G(ctx).WithError(err).Warnf("state of %q in the guest", c.rec.ID)
+		}
+		return statusStopped
+	}
+	switch st.Status {
+	case tasktypes.Status_CREATED:
+		return statusCreated
+	case tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+		return statusPaused
+	case tasktypes.Status_STOPPED:
+		return statusStopped
+	}
+	return statusRunning
+}
+
+// ociState is `state`'s output: the runtime-spec state plus runc's
+// rootfs, created and owner.
+type ociState struct {
+	Version     string            `json:"ociVersion"`
+	ID          string            `json:"id"`
+	Pid         int               `json:"pid"`
+	Status      string            `json:"status"`
+	Bundle      string            `json:"bundle"`
+	Rootfs      string            `json:"rootfs"`
+	Created     time.Time         `json:"created"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Owner       string            `json:"owner"`
+}
+
+func (c *container) state(ctx context.Context) ociState {
+	st := ociState{Version: specs.Version, ID: c.rec.ID, Status: c.status(ctx), Bundle: c.rec.Bundle,
+		Rootfs: c.rec.Rootfs, Created: c.rec.Created, Annotations: c.rec.Spec.Annotations}
+	if st.Status != statusStopped {
+		st.Pid = c.rec.Pid
+	}
+	return st
+}
+
+// remove undoes what create left once the VM is gone: the network
+// wiring (the VMM undoes it itself unless it was killed), staged binds,
+// sockets and the state dir.
+func (c *container) remove(ctx context.Context) error {
+	if wires, err := network.LoadWires(c.dir); err == nil && len(wires) > 0 && c.rec.NetNS != "" {
+		if ns, err := network.OpenNS(c.rec.NetNS); err == nil {
+			if err := network.Detach(ns, wires); err != nil {
+				log.G(ctx).WithError(err).Debug("unwire network (already undone by the VMM?)")
+			}
+			ns.Close()
+		}
+	}
+	vmm.RemoveSockets(c.rec.AgentSocket)
+	if err := mounts.RemoveAllUnmounted(c.dir); err != nil {
+		return fmt.Errorf("remove state of %q: %w", c.rec.ID, err)
+	}
+	return nil
+}
