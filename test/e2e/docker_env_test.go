@@ -63,6 +63,26 @@ func isExecutable(p string) bool {
 func startDocker(t *testing.T) *dockerEnv {
 	t.Helper()
 	binDir, cli := dockerBins(t)
+	d := startDockerd(t, binDir, cli, map[string]any{
+		"runtimes":  map[string]any{"msb": map[string]string{"runtimeType": msbRuntimeType}},
+		"features":  map[string]bool{"containerd-snapshotter": true},
+		"ip6tables": false,
+	})
+	// The busybox image, in the containerd namespace the image store uses.
+	tar := filepath.Join(d.Dir, "busybox.tar")
+	if _, err := os.Stat(tar); err != nil {
+		d.ImportBusybox() // writes it
+	}
+	if out, err := exec.Command(d.CtrBin, "--address", d.Address, "--namespace", "moby", "image", "import", tar).CombinedOutput(); err != nil {
+		t.Fatalf("import busybox for docker: %v: %s", err, out)
+	}
+	return d
+}
+
+// startDockerd starts dockerd from binDir with conf added to the test's
+// daemon.json, against a test containerd running msb's shim.
+func startDockerd(t *testing.T, binDir, cli string, conf map[string]any) *dockerEnv {
+	t.Helper()
 	e := startShimEnv(t)
 	dir, err := os.MkdirTemp("/tmp", "msbd-")
 	if err != nil {
@@ -75,17 +95,18 @@ func startDocker(t *testing.T) *dockerEnv {
 		t.Fatalf("tmpfs for dockerd: %v", err)
 	}
 	d := &dockerEnv{shimEnv: e, netns: newNetNS(t), dir: dir, sock: filepath.Join(dir, "docker.sock"), cli: cli, exited: make(chan struct{})}
-	conf, _ := json.Marshal(map[string]any{
-		"runtimes":                     map[string]any{"msb": map[string]string{"runtimeType": msbRuntimeType}},
-		"features":                     map[string]bool{"containerd-snapshotter": true},
+	all := map[string]any{
 		"bip":                          dockerBridgeGW + "/24",
-		"ip6tables":                    false,
 		"log-driver":                   "json-file",
 		"containerd-namespace":         "moby",
 		"containerd-plugins-namespace": "moby-plugins",
-	})
+	}
+	for k, v := range conf {
+		all[k] = v
+	}
+	b, _ := json.Marshal(all)
 	confPath := filepath.Join(dir, "daemon.json")
-	if err := os.WriteFile(confPath, conf, 0o644); err != nil {
+	if err := os.WriteFile(confPath, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	log, err := os.Create(filepath.Join(dir, "dockerd.log"))
@@ -123,14 +144,6 @@ func startDocker(t *testing.T) *dockerEnv {
 			t.Fatalf("dockerd not up in 2m: %s", d.log())
 		}
 		time.Sleep(300 * time.Millisecond)
-	}
-	// The busybox image, in the containerd namespace the image store uses.
-	tar := filepath.Join(e.Dir, "busybox.tar")
-	if _, err := os.Stat(tar); err != nil {
-		e.ImportBusybox() // writes it
-	}
-	if out, err := exec.Command(e.CtrBin, "--address", e.Address, "--namespace", "moby", "image", "import", tar).CombinedOutput(); err != nil {
-		t.Fatalf("import busybox for docker: %v: %s", err, out)
 	}
 	return d
 }
