@@ -63,6 +63,10 @@ type Config struct {
 	// any other io.msb.* annotation is refused. The default lets a
 	// container size its VM, not pick the backend or a handoff init.
 	EnableAnnotations []string `toml:"enable_annotations"`
+	// AllowDiskBackingFiles lets disk images name other host files (a
+	// qcow2 backing or external data file, vmdk extents or parent), which
+	// the hypervisor opens as root; by default such images are refused.
+	AllowDiskBackingFiles bool `toml:"allow_disk_backing_files"`
 }
 
 // Default returns the built-in configuration.

@@ -111,7 +111,7 @@ func Prepare(r Request) (*Prepared, error) {
 		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs})
 	}
 	for _, d := range sb.Disks {
-		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})
 	}
 	if err := lc.Validate(); err != nil {
 		return nil, err
@@ -152,6 +152,9 @@ func modulesDir(kernel string) string {
 func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input) (*specconv.Sandbox, error) {
 	ms, err := mounts.Classify(spec.Mounts, bundle)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if err := checkDiskImages(ms, c.AllowDiskBackingFiles); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	for _, m := range ms {

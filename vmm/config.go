@@ -54,6 +54,10 @@ type Disk struct {
 	Path     string `json:"path"`
 	Format   string `json:"format"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Backing lets the hypervisor open the backing file (qcow2, vmdk
+	// parent) the image names (config allow_disk_backing_files); without
+	// it qemu is told to open none.
+	Backing bool `json:"backing,omitempty"`
 }
 
 // LaunchConfig is everything the VMM process needs. It travels as JSON
