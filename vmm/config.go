@@ -126,6 +126,9 @@ type LaunchConfig struct {
 	// Cleanup lists paths the VMM removes when it exits after its creator
 	// died, so a killed creator leaves nothing behind.
 	Cleanup []string `json:"cleanup,omitempty"`
+	// Host places the VMM process tree on the host: the container's
+	// cgroup and OOM score (ADR 014); nil leaves both the creator's.
+	Host *HostResources `json:"host,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string.
@@ -198,6 +201,9 @@ func (c *LaunchConfig) Validate() error {
 		if _, err := net.ParseMAC(n.MAC); err != nil {
 			return fmt.Errorf("launch config: nics[%d].mac %q: %w", i, n.MAC, err)
 		}
+	}
+	if err := c.Host.validate(); err != nil {
+		return err
 	}
 	for i, d := range c.Disks {
 		switch d.Format {

@@ -74,6 +74,10 @@ type vm struct {
 	agent    *protocol.AgentClient
 	exitCode chan int32 // the code the guest was shut down with
 
+	// host is the cgroup the VMM moved into (enterHost), left in
+	// removeState.
+	host *hostCgroup
+
 	mu sync.Mutex // guards orphaned and cleaned
 	// orphaned is set when the creator died: then the VMM removes
 	// cfg.Cleanup itself, since nobody else will.
@@ -100,6 +104,10 @@ func run(cfg *LaunchConfig, watch, startup *os.File) (code int, retErr error) {
 
 	backend, krun, err := selectBackend(cfg, log.L.Infof)
 	if err != nil {
+		return 1, err
+	}
+	// Before the hypervisor starts: it inherits the cgroup and OOM score.
+	if v.host, err = enterHost(cfg, backend, startsTCG(cfg, backend), log.L.Infof); err != nil {
 		return 1, err
 	}
 	if backend == BackendLibkrun {
@@ -258,6 +266,7 @@ func (v *vm) removeState() {
 	}
 	v.cleaned = true
 	RemoveSockets(v.cfg.AgentSocket)
+	v.host.leave(log.L.Warnf)
 	if !v.orphaned {
 		return
 	}
