@@ -29,8 +29,8 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (sudo ./install.sh): it installs packages and writes $PREFIX/bin, $MSB_LIB, /etc/msb"
 [[ -x $GO ]] || die "Go not found: install Go 1.26 (/usr/local/go) first"
 
-step "installing distro packages (qemu, busybox, libseccomp, e2fsprogs, iptables)"
-pkgs=(qemu-system-x86 busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd iptables)
+step "installing distro packages (qemu, qemu-img, busybox, libseccomp, e2fsprogs, iptables)"
+pkgs=(qemu-system-x86 qemu-utils busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -63,6 +63,14 @@ type Config struct {
 	// any other io.msb.* annotation is refused. The default lets a
 	// container size its VM, not pick the backend or a handoff init.
 	EnableAnnotations []string `toml:"enable_annotations"`
+	// AllowDiskBackingFiles lets disk images name other host files (a
+	// qcow2 backing or external data file, vmdk extents or parent), which
+	// the hypervisor opens as root; by default such images are refused.
+	AllowDiskBackingFiles bool `toml:"allow_disk_backing_files"`
+	// HostOverheadMiB is what a VM's host cgroup allows beyond the VM's
+	// memory for the VMM process and hypervisor; 0: the built-in
+	// estimate (vmm.HostOverheadMiB).
+	HostOverheadMiB int `toml:"host_overhead_mib"`
 }
 
 // Default returns the built-in configuration.
@@ -177,8 +185,8 @@ func (c Config) validate() error {
 	if c.MemoryMiB < 64 {
 		return fmt.Errorf("memory_mib %d: use at least 64", c.MemoryMiB)
 	}
-	if c.OverheadMiB < 0 {
-		return fmt.Errorf("overhead_mib %d: must not be negative", c.OverheadMiB)
+	if c.OverheadMiB < 0 || c.HostOverheadMiB < 0 {
+		return fmt.Errorf("overhead_mib %d, host_overhead_mib %d: must not be negative", c.OverheadMiB, c.HostOverheadMiB)
 	}
 	if c.ConsoleLogMaxKiB < 0 || c.ConsoleLogMaxKiB > 0 && c.ConsoleLogMaxKiB < 16 {
 		return fmt.Errorf("console_log_max_kib %d: use at least 16 (or 0 for the default 4096)", c.ConsoleLogMaxKiB)

@@ -5,6 +5,7 @@
 package launch
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -103,6 +104,9 @@ func Prepare(r Request) (*Prepared, error) {
 		ShutdownGrace:  vmm.Duration(3 * time.Second),
 		Cleanup:        []string{r.StateDir},
 	}
+	if lc.Host, err = hostResources(r.Spec, c); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
 	lc.NetNS = sb.NetNS
 	if lc.NICs, err = network.Plan(lc.NetNS, c.SpareNICs); err != nil {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
@@ -111,7 +115,7 @@ func Prepare(r Request) (*Prepared, error) {
 		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs})
 	}
 	for _, d := range sb.Disks {
-		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})
 	}
 	if err := lc.Validate(); err != nil {
 		return nil, err
@@ -154,6 +158,9 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	if err := checkDiskImages(ms, c.AllowDiskBackingFiles); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
 	for _, m := range ms {
 		if m.Kind != mounts.KindBindDir && m.Kind != mounts.KindBindFile {
 			continue
@@ -172,12 +179,14 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 	return sb, nil
 }
 
-// Release unstages files and unlocks disks; safe to call twice.
+// Release unstages files, unlocks disks and removes the VM's host cgroup
+// if its VMM could not (it was killed); call it once the VMM process has
+// exited. Safe to call twice.
 func (p *Prepared) Release() error {
 	if p == nil || p.release == nil {
 		return nil
 	}
-	return p.release()
+	return errors.Join(p.release(), vmm.RemoveHostCgroup(p.Launch.Host))
 }
 
 // VMMLog is the VMM process's own log in the state dir.

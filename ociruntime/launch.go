@@ -89,7 +89,9 @@ func (s *sandbox) destroy() {
 	if err := s.net.Close(); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
-	_ = s.prep.Release()
+	if err := s.prep.Release(); err != nil {
+		log.L.WithError(err).Warn("release the VM's disks, files and host cgroup")
+	}
 	_ = os.RemoveAll(s.stateDir)
 	// The VMM removes its sockets; this covers a VMM that was SIGKILLed.
 	vmm.RemoveSockets(s.prep.Launch.AgentSocket)

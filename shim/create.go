@@ -86,6 +86,9 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		spec: spec, cfg: cfg, binary: binary, podDir: podDir,
 	}, func(v *vm) error {
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
+		if v.launch.Host != nil {
+			rec.Cgroup = v.launch.Host.Cgroup
+		}
 		if err := writeRecord(bundle, rec); err != nil {
 			return err
 		}

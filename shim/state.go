@@ -33,6 +33,8 @@ type record struct {
 	StateDir    string `json:"stateDir,omitempty"`
 	AgentSocket string `json:"agentSocket,omitempty"`
 	VMMPid      int    `json:"vmmPid,omitempty"`
+	// Cgroup is the VM's host cgroup (vmm.HostResources.Cgroup).
+	Cgroup string `json:"cgroup,omitempty"`
 	// Rootfs is the directory the shim mounted the request's rootfs on.
 	Rootfs string      `json:"rootfs,omitempty"`
 	Exit   *exitRecord `json:"exit,omitempty"`
@@ -96,6 +98,10 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 		}
 		if rec.Exit != nil {
 			st.Pid, st.ExitStatus, st.ExitedAt = int(rec.Exit.Pid), int(rec.Exit.Status), rec.Exit.At
+		}
+		// The VMM removes its cgroup unless it was killed too.
+		if err := vmm.RemoveHostCgroup(&vmm.HostResources{Cgroup: rec.Cgroup}); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := mounts.UnmountBelow(filepath.Join(bundle, "rootfs")); err != nil {

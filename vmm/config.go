@@ -61,6 +61,10 @@ type Disk struct {
 	Path     string `json:"path"`
 	Format   string `json:"format"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Backing lets the hypervisor open the backing file (qcow2, vmdk
+	// parent) the image names (config allow_disk_backing_files); without
+	// it qemu is told to open none.
+	Backing bool `json:"backing,omitempty"`
 }
 
 // LaunchConfig is everything the VMM process needs. It travels as JSON
@@ -131,6 +135,9 @@ type LaunchConfig struct {
 	// Cleanup lists paths the VMM removes when it exits after its creator
 	// died, so a killed creator leaves nothing behind.
 	Cleanup []string `json:"cleanup,omitempty"`
+	// Host places the VMM process tree on the host: the container's
+	// cgroup and OOM score (ADR 014); nil leaves both the creator's.
+	Host *HostResources `json:"host,omitempty"`
 }
 
 // ContainerMode is LaunchConfig.Container.
@@ -217,6 +224,9 @@ func (c *LaunchConfig) Validate() error {
 		if _, err := net.ParseMAC(n.MAC); err != nil {
 			return fmt.Errorf("launch config: nics[%d].mac %q: %w", i, n.MAC, err)
 		}
+	}
+	if err := c.Host.validate(); err != nil {
+		return err
 	}
 	for i, d := range c.Disks {
 		switch d.Format {

@@ -40,7 +40,6 @@ var krunRequired = []krunSymbol{
 	{"krun_set_log_level", ""},
 	{"krun_create_ctx", ""},
 	{"krun_set_vm_config", ""},
-	{"krun_set_root", ""},
 	{"krun_add_virtiofs", ""},
 	{"krun_add_disk2", "1.10"},
 	{"krun_add_vsock_port2", "1.10"},
@@ -52,16 +51,16 @@ var krunRequired = []krunSymbol{
 	{"krun_start_enter", ""},
 }
 
-// krunOptional are used when present.
-var krunOptional = []krunSymbol{
-	// Read-only virtio-fs; without it read-only shares are enforced by the
-	// guest's mount flags only.
-	{"krun_add_virtiofs3", "1.18"},
-	// An explicit vsock device without TSI; without them libkrun's
-	// implicit vsock proxies the guest's AF_INET sockets through the VMM
-	// process (TSI), a network the spec never asked for.
-	{"krun_disable_implicit_vsock", ""},
-	{"krun_add_vsock", ""},
+// krunIsolation are the calls without which a libkrun VM is less isolated
+// than a qemu one (ADR 015): a libkrun lacking one is refused, and auto
+// takes qemu.
+var krunIsolation = []struct {
+	krunSymbol
+	why string
+}{
+	{krunSymbol{"krun_add_virtiofs3", "1.18"}, "read-only virtio-fs: without it the guest root every VM shares and every read-only share are writable from the guest"},
+	{krunSymbol{"krun_disable_implicit_vsock", ""}, "a vsock without TSI: without it the guest's AF_INET sockets reach the network of the VMM process"},
+	{krunSymbol{"krun_add_vsock", ""}, "a vsock without TSI: without it the guest's AF_INET sockets reach the network of the VMM process"},
 }
 
 // Disk formats of krun_add_disk2.
@@ -80,17 +79,14 @@ const (
 	krunWorkdir = "/"
 	// krunLogLevel is libkrun's log level (2 = warn) on the VMM's stderr.
 	krunLogLevel = 2
-	// krunEnvBudget bounds the boot env given to krun_set_env: libkrun
-	// puts it on the guest kernel command line, which holds 2048 bytes on
-	// x86 with libkrunfw's own arguments, and the kernel hands init at most
-	// 32 variables. A larger env goes over the agent channel instead.
-	krunEnvBudget = 1024
-	krunEnvMax    = 24
 )
 
-// krunFixedEnv is always given to the guest: the agent channel is vsock,
-// and the agent stays PID 1 (newer libkrun inits fork the workload unless
-// KRUN_INIT_PID1=1; older ones exec it in place anyway).
+// krunFixedEnv is all the guest gets through krun_set_env, which libkrun
+// puts on the guest kernel command line (readable in the guest's
+// /proc/cmdline): the agent channel is vsock, and the agent stays PID 1
+// (newer libkrun inits fork the workload unless KRUN_INIT_PID1=1). The
+// boot env, with the handoff init's environment, goes over the agent
+// channel (Agent.Boot), as with qemu.
 var krunFixedEnv = []string{"MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1"}
 
 // krunAPI is the libkrun C API as the VMM calls it. Every method returns
@@ -99,7 +95,6 @@ type krunAPI interface {
 	setLogLevel(level uint32) int32
 	createCtx() int32
 	setVMConfig(ctx uint32, vcpus uint8, mib uint32) int32
-	setRoot(ctx uint32, path string) int32
 	addVirtiofs(ctx uint32, tag, path string) int32
 	addVirtiofs3(ctx uint32, tag, path string, shmSize uint64, readOnly bool) int32
 	addDisk2(ctx uint32, id, path string, format uint32, readOnly bool) int32
@@ -114,24 +109,15 @@ type krunAPI interface {
 	startEnter(ctx uint32) int32
 }
 
-// libkrun is a loaded libkrun.
+// libkrun is a loaded libkrun with every call of krunRequired and
+// krunIsolation.
 type libkrun struct {
 	api  krunAPI
 	path string
-	// virtiofs3 is true when krun_add_virtiofs3 (read-only shares) exists.
-	virtiofs3 bool
-	// noTSI is true when the library can add a vsock without TSI
-	// (krun_disable_implicit_vsock and krun_add_vsock).
-	noTSI bool
 }
 
-// APILevel describes the detected libkrun API level.
-func (l *libkrun) APILevel() string {
-	if l.virtiofs3 {
-		return ">= 1.18 (read-only virtio-fs)"
-	}
-	return "1.10-1.17 (no read-only virtio-fs: read-only enforced in the guest)"
-}
+// APILevel describes the libkrun API msb uses.
+func (l *libkrun) APILevel() string { return ">= 1.18 (read-only virtio-fs, no TSI)" }
 
 // libkrunPath is the library to load for cfg.
 func libkrunPath(cfg *LaunchConfig) string {
@@ -144,21 +130,34 @@ func libkrunPath(cfg *LaunchConfig) string {
 	return LibkrunSoname
 }
 
-// checkSymbols turns the resolved symbol set into the API level, or an
-// error naming the first missing call and the libkrun release it needs.
-func checkSymbols(path string, has func(string) bool) (virtiofs3 bool, err error) {
+// checkSymbols returns an error naming the first missing call and the
+// libkrun release it needs, or nil when the library has every call msb
+// makes (krunRequired) and every one its isolation rests on
+// (krunIsolation).
+func checkSymbols(path string, has func(string) bool) error {
 	for _, s := range krunRequired {
 		if has(s.name) {
 			continue
 		}
 		if s.since == "" {
-			return false, fmt.Errorf("%s lacks %s, which every libkrun >= %s has: it is not a usable libkrun (a libkrun-sev/-tdx build?); install the plain libkrun >= %s, or use backend qemu",
+			return fmt.Errorf("%s lacks %s, which every libkrun >= %s has: it is not a usable libkrun (a libkrun-sev/-tdx build?); install the plain libkrun >= %s, or use backend qemu",
 				path, s.name, LibkrunMinVersion, LibkrunMinVersion)
 		}
-		return false, fmt.Errorf("libkrun %s is too old: it lacks %s (added in libkrun %s); msb needs libkrun >= %s: upgrade libkrun, or use backend qemu",
+		return fmt.Errorf("libkrun %s is too old: it lacks %s (added in libkrun %s); msb needs libkrun >= %s: upgrade libkrun, or use backend qemu",
 			path, s.name, s.since, LibkrunMinVersion)
 	}
-	return has("krun_add_virtiofs3"), nil
+	for _, s := range krunIsolation {
+		if has(s.name) {
+			continue
+		}
+		since := "a current libkrun"
+		if s.since != "" {
+			since = "libkrun >= " + s.since
+		}
+		return fmt.Errorf("libkrun %s is too old to isolate a VM: it lacks %s (%s), needed for %s: upgrade libkrun and libkrunfw to %s, or use backend qemu",
+			path, s.name, since, s.why, since)
+	}
+	return nil
 }
 
 // krunError is a failed libkrun call.
@@ -188,25 +187,6 @@ func check(call string, ret int32, what ...string) error {
 	return &krunError{call: call, what: strings.Join(what, " "), errno: syscall.Errno(-ret)}
 }
 
-// krunEnv splits the guest env into what goes through krun_set_env and
-// whether the boot env must also be sent over the agent channel (Boot RPC).
-// The boot env rides on the kernel command line only when it fits and
-// cannot break libkrun's quoting ("KEY=VALUE" in double quotes).
-func krunEnv(bootEnv []string) (env []string, viaRPC bool) {
-	size := 0
-	fits := len(bootEnv)+len(krunFixedEnv) <= krunEnvMax
-	for _, kv := range bootEnv {
-		size += len(kv) + 3
-		if strings.ContainsAny(kv, "\"\\") || strings.ContainsFunc(kv, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			fits = false
-		}
-	}
-	if !fits || size > krunEnvBudget {
-		return append([]string(nil), krunFixedEnv...), len(bootEnv) > 0
-	}
-	return append(append([]string(nil), bootEnv...), krunFixedEnv...), false
-}
-
 // krunRlimits renders the boot env's rlimits for krun_set_rlimits:
 // "RESOURCE=SOFT:HARD" with numeric Linux resource ids.
 func krunRlimits(bootEnv []string) ([]string, error) {
@@ -224,9 +204,6 @@ func krunRlimits(bootEnv []string) ([]string, error) {
 // krunPlan is the result of configuring a libkrun context.
 type krunPlan struct {
 	ctx uint32
-	// bootViaRPC: the boot env did not go through krun_set_env and must
-	// be sent with the Agent Boot call.
-	bootViaRPC bool
 }
 
 // configure maps cfg onto libkrun calls, in the order libkrun requires,
@@ -247,17 +224,10 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 		fmt.Sprintf("%d vcpus, %d MiB", cfg.VCPUs, cfg.MemoryMiB)); err != nil {
 		return p, err
 	}
-	// The guest root is shared by every VM: read-only where libkrun can,
-	// so one guest cannot change the agent or runc of the next.
-	if l.virtiofs3 {
-		if err := check("krun_add_virtiofs3", a.addVirtiofs3(ctx, krunRootTag, cfg.GuestRoot, 0, true), "guest root", cfg.GuestRoot); err != nil {
-			return p, err
-		}
-	} else {
-		logf("libkrun %s has no krun_add_virtiofs3: guest root %s is shared read-write (libkrun >= 1.18 shares it read-only)", l.path, cfg.GuestRoot)
-		if err := check("krun_set_root", a.setRoot(ctx, cfg.GuestRoot), "guest root", cfg.GuestRoot); err != nil {
-			return p, err
-		}
+	// The guest root is shared by every VM: read-only, so one guest
+	// cannot change the agent or runc of the next.
+	if err := check("krun_add_virtiofs3", a.addVirtiofs3(ctx, krunRootTag, cfg.GuestRoot, 0, true), "guest root", cfg.GuestRoot); err != nil {
+		return p, err
 	}
 	if cfg.Modules != "" {
 		logf("module tree %s not shared: libkrun boots libkrunfw's kernel, not the image's (its drivers are built in)", cfg.Modules)
@@ -268,13 +238,9 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 	for _, s := range cfg.Shares {
 		what := fmt.Sprintf("share %s (%s)", s.Tag, s.Path)
 		var err error
-		switch {
-		case s.ReadOnly && l.virtiofs3:
+		if s.ReadOnly {
 			err = check("krun_add_virtiofs3", a.addVirtiofs3(ctx, s.Tag, s.Path, 0, true), what)
-		default:
-			if s.ReadOnly {
-				logf("libkrun %s has no krun_add_virtiofs3: share %s is read-only in the guest's mount only (libkrun >= 1.18 enforces it on the host)", l.path, s.Tag)
-			}
+		} else {
 			err = check("krun_add_virtiofs", a.addVirtiofs(ctx, s.Tag, s.Path), what)
 		}
 		if err != nil {
@@ -294,15 +260,11 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 	// The guest gets no network the spec did not share: replace the
 	// implicit vsock, whose TSI would proxy guest sockets through this
 	// process, with one that only carries the agent's port.
-	if l.noTSI {
-		if err := check("krun_disable_implicit_vsock", a.disableImplicitVsock(ctx)); err != nil {
-			return p, err
-		}
-		if err := check("krun_add_vsock", a.addVsock(ctx, 0), "without TSI"); err != nil {
-			return p, err
-		}
-	} else {
-		logf("libkrun %s has no krun_disable_implicit_vsock: TSI stays on, guest AF_INET sockets reach the network of the VMM process (newer libkrun turns it off)", l.path)
+	if err := check("krun_disable_implicit_vsock", a.disableImplicitVsock(ctx)); err != nil {
+		return p, err
+	}
+	if err := check("krun_add_vsock", a.addVsock(ctx, 0), "without TSI"); err != nil {
+		return p, err
 	}
 	// listen=false: the guest connects, the connection appears on chanSock.
 	if err := check("krun_add_vsock_port2", a.addVsockPort2(ctx, protocol.VsockPort, chanSock, false),
@@ -315,12 +277,7 @@ func (l *libkrun) configure(cfg *LaunchConfig, chanSock string, logf func(string
 		"agent", krunAgentPath); err != nil {
 		return p, err
 	}
-	env, viaRPC := krunEnv(cfg.Env)
-	p.bootViaRPC = viaRPC
-	if viaRPC {
-		logf("boot env too large or not kernel-command-line safe: sending it over the agent channel")
-	}
-	if err := check("krun_set_env", a.setEnv(ctx, env)); err != nil {
+	if err := check("krun_set_env", a.setEnv(ctx, krunFixedEnv)); err != nil {
 		return p, err
 	}
 	rl, err := krunRlimits(cfg.Env)

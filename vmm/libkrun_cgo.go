@@ -87,22 +87,22 @@ func loadLibkrun(path string) (*libkrun, error) {
 		return nil, fmt.Errorf("libkrun is not available (dlopen %s: %s): %s", path, msg, libkrunInstallHint)
 	}
 	d := &dlKrun{sym: map[string]unsafe.Pointer{}}
-	for _, list := range [][]krunSymbol{krunRequired, krunOptional} {
-		for _, s := range list {
-			cname := C.CString(s.name)
-			if p := C.dlsym(h, cname); p != nil {
-				d.sym[s.name] = p
-			}
-			C.free(unsafe.Pointer(cname))
-		}
+	syms := append([]krunSymbol(nil), krunRequired...)
+	for _, s := range krunIsolation {
+		syms = append(syms, s.krunSymbol)
 	}
-	v3, err := checkSymbols(path, func(n string) bool { return d.sym[n] != nil })
-	if err != nil {
+	for _, s := range syms {
+		cname := C.CString(s.name)
+		if p := C.dlsym(h, cname); p != nil {
+			d.sym[s.name] = p
+		}
+		C.free(unsafe.Pointer(cname))
+	}
+	if err := checkSymbols(path, func(n string) bool { return d.sym[n] != nil }); err != nil {
 		C.dlclose(h)
 		return nil, err
 	}
-	noTSI := d.sym["krun_disable_implicit_vsock"] != nil && d.sym["krun_add_vsock"] != nil
-	return &libkrun{api: d, path: path, virtiofs3: v3, noTSI: noTSI}, nil
+	return &libkrun{api: d, path: path}, nil
 }
 
 var atExitOnce sync.Once
@@ -150,8 +150,7 @@ func cstr(s string) (*C.char, func()) {
 func (d *dlKrun) f(name string) unsafe.Pointer {
 	p := d.sym[name]
 	if p == nil {
-		// checkSymbols guarantees the required ones; optional ones are
-		// only called when present.
+		// checkSymbols guarantees every symbol msb calls.
 		fmt.Fprintf(os.Stderr, "msb-vmm: libkrun symbol %s called but not resolved\n", name)
 	}
 	return p
@@ -172,8 +171,6 @@ func (d *dlKrun) str(name string, ctx uint32, s string) int32 {
 	defer free()
 	return int32(C.msb_krun_str(d.f(name), C.uint32_t(ctx), p))
 }
-
-func (d *dlKrun) setRoot(ctx uint32, path string) int32 { return d.str("krun_set_root", ctx, path) }
 
 func (d *dlKrun) setWorkdir(ctx uint32, path string) int32 {
 	return d.str("krun_set_workdir", ctx, path)

@@ -132,14 +132,6 @@ func (k *krunTest) log(t *testing.T) string {
 	return string(b)
 }
 
-func quoteList(ss []string) string {
-	q := make([]string, len(ss))
-	for i, s := range ss {
-		q[i] = `"` + s + `"`
-	}
-	return "[" + strings.Join(q, ", ") + "]"
-}
-
 // wantCalls is the exact call sequence for newKrunTest's config with a
 // libkrun that has krun_add_virtiofs3.
 func (k *krunTest) wantCalls() []string {
@@ -158,7 +150,8 @@ func (k *krunTest) wantCalls() []string {
 		"krun_add_vsock 7 0",
 		`krun_add_vsock_port2 7 1024 "` + channelSocket(k.cfg) + `" 0`,
 		`krun_set_exec 7 "/init" [] []`,
-		"krun_set_env 7 " + quoteList(append(append([]string{}, k.cfg.Env...), "MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1")),
+		// Never the boot env: krun_set_env is the guest's kernel command line.
+		`krun_set_env 7 ["MSB_CHANNEL=vsock", "KRUN_INIT_PID1=1"]`,
 		`krun_set_rlimits 7 ["7=1024:4096", "4=0:18446744073709551615"]`,
 		`krun_set_workdir 7 "/"`,
 		`krun_set_console_output 7 "` + d + `/console.log"`,
@@ -264,6 +257,7 @@ func TestAutoFallsBackWithoutKVM(t *testing.T) {
 // TestSelectBackend covers the in-process choices.
 func TestSelectBackend(t *testing.T) {
 	stub := buildStub(t)
+	noRO, withTSI := buildStub(t, "KRUNSTUB_NO_VIRTIOFS3"), buildStub(t, "KRUNSTUB_NO_NOTSI")
 	old := kvmDevice
 	t.Cleanup(func() { kvmDevice = old })
 	cases := []struct {
@@ -272,6 +266,12 @@ func TestSelectBackend(t *testing.T) {
 	}{
 		{"auto picks libkrun", "auto", stub, fakeKVM(t), "/gr", "libkrun", "backend auto: using libkrun " + stub + ", API >= 1.18", ""},
 		{"auto without guest root", "auto", stub, fakeKVM(t), "", "qemu", "no libkrun guest root", ""},
+		{"auto without read-only virtio-fs", "auto", noRO, fakeKVM(t), "/gr", "qemu",
+			"backend auto: using qemu: libkrun " + noRO + " is too old to isolate a VM: it lacks krun_add_virtiofs3", ""},
+		{"auto with TSI", "auto", withTSI, fakeKVM(t), "/gr", "qemu",
+			"backend auto: using qemu: libkrun " + withTSI + " is too old to isolate a VM: it lacks krun_disable_implicit_vsock", ""},
+		{"libkrun with TSI", "libkrun", withTSI, fakeKVM(t), "/gr", "", "",
+			"backend libkrun: libkrun " + withTSI + " is too old to isolate a VM: it lacks krun_disable_implicit_vsock"},
 		{"auto without libkrun", "auto", "/nonexistent/libkrun.so.1", fakeKVM(t), "/gr", "qemu", "backend auto: using qemu: libkrun is not available", ""},
 		{"qemu", "qemu", stub, fakeKVM(t), "/gr", "qemu", "", ""},
 		{"libkrun missing", "libkrun", "/nonexistent/libkrun.so.1", fakeKVM(t), "/gr", "", "",
@@ -304,57 +304,28 @@ func TestSelectBackend(t *testing.T) {
 	}
 }
 
-// TestLibkrunWithoutVirtiofs3: libkrun 1.10-1.17 shares read-only
-// directories with krun_add_virtiofs and says the guest enforces ro.
-func TestLibkrunWithoutVirtiofs3(t *testing.T) {
-	stub := buildStub(t, "KRUNSTUB_NO_VIRTIOFS3")
-	lib, err := loadLibkrun(stub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lib.virtiofs3 || !strings.HasPrefix(lib.APILevel(), "1.10-1.17") {
-		t.Fatalf("API level %q", lib.APILevel())
-	}
-	k := newKrunTest(t, stub)
-	t.Setenv("KRUNSTUB_LOG", k.callLog)
-	var logs []string
-	if _, err := lib.configure(k.cfg, channelSocket(k.cfg), func(f string, a ...any) {
-		logs = append(logs, fmt.Sprintf(f, a...))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	want := k.wantCalls()
-	want[3] = `krun_set_root 7 "` + k.dir + `/guestroot"`
-	want[5] = `krun_add_virtiofs 7 "data" "` + k.dir + `/data"`
-	want[6] = `krun_add_virtiofs 7 "file-1" "` + k.dir + `/files/1"`
-	// No krun_disable_implicit_vsock / krun_add_vsock either: TSI stays on.
-	want = append(want[:9], want[11:]...)
-	diffCalls(t, k.calls(t), want[:len(want)-1])
-	if len(logs) != 4 || !strings.Contains(logs[0], "guest root "+k.dir+"/guestroot is shared read-write") ||
-		!strings.Contains(logs[1], "share data is read-only in the guest's mount only") ||
-		!strings.Contains(logs[3], "TSI stays on") {
-		t.Fatalf("logs: %q", logs)
-	}
-}
-
-func TestKrunEnv(t *testing.T) {
-	env, rpc := krunEnv([]string{"MSB_HOSTNAME=h"})
-	if rpc || strings.Join(env, " ") != "MSB_HOSTNAME=h MSB_CHANNEL=vsock KRUN_INIT_PID1=1" {
-		t.Fatalf("small env: %q, %v", env, rpc)
-	}
-	for name, boot := range map[string][]string{
-		"too long":  {"MSB_DIR_MOUNTS=" + strings.Repeat("a", krunEnvBudget)},
-		"quote":     {`MSB_FILE_MOUNTS=t:a"b:/run/x`},
-		"backslash": {`MSB_FILE_MOUNTS=t:a\b:/run/x`},
-		"newline":   {"MSB_HOSTNAME=a\nb"},
+// TestLibkrunWithoutIsolation: a libkrun without read-only virtio-fs or
+// without a TSI-free vsock is refused for backend libkrun, with the call
+// it lacks and what to upgrade, before any VM call.
+func TestLibkrunWithoutIsolation(t *testing.T) {
+	for define, call := range map[string]string{
+		"KRUNSTUB_NO_VIRTIOFS3": "krun_add_virtiofs3 (libkrun >= 1.18)",
+		"KRUNSTUB_NO_NOTSI":     "krun_disable_implicit_vsock (a current libkrun)",
 	} {
-		env, rpc := krunEnv(boot)
-		if !rpc || strings.Join(env, " ") != "MSB_CHANNEL=vsock KRUN_INIT_PID1=1" {
-			t.Errorf("%s: %q, %v", name, env, rpc)
-		}
-	}
-	if _, rpc := krunEnv(nil); rpc {
-		t.Error("empty env sent by RPC")
+		t.Run(define, func(t *testing.T) {
+			k := newKrunTest(t, buildStub(t, define))
+			if _, err := k.spawn(t, fakeKVM(t)); err == nil {
+				t.Fatal("VMM started with a libkrun that cannot isolate the VM")
+			}
+			log := k.log(t)
+			if !strings.Contains(log, "backend libkrun: libkrun "+k.cfg.Libkrun+" is too old to isolate a VM: it lacks "+call) ||
+				!strings.Contains(log, "upgrade libkrun and libkrunfw") {
+				t.Fatalf("vmm.log does not name the missing call and the upgrade:\n%s", log)
+			}
+			if c := k.calls(t); len(c) != 1 || c[0] != "" {
+				t.Fatalf("libkrun was called: %q", c)
+			}
+		})
 	}
 }
 
@@ -454,7 +425,7 @@ func (g *fakeGuest) serve(t *testing.T, chanSock string) {
 }
 
 // TestLibkrunGuestShutdown runs a VM whose guest connects over the channel
-// socket: the boot env travels through krun_set_env (no Boot call), the
+// socket: the boot env travels with the Agent Boot call, the
 // relay reaches the agent, and when the creator lets go the VMM asks the
 // guest to shut down and exits with the code the agent announced, not the
 // one libkrun exits with.
@@ -489,8 +460,8 @@ func TestLibkrunGuestShutdown(t *testing.T) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.booted != nil {
-		t.Errorf("Boot was called although the env went through krun_set_env: %q", g.booted)
+	if strings.Join(g.booted, " ") != strings.Join(k.cfg.Env, " ") {
+		t.Errorf("Boot got %q, want the boot env %q", g.booted, k.cfg.Env)
 	}
 	if _, err := os.Stat(k.cfg.AgentSocket); err == nil {
 		t.Error("agent socket left behind")

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -76,10 +75,9 @@ func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock
 	return 1, errors.New("libkrun krun_start_enter returned without running the VM: report this with vmm.log")
 }
 
-// boot opens the agent channel. The boot env normally reached the agent
-// through krun_set_env, and the agent booted from its environment before
-// it connected; the Boot call is sent only when the env did not fit there,
-// or when the agent says it has not booted.
+// boot opens the agent channel and sends the boot env with Agent.Boot:
+// never through krun_set_env, which puts it on the guest kernel command
+// line (the handoff init's environment can hold secrets).
 func (k *krunVM) boot(chanLn *net.UnixListener) error {
 	conn, err := chanLn.Accept()
 	if err != nil {
@@ -89,18 +87,7 @@ func (k *krunVM) boot(chanLn *net.UnixListener) error {
 		return err
 	}
 	k.connected.Store(true)
-	ctx := context.Background()
-	if !k.plan.bootViaRPC {
-		st, err := k.agent.Status(ctx)
-		if err != nil {
-			return fmt.Errorf("agent status: %w", err)
-		}
-		if strings.HasPrefix(st, "booted") {
-			return nil
-		}
-		log.L.Warnf("agent has not booted from its environment (status %q): sending the boot env over the channel", st)
-	}
-	return k.agent.Boot(ctx, k.cfg.Env)
+	return k.agent.Boot(context.Background(), k.cfg.Env)
 }
 
 // waitShutdown learns the code the guest is being shut down with. libkrun

@@ -89,6 +89,9 @@ type vm struct {
 
 	superviseContainer func(cfg *LaunchConfig, detached <-chan struct{})
 	detached           chan struct{} // closed on DetachByte from the creator
+	// host is the cgroup the VMM moved into (enterHost), left in
+	// removeState.
+	host *hostCgroup
 
 	mu sync.Mutex // guards orphaned, detachedSet and cleaned
 	// orphaned is set when the creator died: then the VMM removes
@@ -120,6 +123,10 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 
 	backend, krun, err := selectBackend(cfg, log.L.Infof)
 	if err != nil {
+		return 1, err
+	}
+	// Before the hypervisor starts: it inherits the cgroup and OOM score.
+	if v.host, err = enterHost(cfg, backend, startsTCG(cfg, backend), log.L.Infof); err != nil {
 		return 1, err
 	}
 	if backend == BackendLibkrun {
@@ -278,6 +285,7 @@ func (v *vm) removeState() {
 	}
 	v.cleaned = true
 	RemoveSockets(v.cfg.AgentSocket)
+	v.host.leave(log.L.Warnf)
 	if !v.orphaned && !v.detachedSet {
 		return
 	}

@@ -81,12 +81,7 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 			"-device", fmt.Sprintf("virtio-net-device,netdev=net%d,mac=%s", i, n.MAC))
 	}
 	for i, d := range c.Disks {
-		drv := fmt.Sprintf("if=none,id=disk%d,file=%s,format=%s,cache=none,aio=threads", i, qemuEscape(d.Path), d.Format)
-		if d.ReadOnly {
-			drv += ",readonly=on"
-		}
-		args = append(args, "-drive", drv,
-			"-device", fmt.Sprintf("virtio-blk-device,drive=disk%d,serial=%s", i, d.Tag))
+		args = append(args, diskArgs(i, d)...)
 	}
 	return args
 }

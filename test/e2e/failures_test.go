@@ -72,6 +72,15 @@ func TestShimVMFailuresNamed(t *testing.T) {
 // killChild SIGKILLs the child of parent whose command starts with name.
 func killChild(t *testing.T, parent int, name string) {
 	t.Helper()
+	if err := syscall.Kill(childNamed(t, parent, name), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// childNamed finds the child of parent whose command (comm) starts with
+// name.
+func childNamed(t *testing.T, parent int, name string) int {
+	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
@@ -85,13 +94,11 @@ func killChild(t *testing.T, parent int, name string) {
 		comm := s[strings.IndexByte(s, '(')+1 : strings.LastIndexByte(s, ')')]
 		if len(f) > 1 && f[1] == strconv.Itoa(parent) && strings.HasPrefix(comm, name) {
 			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			return
+			return pid
 		}
 	}
 	t.Fatalf("no %s child of %d", name, parent)
+	return 0
 }
 
 // msb-runtime run names the cause too, and exits with the same rule.

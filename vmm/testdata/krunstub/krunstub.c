@@ -15,9 +15,10 @@
  *                       and exits with the status written in it
  *
  * Build variants (-D): KRUNSTUB_OLD leaves out the 1.10 symbols
- * (krun_add_disk2, krun_add_vsock_port2) and krun_add_virtiofs3;
- * KRUNSTUB_NO_VIRTIOFS3 leaves out krun_add_virtiofs3 and the TSI-free vsock calls
- * (krun_disable_implicit_vsock, krun_add_vsock) of newer libkrun (libkrun 1.10-1.17).
+ * (krun_add_disk2, krun_add_vsock_port2), krun_add_virtiofs3 and the TSI-free
+ * vsock calls; KRUNSTUB_NO_VIRTIOFS3 leaves out krun_add_virtiofs3 (read-only
+ * virtio-fs, libkrun 1.10-1.17); KRUNSTUB_NO_NOTSI leaves out the TSI-free
+ * vsock calls (krun_disable_implicit_vsock, krun_add_vsock) of newer libkrun.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -146,7 +147,7 @@ int32_t krun_add_virtiofs3(uint32_t ctx, const char *tag, const char *path, uint
 }
 #endif
 
-#if !defined(KRUNSTUB_OLD) && !defined(KRUNSTUB_NO_VIRTIOFS3)
+#if !defined(KRUNSTUB_OLD) && !defined(KRUNSTUB_NO_NOTSI)
 int32_t krun_disable_implicit_vsock(uint32_t ctx)
 {
 	FILE *f = begin(__func__);
