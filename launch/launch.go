@@ -58,7 +58,7 @@ func Prepare(r Request) (*Prepared, error) {
 	c := r.Config
 	sb, err := convert(r.Spec, r.Bundle, c, specconv.Input{
 		RootfsHostPath: r.Rootfs,
-		StageDir:       filepath.Join(r.StateDir, "files"),
+		StageDir:       StageDir(r.StateDir),
 		ContainerID:    r.ID,
 	})
 	if err != nil {
@@ -131,6 +131,10 @@ func Prepare(r Request) (*Prepared, error) {
 	}
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
 }
+
+// StageDir is where a container's single-file binds are staged below its
+// state dir.
+func StageDir(stateDir string) string { return filepath.Join(stateDir, "files") }
 
 // ModulesDir is the directory beside the guest kernel that holds its whole
 // module tree (<release>/ with modules.dep, modules.alias, ...), written by

@@ -63,7 +63,8 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		files = []*os.File{slave}
 	}
 	tokens := newTokens()
-	sb.prep.Launch.Container = &vmm.ContainerMode{ID: id, Tokens: tokens, Terminal: terminal}
+	sb.prep.Launch.Container = &vmm.ContainerMode{ID: id, Tokens: tokens, Terminal: terminal,
+		Unstage: []string{launch.StageDir(sb.stateDir)}}
 	h, err := sb.prep.Spawn(o.Self, files...)
 	if err != nil {
 		return err

@@ -149,6 +149,11 @@ type ContainerMode struct {
 	Tokens [3]string `json:"tokens"`
 	// Terminal: the VMM holds one fd, a pty's slave end, instead of three.
 	Terminal bool `json:"terminal,omitempty"`
+	// Unstage lists what the VMM removes (unmounting below first) when it
+	// ends after being detached: what only the running VM needed, such as
+	// staged file binds. The container's record stays for its delete, which
+	// a caller may never make (Podman when conmon was killed).
+	Unstage []string `json:"unstage,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string.

@@ -297,6 +297,13 @@ func (v *vm) removeState() {
 		log.L.WithError(err).Warn("unwire network")
 	}
 	if !v.orphaned {
+		if m := v.cfg.Container; m != nil {
+			for _, p := range m.Unstage {
+				if err := mounts.RemoveAllUnmounted(p); err != nil {
+					log.L.WithError(err).Warnf("unstage %s", p)
+				}
+			}
+		}
 		return
 	}
 	for _, p := range v.cfg.Cleanup {

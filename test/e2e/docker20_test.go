@@ -9,6 +9,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -54,8 +55,8 @@ func TestDocker20Run(t *testing.T) {
 	if strings.TrimSpace(out) != rel {
 		t.Fatalf("docker run: %q, want the guest kernel %q", out, rel)
 	}
-	if code, out := d.exitCode(t, "run", "--rm", "--runtime", "msb", "msb.local/busybox", "sh", "-c", "echo out; exit 3"); code != 3 || strings.TrimSpace(out) != "out" {
-		t.Fatalf("exit status %d (want 3), stdout %q", code, out)
+	if code, out := d.exitCode(t, "run", "--rm", "--runtime", "msb", "--network", "none", "msb.local/busybox", "sh", "-c", "echo out; ip -o link | grep -v lo: | wc -l; exit 3"); code != 3 || strings.Fields(out)[0] != "out" || strings.Fields(out)[1] != "0" {
+		t.Fatalf("--network none: exit status %d (want 3), stdout %q (want out and no NIC but lo)", code, out)
 	}
 }
 
@@ -78,6 +79,18 @@ func TestDocker20Lifecycle(t *testing.T) {
 	}
 	if code, out := d.exitCode(t, "exec", "web", "sh", "-c", "echo in-exec; wget -qO- http://"+dockerBridgeGW+":9/ >/dev/null 2>&1; ip -4 route; exit 4"); code != 4 || !strings.Contains(out, "default via "+dockerBridgeGW) {
 		t.Fatalf("exec: exit %d (want 4), %q", code, out)
+	}
+	cmd := d.dockerCmd(t.Context(), "exec", "-it", "web", "sh")
+	o := startOnPty(t, cmd, 33, 101)
+	o.waitFor(t, regexp.MustCompile(`# `), 60*time.Second)
+	if _, err := o.master.Write([]byte("tty; stty size; exit 5\n")); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitCode(t, cmd.Wait()); code != 5 {
+		t.Errorf("exec -it: exit %d, want 5", code)
+	}
+	if text := o.all(t); !strings.Contains(text, "/dev/pts/") || !strings.Contains(text, "33 101") {
+		t.Errorf("exec -it output %q: want a guest pty of 33x101", text)
 	}
 	if top := d.mustDocker(t, "top", "web"); !strings.Contains(top, "vmm") {
 		t.Errorf("docker top %q: want the VMM process", top)

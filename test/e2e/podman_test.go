@@ -142,3 +142,42 @@ func waitLogsCount(t *testing.T, p *podmanEnv, name, want string, n int, d time.
 		time.Sleep(300 * time.Millisecond)
 	}
 }
+
+// TestPodmanConmonKilled: with conmon killed the container runs on (as
+// with runc); podman rm -f stops it. Podman then calls no delete (it
+// learns exits from conmon), so the VMM itself unstages what only the
+// running VM needed: no process and no mount is left, only the record a
+// later `msb-runtime delete` removes, as runc's state.json would be.
+func TestPodmanConmonKilled(t *testing.T) {
+	p := startPodman(t)
+	p.mustPodman(t, "run", "-d", "--name", "ck", "--network", "none", podmanImage, "sleep", "600")
+	f := strings.Fields(p.mustPodman(t, "inspect", "-f", "{{.Id}} {{.State.ConmonPid}} {{.State.Pid}}", "ck"))
+	id := f[0]
+	conmon, _ := strconv.Atoi(f[1])
+	vmmPid, _ := strconv.Atoi(f[2])
+	if err := syscall.Kill(conmon, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if _, err := os.Stat("/proc/" + strconv.Itoa(vmmPid)); err != nil {
+		t.Fatalf("the container died with conmon: %v", err)
+	}
+	p.mustPodman(t, "rm", "-f", "-t", "1", "ck")
+	dir := filepath.Join("/run/msb/vms", id)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		procs := processesNaming(dir)
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		if len(procs) == 0 && !strings.Contains(string(mi), dir) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after rm -f: processes %v, mounts below %s: %v", procs, dir, strings.Contains(string(mi), dir))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	cmd := runtimeCmd("/run/msb", "delete", id)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("msb-runtime delete: %v: %s", err, out)
+	}
+}
