@@ -10,7 +10,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -158,36 +157,36 @@ func (m *podMember) expose(mem *launch.Member) error {
 	if m.vm.podClosed {
 		return fmt.Errorf("pod VM %s is stopping: %w", m.vm.name, errdefs.ErrFailedPrecondition)
 	}
-	if err := os.Mkdir(m.dir, 0o700); err != nil {
+	// The pod dir is the guest's to write: every step below it goes
+	// through mounts' *Beneath calls, which follow no symlink.
+	d, err := mounts.MkdirBeneath(m.vm.podDir, m.id())
+	if err != nil {
 		return fmt.Errorf("pod dir: %w", err)
 	}
+	d.Close()
 	for _, sh := range mem.Shares {
-		if err := bindRO(sh.HostPath, filepath.Join(m.dir, sh.Tag), sh.ReadOnly); err != nil {
+		if err := mounts.BindBeneath(m.vm.podDir, m.id()+"/"+sh.Tag, sh.HostPath, sh.ReadOnly); err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}
 	return nil
 }
 
-// bindRO bind-mounts source on a new directory target, read-only if ro.
-func bindRO(source, target string, ro bool) error {
-	if err := os.Mkdir(target, 0o700); err != nil {
-		return err
-	}
-	if err := unix.Mount(source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind %s on %s: %w", source, target, err)
-	}
-	if ro {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			return fmt.Errorf("remount %s read-only: %w", target, err)
-		}
-	}
-	return nil
-}
+// id is the member's directory name in the pod dir.
+func (m *podMember) id() string { return filepath.Base(m.dir) }
 
 // leave removes what joinPod made on the host; the VM keeps running. The
 // guest side goes with the container's delete in the agent.
 func (m *podMember) leave(ctx context.Context) {
+	if m.member != nil {
+		for _, sh := range m.member.Shares {
+			if err := mounts.UnmountBeneath(m.vm.podDir, m.id()+"/"+sh.Tag); err != nil {
+				log.G(ctx).WithError(err).Warnf("pod member %s", m.dir)
+			}
+		}
+	}
+	// What the guest may have moved out of reach of the walk above is
+	// found by path; anything still mounted keeps the directory.
 	if err := mounts.UnmountBelow(m.dir); err != nil {
 		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it", m.dir)
 	} else if err := os.RemoveAll(m.dir); err != nil {

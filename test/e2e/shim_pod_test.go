@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // taskPid is the PID column of `ctr task ls` for id (0 if absent).
@@ -110,6 +112,18 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	if err := os.WriteFile(file, []byte("from-file\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A host submount of the read-only volume must be read-only too.
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(sub, "s"), []byte("in-sub\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ann := func(typ string) []string {
 		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
 			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
@@ -144,8 +158,8 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	e.waitStatus(t, app, "RUNNING", time.Minute)
 
 	out := e.MustCtr("task", "exec", "--exec-id", "m1", app, "sh", "-c",
-		"cat /data/hello /etc/podfile; touch /data/x 2>/dev/null && echo writable || echo read-only")
-	if out != "from-dir\nfrom-file\nread-only\n" {
+		"cat /data/hello /etc/podfile /data/sub/s; touch /data/x 2>/dev/null && echo writable || echo read-only; touch /data/sub/x 2>/dev/null && echo sub-writable || echo sub-read-only")
+	if out != "from-dir\nfrom-file\nin-sub\nread-only\nsub-read-only\n" {
 		t.Fatalf("app mounts: %q", out)
 	}
 	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")

@@ -1,0 +1,126 @@
+package mounts
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// A pod VM's pod dir is shared read-write with the guest, and the host
+// bind-mounts each member's shares below it. Guest root can rename, swap
+// and symlink anything in that tree between two host steps, so the host
+// never walks it by path: every step opens the next component relative to
+// the previous one with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and
+// mounts go onto the opened directory with open_tree + move_mount, so no
+// symlink the guest plants can steer a host mount or mkdir outside root.
+
+// beneath is how every component below root is opened.
+var beneath = unix.OpenHow{
+	Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+	Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+}
+
+// openRoot opens root itself, which must not be a symlink.
+func openRoot(root string) (int, error) {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", root, err)
+	}
+	return fd, nil
+}
+
+// components splits rel, which must stay below its root.
+func components(rel string) ([]string, error) {
+	rel = filepath.Clean(rel)
+	if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil, fmt.Errorf("path %q is not below its root", rel)
+	}
+	return strings.Split(rel, "/"), nil
+}
+
+// MkdirBeneath makes the new directory rel below root (its parents must
+// exist) and returns it opened (O_PATH), never following a symlink.
+func MkdirBeneath(root, rel string) (*os.File, error) {
+	parts, err := components(rel)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := openRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range parts {
+		if i == len(parts)-1 {
+			if err := unix.Mkdirat(fd, p, 0o700); err != nil {
+				unix.Close(fd)
+				return nil, fmt.Errorf("mkdir %s below %s: %w", rel, root, err)
+			}
+		}
+		next, err := unix.Openat2(fd, p, &beneath)
+		unix.Close(fd)
+		if err != nil {
+			return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
+		}
+		fd = next
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(root, rel)), nil
+}
+
+// BindBeneath bind-mounts source, with its submounts, on the new directory
+// rel below root; read-only recursively if ro (mount_setattr AT_RECURSIVE,
+// so a submount of a read-only volume is read-only too).
+func BindBeneath(root, rel, source string, ro bool) error {
+	dir, err := MkdirBeneath(root, rel)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	tree, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", source, err)
+	}
+	defer unix.Close(tree)
+	if ro {
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+			return fmt.Errorf("bind %s read-only: %w", source, err)
+		}
+	}
+	if err := unix.MoveMount(tree, "", int(dir.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", source, dir.Name(), err)
+	}
+	return nil
+}
+
+// UnmountBeneath detaches the mount (and its submounts) at rel below
+// root, reached without following symlinks; nothing mounted there is not
+// an error.
+func UnmountBeneath(root, rel string) error {
+	parts, err := components(rel)
+	if err != nil {
+		return err
+	}
+	fd, err := openRoot(root)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	target, err := unix.Openat2(fd, strings.Join(parts, "/"), &beneath)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s below %s: %w", rel, root, err)
+	}
+	defer unix.Close(target)
+	// The fd's magic link names exactly the mount that was opened.
+	err = unix.Unmount(fmt.Sprintf("/proc/self/fd/%d", target), unix.MNT_DETACH)
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount %s below %s: %w", rel, root, err)
+	}
+	return nil
+}
