@@ -310,19 +310,22 @@ func updateResources(c *cli.Context) (*specs.LinuxResources, error) {
 
 // parseSize reads a number with an optional k, m or g suffix (powers of 1024).
 func parseSize(s string) (int64, error) {
+	s = strings.TrimSuffix(strings.ToLower(s), "b")
 	mult := int64(1)
-	switch strings.ToLower(s[len(s)-1:]) {
-	case "k":
-		mult = 1 << 10
-	case "m":
-		mult = 1 << 20
-	case "g":
-		mult = 1 << 30
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k':
+			mult = 1 << 10
+		case 'm':
+			mult = 1 << 20
+		case 'g':
+			mult = 1 << 30
+		}
 	}
 	if mult != 1 {
 		s = s[:len(s)-1]
 	}
-	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToLower(s), "b"), 10, 64)
+	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
 		return 0, errors.New("want a number, optionally with k, m or g")
 	}
