@@ -70,10 +70,23 @@ func MkdirBeneath(root, rel string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), filepath.Join(root, rel)), nil
 }
 
+// Access says how BindBeneath makes a bind read-only.
+type Access int
+
+const (
+	// Writable leaves every mount of the bind as the source has it.
+	Writable Access = iota
+	// ReadOnlyTop makes the bind's top mount read-only and leaves its
+	// submounts as they are: runc's "ro" on an rbind.
+	ReadOnlyTop
+	// ReadOnlyRecursive makes every mount of the bind read-only: "rro".
+	ReadOnlyRecursive
+)
+
 // BindBeneath bind-mounts source, with its submounts, on the new directory
-// rel below root; read-only recursively if ro (mount_setattr AT_RECURSIVE,
-// so a submount of a read-only volume is read-only too).
-func BindBeneath(root, rel, source string, ro bool) error {
+// rel below root, read-only as access says (mount_setattr, with
+// AT_RECURSIVE for ReadOnlyRecursive), before the bind becomes visible.
+func BindBeneath(root, rel, source string, access Access) error {
 	dir, err := MkdirBeneath(root, rel)
 	if err != nil {
 		return err
@@ -84,9 +97,13 @@ func BindBeneath(root, rel, source string, ro bool) error {
 		return fmt.Errorf("bind %s: %w", source, err)
 	}
 	defer unix.Close(tree)
-	if ro {
+	if access != Writable {
+		flags := uint(unix.AT_EMPTY_PATH)
+		if access == ReadOnlyRecursive {
+			flags |= unix.AT_RECURSIVE
+		}
 		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		if err := unix.MountSetattr(tree, "", flags, &attr); err != nil {
 			return fmt.Errorf("bind %s read-only: %w", source, err)
 		}
 	}

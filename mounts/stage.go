@@ -19,6 +19,22 @@ type Share struct {
 	ReadOnly bool
 	// MultiDevs: HostPath can span several host mounts (vmm.Share).
 	MultiDevs bool
+	// ReadOnlyTop: ReadOnly covers HostPath's own mount only, its host
+	// submounts keep their access (runc's "ro" on an rbind, not "rro").
+	// Pod members' binds honour it; a VM's own read-only share is
+	// read-only as a whole.
+	ReadOnlyTop bool
+}
+
+// Access is how a bind of the share's directory is made read-only.
+func (s Share) Access() Access {
+	switch {
+	case !s.ReadOnly:
+		return Writable
+	case s.ReadOnlyTop:
+		return ReadOnlyTop
+	}
+	return ReadOnlyRecursive
 }
 
 // FileStage asks for Source to be staged as Dir/Name; Dir is then exported

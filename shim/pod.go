@@ -165,7 +165,7 @@ func (m *podMember) expose(mem *launch.Member) error {
 	}
 	d.Close()
 	for _, sh := range mem.Shares {
-		if err := mounts.BindBeneath(m.vm.podDir, m.id()+"/"+sh.Tag, sh.HostPath, sh.ReadOnly); err != nil {
+		if err := mounts.BindBeneath(m.vm.podDir, m.id()+"/"+sh.Tag, sh.HostPath, sh.Access()); err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}
