@@ -96,6 +96,7 @@ func Prepare(r Request) (*Prepared, error) {
 		Modules:        modulesDir(c.Kernel),
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
+		NoJail:         !c.Jail,
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,

@@ -90,6 +90,10 @@ type LaunchConfig struct {
 	QEMU string `json:"qemu,omitempty"`
 	// Accel forces "kvm" or "tcg"; "" picks KVM when /dev/kvm opens.
 	Accel string `json:"accel,omitempty"`
+	// NoJail runs qemu as the VMM's plain child: no mount namespace,
+	// capabilities, no_new_privs or seccomp filter (debugging only; ADR
+	// 013). The zero value jails.
+	NoJail bool `json:"noJail,omitempty"`
 	// GuestRoot is the guest root directory for the libkrun backend (the
 	// agent as /init, runc as /sbin/runc; see docs/backends.md); libkrun
 	// boots libkrunfw's kernel with it as the virtio-fs root. Empty means
