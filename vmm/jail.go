@@ -20,8 +20,8 @@ import (
 )
 
 // The qemu backend runs qemu jailed (ADR 013, docs/security.md): the VMM
-// starts `msb-runtime jail <fd>` in new mount and pid namespaces with a
-// plan on that fd; the helper builds a root holding only what this VM needs,
+// starts `msb-runtime jail <fd>` in new mount, pid and IPC namespaces with
+// a plan on that fd; the helper builds a root holding only what this VM needs,
 // pivots into it, keeps the capabilities 9p needs, sets no_new_privs and
 // execs qemu, which adds its own seccomp filter (-sandbox). Every path
 // keeps its host name inside the jail, so qemu's arguments do not change.
@@ -248,8 +248,8 @@ func shareMountsLater(c *LaunchConfig) error {
 }
 
 // jailCommand is exec.Cmd for the jail helper that runs plan: this binary
-// (msb-runtime, or a test binary) with `jail <fd>`, in new mount and pid
-// namespaces, the plan on the fd after the taps. The caller closes the returned plan file once the helper started.
+// (msb-runtime, or a test binary) with `jail <fd>`, in new mount, pid and
+// IPC namespaces, the plan on the fd after the taps. The caller closes the returned plan file once the helper started.
 func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -282,7 +282,8 @@ func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
 	cmd := exec.Command(self, "jail", fmt.Sprint(fd))
 	cmd.ExtraFiles = append(append([]*os.File{}, taps...), f)
 	// qemu is pid 1 of its own pid namespace: it sees (in its /proc) and
-	// reaches (kill, ptrace) no other process, other VMs' qemu included.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID}
+	// reaches (kill, ptrace) no other process, other VMs' qemu included;
+	// and it has no share in the host's System V IPC objects.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC}
 	return cmd, f, nil
 }

@@ -224,6 +224,14 @@ func TestJail(t *testing.T) {
 		}
 	}
 
+	for _, ns := range []string{"mnt", "pid", "ipc"} {
+		mine, _ := os.Readlink("/proc/self/ns/" + ns)
+		its, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		if err != nil || its == mine {
+			t.Errorf("the jail shares the %s namespace (%s, %v)", ns, its, err)
+		}
+	}
+
 	// A pod member bound below the pod share after the start appears in
 	// the jail, read-only.
 	member := filepath.Join(pod, "c1")

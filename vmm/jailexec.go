@@ -17,7 +17,7 @@ import (
 )
 
 // JailMain is the jail helper (`msb-runtime jail <fd>`, started by the VMM
-// process in new mount and pid namespaces): it reads its plan from fd, builds the
+// process in new mount, pid and IPC namespaces): it reads its plan from fd, builds the
 // jail, drops privileges and execs the plan's program. It returns (an exit
 // code) only when it failed.
 func JailMain(fdArg string) int {
@@ -264,7 +264,7 @@ func makeMountpoint(p string, dir bool) error {
 }
 
 // dropPrivileges keeps only the capabilities keep (bounding set included,
-// no ambient ones) and sets no_new_privs. The exec that follows keeps
+// no ambient ones), joins a new session keyring and sets no_new_privs. The exec that follows keeps
 // exactly keep: root's permitted set after exec is inheritable | bounding.
 func dropPrivileges(keep []int) error {
 	var mask uint64
@@ -293,6 +293,11 @@ func dropPrivileges(keep []int) error {
 	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("capset: %w", err)
+	}
+	// A session keyring of its own, not the VMM's (runc does the same);
+	// root's user keyring stays reachable (docs/security.md).
+	if _, err := unix.KeyctlJoinSessionKeyring("_ses.msb-jail"); err != nil && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("session keyring: %w", err)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
