@@ -15,8 +15,6 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
-
-	"github.com/msb-dev/msb/protocol"
 )
 
 // The qemu backend runs qemu jailed (ADR 013, docs/security.md): the VMM
@@ -222,13 +220,12 @@ func parseLibList(out []byte, interp string) ([]string, error) {
 	return libs, nil
 }
 
-// shareMountsLater makes the share that gets mounts after the start, a pod
-// VM's pod dir (its members are bound below it later, ADR 007), a shared
-// mount, so that those mounts propagate into the jail's namespace, where
-// the share's copy is a slave.
+// shareMountsLater makes each share that gets mounts after the start
+// (MountsLater: a pod dir) a shared mount, so that those mounts propagate
+// into the jail's namespace, where the share's copy is a slave.
 func shareMountsLater(c *LaunchConfig) error {
 	for _, s := range c.Shares {
-		if s.Tag != protocol.PodShareTag {
+		if !s.MountsLater {
 			continue
 		}
 		mounted, err := mountinfo.Mounted(s.Path)

@@ -17,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/mounts"
-	"github.com/msb-dev/msb/protocol"
 )
 
 func TestParseLibList(t *testing.T) {
@@ -158,7 +157,7 @@ func TestJail(t *testing.T) {
 	}
 	c := testConfig(t)
 	rw, ro, pod, other := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
-	c.Shares = []Share{{Tag: "rw", Path: rw}, {Tag: "ro", Path: ro, ReadOnly: true}, {Tag: protocol.PodShareTag, Path: pod, MultiDevs: true}}
+	c.Shares = []Share{{Tag: "rw", Path: rw}, {Tag: "ro", Path: ro, ReadOnly: true}, {Tag: "pod", Path: pod, MultiDevs: true, MountsLater: true}}
 	if err := os.WriteFile(filepath.Join(other, "secret"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
