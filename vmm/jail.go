@@ -173,7 +173,7 @@ func linksOutside(dir string) []string {
 func sharedLibs(bin string) ([]string, error) {
 	f, err := elf.Open(bin)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w: the jail runs qemu's own binary, not a wrapper script; set qemu to the binary, or jail = false in /etc/msb/config.toml", bin, err)
 	}
 	defer f.Close()
 	interp := ""

@@ -30,6 +30,13 @@ func TestParseLibList(t *testing.T) {
 	if _, err := parseLibList([]byte("\tlibgone.so.1 => not found\n"), "/ld"); err == nil {
 		t.Fatal("a missing library passed")
 	}
+	script := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec qemu-system-x86_64 \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sharedLibs(script); err == nil || !strings.Contains(err.Error(), "jail = false") {
+		t.Fatalf("a wrapper script: %v, want an error that names jail = false", err)
+	}
 }
 
 func TestQEMUJailPlan(t *testing.T) {
