@@ -36,6 +36,10 @@ type Config struct {
 	QEMU string `toml:"qemu"`
 	// Accel forces kvm or tcg; empty picks kvm when /dev/kvm is usable.
 	Accel string `toml:"accel"`
+	// Jail runs qemu jailed: a mount namespace with only its VM's files,
+	// reduced capabilities, no_new_privs, qemu's seccomp filter
+	// (docs/security.md). false is for debugging only.
+	Jail bool `toml:"jail"`
 	// VCPUs and MemoryMiB size a VM whose spec sets no limits;
 	// OverheadMiB is added to a spec's memory limit for the guest kernel
 	// and agent.
@@ -81,6 +85,7 @@ func Default() Config {
 		Initrd:            "/var/lib/msb/initrd.cpio",
 		GuestRoot:         "/var/lib/msb/krunroot",
 		QEMU:              "qemu-system-x86_64",
+		Jail:              true,
 		VCPUs:             1,
 		MemoryMiB:         256,
 		OverheadMiB:       128,

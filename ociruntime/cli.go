@@ -78,6 +78,15 @@ func App() *cli.App {
 					return nil
 				},
 			},
+			{
+				Name:      "jail",
+				ArgsUsage: "<plan-fd>",
+				Usage:     "jails and execs the hypervisor (started by the VMM process, reads its plan from the fd)",
+				Hidden:    true,
+				Action: func(c *cli.Context) error {
+					return exitError{code: vmm.JailMain(c.Args().First())}
+				},
+			},
 		}, lifecycleCommands()...),
 	}
 }

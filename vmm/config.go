@@ -52,6 +52,9 @@ type Share struct {
 	// the backend must keep files of different devices apart in the guest
 	// (inode numbers repeat across devices).
 	MultiDevs bool `json:"multiDevs,omitempty"`
+	// MountsLater says mounts are added below it while the VM runs (a pod
+	// dir): a jailed hypervisor must receive them (ADR 013).
+	MountsLater bool `json:"mountsLater,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest
@@ -90,6 +93,10 @@ type LaunchConfig struct {
 	QEMU string `json:"qemu,omitempty"`
 	// Accel forces "kvm" or "tcg"; "" picks KVM when /dev/kvm opens.
 	Accel string `json:"accel,omitempty"`
+	// NoJail runs qemu as the VMM's plain child: no mount namespace,
+	// capabilities, no_new_privs or seccomp filter (debugging only; ADR
+	// 013). The zero value jails.
+	NoJail bool `json:"noJail,omitempty"`
 	// GuestRoot is the guest root directory for the libkrun backend (the
 	// agent as /init, runc as /sbin/runc; see docs/backends.md); libkrun
 	// boots libkrunfw's kernel with it as the virtio-fs root. Empty means

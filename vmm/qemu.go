@@ -24,8 +24,13 @@ type qemu struct {
 	autoKVM, givenUp bool
 	// taps are the NICs' tap fds, handed to every qemu started.
 	taps []*os.File
-	done chan struct{}
-	err  error
+	// What every qemu started gets: bin is qemu's path, tsc the host's
+	// clock rate.
+	cfg           *LaunchConfig
+	bin, chanSock string
+	tsc           int
+	done          chan struct{}
+	err           error
 }
 
 // qemuArgs builds the command line. Values from bundles (paths) are escaped
@@ -58,6 +63,9 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 		"-device", "virtio-serial-device",
 		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
 	)
+	if !c.NoJail {
+		args = append(args, "-sandbox", sandboxArg)
+	}
 	for i, s := range c.Shares {
 		fs := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, qemuEscape(s.Path))
 		if s.ReadOnly {
@@ -117,6 +125,9 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
+	if p, err := exec.LookPath(bin); err == nil {
+		bin = p
+	}
 	autoKVM := false
 	if c.Accel == "" {
 		var why string
@@ -125,10 +136,14 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 			fmt.Fprintf(logf, "msb-vmm: KVM not usable on this host (%s): running under TCG\n", why)
 		}
 	}
+	if !c.NoJail {
+		if err := shareMountsLater(c); err != nil {
+			return nil, err
+		}
+	}
 	kvm := c.Accel == "kvm" || autoKVM
-	tsc := hostTSCKHz()
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps}
-	if err := q.launch(bin, qemuArgs(c, chanSock, kvm, tsc), logf); err != nil {
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz()}
+	if err := q.launch(kvm, logf); err != nil {
 		return nil, err
 	}
 	go func() {
@@ -144,7 +159,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 		if retry {
 			RecordKVMBroken(bin, c.Kernel, fmt.Sprintf("a guest under KVM failed to boot (%v)", err))
 			fmt.Fprintf(logf, "msb-vmm: qemu with KVM failed (%v): falling back to TCG\n", err)
-			if lerr := q.launch(bin, qemuArgs(c, chanSock, false, tsc), logf); lerr == nil {
+			if lerr := q.launch(false, logf); lerr == nil {
 				err = q.wait()
 			}
 		}
@@ -168,15 +183,30 @@ func (q *qemu) GiveUpKVM() bool {
 	return true
 }
 
-func (q *qemu) launch(bin string, args []string, logf *os.File) error {
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
+func (q *qemu) launch(kvm bool, logf *os.File) error {
+	args := qemuArgs(q.cfg, q.chanSock, kvm, q.tsc)
+	cmd := exec.Command(q.bin, args...)
 	cmd.ExtraFiles = q.taps
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	how := ""
+	if !q.cfg.NoJail {
+		plan, err := qemuJailPlan(q.cfg, q.bin, q.chanSock, kvm, args)
+		if err != nil {
+			return err
+		}
+		var planf *os.File
+		if cmd, planf, err = jailCommand(plan, q.taps); err != nil {
+			return err
+		}
+		defer planf.Close()
+		how = fmt.Sprintf(" jailed (%d paths, capabilities %s)", len(plan.Binds), capList(plan.Caps))
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	fmt.Fprintf(logf, "msb-vmm: starting %s %s\n", bin, strings.Join(args, " "))
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
+		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", q.bin, err)
 	}
 	q.mu.Lock()
 	q.cmd = cmd

@@ -15,6 +15,12 @@ import (
 // The test binary doubles as a fake VMM process when MSB_FAKE_VMM is set, so
 // Spawn's fd and startup contract is checked against a real child.
 func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == "jail" { // the VMM's jail helper (jail_test.go)
+		os.Exit(JailMain(os.Args[2]))
+	}
+	if os.Getenv("MSB_JAIL_TEST_CHILD") == "1" { // the program jailed (jail_test.go)
+		os.Exit(jailTestChild())
+	}
 	if mode := os.Getenv("MSB_FAKE_VMM"); mode != "" {
 		if mode == "real" { // the real VMM process (libkrun_test.go)
 			os.Exit(realVMM())

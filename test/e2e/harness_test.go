@@ -59,6 +59,9 @@ func testMain(m *testing.M) int {
 		// Every io.msb.* annotation enabled: the tests use them all.
 		cfg := fmt.Sprintf("kernel = %q\ninitrd = %q\nboot_timeout = %q\naccel = %q\nenable_annotations = ['io\\.msb\\..*']\n",
 			filepath.Join(image, "vmlinux"), filepath.Join(image, "initrd.cpio"), envOr("MSB_TEST_BOOT_TIMEOUT", "3m"), os.Getenv("MSB_TEST_ACCEL"))
+		if os.Getenv("MSB_TEST_NO_JAIL") == "1" { // qemu unjailed (docs/security.md), for comparison
+			cfg += "jail = false\n"
+		}
 		if err := os.WriteFile(configFile, []byte(cfg), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

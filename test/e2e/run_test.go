@@ -306,7 +306,9 @@ func TestKVMBrokenGoesToTCG(t *testing.T) {
 				cfg = append(cfg, l)
 			}
 		}
-		cfg = append(cfg, `qemu = "`+wrapper+`"`, `kvm_boot_timeout = "2s"`)
+		// A shell script cannot run in qemu's jail (it holds qemu's own
+		// files only): this test is about the fallback, not the jail.
+		cfg = append(cfg, `qemu = "`+wrapper+`"`, `kvm_boot_timeout = "2s"`, `jail = false`)
 		cfgFile := filepath.Join(dir, "config.toml")
 		if err := os.WriteFile(cfgFile, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
 			t.Fatal(err)

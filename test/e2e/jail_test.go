@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/vmm"
+)
+
+// TestJailedQEMU checks qemu's jail (ADR 013) on a running VM: seccomp,
+// no_new_privs, the four capabilities 9p needs, a mount namespace holding
+// only this VM's files; and that a container still writes a rw bind (with
+// ownership) and reads an ext4 qcow2 disk through it, while device nodes
+// cannot be made in a share.
+func TestJailedQEMU(t *testing.T) {
+	requireVM(t)
+	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
+		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
+	}
+	root := stateRoot(t)
+	// Another VM's state and relay socket: not for this VM's qemu.
+	decoys := []string{filepath.Join(root, "vms", "other", "secret"), filepath.Join(root, "sock", "other.sock")}
+	for _, d := range decoys {
+		if err := os.MkdirAll(filepath.Dir(d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(d, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rw, content, imgDir := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(content, "hello"), []byte("from the qcow2 disk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw, img := filepath.Join(imgDir, "disk.img"), filepath.Join(imgDir, "disk.qcow2")
+	for _, c := range [][]string{{"mkfs.ext4", "-q", "-F", "-d", content, raw, "16M"}, {"qemu-img", "convert", "-O", "qcow2", raw, img}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", c, err, out)
+		}
+	}
+	script := `echo written-in-guest > /rw/out.txt && chown 1000:1000 /rw/out.txt && echo chown-ok
+busybox mknod /rw/null c 1 3 2>/dev/null && echo mknod-ok || echo mknod-refused
+cat /data/hello
+echo ready; exec sleep 1000`
+	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
+		// What the guest lets through to qemu's 9p server.
+		caps := []string{"CAP_CHOWN", "CAP_MKNOD", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_FSETID"}
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
+		major, minor := int64(1), int64(3)
+		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "c", Major: &major, Minor: &minor, Access: "m"})
+		s.Mounts = append(s.Mounts,
+			specs.Mount{Destination: "/rw", Type: "bind", Source: rw, Options: []string{"rbind", "rw"}},
+			specs.Mount{Destination: "/data", Type: "ext4", Source: img, Options: []string{"ro"}})
+	})
+	cmd := runtimeCmd(root, "run", "--bundle", b, "jailed")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	var lines []string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "ready" {
+		lines = append(lines, sc.Text())
+	}
+	if want := []string{"chown-ok", "mknod-refused", "from the qcow2 disk"}; !slices.Equal(lines, want) {
+		t.Fatalf("container said %q, want %q", lines, want)
+	}
+	if _, err := os.Lstat(filepath.Join(rw, "null")); err == nil {
+		t.Error("a device node made in the guest is on the host")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(rw, "out.txt"), &st); err != nil || st.Uid != 1000 || st.Gid != 1000 {
+		t.Fatalf("rw bind write on the host: %+v, %v; want owner 1000:1000", st, err)
+	}
+
+	qemu := childNamed(t, childNamed(t, cmd.Process.Pid, "msb-runtime"), "qemu")
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", qemu))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t000000000000001b", "CapPrm:\t000000000000001b",
+		"CapBnd:\t000000000000001b", "CapAmb:\t0000000000000000"} {
+		if !strings.Contains(string(status), want+"\n") {
+			t.Errorf("qemu's /proc/%d/status lacks %q", qemu, want)
+		}
+	}
+
+	jroot := fmt.Sprintf("/proc/%d/root", qemu)
+	var seen []string
+	_ = filepath.WalkDir(jroot+"/", func(p string, d fs.DirEntry, err error) error {
+		rel := strings.TrimPrefix(p, jroot)
+		if rel != "/" {
+			seen = append(seen, rel)
+		}
+		if rel == "/proc" { // its own pid namespace's, process dirs only
+			ents, _ := os.ReadDir(p)
+			for _, e := range ents {
+				if !slices.Contains([]string{"1", "self", "thread-self"}, e.Name()) {
+					t.Errorf("qemu's /proc holds %s", e.Name())
+				}
+			}
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	t.Logf("qemu's root holds %d paths", len(seen))
+	sock, _ := vmm.AgentSocketPath(root, "jailed")
+	image := envOr("MSB_TEST_IMAGE", "/var/lib/msb")
+	for _, absent := range append(decoys, "/etc/passwd", "/etc/msb", "/home", "/root", "/sys/kernel",
+		sock, filepath.Join(vmm.StateDirPath(root, "jailed"), "vmm.log"), filepath.Join(image, "manifest.json"), msbRuntime) {
+		if slices.Contains(seen, absent) {
+			t.Errorf("%s is visible to qemu", absent)
+		}
+	}
+	for _, present := range []string{filepath.Join(rw, "out.txt"), img, filepath.Join(image, "vmlinux"), "/dev/null"} {
+		if !slices.Contains(seen, present) {
+			t.Errorf("%s is not visible to qemu", present)
+		}
+	}
+	for _, p := range seen {
+		if dir := filepath.Dir(p); (dir == "/etc" && p != "/etc/ld.so.cache") || (dir == "/dev" && !slices.Contains([]string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/kvm"}, p)) {
+			t.Errorf("%s is visible to qemu", p)
+		}
+	}
+
+	for _, d := range decoys {
+		os.Remove(d)
+	}
+	// As TestKillRuntimeLeavesNothing: the VMM stops the VM, its jail
+	// included.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	assertNothingLeft(t, root)
+}

@@ -1,0 +1,286 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// The qemu backend runs qemu jailed (ADR 013, docs/security.md): the VMM
+// starts `msb-runtime jail <fd>` in new mount, pid and IPC namespaces with
+// a plan on that fd; the helper builds a root holding only what this VM needs,
+// pivots into it, keeps the capabilities 9p needs, sets no_new_privs and
+// execs qemu, which adds its own seccomp filter (-sandbox). Every path
+// keeps its host name inside the jail, so qemu's arguments do not change.
+
+// sandboxArg is qemu's seccomp filter: no obsolete calls, no set*id, no
+// fork or exec, no scheduler or resource changes.
+const sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// jailCaps are the capabilities qemu keeps: what 9p passthrough
+// (security_model=none) needs to act for every guest user on the shares:
+// set owners, bypass permission checks, change modes and times of files
+// it does not own, keep set-group-ID bits. Not CAP_MKNOD (device nodes in
+// a share would open host devices), CAP_SETFCAP, CAP_SYS_ADMIN.
+var jailCaps = []int{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID}
+
+// capNames names jailCaps in logs.
+var capNames = map[int]string{unix.CAP_CHOWN: "chown", unix.CAP_DAC_OVERRIDE: "dac_override", unix.CAP_FOWNER: "fowner", unix.CAP_FSETID: "fsetid"}
+
+func capList(caps []int) string {
+	var s []string
+	for _, c := range caps {
+		if n, ok := capNames[c]; ok {
+			s = append(s, n)
+		} else {
+			s = append(s, fmt.Sprint(c))
+		}
+	}
+	return strings.Join(s, ",")
+}
+
+// jailDevices are the device nodes the jail holds besides /dev/kvm.
+var jailDevices = []string{"/dev/null", "/dev/zero", "/dev/urandom"}
+
+// jailDir is the empty directory in the VM's state dir that the jail's
+// root is mounted on (only inside the jail's mount namespace).
+const jailDir = "jail"
+
+// jailPlan is what the jail helper gets on its plan fd: JSON, never argv.
+type jailPlan struct {
+	// Root is an empty host directory the jail's tmpfs root is mounted on.
+	Root string `json:"root"`
+	// HostMountNS is the VMM's mount namespace (its /proc/self/ns/mnt
+	// link): the helper refuses to build a jail in it.
+	HostMountNS string     `json:"hostMountNS"`
+	Binds       []jailBind `json:"binds"`
+	// Caps are the capability numbers kept; all others are dropped from
+	// every set, the bounding set included.
+	Caps []int `json:"caps"`
+	// Path is the program to exec, Args its argv (Args[0] included).
+	Path string   `json:"path"`
+	Args []string `json:"args"`
+}
+
+// jailBind is one host path made visible at the same path in the jail.
+type jailBind struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Exec allows executing and mapping code from it (the program and its
+	// libraries); everything else is noexec.
+	Exec bool `json:"exec,omitempty"`
+	// Dev keeps device nodes usable (devices, a block-device disk);
+	// everything else is nodev. Nothing is suid.
+	Dev bool `json:"dev,omitempty"`
+}
+
+// qemuJailPlan lists what qemu needs for c: its binary, libraries, data
+// and module dirs, the guest image, shares, disks, its sockets and a few
+// devices. bin is qemu's path as found on PATH.
+func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string) (*jailPlan, error) {
+	real, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
+	}
+	p := &jailPlan{Root: filepath.Join(c.RuntimeDir, jailDir), Caps: jailCaps, Path: real,
+		Args: append([]string{real}, args...)}
+	add := func(b jailBind) { p.Binds = append(p.Binds, b) }
+	libs, err := sharedLibs(real)
+	if err != nil {
+		return nil, fmt.Errorf("jail: %w", err)
+	}
+	for _, l := range append([]string{real}, libs...) {
+		add(jailBind{Path: l, ReadOnly: true, Exec: true})
+	}
+	if _, err := os.Stat("/etc/ld.so.cache"); err == nil {
+		add(jailBind{Path: "/etc/ld.so.cache", ReadOnly: true})
+	}
+	// qemu finds firmware and modules relative to its binary, then in its
+	// configured dirs (the same on distribution builds).
+	prefix := filepath.Dir(filepath.Dir(real))
+	mods, _ := filepath.Glob(filepath.Join(prefix, "lib", "*", "qemu"))
+	for _, d := range append(mods, filepath.Join(prefix, "lib", "qemu"), filepath.Join(prefix, "lib64", "qemu")) {
+		if isDir(d) {
+			add(jailBind{Path: d, ReadOnly: true, Exec: true})
+		}
+	}
+	if d := filepath.Join(prefix, "share", "qemu"); isDir(d) {
+		add(jailBind{Path: d, ReadOnly: true})
+		for _, t := range linksOutside(d) {
+			add(jailBind{Path: t, ReadOnly: true})
+		}
+	}
+	for _, f := range []string{c.Kernel, c.Initrd, c.Modules} {
+		if f != "" {
+			add(jailBind{Path: f, ReadOnly: true})
+		}
+	}
+	for _, s := range c.Shares {
+		add(jailBind{Path: s.Path, ReadOnly: s.ReadOnly})
+	}
+	for _, d := range c.Disks {
+		st, err := os.Stat(d.Path)
+		add(jailBind{Path: d.Path, ReadOnly: d.ReadOnly, Dev: err == nil && st.Mode()&fs.ModeDevice != 0})
+	}
+	add(jailBind{Path: chanSock})
+	add(jailBind{Path: consoleSocket(c)})
+	devs := jailDevices
+	if kvm {
+		devs = append(devs[:len(devs):len(devs)], kvmDevice)
+	}
+	for _, d := range devs {
+		add(jailBind{Path: d, Dev: true})
+	}
+	return p, nil
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+// linksOutside returns the targets of dir's symlinks that lie outside dir
+// (distributions link firmware from other packages' dirs).
+func linksOutside(dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if e.Type()&fs.ModeSymlink == 0 {
+			continue
+		}
+		t, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name()))
+		if err == nil && !strings.HasPrefix(t, dir+"/") {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// sharedLibs lists the libraries bin loads, as its dynamic loader resolves
+// them (`ld.so --list`, what ldd runs), the loader included; none for a
+// static binary.
+func sharedLibs(bin string) ([]string, error) {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: the jail runs qemu's own binary, not a wrapper script; set qemu to the binary, or jail = false in /etc/msb/config.toml", bin, err)
+	}
+	defer f.Close()
+	interp := ""
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			b := make([]byte, p.Filesz)
+			if _, err := p.ReadAt(b, 0); err != nil {
+				return nil, fmt.Errorf("%s: read its loader: %w", bin, err)
+			}
+			interp = string(bytes.TrimRight(b, "\x00"))
+		}
+	}
+	if interp == "" {
+		return nil, nil
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(interp, "--list", bin)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --list %s: %w: %s", interp, bin, err, strings.TrimSpace(stderr.String()))
+	}
+	return parseLibList(out, interp)
+}
+
+// parseLibList reads the loader's --list output: "name => /path (0x…)",
+// "/path (0x…)" for the loader, "name (0x…)" for the vDSO.
+func parseLibList(out []byte, interp string) ([]string, error) {
+	libs := []string{interp}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if _, p, ok := strings.Cut(line, " => "); ok {
+			line = p
+		}
+		p, _, _ := strings.Cut(line, " (")
+		switch {
+		case p == "not found":
+			return nil, fmt.Errorf("a library is missing: %s", sc.Text())
+		case strings.HasPrefix(p, "/") && p != interp:
+			libs = append(libs, p)
+		}
+	}
+	return libs, nil
+}
+
+// shareMountsLater makes each share that gets mounts after the start
+// (MountsLater: a pod dir) a shared mount, so that those mounts propagate
+// into the jail's namespace, where the share's copy is a slave.
+func shareMountsLater(c *LaunchConfig) error {
+	for _, s := range c.Shares {
+		if !s.MountsLater {
+			continue
+		}
+		mounted, err := mountinfo.Mounted(s.Path)
+		if err != nil {
+			return fmt.Errorf("jail: %s: %w", s.Path, err)
+		}
+		if !mounted {
+			if err := unix.Mount(s.Path, s.Path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("jail: bind %s on itself: %w", s.Path, err)
+			}
+		}
+		if err := unix.Mount("", s.Path, "", unix.MS_SHARED, ""); err != nil {
+			return fmt.Errorf("jail: make %s a shared mount: %w", s.Path, err)
+		}
+	}
+	return nil
+}
+
+// jailCommand is exec.Cmd for the jail helper that runs plan: this binary
+// (msb-runtime, or a test binary) with `jail <fd>`, in new mount, pid and
+// IPC namespaces, the plan on the fd after the taps. The caller closes the returned plan file once the helper started.
+func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("jail: find this binary: %w", err)
+	}
+	if plan.HostMountNS, err = os.Readlink("/proc/self/ns/mnt"); err != nil {
+		return nil, nil, fmt.Errorf("jail: %w", err)
+	}
+	if err := os.MkdirAll(plan.Root, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("jail: %w", err)
+	}
+	b, err := json.Marshal(plan)
+	if err != nil {
+		return nil, nil, err
+	}
+	mfd, err := unix.MemfdCreate("msb-jail-plan", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, nil, fmt.Errorf("jail plan: %w", err)
+	}
+	f := os.NewFile(uintptr(mfd), "jail-plan")
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("jail plan: %w", err)
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("jail plan: %w", err)
+	}
+	fd := 3 + len(taps)
+	cmd := exec.Command(self, "jail", fmt.Sprint(fd))
+	cmd.ExtraFiles = append(append([]*os.File{}, taps...), f)
+	// qemu is pid 1 of its own pid namespace: it sees (in its /proc) and
+	// reaches (kill, ptrace) no other process, other VMs' qemu included;
+	// and it has no share in the host's System V IPC objects.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC}
+	return cmd, f, nil
+}

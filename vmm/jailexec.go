@@ -1,0 +1,306 @@
+package vmm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// JailMain is the jail helper (`msb-runtime jail <fd>`, started by the VMM
+// process in new mount, pid and IPC namespaces): it reads its plan from fd, builds the
+// jail, drops privileges and execs the plan's program. It returns (an exit
+// code) only when it failed.
+func JailMain(fdArg string) int {
+	// Capabilities and no_new_privs are per thread: set them on the thread
+	// that execs.
+	runtime.LockOSThread()
+	p, err := readJailPlan(fdArg)
+	if err == nil {
+		err = enterJail(p)
+	}
+	if err == nil {
+		err = unix.Exec(p.Path, p.Args, os.Environ())
+		err = fmt.Errorf("exec %s: %w", p.Path, err)
+	}
+	fmt.Fprintf(os.Stderr, "msb-jail: %v\n", err)
+	return 1
+}
+
+func readJailPlan(fdArg string) (*jailPlan, error) {
+	fd, err := strconv.Atoi(fdArg)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("plan fd %q: this command is started by the VMM process, not by hand", fdArg)
+	}
+	f := os.NewFile(uintptr(fd), "jail-plan")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read plan from fd %d: %w", fd, err)
+	}
+	var p jailPlan
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("parse plan: %w", err)
+	}
+	if !filepath.IsAbs(p.Root) || !filepath.IsAbs(p.Path) || len(p.Args) == 0 || p.HostMountNS == "" {
+		return nil, errors.New("plan: root, path, args and hostMountNS are required")
+	}
+	return &p, nil
+}
+
+// enterJail builds the jail's root on p.Root in this process's mount
+// namespace, pivots into it and drops privileges.
+func enterJail(p *jailPlan) error {
+	ns, err := os.Readlink("/proc/self/ns/mnt")
+	if os.Getpid() != 1 || err != nil || ns == p.HostMountNS {
+		return errors.New("not in mount and pid namespaces of its own: refusing to touch the host's mounts")
+	}
+	// Host mounts still reach the jail (a pod's later members); nothing
+	// done here goes back.
+	if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make / a slave: %w", err)
+	}
+	if err := unix.Mount("tmpfs", p.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("jail root on %s: %w", p.Root, err)
+	}
+	b := &jailBuilder{root: p.Root}
+	if err := b.bindAll(p.Binds); err != nil {
+		return err
+	}
+	if err := mountProc(filepath.Join(p.Root, "proc")); err != nil {
+		return err
+	}
+	if err := unix.Chdir(p.Root); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the host's root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("remount the jail root read-only: %w", err)
+	}
+	return dropPrivileges(p.Caps)
+}
+
+// mountProc mounts this pid namespace's procfs (qemu's 9p server changes
+// modes through /proc/self/fd) read-only on dir: only the process dirs
+// (subset=pid, Linux 5.8), so no /proc/sys, /proc/sysrq-trigger and the
+// like, which root may write without any capability.
+func mountProc(dir string) error {
+	if err := os.Mkdir(dir, 0o555); err != nil {
+		return err
+	}
+	flags := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	err := unix.Mount("proc", dir, "proc", flags, "subset=pid")
+	if errors.Is(err, unix.EINVAL) { // before Linux 5.8: the whole procfs, read-only
+		err = unix.Mount("proc", dir, "proc", flags, "")
+	}
+	if err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	return nil
+}
+
+// jailBuilder makes host paths visible at the same paths below root.
+type jailBuilder struct {
+	root  string
+	bound []jailBind // real host paths, in mount order
+}
+
+// bindAll resolves every bind's path (recreating the symlinks met on the
+// way), then mounts them parents first.
+func (b *jailBuilder) bindAll(binds []jailBind) error {
+	var todo []jailBind
+	seen := map[string]bool{}
+	for _, m := range binds {
+		real, err := b.mirror(m.Path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Path, err)
+		}
+		if !seen[real] {
+			seen[real] = true
+			m.Path = real
+			todo = append(todo, m)
+		}
+	}
+	sort.SliceStable(todo, func(i, j int) bool { return len(todo[i].Path) < len(todo[j].Path) })
+	for _, m := range todo {
+		if err := b.bind(m); err != nil {
+			return fmt.Errorf("bind %s: %w", m.Path, err)
+		}
+	}
+	return nil
+}
+
+// mirror resolves p on the host, component by component as the kernel
+// does, and recreates below root each symlink met and each directory on
+// the way, so that p resolves to the same file in the jail. It returns p's
+// real path.
+func (b *jailBuilder) mirror(p string) (string, error) {
+	todo := strings.Split(p, "/")
+	cur := "/"
+	for hops := 0; len(todo) > 0; {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, c)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return "", err
+		}
+		in := filepath.Join(b.root, next)
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if hops++; hops > 40 {
+				return "", unix.ELOOP
+			}
+			t, err := os.Readlink(next)
+			if err != nil {
+				return "", err
+			}
+			if _, err := os.Lstat(in); err != nil {
+				if err := os.Symlink(t, in); err != nil {
+					return "", err
+				}
+			}
+			if filepath.IsAbs(t) {
+				cur = "/"
+			}
+			todo = append(strings.Split(t, "/"), todo...)
+			continue
+		}
+		if len(todo) > 0 {
+			if err := os.Mkdir(in, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return "", err
+			}
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+// bind bind-mounts m.Path (a real path) on the same path below root with
+// m's restrictions, recursively.
+func (b *jailBuilder) bind(m jailBind) error {
+	var under *jailBind
+	for i := range b.bound {
+		if strings.HasPrefix(m.Path, b.bound[i].Path+"/") {
+			under = &b.bound[i]
+		}
+	}
+	if under != nil && under.ReadOnly == m.ReadOnly && under.Exec == m.Exec && under.Dev == m.Dev {
+		return nil // already there, as it should be
+	}
+	st, err := os.Stat(m.Path)
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(b.root, m.Path)
+	if _, err := os.Lstat(dst); err != nil {
+		if under != nil { // never create anything in a host directory
+			return fmt.Errorf("%s vanished", m.Path)
+		}
+		if err := makeMountpoint(dst, st.IsDir()); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount(m.Path, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	attr := uint64(unix.MOUNT_ATTR_NOSUID)
+	flags := uintptr(unix.MS_NOSUID)
+	if !m.Dev {
+		attr |= unix.MOUNT_ATTR_NODEV
+		flags |= unix.MS_NODEV
+	}
+	if !m.Exec {
+		attr |= unix.MOUNT_ATTR_NOEXEC
+		flags |= unix.MS_NOEXEC
+	}
+	if m.ReadOnly {
+		attr |= unix.MOUNT_ATTR_RDONLY
+		flags |= unix.MS_RDONLY
+	}
+	err = unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr})
+	if errors.Is(err, unix.ENOSYS) { // before Linux 5.12: the top mount only
+		err = unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|flags, "")
+	}
+	if err != nil {
+		return fmt.Errorf("restrict: %w", err)
+	}
+	b.bound = append(b.bound, m)
+	return nil
+}
+
+func makeMountpoint(p string, dir bool) error {
+	if dir {
+		return os.Mkdir(p, 0o755)
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// dropPrivileges keeps only the capabilities keep (bounding set included,
+// no ambient ones), joins a new session keyring and sets no_new_privs. The exec that follows keeps
+// exactly keep: root's permitted set after exec is inheritable | bounding.
+func dropPrivileges(keep []int) error {
+	var mask uint64
+	for _, c := range keep {
+		mask |= 1 << uint(c)
+	}
+	for c := 0; c < 64; c++ {
+		if mask&(1<<uint(c)) != 0 {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				break // past the kernel's last capability
+			}
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	for i := range data {
+		v := uint32(mask >> (32 * i))
+		data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	// A session keyring of its own, not the VMM's (runc does the same);
+	// root's user keyring stays reachable (docs/security.md).
+	if _, err := unix.KeyctlJoinSessionKeyring("_ses.msb-jail"); err != nil && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("session keyring: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	return nil
+}
