@@ -218,7 +218,7 @@ func TestMountsRewritten(t *testing.T) {
 
 	wantShares := []mounts.Share{
 		{Tag: rt, HostPath: rootfs},
-		{Tag: dt, HostPath: "/srv/data", ReadOnly: true},
+		{Tag: dt, HostPath: "/srv/data", ReadOnly: true, ReadOnlyTop: true}, // "ro" on an rbind
 		{Tag: ft, HostPath: stage + "/" + ft, MultiDevs: true},
 	}
 	wantFiles := []mounts.FileStage{{Source: "/var/lib/c/hosts", Dir: stage + "/" + ft, Name: "hosts"}}

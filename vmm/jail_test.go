@@ -244,7 +244,7 @@ func TestJail(t *testing.T) {
 	if err := os.Mkdir(member, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := mounts.BindBeneath(pod, "c1/tag", ro, true); err != nil {
+	if err := mounts.BindBeneath(pod, "c1/tag", ro, mounts.ReadOnlyRecursive); err != nil {
 		t.Fatal(err)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
