@@ -84,6 +84,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 	for _, m := range in.Mounts {
 		field := fmt.Sprintf("mounts[%d]", m.Index)
 		var src string
+		readOnlyTop := false
 		switch m.Kind {
 		case mounts.KindSpecial:
 			guestMounts = append(guestMounts, sb.GuestSpec.Mounts[m.Index])
@@ -107,6 +108,12 @@ func convertMounts(sb *Sandbox, in Input) error {
 				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(sharesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(sharesDir, tag)
+			readOnlyTop = sb.Shares[shareIdx[tag]].ReadOnlyTop
+			if readOnlyTop && in.podMode() {
+				// The agent's bind of the member's share must not be
+				// read-only either (see below).
+				sb.Boot.DirMounts[dirIdx[tag]].ReadOnly = false
+			}
 		case mounts.KindBindFile:
 			if !filepath.IsAbs(in.StageDir) {
 				return fmt.Errorf("%s: single-file bind needs an absolute stage dir, got %q", field, in.StageDir)
@@ -167,11 +174,19 @@ func convertMounts(sb *Sandbox, in Input) error {
 		default:
 			return fmt.Errorf("%s: unclassified mount kind %v; pass mounts.Classify's result", field, m.Kind)
 		}
+		opts := guestBindOptions(m)
+		if readOnlyTop && in.podMode() {
+			// In the guest the pod share is one filesystem: a read-only
+			// remount there would cover the volume's host submounts too.
+			// The host bind's own mount is read-only (shim/pod.go), its
+			// submounts are as the host has them, which is runc's "ro".
+			opts = slices.DeleteFunc(opts, func(o string) bool { return o == "ro" })
+		}
 		guestMounts = append(guestMounts, specs.Mount{
 			Destination: m.Destination,
 			Type:        "bind",
 			Source:      src,
-			Options:     guestBindOptions(m),
+			Options:     opts,
 		})
 	}
 	sb.GuestSpec.Mounts = guestMounts

@@ -27,3 +27,26 @@ func TestReadOnlyTop(t *testing.T) {
 		}
 	}
 }
+
+// TestReadOnlyTopGuestOptions: a pod member's "ro" volume is not remounted
+// read-only in the guest (the pod share is one filesystem there); the host
+// bind's top mount carries it.
+func TestReadOnlyTopGuestOptions(t *testing.T) {
+	for _, c := range []struct {
+		opts   []string
+		wantRO bool
+	}{{[]string{"rbind", "ro"}, false}, {[]string{"rbind", "rro"}, true}} {
+		in := input(baseSpec(), mounts.Mount{Kind: mounts.KindBindDir, Destination: "/a", Source: "/srv/a", Type: "bind", Options: c.opts, ReadOnly: true})
+		in.GuestDir = "/run/msb/c/x"
+		sb := mustConvert(t, in)
+		var got []string
+		for _, m := range sb.GuestSpec.Mounts {
+			if m.Destination == "/a" {
+				got = m.Options
+			}
+		}
+		if slices.Contains(got, "ro") != c.wantRO || sb.Boot.DirMounts[1].ReadOnly != c.wantRO {
+			t.Errorf("%v: guest options %v, agent bind read-only %v", c.opts, got, sb.Boot.DirMounts[1].ReadOnly)
+		}
+	}
+}

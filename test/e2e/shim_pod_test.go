@@ -112,17 +112,21 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	if err := os.WriteFile(file, []byte("from-file\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// A host submount of the read-only volume must be read-only too.
-	sub := filepath.Join(dir, "sub")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
-	if err := os.WriteFile(filepath.Join(sub, "s"), []byte("in-sub\n"), 0o644); err != nil {
-		t.Fatal(err)
+	// Host submounts of read-only volumes, as runc has them: read-only
+	// under "rro", writable under "ro" (only the volume's own mount).
+	dir2 := t.TempDir()
+	for _, d := range []string{dir, dir2} {
+		sub := filepath.Join(d, "sub")
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+		if err := os.WriteFile(filepath.Join(sub, "s"), []byte("in-sub\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ann := func(typ string) []string {
 		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
@@ -151,15 +155,17 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	}
 
 	flags := append(append(ann("container"), withNS...),
-		"--mount", "type=bind,src="+dir+",dst=/data,options=rbind:ro",
+		"--mount", "type=bind,src="+dir+",dst=/data,options=rbind:ro:rro",
+		"--mount", "type=bind,src="+dir2+",dst=/data2,options=rbind:ro",
 		"--mount", "type=bind,src="+file+",dst=/etc/podfile,options=rbind:rw")
 	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), e.image, app, "sleep", "600")...)
 	t.Cleanup(func() { e.remove(t, app) })
 	e.waitStatus(t, app, "RUNNING", time.Minute)
 
 	out := e.MustCtr("task", "exec", "--exec-id", "m1", app, "sh", "-c",
-		"cat /data/hello /etc/podfile /data/sub/s; touch /data/x 2>/dev/null && echo writable || echo read-only; touch /data/sub/x 2>/dev/null && echo sub-writable || echo sub-read-only")
-	if out != "from-dir\nfrom-file\nin-sub\nread-only\nsub-read-only\n" {
+		"cat /data/hello /etc/podfile /data/sub/s; touch /data/x 2>/dev/null && echo writable || echo read-only; touch /data/sub/x 2>/dev/null && echo sub-writable || echo sub-read-only; "+
+			"touch /data2/x 2>/dev/null && echo writable || echo read-only; touch /data2/sub/x && echo sub-writable || echo sub-read-only")
+	if out != "from-dir\nfrom-file\nin-sub\nread-only\nsub-read-only\nread-only\nsub-writable\n" {
 		t.Fatalf("app mounts: %q", out)
 	}
 	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")
