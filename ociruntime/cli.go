@@ -54,15 +54,8 @@ func App() *cli.App {
 				Name:      "run",
 				Usage:     "create and run a container in a new VM, wiring stdio through",
 				ArgsUsage: "<container-id>",
-				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "bundle directory"},
-					&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "create and start, then return (the container's pid exits with it)"},
-					&cli.StringFlag{Name: "pid-file", Usage: "with --detach: write the container's pid here"},
-					&cli.StringFlag{Name: "console-socket", Usage: "with --detach: Unix socket that receives the pty master"},
-					&cli.BoolFlag{Name: "no-pivot", Usage: "accepted: the guest sets up its own root"},
-					&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted: keyrings are the guest kernel's"},
-					&cli.IntFlag{Name: "preserve-fds", Usage: "must be 0: host fds cannot enter a VM"},
-				},
+				Flags: append(createFlags(),
+					&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "create and start, then return (the container's pid exits with it); --pid-file and --console-socket apply then"}),
 				Action: runCommand,
 			},
 			featuresCommand(),
@@ -168,9 +161,13 @@ func runCommand(c *cli.Context) error {
 		return err
 	}
 	ctx := log.WithLogger(context.Background(), log.L)
+	co := createOptions(c)
+	if !c.Bool("detach") && (co.PidFile != "" || co.ConsoleSocket != "" || co.PreserveFDs > 0) {
+		return errors.New("run: --pid-file, --console-socket and --preserve-fds apply with --detach only (in the foreground the container uses this terminal and process)")
+	}
 	if c.Bool("detach") {
 		id := c.Args().First()
-		if err := Create(ctx, o, id, createOptions(c), stdioFiles()); err != nil {
+		if err := Create(ctx, o, id, co, stdioFiles()); err != nil {
 			return err
 		}
 		if err := Start(ctx, o, id); err != nil {

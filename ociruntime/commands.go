@@ -27,15 +27,8 @@ func lifecycleCommands() []*cli.Command {
 			Name:      "create",
 			Usage:     "create a container in a new VM; its pid (the VMM process) exits with the container",
 			ArgsUsage: "<container-id>",
-			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "bundle directory"},
-				&cli.StringFlag{Name: "pid-file", Usage: "write the container's pid here"},
-				&cli.StringFlag{Name: "console-socket", Usage: "Unix socket that receives the pty master (process.terminal)"},
-				&cli.BoolFlag{Name: "no-pivot", Usage: "accepted: the guest sets up its own root"},
-				&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted: keyrings are the guest kernel's"},
-				&cli.IntFlag{Name: "preserve-fds", Usage: "must be 0: host fds cannot enter a VM"},
-				&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Hidden: true, Usage: "accepted: create always detaches"},
-			},
+			Flags: append(createFlags(),
+				&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Hidden: true, Usage: "accepted: create always detaches"}),
 			Action: func(c *cli.Context) error {
 				o, id, err := withID(c)
 				if err != nil {
@@ -357,6 +350,18 @@ func idCommand(name, usage string, fn func(context.Context, Options, string) err
 			}
 			return fn(ctxOf(c), o, id)
 		}}
+}
+
+// createFlags are runc create's, which run takes too.
+func createFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "bundle", Aliases: []string{"b"}, Value: ".", Usage: "bundle directory"},
+		&cli.StringFlag{Name: "pid-file", Usage: "write the container's pid here"},
+		&cli.StringFlag{Name: "console-socket", Usage: "Unix socket that receives the pty master (process.terminal)"},
+		&cli.BoolFlag{Name: "no-pivot", Usage: "accepted: the guest sets up its own root"},
+		&cli.BoolFlag{Name: "no-new-keyring", Usage: "accepted: keyrings are the guest kernel's"},
+		&cli.IntFlag{Name: "preserve-fds", Usage: "must be 0: host fds cannot enter a VM"},
+	}
 }
 
 func createOptions(c *cli.Context) CreateOptions {

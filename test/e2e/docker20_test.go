@@ -9,7 +9,6 @@ package e2e
 import (
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -80,18 +79,7 @@ func TestDocker20Lifecycle(t *testing.T) {
 	if code, out := d.exitCode(t, "exec", "web", "sh", "-c", "echo in-exec; wget -qO- http://"+dockerBridgeGW+":9/ >/dev/null 2>&1; ip -4 route; exit 4"); code != 4 || !strings.Contains(out, "default via "+dockerBridgeGW) {
 		t.Fatalf("exec: exit %d (want 4), %q", code, out)
 	}
-	cmd := d.dockerCmd(t.Context(), "exec", "-it", "web", "sh")
-	o := startOnPty(t, cmd, 33, 101)
-	o.waitFor(t, regexp.MustCompile(`# `), 60*time.Second)
-	if _, err := o.master.Write([]byte("tty; stty size; exit 5\n")); err != nil {
-		t.Fatal(err)
-	}
-	if code := exitCode(t, cmd.Wait()); code != 5 {
-		t.Errorf("exec -it: exit %d, want 5", code)
-	}
-	if text := o.all(t); !strings.Contains(text, "/dev/pts/") || !strings.Contains(text, "33 101") {
-		t.Errorf("exec -it output %q: want a guest pty of 33x101", text)
-	}
+	checkExecTTY(t, d.dockerCmd(t.Context(), "exec", "-it", "web", "sh"))
 	if top := d.mustDocker(t, "top", "web"); !strings.Contains(top, "vmm") {
 		t.Errorf("docker top %q: want the VMM process", top)
 	}

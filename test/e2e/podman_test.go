@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -50,18 +51,7 @@ func TestPodmanLifecycle(t *testing.T) {
 
 	// exec -it on a terminal of the test's: a pty in the guest, sized like
 	// the test's.
-	cmd := p.cmd(t.Context(), "exec", "-it", "life", "sh")
-	o := startOnPty(t, cmd, 33, 101)
-	o.waitFor(t, regexp.MustCompile(`# `), 60*time.Second)
-	if _, err := o.master.Write([]byte("tty; stty size; exit 5\n")); err != nil {
-		t.Fatal(err)
-	}
-	if code := exitCode(t, cmd.Wait()); code != 5 {
-		t.Errorf("exec -it: exit %d, want 5", code)
-	}
-	if text := o.all(t); !strings.Contains(text, "/dev/pts/") || !strings.Contains(text, "33 101") {
-		t.Errorf("exec -it output %q: want a guest pty of 33x101", text)
-	}
+	checkExecTTY(t, p.cmd(t.Context(), "exec", "-it", "life", "sh"))
 
 	// stop: SIGTERM reaches the container, its status comes back.
 	p.mustPodman(t, "stop", "-t", "30", "life")
@@ -120,6 +110,24 @@ func TestPodmanNetwork(t *testing.T) {
 	out, errOut, code := p.podman(t, "exec", "web", "sh", "-c", "wget -qO- http://10.88.0.1:9/ 2>&1; ip -4 route")
 	if !strings.Contains(out, "default via 10.88.0.1") {
 		t.Fatalf("container route: exit %d %q %q", code, out, errOut)
+	}
+}
+
+// checkExecTTY runs cmd, an engine's `exec -it C sh`, on a 33x101 pty of
+// the test's: the shell must have a guest pty of that size and its exit
+// status must come back.
+func checkExecTTY(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	o := startOnPty(t, cmd, 33, 101)
+	o.waitFor(t, regexp.MustCompile(`# `), 60*time.Second)
+	if _, err := o.master.Write([]byte("tty; stty size; exit 5\n")); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitCode(t, cmd.Wait()); code != 5 {
+		t.Errorf("exec -it: exit %d, want 5", code)
+	}
+	if text := o.all(t); !strings.Contains(text, "/dev/pts/") || !strings.Contains(text, "33 101") {
+		t.Errorf("exec -it output %q: want a guest pty of 33x101", text)
 	}
 }
 
