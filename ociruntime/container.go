@@ -3,6 +3,8 @@ package ociruntime
 import (
 	"context"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
@@ -29,6 +31,9 @@ func superviseContainer(cfg *vmm.LaunchConfig, detached <-chan struct{}) {
 		tty = os.NewFile(vmm.ContainerStdioFD, "pty")
 		stdio = Stdio{In: tty, Out: tty}
 	} else {
+		// No terminal: a SIGHUP (someone's kill -HUP) must not end the VM
+		// by default action; the VMM leads its own session.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 		stdio = Stdio{
 			In:  os.NewFile(vmm.ContainerStdioFD, "stdin"),
 			Out: os.NewFile(vmm.ContainerStdioFD+1, "stdout"),
