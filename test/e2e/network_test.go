@@ -6,7 +6,6 @@ package e2e
 // behind.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -105,8 +104,10 @@ func TestNetDockerFlow(t *testing.T) {
 	if body, err := httpGet(host, "http://10.88.3.2/", time.Minute); err != nil || body != "served-by-docker\n" {
 		t.Fatalf("GET from the host: %q, %v", body, err)
 	}
-	// Container → gateway.
-	var out bytes.Buffer
+	// Container → gateway. Both streams go to one buffer, which must take
+	// the two copies' writes one at a time (a bytes.Buffer's ReadFrom does
+	// not: concurrent copies into it lose data).
+	var out lockedBuffer
 	spec, err := ctr.Spec(ctx)
 	if err != nil {
 		t.Fatal(err)
