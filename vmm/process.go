@@ -290,23 +290,22 @@ func (v *vm) removeState() {
 		return
 	}
 	// The creator records the interfaces it wired to this VM's taps and
-	// unwires them itself; when it died, the VMM, in that namespace, does.
+	// unwires them itself; when it died or handed the VM over, the VMM,
+	// in that namespace, does.
 	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {
 		log.L.WithError(err).Warn("read network wires")
 	} else if err := network.Detach(nil, wires); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
+	cleanup := v.cfg.Cleanup // the creator died: all of it goes
 	if !v.orphaned {
+		// Detached: the container's record stays for its delete.
+		cleanup = nil
 		if m := v.cfg.Container; m != nil {
-			for _, p := range m.Unstage {
-				if err := mounts.RemoveAllUnmounted(p); err != nil {
-					log.L.WithError(err).Warnf("unstage %s", p)
-				}
-			}
+			cleanup = m.Unstage
 		}
-		return
 	}
-	for _, p := range v.cfg.Cleanup {
+	for _, p := range cleanup {
 		// Below a pod VM's state dir are its containers' binds.
 		if err := mounts.RemoveAllUnmounted(p); err != nil {
 			log.L.WithError(err).Warnf("cleanup %s", p)

@@ -41,28 +41,6 @@ type guestVM interface {
 // the hypervisor stops, the creator dies (EOF on watch, unless detached) or
 // a signal arrives on sigs. It returns the VMM's exit code; the error says
 // why the VM ended early. start is when the hypervisor was started.
-// watchCreator reads the parent-watch pipe: EOF closes eof (the creator
-// died), unless the creator wrote DetachByte first, which closes
-// v.detached and lets the VMM outlive it.
-func (v *vm) watchCreator(watch *os.File, eof chan<- struct{}) {
-	b := make([]byte, 1)
-	for {
-		n, err := watch.Read(b)
-		if n == 1 && b[0] == DetachByte {
-			v.mu.Lock()
-			v.detachedSet = true
-			v.mu.Unlock()
-			close(v.detached)
-			_, _ = io.Copy(io.Discard, watch)
-			return
-		}
-		if err != nil {
-			close(eof)
-			return
-		}
-	}
-}
-
 func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.File, sigs <-chan os.Signal, start time.Time) (int, error) {
 	cfg := v.cfg
 	watchEOF := make(chan struct{})
@@ -112,5 +90,27 @@ func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.F
 	case s := <-sigs:
 		log.L.Infof("%v: shutting the guest down", s)
 		return g.stop(), nil
+	}
+}
+
+// watchCreator reads the parent-watch pipe: EOF closes eof (the creator
+// died), unless the creator wrote DetachByte first, which closes
+// v.detached and lets the VMM outlive it.
+func (v *vm) watchCreator(watch *os.File, eof chan<- struct{}) {
+	b := make([]byte, 1)
+	for {
+		n, err := watch.Read(b)
+		if n == 1 && b[0] == DetachByte {
+			v.mu.Lock()
+			v.detachedSet = true
+			v.mu.Unlock()
+			close(v.detached)
+			_, _ = io.Copy(io.Discard, watch)
+			return
+		}
+		if err != nil {
+			close(eof)
+			return
+		}
 	}
 }
