@@ -2,7 +2,6 @@ package ociruntime
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,7 +12,6 @@ import (
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
@@ -70,15 +68,7 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		return err
 	}
 	if err := createInVM(ctx, sb, h, tokens, terminal); err != nil {
-		// The VMM sees its creator go and shuts the guest down.
-		_ = h.Release()
-		select {
-		case <-h.Done():
-		case <-time.After(10 * time.Second):
-			_ = h.Kill()
-		}
-		_, _ = h.Wait()
-		return fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
+		return sb.abandon(h, 10*time.Second, err)
 	}
 	start, ok := procStart(h.Pid)
 	if !ok {
@@ -117,29 +107,14 @@ func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]strin
 	if err := hooks.Create(ctx, sb.spec, hooks.State(sb.spec, sb.id, sb.bundle, specs.StateCreating, h.Pid)); err != nil {
 		return err
 	}
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.prep.Launch.BootTimeout)+10*time.Second)
+	bootCtx, cancel := sb.bootContext(ctx)
 	defer cancel()
 	a, err := dialReady(bootCtx, sb, h)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	spec, err := json.Marshal(sb.prep.GuestSpec)
-	if err != nil {
-		return err
-	}
-	if _, err := a.task.Create(bootCtx, &task.CreateTaskRequest{
-		ID:       sb.id,
-		Bundle:   "/run/msb/bundles/" + sb.id,
-		Terminal: terminal,
-		Stdin:    protocol.StreamURI(tokens[0]),
-		Stdout:   protocol.StreamURI(tokens[1]),
-		Stderr:   protocol.StreamURI(tokens[2]),
-		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
-	}); err != nil {
-		return fmt.Errorf("create container in the guest: %w", err)
-	}
-	return nil
+	return sb.createTask(bootCtx, a.task, tokens, terminal)
 }
 
 // dialReady connects to the agent of a booting VM and waits until it

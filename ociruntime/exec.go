@@ -112,7 +112,7 @@ func Exec(ctx context.Context, o Options, id string, eo ExecOptions, stdio [3]*o
 	if ps.Terminal {
 		fg.Err = nil // the pty carries both
 	}
-	return relay(ctx, c, plan, fg, func(error) {})
+	return relay(ctx, c, plan, fg, func(taskapi, error) {})
 }
 
 // execProcess is the process to run: --process, or the container's own
@@ -177,8 +177,9 @@ func newExecID() string {
 }
 
 // relay runs plan's process in the guest with stdio and returns its exit
-// status; started is told once it runs (or why it does not).
-func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, started func(error)) (int, error) {
+// status; started is told once it runs, with the task client it runs
+// through (or why it does not, with nil).
+func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, started func(taskapi, error)) (int, error) {
 	code, err := func() (int, error) {
 		tokens := newTokens()
 		streams, err := openStdio(ctx, c.rec.AgentSocket, tokens, stdio, nil)
@@ -210,8 +211,8 @@ func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, start
 		if _, err := a.task.Start(ctx, &task.StartRequest{ID: plan.ID, ExecID: plan.ExecID}); err != nil {
 			return 1, fmt.Errorf("start exec in the guest: %w", errgrpc.ToNative(err))
 		}
-		started(nil)
-		started = func(error) {}
+		started(a.task, nil)
+		started = func(taskapi, error) {}
 		if plan.Tty {
 			if f, ok := stdio.In.(*os.File); ok {
 				holdPty(ctx, f, a.task, plan.ID, plan.ExecID)
@@ -225,7 +226,7 @@ func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, start
 		streams.wait()
 		return int(w.ExitStatus), nil
 	}()
-	started(err)
+	started(nil, err)
 	return code, err
 }
 
@@ -248,11 +249,9 @@ func execOwnTerminal(ctx context.Context, c *container, plan relayPlan, stdio [3
 			stop()
 		}
 	}()
-	return relay(ctx, c, plan, Stdio{In: stdio[0], Out: stdio[1]}, func(err error) {
+	return relay(ctx, c, plan, Stdio{In: stdio[0], Out: stdio[1]}, func(tc taskapi, err error) {
 		if err == nil {
-			if a, derr := c.dial(ctx); derr == nil {
-				stop = term.forwardResize(ctx, a.task, plan.ID, plan.ExecID)
-			}
+			stop = term.forwardResize(ctx, tc, plan.ID, plan.ExecID)
 		}
 	})
 }
@@ -350,7 +349,7 @@ func ExecRelay(ctx context.Context) int {
 	if plan.Tty {
 		stdio.Err = nil
 	}
-	code, err := relay(ctx, c, plan, stdio, report)
+	code, err := relay(ctx, c, plan, stdio, func(_ taskapi, err error) { report(err) })
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("exec %s in %s", plan.ExecID, plan.ID)
 	}

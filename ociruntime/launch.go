@@ -1,16 +1,23 @@
 package ociruntime
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -95,4 +102,45 @@ func (s *sandbox) destroy() {
 	_ = os.RemoveAll(s.stateDir)
 	// The VMM removes its sockets; this covers a VMM that was SIGKILLed.
 	vmm.RemoveSockets(s.prep.Launch.AgentSocket)
+}
+
+// bootContext bounds a wait for the VM's agent: the boot timeout and a
+// margin.
+func (s *sandbox) bootContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, time.Duration(s.prep.Launch.BootTimeout)+10*time.Second)
+}
+
+// createTask creates the container in the guest with the stdio streams
+// named by tokens.
+func (s *sandbox) createTask(ctx context.Context, tc task.TTRPCTaskService, tokens [3]string, terminal bool) error {
+	spec, err := json.Marshal(s.prep.GuestSpec)
+	if err != nil {
+		return err
+	}
+	if _, err := tc.Create(ctx, &task.CreateTaskRequest{
+		ID:       s.id,
+		Bundle:   "/run/msb/bundles/" + s.id,
+		Terminal: terminal,
+		Stdin:    protocol.StreamURI(tokens[0]),
+		Stdout:   protocol.StreamURI(tokens[1]),
+		Stderr:   protocol.StreamURI(tokens[2]),
+		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
+	}); err != nil {
+		return fmt.Errorf("create container in the guest: %w", err)
+	}
+	return nil
+}
+
+// abandon ends a VMM whose launch failed: it sees its creator go and shuts
+// the guest down, or is killed after grace. The returned error is err with
+// the logs' last lines, which the state dir's removal would lose.
+func (s *sandbox) abandon(h *vmm.Handle, grace time.Duration, err error) error {
+	_ = h.Release()
+	select {
+	case <-h.Done():
+	case <-time.After(grace):
+		_ = h.Kill()
+	}
+	_, _ = h.Wait()
+	return fmt.Errorf("%w%s%s", err, launch.LogTail(s.prep.VMMLog()), launch.LogTail(s.prep.Launch.ConsoleLog))
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -172,6 +171,3 @@ func runcStats(m *v2.Metrics) *runc.Stats {
 	}
 	return s
 }
-
-// stdioFiles are this process's fds 0–2, which create and exec hand on.
-func stdioFiles() [3]*os.File { return [3]*os.File{os.Stdin, os.Stdout, os.Stderr} }

@@ -2,7 +2,6 @@ package ociruntime
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,11 +13,9 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
-	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -57,20 +54,11 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	}()
 	if err != nil {
 		// Whatever failed, the VM must not outlive this call.
-		_ = h.Release()
-		select {
-		case <-h.Done():
-		case <-time.After(5 * time.Second):
-			_ = h.Kill()
-		}
-		_, _ = h.Wait()
-		// The state dir goes away with this run: carry the logs' last lines
-		// in the error so the cause is not lost with it.
 		code := 1
 		if ee := (exitError{}); errors.As(err, &ee) {
 			code = ee.code
 		}
-		return code, fmt.Errorf("%w%s%s", err, launch.LogTail(sb.prep.VMMLog()), launch.LogTail(sb.prep.Launch.ConsoleLog))
+		return code, sb.abandon(h, 5*time.Second, err)
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -83,46 +71,24 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 }
 
 func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
-	sock := sb.prep.Launch.AgentSocket
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(sb.prep.Launch.BootTimeout)+10*time.Second)
+	bootCtx, cancel := sb.bootContext(ctx)
 	defer cancel()
-	client, err := vmm.DialTTRPC(bootCtx, sock)
+	a, err := dialReady(bootCtx, sb, h)
 	if err != nil {
 		return 0, err
 	}
-	defer client.Close()
-	ready := make(chan error, 1)
-	go func() { ready <- vmm.WaitReady(bootCtx, client) }()
-	select {
-	case err := <-ready:
-		if err != nil {
-			return 0, fmt.Errorf("%w (VMM log: %s/vmm.log)", err, sb.stateDir)
-		}
-	case <-h.Done():
-		return 0, fmt.Errorf("VM exited during boot: see %s/vmm.log and %s", sb.stateDir, sb.prep.Launch.ConsoleLog)
-	}
+	defer a.Close()
 	ph.mark("ready")
 
-	streams, err := openStdio(bootCtx, sock, newTokens(), stdio, func() { ph.mark("first-output") })
+	tokens := newTokens()
+	streams, err := openStdio(bootCtx, sb.prep.Launch.AgentSocket, tokens, stdio, func() { ph.mark("first-output") })
 	if err != nil {
 		return 0, err
 	}
 	defer streams.close()
-	spec, err := json.Marshal(sb.prep.GuestSpec)
-	if err != nil {
+	tc, agent := a.task, a.agent
+	if err := sb.createTask(ctx, tc, tokens, term != nil); err != nil {
 		return 0, err
-	}
-	tc := task.NewTTRPCTaskClient(client)
-	if _, err := tc.Create(ctx, &task.CreateTaskRequest{
-		ID:       sb.id,
-		Bundle:   "/run/msb/bundles/" + sb.id,
-		Terminal: term != nil,
-		Stdin:    protocol.StreamURI(streams.tokens[0]),
-		Stdout:   protocol.StreamURI(streams.tokens[1]),
-		Stderr:   protocol.StreamURI(streams.tokens[2]),
-		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: spec},
-	}); err != nil {
-		return 0, fmt.Errorf("create container in the guest: %w", err)
 	}
 	if term != nil {
 		if err := term.raw(); err != nil {
@@ -131,7 +97,6 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 		defer term.restore()
 		defer term.forwardResize(ctx, tc, sb.id, "")()
 	}
-	agent := protocol.NewAgentClient(client)
 	if err := sb.net.Attach(ctx, agent, sb.id); err != nil {
 		return 0, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"io"
 	"net"
+	"os"
 	"sync"
 
 	"github.com/msb-dev/msb/protocol"
@@ -22,16 +23,15 @@ type Stdio struct {
 // each copied to or from the host side with backpressure: nothing is
 // dropped, a slow host reader stalls the guest process.
 type stdioStreams struct {
-	tokens [3]string
-	conns  [3]*net.UnixConn
-	out    sync.WaitGroup
+	conns [3]*net.UnixConn
+	out   sync.WaitGroup
 }
 
 // openStdio dials the streams named by tokens (the agent pairs them with
 // the create or exec request that names the same tokens, whichever comes
 // first) and starts copying. first, if set, runs at the first output byte.
 func openStdio(ctx context.Context, sock string, tokens [3]string, stdio Stdio, first func()) (*stdioStreams, error) {
-	s := &stdioStreams{tokens: tokens}
+	s := &stdioStreams{}
 	for i := range s.conns {
 		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, tokens[i])
 		if err != nil {
@@ -95,6 +95,9 @@ func (m *markReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// stdioFiles are this process's fds 0–2, which create and exec hand on.
+func stdioFiles() [3]*os.File { return [3]*os.File{os.Stdin, os.Stdout, os.Stderr} }
 
 func newTokens() [3]string {
 	var t [3]string

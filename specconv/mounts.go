@@ -84,7 +84,11 @@ func convertMounts(sb *Sandbox, in Input) error {
 	for _, m := range in.Mounts {
 		field := fmt.Sprintf("mounts[%d]", m.Index)
 		var src string
-		readOnlyTop := false
+		// hostRO: the host bind's top mount carries "ro" (a pod member's
+		// volume whose submounts keep their access), so the guest must not
+		// remount it read-only: in the guest the pod share is one
+		// filesystem, and that would cover the submounts too.
+		hostRO := false
 		switch m.Kind {
 		case mounts.KindSpecial:
 			guestMounts = append(guestMounts, sb.GuestSpec.Mounts[m.Index])
@@ -108,10 +112,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(sharesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(sharesDir, tag)
-			readOnlyTop = sb.Shares[shareIdx[tag]].ReadOnlyTop
-			if readOnlyTop && in.podMode() {
-				// The agent's bind of the member's share must not be
-				// read-only either (see below).
+			if hostRO = in.podMode() && sb.Shares[shareIdx[tag]].ReadOnlyTop; hostRO {
 				sb.Boot.DirMounts[dirIdx[tag]].ReadOnly = false
 			}
 		case mounts.KindBindFile:
@@ -175,11 +176,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 			return fmt.Errorf("%s: unclassified mount kind %v; pass mounts.Classify's result", field, m.Kind)
 		}
 		opts := guestBindOptions(m)
-		if readOnlyTop && in.podMode() {
-			// In the guest the pod share is one filesystem: a read-only
-			// remount there would cover the volume's host submounts too.
-			// The host bind's own mount is read-only (shim/pod.go), its
-			// submounts are as the host has them, which is runc's "ro".
+		if hostRO {
 			opts = slices.DeleteFunc(opts, func(o string) bool { return o == "ro" })
 		}
 		guestMounts = append(guestMounts, specs.Mount{

@@ -179,17 +179,7 @@ func (e *shimEnv) waitShimDeletes() {
 
 // vmProcesses lists processes that belong to this env's VMs: VMM
 // processes and hypervisors, whose command lines name the state root.
-func (e *shimEnv) vmProcesses() []string {
-	var out []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, _ := os.ReadFile(p)
-		if bytes.Contains(b, []byte(e.stateRoot+"/")) {
-			out = append(out, filepath.Base(filepath.Dir(p))+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-	return out
-}
+func (e *shimEnv) vmProcesses() []string { return processesNaming(e.stateRoot + "/") }
 
 // stateFiles lists the files under the shim's state root.
 func (e *shimEnv) stateFiles() []string {
