@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/bench/internal/benchenv"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // The runtimes compared; containerd runs io.containerd.NAME.v2 as the
@@ -117,11 +118,13 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 	return memory(ctx, e, img, settle)
 }
 
-// proc is a host process, with its memory in KiB.
+// proc is a host process, with its memory in KiB: rss splits into anon
+// (heap, stacks, written data) and file (mapped pages of the binary and
+// its libraries, shared with every process that maps them).
 type proc struct {
 	benchenv.Proc
-	rss, pss int
-	role     string
+	rss, pss, anon int
+	role           string
 }
 
 // memory starts one sleeping container per runtime and prints the RSS and
@@ -136,42 +139,54 @@ func memory(ctx context.Context, e *benchenv.Env, img string, settle time.Durati
 		return ctx.Err()
 	}
 	fmt.Printf("\nhost memory per running container (`sleep`, read %s after start), MiB\n", settle)
-	fmt.Printf("  %-32s %7s %8s %8s\n", "process", "pid", "RSS", "PSS")
+	fmt.Printf("  %-32s %7s %8s %8s %8s %8s\n", "process", "pid", "RSS", "PSS", "anon", "file")
 	accel := "?"
-	vmDir := filepath.Join(e.StateRoot, e.NS, "mem-msb")
+	vmDir := vmm.StateDirPath(filepath.Join(e.StateRoot, e.NS), "mem-msb")
 	for _, rt := range runtimes {
 		var ps []proc
-		for _, bp := range benchenv.AllProcs() {
+		vmmPid := 0
+		all := benchenv.AllProcs()
+		for _, bp := range all {
 			p := proc{Proc: bp}
-			a, all := p.Args, " "+strings.Join(p.Args, " ")+" "
+			a, line := p.Args, " "+strings.Join(p.Args, " ")+" "
 			switch {
-			case filepath.Base(a[0]) == "containerd-shim-"+rt.name+"-v2" && strings.Contains(all, " -id mem-"+rt.name+" ") && strings.Contains(all, " "+e.Addr+" "):
+			case filepath.Base(a[0]) == "containerd-shim-"+rt.name+"-v2" && strings.Contains(line, " -id mem-"+rt.name+" ") && strings.Contains(line, " "+e.Addr+" "):
 				p.role = "shim"
-			case rt.name != "msb" || !strings.Contains(all, vmDir+" ") && !strings.Contains(all, vmDir+"/"):
-				continue
-			case len(a) == 3 && a[1] == "vmm":
-				p.role = "VMM process (msb-runtime vmm)"
-			case strings.Contains(filepath.Base(a[0]), "qemu"):
-				p.role = "qemu"
-				if _, r, ok := strings.Cut(all, " -accel "); ok {
-					accel = strings.Fields(r)[0]
-				}
+			case rt.name == "msb" && len(a) == 3 && a[1] == "vmm" && a[2] == vmDir:
+				p.role, vmmPid = "VMM process (msb-runtime vmm)", p.Pid
 			default:
-				p.role = "other: " + filepath.Base(a[0])
+				continue
 			}
-			p.rss, p.pss = memKiB(p.Pid)
 			ps = append(ps, p)
+		}
+		// The hypervisor is the VMM's child; its command line need not name
+		// the VM's directory.
+		for _, bp := range all {
+			if vmmPid == 0 || parentPid(bp.Pid) != vmmPid {
+				continue
+			}
+			p := proc{Proc: bp, role: "other: " + filepath.Base(bp.Args[0])}
+			if strings.Contains(filepath.Base(bp.Args[0]), "qemu") {
+				p.role = "qemu"
+				if i := slices.Index(bp.Args, "-accel"); i >= 0 && i+1 < len(bp.Args) {
+					accel = bp.Args[i+1]
+				}
+			}
+			ps = append(ps, p)
+		}
+		for i := range ps {
+			ps[i].rss, ps[i].pss, ps[i].anon = memKiB(ps[i].Pid)
 		}
 		if len(ps) == 0 || (rt.name == "msb" && len(ps) < 3) {
 			return fmt.Errorf("%s: found only %v of shim, VMM process and qemu", rt.name, ps)
 		}
-		var rss, pss int
+		var rss, pss, anon int
 		fmt.Printf("  %s\n", rt.typ)
 		for _, p := range ps {
-			fmt.Printf("    %-30s %7d %8.1f %8.1f\n", p.role, p.Pid, mib(p.rss), mib(p.pss))
-			rss, pss = rss+p.rss, pss+p.pss
+			fmt.Printf("    %-30s %7d %8.1f %8.1f %8.1f %8.1f\n", p.role, p.Pid, mib(p.rss), mib(p.pss), mib(p.anon), mib(p.rss-p.anon))
+			rss, pss, anon = rss+p.rss, pss+p.pss, anon+p.anon
 		}
-		fmt.Printf("    %-30s %7s %8.1f %8.1f\n", "total per container", "", mib(rss), mib(pss))
+		fmt.Printf("    %-30s %7s %8.1f %8.1f %8.1f %8.1f\n", "total per container", "", mib(rss), mib(pss), mib(anon), mib(rss-anon))
 	}
 	kind := map[bool]string{true: "KVM", false: "TCG (software emulation)"}[strings.HasPrefix(accel, "kvm")]
 	fmt.Printf("\nmsb VMs ran under %s: qemu -accel %s\n", kind, accel)
@@ -184,17 +199,41 @@ func memory(ctx context.Context, e *benchenv.Env, img string, settle time.Durati
 	return nil
 }
 
-// memKiB reads Rss and Pss from /proc/PID/smaps_rollup.
-func memKiB(pid int) (rss, pss int) {
+// parentPid reads a process's parent from /proc/PID/stat; 0 if unknown.
+func parentPid(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// pid (comm) state ppid …; comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// memKiB reads Rss, Pss and Anonymous from /proc/PID/smaps_rollup.
+func memKiB(pid int) (rss, pss, anon int) {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Rss:" {
-			rss, _ = strconv.Atoi(f[1])
-		} else if len(f) >= 2 && f[0] == "Pss:" {
-			pss, _ = strconv.Atoi(f[1])
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.Atoi(f[1])
+		switch f[0] {
+		case "Rss:":
+			rss = n
+		case "Pss:":
+			pss = n
+		case "Anonymous:":
+			anon = n
 		}
 	}
-	return rss, pss
+	return rss, pss, anon
 }
 
 func mib(kib int) float64 { return float64(kib) / 1024 }

@@ -196,7 +196,7 @@ func (s *soaker) inventory(ctx context.Context) inventory {
 		inv.procs = append(inv.procs, fmt.Sprintf("%s %d: %.200s", role(p), p.Pid, strings.Join(p.Args, " ")))
 	}
 	for _, pat := range []string{
-		filepath.Join(e.StateRoot, "*", "*"), // msb: <root>/<namespace>/<id>
+		filepath.Join(e.StateRoot, "*", "vms", "*"), // msb: <root>/<namespace>/vms/<id>
 		filepath.Join(e.Dir, "state", "io.containerd.runtime.v2.task", "*", "*"),
 		filepath.Join("/run/containerd/runc", e.NS, "*"),
 	} {
