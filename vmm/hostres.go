@@ -58,10 +58,10 @@ func (h *HostResources) validate() error {
 // is charged for when it is the first to read them (qemu and its
 // libraries 20 MiB, the guest kernel 58 and initramfs 26 MiB, the
 // msb-runtime binary 15 MiB): about 150 MiB. Under TCG the translation
-// cache adds up to its size, tb-size=128 (82-90 MiB measured).
+// cache adds up to its size (tcgTBSizeMiB).
 const (
 	hostOverheadBaseMiB = 160
-	hostOverheadTCGMiB  = 128
+	hostOverheadTCGMiB  = tcgTBSizeMiB
 	// hostCPUOverhead is the CPU the cgroup's quota grants beyond one CPU
 	// per vCPU, in thousandths: the hypervisor's main loop and I/O threads
 	// and the VMM's relay.

@@ -33,6 +33,13 @@ type qemu struct {
 	err           error
 }
 
+// tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
+// in its RSS as far as the guest's code fills it; a boot and an idle
+// container fill 75-82 MiB of a 128 MiB cache. 64 MiB boots as fast (a
+// full cache is flushed and refilled) and saves 18 MiB of RSS; 32 MiB
+// slowed the boot by about a second (bench/RESULTS.md, 2026-12-01).
+const tcgTBSizeMiB = 64
+
 // qemuArgs builds the command line. Values from bundles (paths) are escaped
 // for QEMU's option grammar, where ',' separates options.
 func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
@@ -45,9 +52,7 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 	if kvm {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
-		// TCG's translation cache defaults to 1 GiB and shows up in qemu's
-		// RSS; a small guest runs from far less.
-		args = append(args, "-accel", "tcg,tb-size=128", "-cpu", "max")
+		args = append(args, "-accel", "tcg,tb-size="+strconv.Itoa(tcgTBSizeMiB), "-cpu", "max")
 		// TCG timer calibration hangs about one boot in six without this.
 		if tscKHz > 0 {
 			cmdline += " tsc_early_khz=" + strconv.Itoa(tscKHz)

@@ -101,7 +101,7 @@ func TestQEMUArgs(t *testing.T) {
 	}
 	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
 	for _, want := range []string{
-		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=128 -cpu max", "tsc_early_khz=2500000",
+		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=64 -cpu max", "tsc_early_khz=2500000",
 		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
 		`-blockdev {"backing":null,"cache":{"direct":true},"driver":"qcow2","file":{"aio":"threads","cache":{"direct":true},"driver":"file","filename":"/i.qcow2"},"node-name":"disk0"} -device virtio-blk-device,drive=disk0,serial=d1`, "name=" + protocol.PortName, "-no-reboot",
 		"-fsdev local,id=fsmod,path=/k/modules,security_model=none,readonly=on -device virtio-9p-device,fsdev=fsmod,mount_tag=" + protocol.ModulesShareTag,
