@@ -100,7 +100,7 @@ func TestInitramfsLayout(t *testing.T) {
 		{name: "b", rel: "kernel/lib/b.ko", data: []byte("B")},
 		{name: "a", rel: "kernel/fs/a.ko", depends: []string{"b"}, data: []byte("A")},
 	}
-	ird, err := initramfs("6.0.0-test", []byte("AGENT"), []byte("RUNC"), mods, t.TempDir())
+	ird, err := initramfs(rootEntries("6.0.0-test", []byte("AGENT"), []byte("RUNC"), mods, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}

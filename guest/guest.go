@@ -23,6 +23,7 @@ import (
 // Options says what to build the guest image from and where to put it.
 type Options struct {
 	KernelDeb string    // path to a linux-image-*.deb; "" = download the distribution's current kernel with apt-get
+	KernelDir string    // a kernel of msb's own (hack/build-kernel.sh: vmlinux, kernel.release, source); overrides KernelDeb
 	AgentPath string    // static msb-agent binary → /init in the initramfs
 	RuncPath  string    // static runc → /sbin/runc
 	OutDir    string    // e.g. /var/lib/msb; gets vmlinux, vmlinuz, initrd.cpio, kernel.release, manifest.json
@@ -32,11 +33,12 @@ type Options struct {
 // Image lists the files Build wrote.
 type Image struct {
 	Vmlinux       string // uncompressed ELF kernel with a PVH entry note (qemu -M microvm -kernel)
-	Bzimage       string // the package's original compressed kernel
-	Initrd        string // uncompressed newc initramfs
+	Bzimage       string // the package's original compressed kernel; "" for a kernel of msb's own
+	Initrd        string // uncompressed newc initramfs; "" when the root is RootDisk
+	RootDisk      string // read-only ext4 guest root (kernels of msb's own); "" when the root is Initrd
 	KrunRoot      string // libkrun guest root directory (agent as /init, runc)
 	KernelRelease string // e.g. "6.1.0-56-amd64"
-	Modules       string // OutDir/modules: holds <release>/, the whole module tree with its index files
+	Modules       string // OutDir/modules: holds <release>/, the whole module tree with its index files; "" when all is built in
 }
 
 // Names of the files in OutDir and of the configuration files inside the initramfs.
@@ -102,77 +104,61 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 	}
 	defer os.RemoveAll(work)
 
-	deb := o.KernelDeb
-	if deb == "" {
-		if deb, err = downloadKernelDeb(ctx, work, logf); err != nil {
-			return nil, err
-		}
-	}
-	root := filepath.Join(work, "root")
-	logf("unpacking %s ...", filepath.Base(deb))
-	if err := extractDeb(ctx, deb, root); err != nil {
-		return nil, err
-	}
-	ver, bzPath, err := findKernel(root)
-	if err != nil {
-		return nil, fmt.Errorf("guest: %s: %w", deb, err)
-	}
-	modDir := findModuleDir(root, ver)
-	if modDir == "" {
-		// Ubuntu ships the modules in a separate linux-modules-<ver> package.
-		if err := addModulesPackage(ctx, deb, o.KernelDeb == "", ver, work, root, logf); err != nil {
-			return nil, err
-		}
-		if modDir = findModuleDir(root, ver); modDir == "" {
-			return nil, fmt.Errorf("guest: no lib/modules/%s in %s", ver, deb)
-		}
-	}
-
-	bz, err := os.ReadFile(bzPath)
+	k, err := loadKernel(ctx, o, work, logf)
 	if err != nil {
 		return nil, err
 	}
-	logf("extracting kernel %s ...", ver)
-	vmlinux, kind, err := extractVmlinux(ctx, bz)
-	if err != nil {
-		return nil, fmt.Errorf("guest: kernel %s: %w", ver, err)
-	}
-	logf("kernel %s: %s payload, vmlinux %d MiB, PVH entry note present", ver, kind, len(vmlinux)>>20)
-
-	tree, err := loadModuleTree(modDir)
-	if err != nil {
-		return nil, err
-	}
-	mods, err := tree.resolve(ctx, Modules)
-	if err != nil {
-		return nil, fmt.Errorf("guest: kernel %s: %w", ver, err)
-	}
+	ver := k.release
+	var mods []*kmod
 	var relMods []string
-	for _, m := range mods {
-		relMods = append(relMods, m.rel)
+	if k.tree != nil {
+		if mods, err = k.tree.resolve(ctx, Modules); err != nil {
+			return nil, fmt.Errorf("guest: kernel %s: %w", ver, err)
+		}
+		for _, m := range mods {
+			relMods = append(relMods, m.rel)
+		}
+		logf("modules (load order): %s", strings.Join(relMods, " "))
 	}
-	logf("modules (load order): %s", strings.Join(relMods, " "))
 
-	initrd, err := initramfs(ver, agent, runc, mods, modDir)
-	if err != nil {
-		return nil, err
-	}
-	logf("initramfs: %d entries, %d MiB", initrd.entries, len(initrd.data)>>20)
-
-	outputs := []struct {
+	type output struct {
 		name string
 		data []byte
-	}{
-		{VmlinuxFile, vmlinux},
-		{BzimageFile, bz},
-		{InitrdFile, initrd.data},
-		{KernelReleaseFile, []byte(ver + "\n")},
+	}
+	outputs := []output{{VmlinuxFile, k.vmlinux}, {KernelReleaseFile, []byte(ver + "\n")}}
+	entries := rootEntries(ver, agent, runc, mods, k.modDir)
+	img := &Image{Vmlinux: filepath.Join(o.OutDir, VmlinuxFile), KernelRelease: ver}
+	if k.tree == nil {
+		// Virtio-blk and ext4 are built in: the root is a shared disk.
+		size, err := writeRootDisk(ctx, entries, work, o.OutDir)
+		if err != nil {
+			return nil, err
+		}
+		logf("root disk %s: %d entries, %d MiB, read-only ext4", RootDiskFile, len(entries), size>>20)
+		img.RootDisk = filepath.Join(o.OutDir, RootDiskFile)
+		if err := removeStale(o.OutDir, InitrdFile); err != nil {
+			return nil, err
+		}
+	} else {
+		initrd, err := initramfs(entries)
+		if err != nil {
+			return nil, err
+		}
+		logf("initramfs: %d entries, %d MiB", initrd.entries, len(initrd.data)>>20)
+		outputs = append(outputs, output{InitrdFile, initrd.data})
+		img.Initrd = filepath.Join(o.OutDir, InitrdFile)
+		if err := removeStale(o.OutDir, RootDiskFile); err != nil {
+			return nil, err
+		}
+	}
+	if k.bz != nil {
+		outputs = append(outputs, output{BzimageFile, k.bz})
 	}
 	man := Manifest{
 		Version:       1,
 		KernelRelease: ver,
-		KernelPackage: filepath.Base(deb),
-		Compression:   kind,
+		KernelPackage: k.pkg,
+		Compression:   k.kind,
 		Modules:       relMods,
 		Agent:         sha(agent),
 		Runc:          sha(runc),
@@ -185,29 +171,35 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		}
 		man.Files[f.name] = sha(f.data)
 	}
-	start := time.Now()
-	if man.ModuleTree, err = installModuleTree(ctx, tree, o.OutDir, ver, logf); err != nil {
+	if k.tree != nil {
+		start := time.Now()
+		if man.ModuleTree, err = installModuleTree(ctx, k.tree, o.OutDir, ver, logf); err != nil {
+			return nil, err
+		}
+		logf("module tree indexed and installed in %v", time.Since(start).Round(time.Millisecond))
+		img.Modules = filepath.Join(o.OutDir, ModulesDir)
+	} else if err := removeStale(o.OutDir, ModulesDir); err != nil {
+		// A built-in kernel has no module tree: an older kernel's tree must
+		// not be shared with its VMs.
 		return nil, err
 	}
-	logf("module tree indexed and installed in %v", time.Since(start).Round(time.Millisecond))
+	if k.bz != nil {
+		img.Bzimage = filepath.Join(o.OutDir, BzimageFile)
+	} else if err := removeStale(o.OutDir, BzimageFile); err != nil {
+		return nil, err
+	}
 	krunRoot, err := writeKrunRoot(o.OutDir, agent, runc)
 	if err != nil {
 		return nil, err
 	}
 	logf("libkrun guest root: %s", krunRoot)
+	img.KrunRoot = krunRoot
 	mj, _ := json.MarshalIndent(man, "", "  ")
 	if err := writeFileAtomic(filepath.Join(o.OutDir, ManifestFile), append(mj, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	logf("wrote %s", o.OutDir)
-	return &Image{
-		Vmlinux:       filepath.Join(o.OutDir, VmlinuxFile),
-		Bzimage:       filepath.Join(o.OutDir, BzimageFile),
-		Initrd:        filepath.Join(o.OutDir, InitrdFile),
-		KrunRoot:      krunRoot,
-		KernelRelease: ver,
-		Modules:       filepath.Join(o.OutDir, ModulesDir),
-	}, nil
+	return img, nil
 }
 
 type builtInitrd struct {
@@ -215,8 +207,19 @@ type builtInitrd struct {
 	entries int
 }
 
-// initramfs assembles the newc archive.
-func initramfs(ver string, agent, runc []byte, mods []*kmod, modDir string) (*builtInitrd, error) {
+// initramfs assembles the newc archive of the guest root.
+func initramfs(entries []CpioEntry) (*builtInitrd, error) {
+	var buf bytes.Buffer
+	if err := writeCpio(&buf, entries); err != nil {
+		return nil, err
+	}
+	return &builtInitrd{data: buf.Bytes(), entries: len(entries)}, nil
+}
+
+// rootEntries lists the guest root: the agent as /init, runc, the
+// boot-time modules and their list. The initramfs and the root disk hold
+// the same entries.
+func rootEntries(ver string, agent, runc []byte, mods []*kmod, modDir string) []CpioEntry {
 	const (
 		dir  = sIFDIR | 0o755
 		exe  = sIFREG | 0o755
@@ -239,19 +242,16 @@ func initramfs(ver string, agent, runc []byte, mods []*kmod, modDir string) (*bu
 		entries = append(entries, CpioEntry{Name: d, Mode: dir})
 	}
 	entries = append(entries, CpioEntry{Name: "tmp", Mode: sIFDIR | 0o1777})
-	if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
-		entries = append(entries, CpioEntry{Name: modRoot + "/modules.builtin", Mode: file, Data: b})
+	if modDir != "" {
+		if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
+			entries = append(entries, CpioEntry{Name: modRoot + "/modules.builtin", Mode: file, Data: b})
+		}
 	}
 	for _, m := range mods {
 		entries = append(entries, CpioEntry{Name: path.Join(modRoot, m.rel), Mode: file, Data: m.data})
 		list.WriteString("/" + path.Join(modRoot, m.rel) + "\n")
 	}
-	entries = append(entries, CpioEntry{Name: "etc/msb/modules", Mode: file, Data: list.Bytes()})
-	var buf bytes.Buffer
-	if err := writeCpio(&buf, entries); err != nil {
-		return nil, err
-	}
-	return &builtInitrd{data: buf.Bytes(), entries: len(entries)}, nil
+	return append(entries, CpioEntry{Name: "etc/msb/modules", Mode: file, Data: list.Bytes()})
 }
 
 // readStaticExe reads an executable for the initramfs and refuses a dynamically

@@ -4,6 +4,8 @@
 #   hack/build-guest-image.sh [OUTDIR]          (default OUTDIR: /var/lib/msb)
 #
 # Env:
+#   KERNEL_DIR  a kernel of msb's own, from hack/build-kernel.sh (vmlinux, kernel.release);
+#               when set, KERNEL_DEB is not used
 #   KERNEL_DEB  linux-image-*.deb to use (default: the newest in $CACHE, else apt-get download)
 #   AGENT       static agent binary (default: build ./cmd/msb-agent with CGO_ENABLED=0)
 #   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb)
@@ -17,7 +19,9 @@ mkdir -p "$CACHE"
 
 hack/build-runc.sh "$CACHE"
 
-if [[ -z "${KERNEL_DEB:-}" ]]; then
+if [[ -n "${KERNEL_DIR:-}" ]]; then
+	:
+elif [[ -z "${KERNEL_DEB:-}" ]]; then
 	KERNEL_DEB=$(ls -1 "$CACHE"/linux-image-*.deb 2>/dev/null | sort | tail -n1 || true)
 	if [[ -z "$KERNEL_DEB" ]]; then
 		meta=linux-image-amd64
@@ -41,4 +45,6 @@ if [[ -z "${AGENT:-}" ]]; then
 	CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$AGENT" ./cmd/msb-agent
 fi
 
-"$GO" run ./hack/mkguest -kernel-deb "$KERNEL_DEB" -agent "$AGENT" -runc "$CACHE/runc" -out "$OUTDIR"
+kernel=(-kernel-deb "${KERNEL_DEB:-}")
+[[ -z "${KERNEL_DIR:-}" ]] || kernel=(-kernel-dir "$KERNEL_DIR")
+"$GO" run ./hack/mkguest "${kernel[@]}" -agent "$AGENT" -runc "$CACHE/runc" -out "$OUTDIR"

@@ -1,7 +1,7 @@
 // Command mkguest builds the msb guest image (vmlinux, vmlinuz, initrd.cpio, ...) with
 // package guest. Developer tool; see docs/guest-image.md and hack/build-guest-image.sh.
 //
-//	go run ./hack/mkguest -agent AGENT -runc RUNC -out DIR [-kernel-deb DEB]
+//	go run ./hack/mkguest -agent AGENT -runc RUNC -out DIR [-kernel-deb DEB | -kernel-dir DIR]
 package main
 
 import (
@@ -18,6 +18,7 @@ import (
 func main() {
 	var o guest.Options
 	flag.StringVar(&o.KernelDeb, "kernel-deb", "", "linux-image-*.deb (default: apt-get download the distribution's kernel)")
+	flag.StringVar(&o.KernelDir, "kernel-dir", "", "a kernel of msb's own, built by hack/build-kernel.sh (overrides -kernel-deb)")
 	flag.StringVar(&o.AgentPath, "agent", "", "static msb-agent binary (becomes /init)")
 	flag.StringVar(&o.RuncPath, "runc", "", "static runc binary (becomes /sbin/runc)")
 	flag.StringVar(&o.OutDir, "out", "/var/lib/msb", "output directory")
@@ -34,5 +35,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, "mkguest:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("kernel %s\nvmlinux %s\nvmlinuz %s\ninitrd %s\n", img.KernelRelease, img.Vmlinux, img.Bzimage, img.Initrd)
+	fmt.Printf("kernel %s\nvmlinux %s\nvmlinuz %s\ninitrd %s\nroot disk %s\n", img.KernelRelease, img.Vmlinux, img.Bzimage, img.Initrd, img.RootDisk)
 }
