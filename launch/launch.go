@@ -93,6 +93,7 @@ func Prepare(r Request) (*Prepared, error) {
 		MemoryMiB:      sb.MemoryMiB,
 		Kernel:         c.Kernel,
 		Initrd:         c.Initrd,
+		RootDisk:       imageFile(c.Kernel, RootDiskFile),
 		Modules:        modulesDir(c.Kernel),
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
@@ -104,6 +105,9 @@ func Prepare(r Request) (*Prepared, error) {
 		KVMBootTimeout: vmm.Duration(c.KVMBootTimeoutDuration()),
 		ShutdownGrace:  vmm.Duration(3 * time.Second),
 		Cleanup:        []string{r.StateDir},
+	}
+	if lc.RootDisk != "" {
+		lc.Initrd = "" // the image's root disk replaces its initramfs
 	}
 	if lc.Host, err = hostResources(r.Spec, c); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
@@ -156,6 +160,24 @@ func modulesDir(kernel string) string {
 		return ""
 	}
 	return d
+}
+
+// RootDiskFile is the read-only guest root beside the guest kernel
+// (guest.RootDiskFile), written for kernels of msb's own: the guest boots
+// from it instead of the initramfs.
+const RootDiskFile = "rootfs.img"
+
+// imageFile returns the regular file name beside the kernel, or "" when
+// the image has none.
+func imageFile(kernel, name string) string {
+	if kernel == "" {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(kernel), name)
+	if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	return p
 }
 
 // convert classifies spec's mounts and converts the spec; in carries the

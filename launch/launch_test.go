@@ -83,6 +83,23 @@ func TestPrepare(t *testing.T) {
 		}
 	}
 
+	if lc.Initrd != cfg.Initrd || lc.RootDisk != "" {
+		t.Fatalf("image without a root disk: initrd %q, root disk %q", lc.Initrd, lc.RootDisk)
+	}
+
+	// An image with a root disk (msb's own kernel) boots from it, not from
+	// the configured initramfs.
+	rootDisk := filepath.Join(dir, RootDiskFile)
+	_ = os.WriteFile(rootDisk, []byte("ext4"), 0o644)
+	p2, err := Prepare(Request{ID: "c4", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, AgentSocket: "/run/z.sock", Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Release()
+	if lc := p2.Launch; lc.RootDisk != rootDisk || lc.Initrd != "" {
+		t.Fatalf("image with a root disk: initrd %q, root disk %q", lc.Initrd, lc.RootDisk)
+	}
+
 	// A refused spec is an invalid argument and reserves nothing.
 	spec.Linux.Namespaces = nil
 	if _, err := Prepare(Request{ID: "c2", Spec: spec, Bundle: dir, Rootfs: rootfs, StateDir: state, Config: cfg}); !errors.Is(err, errdefs.ErrInvalidArgument) {

@@ -89,6 +89,10 @@ type LaunchConfig struct {
 
 	Kernel string `json:"kernel"`
 	Initrd string `json:"initrd,omitempty"`
+	// RootDisk is a read-only guest root image (ext4, package guest's
+	// RootDiskFile) the qemu guest boots from as /dev/vda instead of an
+	// initramfs: one file every VM shares. Initrd is not used with it.
+	RootDisk string `json:"rootDisk,omitempty"`
 	// QEMU is the qemu-system-x86_64 binary (qemu backend).
 	QEMU string `json:"qemu,omitempty"`
 	// Accel forces "kvm" or "tcg"; "" picks KVM when /dev/kvm opens.
@@ -225,6 +229,9 @@ func (c *LaunchConfig) Validate() error {
 	}
 	if c.Modules != "" && !filepath.IsAbs(c.Modules) {
 		return fmt.Errorf("launch config: modules %q must be an absolute path", c.Modules)
+	}
+	if c.RootDisk != "" && !filepath.IsAbs(c.RootDisk) {
+		return fmt.Errorf("launch config: rootDisk %q must be an absolute path", c.RootDisk)
 	}
 	if c.NetNS != "" && !filepath.IsAbs(c.NetNS) {
 		return fmt.Errorf("launch config: netns %q must be an absolute path", c.NetNS)

@@ -31,3 +31,16 @@ func diskArgs(i int, d Disk) []string {
 	return []string{"-blockdev", string(b),
 		"-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", node, d.Tag)}
 }
+
+// rootDiskSerial names the guest root disk (LaunchConfig.RootDisk) among the
+// guest's disks; no container disk can carry it (launch tags theirs).
+const rootDiskSerial = "msb-root"
+
+// rootDiskArgs exports the shared guest root image read-only; its pages are
+// cached by the host once for every VM.
+func rootDiskArgs(path string) []string {
+	file := map[string]any{"driver": "file", "filename": path, "read-only": true, "aio": "threads"}
+	b, _ := json.Marshal(map[string]any{"driver": "raw", "node-name": "root", "read-only": true, "file": file})
+	return []string{"-blockdev", string(b),
+		"-device", "virtio-blk-device,drive=root,serial=" + rootDiskSerial}
+}

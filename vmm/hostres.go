@@ -56,8 +56,9 @@ func (h *HostResources) validate() error {
 // anonymous memory besides guest RAM and translation cache 25 MiB, the
 // VMM process's 2-4 MiB, kernel memory 2 MiB, and the file pages a cgroup
 // is charged for when it is the first to read them (qemu and its
-// libraries 20 MiB, the guest kernel 58 and initramfs 26 MiB, the
-// msb-runtime binary 15 MiB): about 150 MiB. Under TCG the translation
+// libraries 20 MiB, the distribution's guest kernel 58 and initramfs 26
+// MiB, msb's own 24 and what it reads of its root disk, the msb-runtime
+// binary 15 MiB): about 150 MiB. Under TCG the translation
 // cache adds up to its size (tcgTBSizeMiB).
 const (
 	hostOverheadBaseMiB = 160

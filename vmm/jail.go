@@ -121,7 +121,7 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 			add(jailBind{Path: t, ReadOnly: true})
 		}
 	}
-	for _, f := range []string{c.Kernel, c.Initrd, c.Modules} {
+	for _, f := range []string{c.Kernel, c.Initrd, c.RootDisk, c.Modules} {
 		if f != "" {
 			add(jailBind{Path: f, ReadOnly: true})
 		}

@@ -58,7 +58,11 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 			cmdline += " tsc_early_khz=" + strconv.Itoa(tscKHz)
 		}
 	}
-	if c.Initrd != "" {
+	if c.RootDisk != "" {
+		// The first virtio device, so the guest probes it first: /dev/vda.
+		cmdline += " root=/dev/vda ro rootfstype=ext4 init=/init"
+		args = append(args, rootDiskArgs(c.RootDisk)...)
+	} else if c.Initrd != "" {
 		args = append(args, "-initrd", c.Initrd)
 	}
 	args = append(args, "-append", cmdline,
@@ -71,6 +75,7 @@ func qemuArgs(c *LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
 	if !c.NoJail {
 		args = append(args, "-sandbox", sandboxArg)
 	}
+
 	for i, s := range c.Shares {
 		fs := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, qemuEscape(s.Path))
 		if s.ReadOnly {

@@ -118,3 +118,23 @@ func TestQEMUArgs(t *testing.T) {
 		t.Errorf("kvm args: %s", kvm)
 	}
 }
+
+// A root disk replaces the initramfs and is the guest's first virtio device,
+// so the guest names it /dev/vda.
+func TestQEMUArgsRootDisk(t *testing.T) {
+	c := &LaunchConfig{
+		Version: ConfigVersion, Name: "n", MemoryMiB: 256, VCPUs: 1, Kernel: "/k/vmlinux", RootDisk: "/k/rootfs.img",
+		ConsoleLog: "/s/console.log",
+		Disks:      []Disk{{Tag: "d1", Path: "/i.raw", Format: "raw"}},
+	}
+	args := qemuArgs(c, "/s/ch.sock", false, 0)
+	all := strings.Join(args, " ")
+	root := `-blockdev {"driver":"raw","file":{"aio":"threads","driver":"file","filename":"/k/rootfs.img","read-only":true},"node-name":"root","read-only":true} -device virtio-blk-device,drive=root,serial=msb-root`
+	first := strings.Index(all, "-device ")
+	if !strings.Contains(all, root) || first != strings.Index(all, "-device virtio-blk-device,drive=root") {
+		t.Errorf("want the root disk as the first device: %s", all)
+	}
+	if strings.Contains(all, "-initrd") || !strings.Contains(all, "root=/dev/vda ro rootfstype=ext4 init=/init") {
+		t.Errorf("root disk boot args: %s", all)
+	}
+}

@@ -42,7 +42,7 @@ func testMain(m *testing.M) int {
 	switch {
 	case os.Geteuid() != 0:
 		skipReason = "e2e tests need root"
-	case !exists(filepath.Join(image, "vmlinux")) || !exists(filepath.Join(image, "initrd.cpio")):
+	case !exists(filepath.Join(image, "vmlinux")) || !exists(filepath.Join(image, "initrd.cpio")) && !exists(filepath.Join(image, "rootfs.img")):
 		skipReason = "no guest image in " + image + ": run install.sh or hack/build-guest-image.sh"
 	case !exists("/bin/busybox"):
 		skipReason = "no /bin/busybox: apt-get install busybox-static"
