@@ -7,13 +7,16 @@
 #
 # Uses only distro packages (apt) and Go modules (the Go module proxy).
 # Idempotent: a rerun rebuilds the binaries and the guest image in place.
-# Env: PREFIX (/usr/local), MSB_LIB (/var/lib/msb), MSB_CACHE (/var/cache/msb).
+# Env: PREFIX (/usr/local), MSB_LIB (/var/lib/msb), MSB_CACHE (/var/cache/msb),
+#      MSB_KERNEL (msb: build msb's own guest kernel from linux-source-6.1, once
+#      per machine, cached; distro: the distribution's kernel package).
 set -euo pipefail
 
 cd "$(dirname "$0")"
 PREFIX=${PREFIX:-/usr/local}
 MSB_LIB=${MSB_LIB:-/var/lib/msb}
 MSB_CACHE=${MSB_CACHE:-/var/cache/msb}
+MSB_KERNEL=${MSB_KERNEL:-msb}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 demo=1
 for a in "$@"; do
@@ -26,11 +29,14 @@ done
 step() { printf '\n==> %s\n' "$*"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
+[[ $MSB_KERNEL == msb || $MSB_KERNEL == distro ]] || die "MSB_KERNEL=$MSB_KERNEL: use msb (msb's own guest kernel) or distro (the distribution's kernel package)"
 [[ $(id -u) == 0 ]] || die "run as root (sudo ./install.sh): it installs packages and writes $PREFIX/bin, $MSB_LIB, /etc/msb"
 [[ -x $GO ]] || die "Go not found: install Go 1.26 (/usr/local/go) first"
 
 step "installing distro packages (qemu, qemu-img, busybox, libseccomp, e2fsprogs, iptables)"
 pkgs=(qemu-system-x86 qemu-utils busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd iptables)
+# The guest kernel's source and what building it takes.
+[[ $MSB_KERNEL == distro ]] || pkgs+=(linux-source-6.1 bc bison flex libelf-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -53,8 +59,17 @@ install -m 0755 "$MSB_CACHE/msb-runtime" "$MSB_CACHE/containerd-shim-msb-v2" "$P
 step "building static runc for the guest"
 hack/build-runc.sh "$MSB_CACHE"
 
-step "building the guest image in $MSB_LIB (kernel from the distro's kernel package)"
-CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent hack/build-guest-image.sh "$MSB_LIB"
+if [[ $MSB_KERNEL == msb ]]; then
+	step "building msb's guest kernel (Linux 6.1 from linux-source-6.1, guest/kconfig/msb.config; built once, cached in $MSB_CACHE/kernel)"
+	kstart=$(date +%s)
+	kdir=$(hack/build-kernel.sh "$MSB_CACHE" | tail -n1)
+	echo "guest kernel ready in $(($(date +%s) - kstart)) s: $kdir"
+	step "building the guest image in $MSB_LIB (msb's kernel, read-only root disk)"
+	CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent KERNEL_DIR=$kdir hack/build-guest-image.sh "$MSB_LIB"
+else
+	step "building the guest image in $MSB_LIB (kernel from the distro's kernel package)"
+	CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent hack/build-guest-image.sh "$MSB_LIB"
+fi
 
 step "CNI plugins (bridge, host-local, portmap, loopback) for nerdctl and Kubernetes pod networks"
 CNI_VERSION=${CNI_VERSION:-v1.10.0}
