@@ -168,6 +168,28 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 	if out != "from-dir\nfrom-file\nin-sub\nread-only\nsub-read-only\nread-only\nsub-writable\n" {
 		t.Fatalf("app mounts: %q", out)
 	}
+	if os.Getenv("MSB_TEST_NO_JAIL") != "1" {
+		// The app's binds live in the jailed qemu's mount namespace only
+		// (ADR 019): none below the pod dir (<state dir>/containers) on
+		// the host, so a volume's owner can unmount its submount and
+		// remove it while the container runs (critest's read-only mount
+		// specs do).
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, l := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], e.stateRoot+"/") && strings.Contains(f[4], "/containers/") {
+				t.Errorf("a pod member's bind on the host: %s", l)
+			}
+		}
+		if err := unix.Unmount(filepath.Join(dir2, "sub"), unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(dir2); err != nil {
+			t.Fatalf("remove a running pod member's volume on the host: %v", err)
+		}
+		if out := e.MustCtr("task", "exec", "--exec-id", "m2", app, "cat", "/data/hello", "/data/sub/s"); out != "from-dir\nin-sub\n" {
+			t.Fatalf("app mounts after removing another volume's source: %q", out)
+		}
+	}
 	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")
 	n2 := e.MustCtr("task", "exec", "--exec-id", "n2", app, "readlink", "/proc/self/ns/net")
 	if n1 == "" || n1 != n2 {
