@@ -85,9 +85,10 @@ const (
 
 // BindBeneath bind-mounts source, with its submounts, on the new directory
 // rel below root, read-only as access says (mount_setattr, with
-// AT_RECURSIVE for ReadOnlyRecursive), before the bind becomes visible.
-func BindBeneath(root, rel, source string, access Access) error {
-	tree, err := cloneTree(source, access, nil)
+// AT_RECURSIVE for ReadOnlyRecursive) and id-mapped when idmap is not
+// nil, before the bind becomes visible.
+func BindBeneath(root, rel, source string, access Access, idmap *IDMap) error {
+	tree, err := cloneTree(source, access, idmap, nil)
 	if err != nil {
 		return err
 	}
@@ -96,8 +97,9 @@ func BindBeneath(root, rel, source string, access Access) error {
 }
 
 // cloneTree clones source with its submounts into a detached tree, read-only
-// as access says, then with always set on every mount when not nil.
-func cloneTree(source string, access Access, always *unix.MountAttr) (int, error) {
+// as access says, id-mapped when idmap is not nil, then with always set on
+// every mount when not nil.
+func cloneTree(source string, access Access, idmap *IDMap, always *unix.MountAttr) (int, error) {
 	tree, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
 		return -1, fmt.Errorf("bind %s: %w", source, err)
@@ -113,6 +115,12 @@ func cloneTree(source string, access Access, always *unix.MountAttr) (int, error
 		if err := set(&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}, access == ReadOnlyRecursive); err != nil {
 			unix.Close(tree)
 			return -1, fmt.Errorf("bind %s read-only: %w", source, err)
+		}
+	}
+	if idmap != nil {
+		if err := setIDMap(tree, idmap, source); err != nil {
+			unix.Close(tree)
+			return -1, err
 		}
 	}
 	if always != nil {

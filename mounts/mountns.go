@@ -60,8 +60,8 @@ var jailAttrs = unix.MountAttr{
 // ns only: source is cloned here (in the caller's namespace, where it is
 // named), the detached clone attached below root as ns sees it, walked
 // with the same no-symlink discipline.
-func BindBeneathIn(ns *os.File, root, rel, source string, access Access) error {
-	tree, err := cloneTree(source, access, &jailAttrs)
+func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap) error {
+	tree, err := cloneTree(source, access, idmap, &jailAttrs)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,7 +84,7 @@ func TestBindBeneathIn(t *testing.T) {
 	ns, pid := jailLike(t)
 	in := fmt.Sprintf("/proc/%d/root", pid)
 
-	if err := BindBeneathIn(ns, root, "v", src, ReadOnlyRecursive); err != nil {
+	if err := BindBeneathIn(ns, root, "v", src, ReadOnlyRecursive, nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(in, root, "v", "sub", "s")); err != nil || string(b) != "in-sub" {
@@ -107,7 +108,7 @@ func TestBindBeneathIn(t *testing.T) {
 		t.Fatal("still mounted in the namespace after UnmountBeneathIn")
 	}
 
-	if err := BindBeneathIn(ns, root, "w", src, ReadOnlyTop); err != nil {
+	if err := BindBeneathIn(ns, root, "w", src, ReadOnlyTop, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(in, root, "w", "sub", "x"), nil, 0o644); err != nil {
@@ -127,5 +128,43 @@ func TestBindBeneathIn(t *testing.T) {
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mi), root+"/") {
 		t.Errorf("mounts below %s on the host:\n%s", root, mi)
+	}
+}
+
+// TestBindBeneathInIDMapped: an id-mapped member bind shows the source's
+// owners shifted in the namespace, and a file created there as root (what
+// the hypervisor's 9p server does before it sets the guest's owner) can be
+// created and given a mapped owner, which lands unshifted on disk.
+func TestBindBeneathInIDMapped(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	root, src := filepath.Join(base, "pod"), filepath.Join(base, "src")
+	for _, d := range []string{root, src} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = UnmountBelow(base) })
+	ns, pid := jailLike(t)
+	in := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), root, "v")
+	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 65536}}
+	if err := BindBeneathIn(ns, root, "v", src, Writable, &IDMap{UIDs: m, GIDs: m}); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(in, "f"), &st); err != nil || st.Uid != 1000 || st.Gid != 1000 {
+		t.Fatalf("owner through the id-mapped bind: %d:%d, %v; want 1000:1000", st.Uid, st.Gid, err)
+	}
+	if err := os.WriteFile(filepath.Join(in, "new"), nil, 0o644); err != nil {
+		t.Fatalf("create as root through the id-mapped bind: %v", err)
+	}
+	if err := os.Lchown(filepath.Join(in, "new"), 1005, 1005); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(src, "new"), &st); err != nil || st.Uid != 5 || st.Gid != 5 {
+		t.Fatalf("owner on disk: %d:%d, %v; want 5:5", st.Uid, st.Gid, err)
 	}
 }

@@ -36,6 +36,10 @@ var podNamespaces = map[specs.LinuxNamespaceType]string{
 	specs.IPCNamespace:     "ipc",
 	specs.UTSNamespace:     "uts",
 	specs.PIDNamespace:     "pid",
+	// CRI pins a user namespace on the host for a pod with one (its
+	// network namespace's owner); in the guest, runc makes the sandbox's
+	// with the spec's mappings, which the pod's containers join.
+	specs.UserNamespace: "user",
 }
 
 // takeHostNamespaces returns the namespace paths of the types a pod
@@ -168,11 +172,11 @@ func (m *podMember) binds() (*binds, error) {
 	return &binds{podDir: m.vm.podDir, ns: ns}, nil
 }
 
-func (b *binds) bind(rel, source string, access mounts.Access) error {
+func (b *binds) bind(rel string, sh mounts.Share) error {
 	if b.ns == nil {
-		return mounts.BindBeneath(b.podDir, rel, source, access)
+		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
-	return mounts.BindBeneathIn(b.ns, b.podDir, rel, source, access)
+	return mounts.BindBeneathIn(b.ns, b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 }
 
 func (b *binds) unmount(rel string) error {
@@ -209,7 +213,7 @@ func (m *podMember) expose(mem *launch.Member) error {
 	}
 	defer b.close()
 	for _, sh := range mem.Shares {
-		if err := b.bind(m.id()+"/"+sh.Tag, sh.HostPath, sh.Access()); err != nil {
+		if err := b.bind(m.id()+"/"+sh.Tag, sh); err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}

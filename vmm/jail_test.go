@@ -246,7 +246,7 @@ func TestJail(t *testing.T) {
 		t.Fatalf("JailMountNS: %v, %v", jns, err)
 	}
 	defer jns.Close()
-	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive); err != nil {
+	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, nil); err != nil {
 		t.Fatal(err)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
