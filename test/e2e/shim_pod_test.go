@@ -25,6 +25,27 @@ func (e *shimEnv) taskPid(t *testing.T, id string) int {
 	return 0
 }
 
+// podAnn are CRI's annotations of a container of type typ in pod sb.
+func podAnn(sb, typ string) []string {
+	return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+		"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+}
+
+// runPodSandbox runs pod sb's sandbox (sleep) with ctr run's flags,
+// removed at cleanup, and returns its task pid once it runs.
+func (e *shimEnv) runPodSandbox(t *testing.T, sb string, flags ...string) int {
+	t.Helper()
+	a := append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), podAnn(sb, "sandbox")...)
+	e.MustCtr(append(a, e.image, sb, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	pid := e.taskPid(t, sb)
+	if pid == 0 {
+		t.Fatal("no pid for the sandbox task")
+	}
+	return pid
+}
+
 // TestShimPodSharesVM runs a pod the way CRI does (ADR 007): a sandbox
 // container, then an app container of the same sandbox id that joins the
 // sandbox's network namespace by its host path. Both must run in one VM
@@ -33,21 +54,12 @@ func (e *shimEnv) taskPid(t *testing.T, id string) int {
 func TestShimPodSharesVM(t *testing.T) {
 	e := startShimEnv(t)
 	const sb, app = "pod-sb", "pod-app"
-	ann := func(typ string) []string {
-		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
-			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
-	}
 	run := func(id string, flags []string, args ...string) {
 		a := append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...)
 		e.MustCtr(append(append(a, e.image, id), args...)...)
 	}
-	run(sb, ann("sandbox"), "sleep", "600")
-	t.Cleanup(func() { e.remove(t, sb) })
-	e.waitStatus(t, sb, "RUNNING", time.Minute)
-	pid := e.taskPid(t, sb)
-	if pid == 0 {
-		t.Fatal("no pid for the sandbox task")
-	}
+	ann := func(typ string) []string { return podAnn(sb, typ) }
+	pid := e.runPodSandbox(t, sb)
 
 	start := time.Now()
 	run(app, append(ann("container"), "--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net"), "sleep", "600")
