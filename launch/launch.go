@@ -117,9 +117,7 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	for _, s := range sb.Shares {
-		// Members join the pod dir later, as mounts below it (ADR 007).
-		later := r.PodDir != "" && s.HostPath == r.PodDir
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, MountsLater: later})
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs})
 	}
 	for _, d := range sb.Disks {
 		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})

@@ -138,11 +138,11 @@ func TestPreparePodShareSpansMounts(t *testing.T) {
 	for _, s := range p.Launch.Shares {
 		if s.Path == pod {
 			podShares++
-			if !s.MultiDevs || !s.MountsLater {
-				t.Errorf("pod share %+v: MultiDevs or MountsLater not set", s)
+			if !s.MultiDevs {
+				t.Errorf("pod share %+v: MultiDevs not set", s)
 			}
-		} else if s.MultiDevs || s.MountsLater {
-			t.Errorf("share %+v: MultiDevs or MountsLater set", s)
+		} else if s.MultiDevs {
+			t.Errorf("share %+v: MultiDevs set", s)
 		}
 	}
 	if podShares != 1 {

@@ -85,28 +85,61 @@ const (
 
 // BindBeneath bind-mounts source, with its submounts, on the new directory
 // rel below root, read-only as access says (mount_setattr, with
-// AT_RECURSIVE for ReadOnlyRecursive), before the bind becomes visible.
-func BindBeneath(root, rel, source string, access Access) error {
+// AT_RECURSIVE for ReadOnlyRecursive) and id-mapped when idmap is not
+// nil, before the bind becomes visible.
+func BindBeneath(root, rel, source string, access Access, idmap *IDMap) error {
+	tree, err := cloneTree(source, access, idmap, nil)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(tree)
+	return attachBeneath(root, rel, tree, source)
+}
+
+// cloneTree clones source with its submounts into a detached tree, read-only
+// as access says, id-mapped when idmap is not nil, then with always set on
+// every mount when not nil.
+func cloneTree(source string, access Access, idmap *IDMap, always *unix.MountAttr) (int, error) {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return -1, fmt.Errorf("bind %s: %w", source, err)
+	}
+	set := func(attr *unix.MountAttr, recursive bool) error {
+		flags := uint(unix.AT_EMPTY_PATH)
+		if recursive {
+			flags |= unix.AT_RECURSIVE
+		}
+		return unix.MountSetattr(tree, "", flags, attr)
+	}
+	if access != Writable {
+		if err := set(&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}, access == ReadOnlyRecursive); err != nil {
+			unix.Close(tree)
+			return -1, fmt.Errorf("bind %s read-only: %w", source, err)
+		}
+	}
+	if idmap != nil {
+		if err := setIDMap(tree, idmap, source); err != nil {
+			unix.Close(tree)
+			return -1, err
+		}
+	}
+	if always != nil {
+		if err := set(always, true); err != nil {
+			unix.Close(tree)
+			return -1, fmt.Errorf("bind %s: restrict: %w", source, err)
+		}
+	}
+	return tree, nil
+}
+
+// attachBeneath moves the detached tree (a clone of source) onto the new
+// directory rel below root, in the caller's mount namespace.
+func attachBeneath(root, rel string, tree int, source string) error {
 	dir, err := MkdirBeneath(root, rel)
 	if err != nil {
 		return err
 	}
 	defer dir.Close()
-	tree, err := unix.OpenTree(unix.AT_FDCWD, source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
-	if err != nil {
-		return fmt.Errorf("bind %s: %w", source, err)
-	}
-	defer unix.Close(tree)
-	if access != Writable {
-		flags := uint(unix.AT_EMPTY_PATH)
-		if access == ReadOnlyRecursive {
-			flags |= unix.AT_RECURSIVE
-		}
-		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(tree, "", flags, &attr); err != nil {
-			return fmt.Errorf("bind %s read-only: %w", source, err)
-		}
-	}
 	if err := unix.MoveMount(tree, "", int(dir.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", source, dir.Name(), err)
 	}
@@ -117,6 +150,15 @@ func BindBeneath(root, rel, source string, access Access) error {
 // root, reached without following symlinks; nothing mounted there is not
 // an error.
 func UnmountBeneath(root, rel string) error {
+	// The fd's magic link names exactly the mount that was opened.
+	return unmountBeneath(root, rel, func(fd int) error {
+		return unix.Unmount(fmt.Sprintf("/proc/self/fd/%d", fd), unix.MNT_DETACH)
+	})
+}
+
+// unmountBeneath opens rel below root as UnmountBeneath says and detaches
+// the mount on the opened fd with unmount.
+func unmountBeneath(root, rel string, unmount func(fd int) error) error {
 	parts, err := components(rel)
 	if err != nil {
 		return err
@@ -134,9 +176,7 @@ func UnmountBeneath(root, rel string) error {
 		return fmt.Errorf("open %s below %s: %w", rel, root, err)
 	}
 	defer unix.Close(target)
-	// The fd's magic link names exactly the mount that was opened.
-	err = unix.Unmount(fmt.Sprintf("/proc/self/fd/%d", target), unix.MNT_DETACH)
-	if err != nil && !errors.Is(err, unix.EINVAL) {
+	if err := unmount(target); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmount %s below %s: %w", rel, root, err)
 	}
 	return nil

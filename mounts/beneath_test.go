@@ -55,7 +55,7 @@ func TestBindBeneathRace(t *testing.T) {
 			continue
 		}
 		d.Close()
-		if err := BindBeneath(root, m+"/v", src, Writable); err != nil {
+		if err := BindBeneath(root, m+"/v", src, Writable, nil); err != nil {
 			refused++
 			continue
 		}
@@ -103,7 +103,7 @@ func TestBindBeneathReadOnlyRecursive(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = UnmountBelow(base) })
-	if err := BindBeneath(root, "v", src, ReadOnlyRecursive); err != nil {
+	if err := BindBeneath(root, "v", src, ReadOnlyRecursive, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"v/f", "v/sub/f"} {

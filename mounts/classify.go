@@ -83,6 +83,9 @@ type Mount struct {
 	// FSType is the filesystem inside the disk; "" for type msb.block,
 	// which asks the guest to detect it.
 	FSType string
+
+	// IDMap is a bind's uidMappings/gidMappings; nil for none.
+	IDMap *IDMap
 }
 
 // BlockType is the pseudo OCI mount type for a disk whose filesystem the
@@ -128,10 +131,13 @@ func classify(i int, sm specs.Mount, bundleDir string) (Mount, error) {
 	if err != nil {
 		return Mount{}, fmt.Errorf("%s %q: %w", field("destination"), sm.Destination, err)
 	}
-	if len(sm.UIDMappings) > 0 || len(sm.GIDMappings) > 0 {
-		return Mount{}, fmt.Errorf("%s: id-mapped mounts cannot cross into the VM; drop uidMappings/gidMappings", field("uidMappings"))
-	}
 	m := Mount{Index: i, Destination: dest, Type: sm.Type}
+	if len(sm.UIDMappings) > 0 || len(sm.GIDMappings) > 0 {
+		if len(sm.UIDMappings) == 0 || len(sm.GIDMappings) == 0 {
+			return Mount{}, fmt.Errorf("%s: an id-mapped mount needs both uidMappings and gidMappings", field("uidMappings"))
+		}
+		m.IDMap = &IDMap{UIDs: sm.UIDMappings, GIDs: sm.GIDMappings}
+	}
 	format := ""
 	for _, o := range sm.Options {
 		switch {
@@ -157,6 +163,8 @@ func classify(i int, sm specs.Mount, bundleDir string) (Mount, error) {
 		return Mount{}, fmt.Errorf("%s: %s applies only to block mounts (type %s or a disk filesystem type with an image source)", field("options"), FormatOption, BlockType)
 	}
 	switch {
+	case m.IDMap != nil && !isBind:
+		return Mount{}, fmt.Errorf("%s: only a bind mount can be id-mapped here; drop uidMappings/gidMappings", field("uidMappings"))
 	case isBind:
 		return classifyBind(m, sm.Source, bundleDir, field)
 	case specialTypes[sm.Type] || sm.Type == "tmpfs" && dest == "/dev":

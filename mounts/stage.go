@@ -24,6 +24,9 @@ type Share struct {
 	// Pod members' binds honour it; a VM's own read-only share is
 	// read-only as a whole.
 	ReadOnlyTop bool
+	// IDMap makes a pod member's bind id-mapped (specconv refuses it for
+	// a VM's own directory share, which is exported as it is).
+	IDMap *IDMap
 }
 
 // Access is how a bind of the share's directory is made read-only.
@@ -44,6 +47,8 @@ type FileStage struct {
 	Dir      string
 	Name     string
 	ReadOnly bool
+	// IDMap makes the staging bind id-mapped.
+	IDMap *IDMap
 }
 
 // Disk is a disk image or block device attached with virtio-blk; Tag becomes
@@ -111,15 +116,15 @@ func stageFile(f FileStage) (staged, error) {
 	if err != nil {
 		return st, errors.Join(fmt.Errorf("staging %s: %w", f.Source, err), st.undo())
 	}
-	if err := bindFile(f.Source, filepath.Join(f.Dir, f.Name), &st); err != nil {
+	if err := bindFile(f.Source, filepath.Join(f.Dir, f.Name), f.IDMap, &st); err != nil {
 		return st, errors.Join(fmt.Errorf("staging %s: %w", f.Source, err), st.undo())
 	}
 	return st, nil
 }
 
 // bindFile bind-mounts the regular file src onto a new empty file dst,
-// recording in st what to undo.
-func bindFile(src, dst string, st *staged) error {
+// id-mapped when idmap is not nil, recording in st what to undo.
+func bindFile(src, dst string, idmap *IDMap, st *staged) error {
 	fi, err := os.Stat(src)
 	if err != nil {
 		return err
@@ -133,6 +138,18 @@ func bindFile(src, dst string, st *staged) error {
 	}
 	f.Close()
 	st.file = dst
+	if idmap != nil {
+		tree, err := cloneTree(src, Writable, idmap, nil)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(tree)
+		if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("bind-mount onto %s: %w", dst, err)
+		}
+		st.mounted = true
+		return nil
+	}
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind-mount onto %s: %w (a read-write single-file bind is staged by a bind mount, which needs CAP_SYS_ADMIN; or bind the file's directory instead)", dst, err)
 	}

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func inode(t *testing.T, p string) (dev, ino uint64) {
@@ -138,6 +141,35 @@ func TestStagedBindUnmountBelow(t *testing.T) {
 		t.Fatalf("state dir: %v", err)
 	}
 	if b, err := os.ReadFile(src); err != nil || string(b) != "keep" {
+		t.Fatalf("source %q, %v", b, err)
+	}
+}
+
+// An id-mapped file bind (CRI's /etc/hosts in a pod with a user
+// namespace) is staged id-mapped: the stage shows the source's owner
+// shifted, writes reach the source, and undoing it leaves the source.
+func TestStageFileIDMapped(t *testing.T) {
+	requireRoot(t)
+	tmp := t.TempDir()
+	src := writeFile(t, filepath.Join(tmp, "hosts"), "keep")
+	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 65536}}
+	f := FileStage{Source: src, Dir: filepath.Join(tmp, "stage", "t"), Name: "hosts", IDMap: &IDMap{UIDs: m, GIDs: m}}
+	st, err := stageFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged := filepath.Join(f.Dir, f.Name)
+	var s unix.Stat_t
+	if err := unix.Stat(staged, &s); err != nil || s.Uid != 1000 || s.Gid != 1000 {
+		t.Fatalf("staged owner %d:%d, %v; want 1000:1000", s.Uid, s.Gid, err)
+	}
+	if err := os.WriteFile(staged, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.undo(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(src); err != nil || string(b) != "new" {
 		t.Fatalf("source %q, %v", b, err)
 	}
 }

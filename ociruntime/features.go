@@ -59,6 +59,8 @@ func loadConfigOrDefault(c *cli.Context) config.Config {
 	return cfg
 }
 
+var idmapEnabled = true
+
 func writeFeatures(w io.Writer, cfg config.Config) error {
 	backends := vmm.ProbeBackends(cfg.QEMU, "", cfg.Kernel)
 	ann := map[string]string{
@@ -74,7 +76,13 @@ func writeFeatures(w io.Writer, cfg config.Config) error {
 		OCIVersionMax: specs.Version,
 		// containerd's CRI reads rro here for recursive read-only mounts.
 		MountOptions: specconv.BindOptions(),
-		Annotations:  ann,
+		// and "user" with idmap for pods with a user namespace: runc makes
+		// it in the guest; id-mapped binds are made on the host (ADR 019).
+		Linux: &features.Linux{
+			Namespaces:      []string{"cgroup", "ipc", "mount", "network", "pid", "user", "uts"},
+			MountExtensions: &features.MountExtensions{IDMap: &features.IDMap{Enabled: &idmapEnabled}},
+		},
+		Annotations: ann,
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "    ")

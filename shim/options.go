@@ -3,6 +3,7 @@ package shim
 import (
 	"fmt"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -16,6 +17,14 @@ import (
 // VMs), config_body carries one inline. Without them, /etc/msb/config.toml.
 func loadConfig(opts *anypb.Any) (config.Config, error) {
 	if opts == nil || opts.TypeUrl == "" {
+		return config.Load(config.DefaultPath)
+	}
+	if opts.MessageIs(&runcoptions.Options{}) {
+		// CRI's task options for a container with a user namespace: the
+		// host owner of its stdio (IoUid, IoGid), which runc's shim gives
+		// its pipes. msb's pipes are the guest's, owned by the process's
+		// user mapped by the spec (agent), and the shim opens the fifos
+		// itself: nothing to apply; the config is the default one.
 		return config.Load(config.DefaultPath)
 	}
 	var ro runtimeoptions.Options

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -39,6 +40,11 @@ func TestRuntimeOptionsConfig(t *testing.T) {
 	}
 	if _, err := loadConfig(anyOf(t, &runtimeoptions.Options{ConfigPath: "/nonexistent.toml"})); err == nil || !strings.Contains(err.Error(), "/nonexistent.toml") {
 		t.Fatalf("missing config_path: %v", err)
+	}
+	// CRI's stdio owner for a user namespace: the default config.
+	io, _ := anypb.New(&runcoptions.Options{IoUid: 1000, IoGid: 1000})
+	if c, err = loadConfig(io); err != nil || c.VCPUs != 1 {
+		t.Fatalf("runc options (IoUid): %+v %v", c, err)
 	}
 	other, _ := anypb.New(wrapperspb.String("x"))
 	if _, err := loadConfig(other); err == nil || !strings.Contains(err.Error(), "runtimeoptions.v1.Options") {

@@ -16,6 +16,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // One VM per pod (ADR 007). CRI marks a pod's containers with these
@@ -35,6 +36,10 @@ var podNamespaces = map[specs.LinuxNamespaceType]string{
 	specs.IPCNamespace:     "ipc",
 	specs.UTSNamespace:     "uts",
 	specs.PIDNamespace:     "pid",
+	// CRI pins a user namespace on the host for a pod with one (its
+	// network namespace's owner); in the guest, runc makes the sandbox's
+	// with the spec's mappings, which the pod's containers join.
+	specs.UserNamespace: "user",
 }
 
 // takeHostNamespaces returns the namespace paths of the types a pod
@@ -149,6 +154,44 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	return nil
 }
 
+// binds makes and undoes the member's binds below the pod dir where the
+// pod VM's hypervisor sees them: in its jail's mount namespace only when
+// it has one (ADR 019), so a member's volume is no mount point on the
+// host that its owner could not remove; else (jail = false, libkrun) in
+// the host's.
+type binds struct {
+	podDir string
+	ns     *os.File // the jail's mount namespace, or nil
+}
+
+func (m *podMember) binds() (*binds, error) {
+	ns, err := vmm.JailMountNS(m.vm.h.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("pod VM %s: %w", m.vm.name, err)
+	}
+	return &binds{podDir: m.vm.podDir, ns: ns}, nil
+}
+
+func (b *binds) bind(rel string, sh mounts.Share) error {
+	if b.ns == nil {
+		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
+	}
+	return mounts.BindBeneathIn(b.ns, b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
+}
+
+func (b *binds) unmount(rel string) error {
+	if b.ns == nil {
+		return mounts.UnmountBeneath(b.podDir, rel)
+	}
+	return mounts.UnmountBeneathIn(b.ns, b.podDir, rel)
+}
+
+func (b *binds) close() {
+	if b.ns != nil {
+		b.ns.Close()
+	}
+}
+
 // expose binds the member's shares below the pod dir, unless the pod VM
 // is going (its state dir is about to be removed).
 func (m *podMember) expose(mem *launch.Member) error {
@@ -164,8 +207,13 @@ func (m *podMember) expose(mem *launch.Member) error {
 		return fmt.Errorf("pod dir: %w", err)
 	}
 	d.Close()
+	b, err := m.binds()
+	if err != nil {
+		return err
+	}
+	defer b.close()
 	for _, sh := range mem.Shares {
-		if err := mounts.BindBeneath(m.vm.podDir, m.id()+"/"+sh.Tag, sh.HostPath, sh.Access()); err != nil {
+		if err := b.bind(m.id()+"/"+sh.Tag, sh); err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}
@@ -179,14 +227,22 @@ func (m *podMember) id() string { return filepath.Base(m.dir) }
 // guest side goes with the container's delete in the agent.
 func (m *podMember) leave(ctx context.Context) {
 	if m.member != nil {
+		b, err := m.binds()
+		if err != nil {
+			// The VM is gone, and its jail's mounts with it.
+			log.G(ctx).WithError(err).Debugf("pod member %s", m.dir)
+			b = &binds{podDir: m.vm.podDir}
+		}
 		for _, sh := range m.member.Shares {
-			if err := mounts.UnmountBeneath(m.vm.podDir, m.id()+"/"+sh.Tag); err != nil {
+			if err := b.unmount(m.id() + "/" + sh.Tag); err != nil {
 				log.G(ctx).WithError(err).Warnf("pod member %s", m.dir)
 			}
 		}
+		b.close()
 	}
 	// What the guest may have moved out of reach of the walk above is
-	// found by path; anything still mounted keeps the directory.
+	// found by path; anything still mounted keeps the directory. Removing
+	// it on the host also detaches what a jail still mounts on it.
 	if err := mounts.UnmountBelow(m.dir); err != nil {
 		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it", m.dir)
 	} else if err := os.RemoveAll(m.dir); err != nil {

@@ -23,7 +23,7 @@ func TestUnmountBelow(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := filepath.Join(member, "tag")
-	if err := mounts.BindBeneath(pod, "c1/tag", src, mounts.ReadOnlyRecursive); err != nil {
+	if err := mounts.BindBeneath(pod, "c1/tag", src, mounts.ReadOnlyRecursive, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(target, "g"), nil, 0o600); err == nil {

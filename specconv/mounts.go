@@ -94,7 +94,10 @@ func convertMounts(sb *Sandbox, in Input) error {
 			guestMounts = append(guestMounts, sb.GuestSpec.Mounts[m.Index])
 			continue
 		case mounts.KindBindDir:
-			tag, err := tags.tag("dir:" + m.Source)
+			if m.IDMap != nil && !in.podMode() {
+				return fmt.Errorf("%s: an id-mapped directory bind is made only for a container that joins its pod's VM; a VM's own share is exported as it is: drop uidMappings/gidMappings", field)
+			}
+			tag, err := tags.tag("dir:" + m.Source + m.IDMap.Key())
 			if err != nil {
 				return fmt.Errorf("%s.source: %w", field, err)
 			}
@@ -108,7 +111,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 			} else {
 				shareIdx[tag] = len(sb.Shares)
 				dirIdx[tag] = len(sb.Boot.DirMounts)
-				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly, ReadOnlyTop: top})
+				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly, ReadOnlyTop: top, IDMap: m.IDMap})
 				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(sharesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(sharesDir, tag)
@@ -119,7 +122,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 			if !filepath.IsAbs(in.StageDir) {
 				return fmt.Errorf("%s: single-file bind needs an absolute stage dir, got %q", field, in.StageDir)
 			}
-			tag, err := tags.tag("file:" + m.Source)
+			tag, err := tags.tag("file:" + m.Source + m.IDMap.Key())
 			if err != nil {
 				return fmt.Errorf("%s.source: %w", field, err)
 			}
@@ -133,7 +136,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 				dir := filepath.Join(in.StageDir, tag)
 				fileIdx[tag] = len(sb.Files)
 				shareIdx[tag] = len(sb.Shares)
-				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly})
+				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly, IDMap: m.IDMap})
 				// MultiDevs: a read-write file is staged by a bind mount
 				// from any filesystem (mounts.StageFile).
 				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly, MultiDevs: true})

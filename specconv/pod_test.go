@@ -140,3 +140,27 @@ func TestPodSandboxSize(t *testing.T) {
 		t.Fatal("bad sandbox-memory accepted")
 	}
 }
+
+// TestPodIDMapped: an id-mapped bind keeps its mapping for the host's
+// bind, apart from a plain bind of the same source; a VM's own directory
+// share cannot be id-mapped (it is exported as it is).
+func TestPodIDMapped(t *testing.T) {
+	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1000, Size: 65536}}
+	idm := &mounts.IDMap{UIDs: m, GIDs: m}
+	in := podInput(baseSpec(),
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/a", Source: "/srv/data", Type: "bind", IDMap: idm},
+		mounts.Mount{Kind: mounts.KindBindDir, Destination: "/b", Source: "/srv/data", Type: "bind"},
+		mounts.Mount{Kind: mounts.KindBindFile, Destination: "/etc/hosts", Source: "/var/lib/c/hosts", Type: "bind", IDMap: idm},
+	)
+	sb := mustConvert(t, in)
+	if len(sb.Shares) != 4 || sb.Shares[1].IDMap != idm || sb.Shares[2].IDMap != nil || sb.Shares[1].Tag == sb.Shares[2].Tag {
+		t.Fatalf("shares %+v", sb.Shares)
+	}
+	if len(sb.Files) != 1 || sb.Files[0].IDMap != idm {
+		t.Fatalf("files %+v", sb.Files)
+	}
+	own := input(baseSpec(), mounts.Mount{Kind: mounts.KindBindDir, Destination: "/a", Source: "/srv/data", Type: "bind", IDMap: idm})
+	if _, err := Convert(own); err == nil || !strings.Contains(err.Error(), "id-mapped") {
+		t.Fatalf("a VM's own id-mapped directory share: %v", err)
+	}
+}

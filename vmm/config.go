@@ -52,9 +52,6 @@ type Share struct {
 	// the backend must keep files of different devices apart in the guest
 	// (inode numbers repeat across devices).
 	MultiDevs bool `json:"multiDevs,omitempty"`
-	// MountsLater says mounts are added below it while the VM runs (a pod
-	// dir): a jailed hypervisor must receive them (ADR 013).
-	MountsLater bool `json:"mountsLater,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -218,30 +217,6 @@ func parseLibList(out []byte, interp string) ([]string, error) {
 		}
 	}
 	return libs, nil
-}
-
-// shareMountsLater makes each share that gets mounts after the start
-// (MountsLater: a pod dir) a shared mount, so that those mounts propagate
-// into the jail's namespace, where the share's copy is a slave.
-func shareMountsLater(c *LaunchConfig) error {
-	for _, s := range c.Shares {
-		if !s.MountsLater {
-			continue
-		}
-		mounted, err := mountinfo.Mounted(s.Path)
-		if err != nil {
-			return fmt.Errorf("jail: %s: %w", s.Path, err)
-		}
-		if !mounted {
-			if err := unix.Mount(s.Path, s.Path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-				return fmt.Errorf("jail: bind %s on itself: %w", s.Path, err)
-			}
-		}
-		if err := unix.Mount("", s.Path, "", unix.MS_SHARED, ""); err != nil {
-			return fmt.Errorf("jail: make %s a shared mount: %w", s.Path, err)
-		}
-	}
-	return nil
 }
 
 // jailCommand is exec.Cmd for the jail helper that runs plan: this binary

@@ -12,8 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/mounts"
@@ -164,7 +164,7 @@ func TestJail(t *testing.T) {
 	}
 	c := testConfig(t)
 	rw, ro, pod, other := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
-	c.Shares = []Share{{Tag: "rw", Path: rw}, {Tag: "ro", Path: ro, ReadOnly: true}, {Tag: "pod", Path: pod, MultiDevs: true, MountsLater: true}}
+	c.Shares = []Share{{Tag: "rw", Path: rw}, {Tag: "ro", Path: ro, ReadOnly: true}, {Tag: "pod", Path: pod, MultiDevs: true}}
 	if err := os.WriteFile(filepath.Join(other, "secret"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -176,10 +176,6 @@ func TestJail(t *testing.T) {
 		defer l.Close()
 	}
 	c.Kernel = self // any file
-	if err := shareMountsLater(c); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mounts.UnmountBelow(pod) })
 	plan, err := qemuJailPlan(c, self, channelSocket(c), false, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -238,13 +234,19 @@ func TestJail(t *testing.T) {
 		}
 	}
 
-	// A pod member bound below the pod share after the start appears in
-	// the jail, read-only.
+	// A pod member bound below the pod share after the start, in the
+	// jail's namespace only (ADR 019): there, read-only; on the host, no
+	// mount point.
 	member := filepath.Join(pod, "c1")
 	if err := os.Mkdir(member, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := mounts.BindBeneath(pod, "c1/tag", ro, mounts.ReadOnlyRecursive); err != nil {
+	jns, err := JailMountNS(os.Getpid())
+	if err != nil || jns == nil {
+		t.Fatalf("JailMountNS: %v, %v", jns, err)
+	}
+	defer jns.Close()
+	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, nil); err != nil {
 		t.Fatal(err)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
@@ -254,12 +256,17 @@ func TestJail(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, member, "tag", "x"), nil, 0o600); !errors.Is(err, unix.EROFS) {
 		t.Errorf("write to a read-only pod member in the jail: %v, want EROFS", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !exists(filepath.Join(root, member, "tag", "late")) {
-		if time.Now().After(deadline) {
-			t.Fatal("a pod member bound after the start is not in the jail")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !exists(filepath.Join(root, member, "tag", "late")) {
+		t.Error("a pod member bound after the start is not in the jail")
+	}
+	if m, _ := mountinfo.Mounted(filepath.Join(member, "tag")); m {
+		t.Error("a pod member's bind is a mount point on the host")
+	}
+	if err := mounts.UnmountBeneathIn(jns, pod, "c1/tag"); err != nil {
+		t.Fatal(err)
+	}
+	if exists(filepath.Join(root, member, "tag", "late")) {
+		t.Error("a pod member is still in the jail after UnmountBeneathIn")
 	}
 
 	named := map[string]bool{} // the plan's paths, as given and resolved

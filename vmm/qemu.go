@@ -146,11 +146,6 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 			fmt.Fprintf(logf, "msb-vmm: KVM not usable on this host (%s): running under TCG\n", why)
 		}
 	}
-	if !c.NoJail {
-		if err := shareMountsLater(c); err != nil {
-			return nil, err
-		}
-	}
 	kvm := c.Accel == "kvm" || autoKVM
 	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz()}
 	if err := q.launch(kvm, logf); err != nil {

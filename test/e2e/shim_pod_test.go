@@ -25,6 +25,27 @@ func (e *shimEnv) taskPid(t *testing.T, id string) int {
 	return 0
 }
 
+// podAnn are CRI's annotations of a container of type typ in pod sb.
+func podAnn(sb, typ string) []string {
+	return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
+		"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
+}
+
+// runPodSandbox runs pod sb's sandbox (sleep) with ctr run's flags,
+// removed at cleanup, and returns its task pid once it runs.
+func (e *shimEnv) runPodSandbox(t *testing.T, sb string, flags ...string) int {
+	t.Helper()
+	a := append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...), podAnn(sb, "sandbox")...)
+	e.MustCtr(append(a, e.image, sb, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	pid := e.taskPid(t, sb)
+	if pid == 0 {
+		t.Fatal("no pid for the sandbox task")
+	}
+	return pid
+}
+
 // TestShimPodSharesVM runs a pod the way CRI does (ADR 007): a sandbox
 // container, then an app container of the same sandbox id that joins the
 // sandbox's network namespace by its host path. Both must run in one VM
@@ -33,21 +54,12 @@ func (e *shimEnv) taskPid(t *testing.T, id string) int {
 func TestShimPodSharesVM(t *testing.T) {
 	e := startShimEnv(t)
 	const sb, app = "pod-sb", "pod-app"
-	ann := func(typ string) []string {
-		return []string{"--annotation", "io.kubernetes.cri.container-type=" + typ,
-			"--annotation", "io.kubernetes.cri.sandbox-id=" + sb}
-	}
 	run := func(id string, flags []string, args ...string) {
 		a := append([]string{"run", "-d", "--runtime", msbRuntimeType}, flags...)
 		e.MustCtr(append(append(a, e.image, id), args...)...)
 	}
-	run(sb, ann("sandbox"), "sleep", "600")
-	t.Cleanup(func() { e.remove(t, sb) })
-	e.waitStatus(t, sb, "RUNNING", time.Minute)
-	pid := e.taskPid(t, sb)
-	if pid == 0 {
-		t.Fatal("no pid for the sandbox task")
-	}
+	ann := func(typ string) []string { return podAnn(sb, typ) }
+	pid := e.runPodSandbox(t, sb)
 
 	start := time.Now()
 	run(app, append(ann("container"), "--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net"), "sleep", "600")
@@ -167,6 +179,28 @@ func TestShimPodMountsSandboxFirst(t *testing.T) {
 			"touch /data2/x 2>/dev/null && echo writable || echo read-only; touch /data2/sub/x && echo sub-writable || echo sub-read-only")
 	if out != "from-dir\nfrom-file\nin-sub\nread-only\nsub-read-only\nread-only\nsub-writable\n" {
 		t.Fatalf("app mounts: %q", out)
+	}
+	if os.Getenv("MSB_TEST_NO_JAIL") != "1" {
+		// The app's binds live in the jailed qemu's mount namespace only
+		// (ADR 019): none below the pod dir (<state dir>/containers) on
+		// the host, so a volume's owner can unmount its submount and
+		// remove it while the container runs (critest's read-only mount
+		// specs do).
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, l := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], e.stateRoot+"/") && strings.Contains(f[4], "/containers/") {
+				t.Errorf("a pod member's bind on the host: %s", l)
+			}
+		}
+		if err := unix.Unmount(filepath.Join(dir2, "sub"), unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(dir2); err != nil {
+			t.Fatalf("remove a running pod member's volume on the host: %v", err)
+		}
+		if out := e.MustCtr("task", "exec", "--exec-id", "m2", app, "cat", "/data/hello", "/data/sub/s"); out != "from-dir\nin-sub\n" {
+			t.Fatalf("app mounts after removing another volume's source: %q", out)
+		}
 	}
 	n1 := e.MustCtr("task", "exec", "--exec-id", "n1", sb, "readlink", "/proc/self/ns/net")
 	n2 := e.MustCtr("task", "exec", "--exec-id", "n2", app, "readlink", "/proc/self/ns/net")

@@ -1,0 +1,69 @@
+package mounts
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// IDMap is a bind's uidMappings and gidMappings (an id-mapped mount, what
+// CRI asks for in a pod with a user namespace): a file whose owner is
+// ContainerID+k on disk shows as HostID+k. 9p and virtio-fs cannot carry
+// an id-mapped mount into the guest, so the host makes the bind id-mapped
+// before it is shared: the guest sees the shifted owners, which the
+// container's user namespace maps back.
+type IDMap struct {
+	UIDs, GIDs []specs.LinuxIDMapping
+}
+
+// Key is the suffix that keeps a source's id-mapped binds (one per
+// mapping) apart from its plain bind; "" for nil.
+func (m *IDMap) Key() string {
+	if m == nil {
+		return ""
+	}
+	return "@" + idMapList(m.UIDs) + "/" + idMapList(m.GIDs)
+}
+
+func idMapList(ms []specs.LinuxIDMapping) string {
+	var s []string
+	for _, m := range ms {
+		s = append(s, fmt.Sprintf("%d:%d:%d", m.ContainerID, m.HostID, m.Size))
+	}
+	return strings.Join(s, ",")
+}
+
+// hypervisorID is the id on disk that host id 0 gets in an id-mapped bind
+// whose mappings leave host 0 out: the hypervisor serves 9p as root and
+// creates each file as root before it gives the file the guest's owner,
+// and the kernel refuses to create a file for an id the mount cannot map
+// (EOVERFLOW). The largest valid id, which no container mapping reaches.
+const hypervisorID = 4294967294
+
+// withHypervisor returns ms plus hypervisorID→0 unless ms maps host 0 or
+// uses hypervisorID already.
+func withHypervisor(ms []specs.LinuxIDMapping) string {
+	for _, m := range ms {
+		if m.HostID == 0 || uint64(m.ContainerID)+uint64(m.Size) > hypervisorID {
+			return idMapList(ms)
+		}
+	}
+	return idMapList(ms) + fmt.Sprintf(",%d:0:1", uint32(hypervisorID))
+}
+
+// setIDMap makes every mount of the detached tree id-mapped as m says.
+func setIDMap(tree int, m *IDMap, source string) error {
+	ns, err := mount.GetUsernsFD(withHypervisor(m.UIDs), withHypervisor(m.GIDs))
+	if err != nil {
+		return fmt.Errorf("bind %s id-mapped: user namespace for %s: %w", source, m.Key(), err)
+	}
+	defer ns.Close()
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(ns.Fd())}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		return fmt.Errorf("bind %s id-mapped (%s; its filesystem must support id-mapped mounts): %w", source, m.Key(), err)
+	}
+	return nil
+}
