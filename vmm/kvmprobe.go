@@ -44,6 +44,11 @@ func KVMUsable(qemuBin, kernel string) (bool, string) {
 	if kernel == "" {
 		return false, "no guest kernel configured to probe KVM with"
 	}
+	if _, err := os.Stat(kernel); err != nil {
+		// Not a verdict on KVM: nothing is cached (install.sh asks before
+		// it has built the image).
+		return false, fmt.Sprintf("guest kernel: %v", err)
+	}
 	if p, err := exec.LookPath(qemuBin); err == nil {
 		qemuBin = p // one verdict however the binary is named
 	}
@@ -141,13 +146,24 @@ func bootID() string {
 }
 
 // kvmVerdict is one cached probe result: the file is
-// "<boot id> <qemu> <kernel>\n<ok|broken>\n<why>\n".
+// "<boot id> <qemu> <kernel> <kernel file identity>\n<ok|broken>\n<why>\n".
 type kvmVerdict struct{ path, key string }
 
 func newKVMVerdict(qemuBin, kernel string) kvmVerdict {
-	key := fmt.Sprintf("%s %s %s", bootID(), qemuBin, kernel)
+	key := fmt.Sprintf("%s %s %s %s", bootID(), qemuBin, kernel, fileIdentity(kernel))
 	sum := sha256.Sum256([]byte(qemuBin + "\x00" + kernel))
 	return kvmVerdict{path: filepath.Join(kvmProbeDir, hex.EncodeToString(sum[:8])), key: key}
+}
+
+// fileIdentity names a file's current version (device, inode, size,
+// modification time): a kernel replaced at the same path, as an image
+// rebuild does, gets a verdict of its own.
+func fileIdentity(p string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return "missing"
+	}
+	return fmt.Sprintf("%d:%d:%d:%d", st.Dev, st.Ino, st.Size, st.Mtim.Nano())
 }
 
 func (v kvmVerdict) read() (ok bool, why string, found bool) {

@@ -10,7 +10,7 @@ import (
 
 // fakeKVMHost points the probe at a KVM device that opens, a cache in a
 // temp dir and a qemu script that appends a line to a counter file on each
-// run before doing body.
+// run before doing body. testKernel is a kernel file for it.
 func fakeKVMHost(t *testing.T, body string) (qemu, runs string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -21,6 +21,10 @@ func fakeKVMHost(t *testing.T, body string) (qemu, runs string) {
 	oldDev, oldDir, oldTimeout := kvmDevice, kvmProbeDir, kvmProbeTimeout
 	kvmDevice, kvmProbeDir, kvmProbeTimeout = dev, filepath.Join(dir, "run", "kvm-probe"), 2*time.Second
 	t.Cleanup(func() { kvmDevice, kvmProbeDir, kvmProbeTimeout = oldDev, oldDir, oldTimeout })
+	testKernel = filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(testKernel, []byte("kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	runs = filepath.Join(dir, "runs")
 	qemu = filepath.Join(dir, "qemu")
 	script := "#!/bin/sh\necho run >>" + runs + "\n" + body + "\n"
@@ -29,6 +33,8 @@ func fakeKVMHost(t *testing.T, body string) (qemu, runs string) {
 	}
 	return qemu, runs
 }
+
+var testKernel string
 
 func countRuns(t *testing.T, runs string) int {
 	b, err := os.ReadFile(runs)
@@ -43,7 +49,7 @@ func countRuns(t *testing.T, runs string) int {
 func TestKVMProbeCachesPerBoot(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "[    0.000000] Linux version 6.1"; exec sleep 60`)
 	for i := 0; i < 3; i++ {
-		if ok, why := KVMUsable(qemu, "/vmlinux"); !ok {
+		if ok, why := KVMUsable(qemu, testKernel); !ok {
 			t.Fatalf("call %d: KVM not usable: %s", i, why)
 		}
 	}
@@ -51,16 +57,16 @@ func TestKVMProbeCachesPerBoot(t *testing.T) {
 		t.Fatalf("probe ran %d times, want once per boot", n)
 	}
 	// A verdict from another boot is not trusted.
-	v := newKVMVerdict(qemu, "/vmlinux")
-	if err := os.WriteFile(v.path, []byte("another-boot "+qemu+" /vmlinux\nbroken\nold\n"), 0o600); err != nil {
+	v := newKVMVerdict(qemu, testKernel)
+	if err := os.WriteFile(v.path, []byte("another-boot "+qemu+" "+testKernel+" "+fileIdentity(testKernel)+"\nbroken\nold\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := KVMUsable(qemu, "/vmlinux"); !ok || countRuns(t, runs) != 2 {
+	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
 		t.Fatalf("stale verdict used: ok=%v runs=%d", ok, countRuns(t, runs))
 	}
 	// A real boot that failed under KVM overrides a passed probe.
-	RecordKVMBroken(qemu, "/vmlinux", "guest hung")
-	if ok, why := KVMUsable(qemu, "/vmlinux"); ok || why != "guest hung" || countRuns(t, runs) != 2 {
+	RecordKVMBroken(qemu, testKernel, "guest hung")
+	if ok, why := KVMUsable(qemu, testKernel); ok || why != "guest hung" || countRuns(t, runs) != 2 {
 		t.Fatalf("after RecordKVMBroken: ok=%v why=%q runs=%d", ok, why, countRuns(t, runs))
 	}
 }
@@ -68,21 +74,21 @@ func TestKVMProbeCachesPerBoot(t *testing.T) {
 func TestKVMProbeHangingGuest(t *testing.T) {
 	qemu, _ := fakeKVMHost(t, `exec sleep 60`)
 	start := time.Now()
-	ok, why := KVMUsable(qemu, "/vmlinux")
+	ok, why := KVMUsable(qemu, testKernel)
 	if ok || !strings.Contains(why, "printed nothing") {
 		t.Fatalf("hanging guest: ok=%v why=%q", ok, why)
 	}
 	if d := time.Since(start); d > kvmProbeTimeout+3*time.Second {
 		t.Fatalf("probe took %s, its bound is %s", d, kvmProbeTimeout)
 	}
-	if _, _, found := newKVMVerdict(qemu, "/vmlinux").read(); !found {
+	if _, _, found := newKVMVerdict(qemu, testKernel).read(); !found {
 		t.Fatal("verdict not cached")
 	}
 }
 
 func TestKVMProbeAbortingQEMU(t *testing.T) {
 	qemu, _ := fakeKVMHost(t, `echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x0" >&2; exit 1`)
-	ok, why := KVMUsable(qemu, "/vmlinux")
+	ok, why := KVMUsable(qemu, testKernel)
 	if ok || !strings.Contains(why, "failed to set MSR") {
 		t.Fatalf("aborting qemu: ok=%v why=%q", ok, why)
 	}
@@ -91,7 +97,7 @@ func TestKVMProbeAbortingQEMU(t *testing.T) {
 func TestKVMProbeNoDevice(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "Linux version"`)
 	kvmDevice = filepath.Join(t.TempDir(), "none")
-	if ok, why := KVMUsable(qemu, "/vmlinux"); ok || !strings.Contains(why, "no such file") {
+	if ok, why := KVMUsable(qemu, testKernel); ok || !strings.Contains(why, "no such file") {
 		t.Fatalf("missing device: ok=%v why=%q", ok, why)
 	}
 	if countRuns(t, runs) != 0 {
@@ -101,9 +107,36 @@ func TestKVMProbeNoDevice(t *testing.T) {
 
 func TestKVMProbePerBinaryAndKernel(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "Linux version 6.1"`)
-	RecordKVMBroken("/other/qemu", "/vmlinux", "other binary")
+	RecordKVMBroken("/other/qemu", testKernel, "other binary")
 	RecordKVMBroken(qemu, "/other/vmlinux", "other kernel")
-	if ok, why := KVMUsable(qemu, "/vmlinux"); !ok || countRuns(t, runs) != 1 {
+	if ok, why := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
 		t.Fatalf("another binary's or kernel's verdict used: ok=%v why=%q", ok, why)
+	}
+}
+
+// A kernel that is not there is no verdict on KVM: nothing is probed or
+// cached (install.sh asks before the image exists); a kernel rebuilt at the
+// same path is probed again.
+func TestKVMProbeKernelFile(t *testing.T) {
+	qemu, runs := fakeKVMHost(t, `echo "Linux version 6.1"`)
+	missing := filepath.Join(filepath.Dir(testKernel), "later", "vmlinux")
+	if ok, why := KVMUsable(qemu, missing); ok || !strings.Contains(why, "no such file") || countRuns(t, runs) != 0 {
+		t.Fatalf("missing kernel: ok=%v why=%q runs=%d", ok, why, countRuns(t, runs))
+	}
+	if _, _, found := newKVMVerdict(qemu, missing).read(); found {
+		t.Fatal("a verdict was cached for a missing kernel")
+	}
+	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
+		t.Fatalf("first probe: ok=%v runs=%d", ok, countRuns(t, runs))
+	}
+	tmp := testKernel + ".new"
+	if err := os.WriteFile(tmp, []byte("another kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, testKernel); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
+		t.Fatalf("rebuilt kernel not probed again: ok=%v runs=%d", ok, countRuns(t, runs))
 	}
 }
