@@ -68,6 +68,10 @@ const modprobePath = "/sbin/modprobe"
 // protocol.ModulesShareTag 9p share at /lib/modules, read-only, when the
 // VM has that share. Without it only the boot-time modules are there.
 func SetupModprobe() {
+	if _, err := os.Stat("/proc/modules"); errors.Is(err, os.ErrNotExist) {
+		log.L.Infof("kernel %s has no module support: its drivers are built in", kernelRelease())
+		return
+	}
 	const sysctl = "/proc/sys/kernel/modprobe"
 	if b, err := os.ReadFile(sysctl); err == nil && strings.TrimSpace(string(b)) != modprobePath {
 		if err := os.WriteFile(sysctl, []byte(modprobePath), 0); err != nil {
