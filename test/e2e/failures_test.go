@@ -241,3 +241,33 @@ func TestShimCancelledCreate(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 }
+
+// The guest's user space reaches the console too: the agent's log lines
+// land in console.log beside the kernel's (a kernel whose serial port has
+// no usable IRQ prints its own messages but swallows every user-space
+// write).
+func TestConsoleLogHasAgentLines(t *testing.T) {
+	requireVM(t)
+	root := stateRoot(t)
+	cmd := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"sh", "-c", "sleep 3; echo done"}, nil), "agentlog")
+	done := make(chan []byte, 1)
+	go func() { out, _ := cmd.CombinedOutput(); done <- out }()
+	log := filepath.Join(root, "vms", "agentlog", "console.log")
+	var seen bool
+	for {
+		if b, err := os.ReadFile(log); err == nil && strings.Contains(string(b), "msb-agent: ") {
+			seen = true
+		}
+		select {
+		case out := <-done:
+			if !strings.Contains(string(out), "done") {
+				t.Fatalf("run: %s", out)
+			}
+			if !seen {
+				t.Fatal("console.log never had a msb-agent line: the guest's user space cannot write to its console")
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
