@@ -126,7 +126,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		data []byte
 	}
 	outputs := []output{{VmlinuxFile, k.vmlinux}, {KernelReleaseFile, []byte(ver + "\n")}}
-	entries := rootEntries(ver, agent, runc, mods, k.modDir)
+	entries := rootEntries(ver, agent, runc, mods, k.modDir())
 	img := &Image{Vmlinux: filepath.Join(o.OutDir, VmlinuxFile), KernelRelease: ver}
 	if k.tree == nil {
 		// Virtio-blk and ext4 are built in: the root is a shared disk.

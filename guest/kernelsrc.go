@@ -20,7 +20,14 @@ type kernelSource struct {
 	vmlinux []byte
 	bz      []byte      // nil for a kernel of msb's own
 	tree    *moduleTree // nil when there are no modules
-	modDir  string      // the unpacked lib/modules/<release>; "" with tree
+}
+
+// modDir is the unpacked lib/modules/<release>; "" without modules.
+func (k *kernelSource) modDir() string {
+	if k.tree == nil {
+		return ""
+	}
+	return k.tree.dir
 }
 
 // Files of a kernel directory written by hack/build-kernel.sh.
@@ -94,7 +101,7 @@ func debKernel(ctx context.Context, o Options, work string, logf func(string, ..
 			return nil, fmt.Errorf("guest: no lib/modules/%s in %s", ver, deb)
 		}
 	}
-	k := &kernelSource{release: ver, pkg: filepath.Base(deb), modDir: modDir}
+	k := &kernelSource{release: ver, pkg: filepath.Base(deb)}
 	if k.bz, err = os.ReadFile(bzPath); err != nil {
 		return nil, err
 	}

@@ -93,8 +93,8 @@ func Prepare(r Request) (*Prepared, error) {
 		MemoryMiB:      sb.MemoryMiB,
 		Kernel:         c.Kernel,
 		Initrd:         c.Initrd,
-		RootDisk:       imageFile(c.Kernel, RootDiskFile),
-		Modules:        modulesDir(c.Kernel),
+		RootDisk:       besideKernel(c.Kernel, RootDiskFile, false),
+		Modules:        besideKernel(c.Kernel, ModulesDir, true),
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
@@ -146,33 +146,22 @@ func StageDir(stateDir string) string { return filepath.Join(stateDir, "files") 
 // package guest (guest.ModulesDir).
 const ModulesDir = "modules"
 
-// modulesDir returns the module tree of the image the kernel belongs to, or
-// "" when the image has none (an older image, or a kernel of one's own):
-// such a guest keeps its boot-time modules only, and says so in its log.
-func modulesDir(kernel string) string {
-	if kernel == "" {
-		return ""
-	}
-	d := filepath.Join(filepath.Dir(kernel), ModulesDir)
-	if st, err := os.Stat(d); err != nil || !st.IsDir() {
-		return ""
-	}
-	return d
-}
-
 // RootDiskFile is the read-only guest root beside the guest kernel
 // (guest.RootDiskFile), written for kernels of msb's own: the guest boots
 // from it instead of the initramfs.
 const RootDiskFile = "rootfs.img"
 
-// imageFile returns the regular file name beside the kernel, or "" when
-// the image has none.
-func imageFile(kernel, name string) string {
+// besideKernel returns the image's file (or, with dir, directory) name
+// beside the kernel, or "" when the image has none: the module tree of a
+// distribution kernel (without it a guest keeps its boot-time modules and
+// says so), the root disk of msb's own.
+func besideKernel(kernel, name string, dir bool) string {
 	if kernel == "" {
 		return ""
 	}
 	p := filepath.Join(filepath.Dir(kernel), name)
-	if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+	st, err := os.Stat(p)
+	if err != nil || st.IsDir() != dir || !dir && !st.Mode().IsRegular() {
 		return ""
 	}
 	return p

@@ -153,23 +153,23 @@ func TestPreparePodShareSpansMounts(t *testing.T) {
 func TestModulesDirBesideKernel(t *testing.T) {
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "vmlinux")
-	if got := modulesDir(kernel); got != "" {
+	if got := besideKernel(kernel, ModulesDir, true); got != "" {
 		t.Errorf("image without modules/: %q, want none", got)
 	}
-	if got := modulesDir(""); got != "" {
+	if got := besideKernel("", ModulesDir, true); got != "" {
 		t.Errorf("no kernel: %q", got)
 	}
 	if err := os.WriteFile(filepath.Join(dir, ModulesDir), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got := modulesDir(kernel); got != "" {
+	if got := besideKernel(kernel, ModulesDir, true); got != "" {
 		t.Errorf("modules is a file: %q, want none", got)
 	}
 	os.Remove(filepath.Join(dir, ModulesDir))
 	if err := os.Mkdir(filepath.Join(dir, ModulesDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := modulesDir(kernel), filepath.Join(dir, ModulesDir); got != want {
-		t.Errorf("modulesDir = %q, want %q", got, want)
+	if got, want := besideKernel(kernel, ModulesDir, true), filepath.Join(dir, ModulesDir); got != want {
+		t.Errorf("besideKernel = %q, want %q", got, want)
 	}
 }
