@@ -20,6 +20,9 @@ import (
 // DefaultPath is the system config file.
 const DefaultPath = "/etc/msb/config.toml"
 
+// MaxPoolSize bounds pool_size: each pooled VM holds its memory idle.
+const MaxPoolSize = 16
+
 // Config is the runtime configuration.
 type Config struct {
 	// Backend is auto, qemu or libkrun.
@@ -75,6 +78,11 @@ type Config struct {
 	// memory for the VMM process and hypervisor; 0: the built-in
 	// estimate (vmm.HostOverheadMiB).
 	HostOverheadMiB int `toml:"host_overhead_mib"`
+	// PoolSize is how many booted VMs of the default size the shim keeps
+	// ready for containers to claim at Create (warm start, ADR 020); 0
+	// (the default) boots every VM at Create. Each idle VM costs what a
+	// running one does.
+	PoolSize int `toml:"pool_size"`
 }
 
 // Default returns the built-in configuration.
@@ -203,6 +211,9 @@ func (c Config) validate() error {
 		if _, err := regexp.Compile(re); err != nil {
 			return fmt.Errorf("enable_annotations[%d] %q: %w", i, re, err)
 		}
+	}
+	if c.PoolSize < 0 || c.PoolSize > MaxPoolSize {
+		return fmt.Errorf("pool_size %d: use 0..%d (0: no pool)", c.PoolSize, MaxPoolSize)
 	}
 	if c.SpareNICs < 0 || c.SpareNICs > 8 {
 		return fmt.Errorf("spare_nics %d: use 0..8", c.SpareNICs)

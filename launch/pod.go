@@ -76,3 +76,23 @@ func (m *Member) Release() error {
 	}
 	return m.release()
 }
+
+// Shape is what decides whether a container fits a pool VM (ADR 020):
+// the VM it would boot, as Prepare would size it.
+type Shape struct {
+	VCPUs, MemoryMiB int
+	Backend          string
+	// NetNS is the host network namespace the spec names ("" for a new
+	// one); Disks, how many block devices it attaches.
+	NetNS string
+	Disks int
+}
+
+// ShapeOf converts spec as Prepare would and returns the shape of its VM.
+func ShapeOf(spec *specs.Spec, bundle, rootfs, id string, c config.Config) (Shape, error) {
+	sb, err := convert(spec, bundle, c, specconv.Input{RootfsHostPath: rootfs, StageDir: "/nonexistent", ContainerID: id})
+	if err != nil {
+		return Shape{}, err
+	}
+	return Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, Backend: sb.Backend, NetNS: sb.NetNS, Disks: len(sb.Disks)}, nil
+}

@@ -59,6 +59,7 @@ func App() *cli.App {
 				Action: runCommand,
 			},
 			featuresCommand(),
+			poolCommand(),
 			{
 				Name:      "vmm",
 				ArgsUsage: "[runtime-dir (informational)]",

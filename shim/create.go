@@ -75,6 +75,25 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		return c, s.createInGuest(ctx, c, r)
 	}
+	// Whatever this Create takes, the pool is topped up after it.
+	defer refillPool(ctx, cfg, binary)
+	if v := s.claimVM(ctx, c, rootfs, cfg); v != nil {
+		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
+		if err := writeRecord(bundle, rec); err != nil {
+			v.destroy(ctx)
+			return nil, err
+		}
+		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {
+			if c.pod == nil {
+				v.destroy(ctx) // teardown destroys it once c is its member
+			}
+			return nil, err
+		}
+		if err := c.createHooks(ctx); err != nil {
+			return nil, err
+		}
+		return c, s.createInGuest(ctx, c, r)
+	}
 	podDir := ""
 	var hostNS map[specs.LinuxNamespaceType]string
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
@@ -211,7 +230,8 @@ func (s *service) teardown(ctx context.Context, c *container) {
 	c.mu.Unlock()
 	if c.pod != nil {
 		c.pod.leave(ctx)
-	} else if c.vm != nil {
+	}
+	if c.ownsVM() && c.vm != nil {
 		c.vm.destroy(ctx)
 	}
 	if c.rootfs != "" {

@@ -93,7 +93,14 @@ type podMember struct {
 	stageDir string // host: staged single files
 	member   *launch.Member
 	guest    *specs.Spec
+	// owned: the VM is the container's own, claimed from the pool; it
+	// goes with the container.
+	owned bool
 }
+
+// ownsVM says whether c's VM is its own: booted for it, or claimed from
+// the pool, rather than its pod's.
+func (c *container) ownsVM() bool { return c.pod == nil || c.pod.owned }
 
 // podSandbox returns the sandbox container whose pod VM a container with
 // spec joins, or nil when it boots its own VM.
@@ -128,8 +135,21 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
 	ns := joinedNamespaces(spec, v.podHostNS, v.h.Pid, int(st.Pid))
-	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id)}
-	c.vm, c.oom, c.pod = v, sb.oom, m
+	c.oom = sb.oom
+	if err := c.joinVM(ctx, v, spec, rootfs, cfg, ns, false); err != nil {
+		return err
+	}
+	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
+	return nil
+}
+
+// joinVM makes c a member of the running pod VM v (a pod's, or a pool
+// VM c claimed, which it then owns): its rootfs and bind sources are
+// bound below the pod dir, its guest spec joins the namespaces in ns,
+// and the agent prepares its mounts.
+func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs string, cfg config.Config, ns map[specs.LinuxNamespaceType]string, owned bool) error {
+	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id), owned: owned}
+	c.vm, c.pod = v, m
 	mem, err := launch.PrepareMember(launch.MemberRequest{
 		ID: c.id, Spec: spec, Bundle: c.bundle, Rootfs: rootfs,
 		StageDir: m.stageDir, GuestDir: "/run/msb/c/" + c.id,
@@ -150,7 +170,6 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 		}
 		return fmt.Errorf("prepare %s in pod VM %s: %w", c.id, v.name, fromAgent(err))
 	}
-	log.G(ctx).Infof("container %s joins pod VM %s (sandbox init guest pid %d)", c.id, v.name, st.Pid)
 	return nil
 }
 

@@ -195,7 +195,7 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	s.mu.Unlock()
 	s.send(taskCreateEvent(c, r))
 	go s.watch(c.init)
-	if c.pod == nil {
+	if c.ownsVM() {
 		go s.pollOOM(c) // one poller per VM
 	}
 	return &task.CreateTaskResponse{Pid: c.hostPid()}, nil
@@ -212,7 +212,7 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		p.starting = true // watch now leaves the gate to us
 		p.mu.Unlock()
 		defer p.openGate()
-		if c.pod == nil {
+		if c.ownsVM() {
 			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
 				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, err))
 			}
@@ -297,7 +297,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		// guest is. Closing the host side and stopping the VM ends both.
 		log.G(ctx).WithError(err).Warn("delete: closing stdio and stopping the VM")
 		p.io.abort()
-		if c.pod == nil {
+		if c.ownsVM() {
 			c.vm.stop(ctx, int32(exitUnknown))
 		}
 		if err := p.waitPublished(ctx, 5*time.Second); err != nil {
@@ -308,7 +308,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	delete(s.containers, r.ID)
 	s.mu.Unlock()
 	_, code, at := p.status()
-	if c.pod == nil {
+	if c.ownsVM() {
 		c.vm.stop(ctx, int32(code))
 	}
 	s.teardown(ctx, c)

@@ -283,6 +283,11 @@ func (v *vm) destroy(ctx context.Context) {
 		if err := v.prep.Release(); err != nil {
 			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
 		}
+	} else if v.launch != nil {
+		// A pool VM's: its cgroup, if its killed VMM could not remove it.
+		if err := vmm.RemoveHostCgroup(v.launch.Host); err != nil {
+			log.G(ctx).WithError(err).Warnf("VM %s: remove host cgroup", v.name)
+		}
 	}
 	if v.podDir != "" {
 		// Members' binds must go before the state dir is removed, or

@@ -36,6 +36,12 @@ const (
 // VMM to outlive its creator from then on (Handle.Detach).
 const DetachByte = 'd'
 
+// ParkByte, written by the creator of a pool VM (LaunchConfig.Lifeline)
+// on the parent-watch pipe, hands the VM to the pool: the VMM stops
+// watching the pipe and waits for its next creator on the lifeline
+// socket (Handle.Park, Adopt).
+const ParkByte = 'p'
+
 // Backend names.
 const (
 	BackendAuto    = "auto"
@@ -146,6 +152,11 @@ type LaunchConfig struct {
 	// Host places the VMM process tree on the host: the container's
 	// cgroup and OOM score (ADR 014); nil leaves both the creator's.
 	Host *HostResources `json:"host,omitempty"`
+	// Lifeline makes the VM a pool VM (ADR 020): once parked
+	// (ParkByte), the VMM accepts one connection on this Unix socket and
+	// treats its end as its creator's death, as it does EOF on the
+	// parent-watch pipe.
+	Lifeline string `json:"lifeline,omitempty"`
 }
 
 // ContainerMode is LaunchConfig.Container.
@@ -227,6 +238,9 @@ func (c *LaunchConfig) Validate() error {
 	if c.Modules != "" && !filepath.IsAbs(c.Modules) {
 		return fmt.Errorf("launch config: modules %q must be an absolute path", c.Modules)
 	}
+	if c.Lifeline != "" && (!filepath.IsAbs(c.Lifeline) || c.Container != nil) {
+		return fmt.Errorf("launch config: lifeline %q must be an absolute path, and not set in container mode", c.Lifeline)
+	}
 	if c.RootDisk != "" && !filepath.IsAbs(c.RootDisk) {
 		return fmt.Errorf("launch config: rootDisk %q must be an absolute path", c.RootDisk)
 	}
@@ -285,10 +299,14 @@ func channelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket,
 // (consoleServer).
 func consoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
 
+// LifelineSocket is where a pool VM whose relay listens on agentSocket
+// waits for its next creator (LaunchConfig.Lifeline).
+func LifelineSocket(agentSocket string) string { return siblingSocket(agentSocket, "life") }
+
 // RemoveSockets removes a VM's relay socket and the sockets beside it;
 // the VMM does so when it ends, its creator when the VMM was killed.
 func RemoveSockets(agentSocket string) {
-	for _, p := range []string{agentSocket, siblingSocket(agentSocket, "chan"), siblingSocket(agentSocket, "cons")} {
+	for _, p := range []string{agentSocket, siblingSocket(agentSocket, "chan"), siblingSocket(agentSocket, "cons"), LifelineSocket(agentSocket)} {
 		_ = os.Remove(p)
 	}
 }

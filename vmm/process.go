@@ -89,6 +89,8 @@ type vm struct {
 
 	superviseContainer func(cfg *LaunchConfig, detached <-chan struct{})
 	detached           chan struct{} // closed on DetachByte from the creator
+	// lifeline is a pool VM's listener for its next creator (ParkByte).
+	lifeline *net.UnixListener
 	// host is the cgroup the VMM moved into (enterHost), left in
 	// removeState.
 	host *hostCgroup
@@ -124,6 +126,15 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 	backend, krun, err := selectBackend(cfg, log.L.Infof)
 	if err != nil {
 		return 1, err
+	}
+	if cfg.Lifeline != "" {
+		if backend == BackendLibkrun {
+			return 1, errors.New("a pool VM (lifeline) needs backend qemu: libkrun ends the process with the guest and cannot be handed over")
+		}
+		if v.lifeline, err = listenUnix(cfg.Lifeline); err != nil {
+			return 1, err
+		}
+		defer v.lifeline.Close()
 	}
 	// Before the hypervisor starts: it inherits the cgroup and OOM score.
 	if v.host, err = enterHost(cfg, backend, startsTCG(cfg, backend), log.L.Infof); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"syscall"
@@ -30,13 +31,14 @@ type SpawnOptions struct {
 	Stdio []*os.File
 }
 
-// Handle is the creator's side of a running VMM process.
+// Handle is the creator's side of a running VMM process: its child, or a
+// pool VM it adopted (Adopt).
 type Handle struct {
 	Pid   int
-	cmd   *exec.Cmd
-	watch *os.File // write end of the parent-watch pipe; closing it detaches an attached VMM's lifeline
+	proc  *os.Process
+	watch io.WriteCloser // the parent-watch pipe's write end, or an adopted VM's lifeline connection
 	done  chan struct{}
-	state *os.ProcessState
+	state *os.ProcessState // nil for an adopted VMM, whose status its parent reaps
 	err   error
 }
 
@@ -112,7 +114,7 @@ func Spawn(cfg *LaunchConfig, o SpawnOptions) (_ *Handle, retErr error) {
 	if err := start(); err != nil {
 		return nil, fmt.Errorf("start VMM process %s: %w", o.Binary, err)
 	}
-	h := &Handle{Pid: cmd.Process.Pid, cmd: cmd, watch: watchW, done: make(chan struct{})}
+	h := &Handle{Pid: cmd.Process.Pid, proc: cmd.Process, watch: watchW, done: make(chan struct{})}
 	go func() {
 		h.state, h.err = cmd.Process.Wait()
 		close(h.done)
@@ -214,11 +216,15 @@ func WriteStartupLine(f *os.File) error {
 	return err
 }
 
-// Wait blocks until the VMM process exits and returns its exit code.
+// Wait blocks until the VMM process exits and returns its exit code. An
+// adopted VMM's code is not ours to reap: -1, nil.
 func (h *Handle) Wait() (int, error) {
 	<-h.done
 	if h.err != nil {
 		return -1, h.err
+	}
+	if h.state == nil {
+		return -1, nil
 	}
 	return exitCode(h.state), nil
 }
@@ -228,7 +234,7 @@ func (h *Handle) Done() <-chan struct{} { return h.done }
 
 // Kill sends SIGKILL to the VMM process.
 func (h *Handle) Kill() error {
-	err := h.cmd.Process.Kill()
+	err := h.proc.Kill()
 	if errors.Is(err, os.ErrProcessDone) {
 		return nil
 	}
@@ -238,6 +244,17 @@ func (h *Handle) Kill() error {
 // Release closes the creator's end of the parent-watch pipe: an attached
 // VMM treats that like its creator's death and shuts the guest down.
 func (h *Handle) Release() error { return h.watch.Close() }
+
+// Park hands a pool VM (LaunchConfig.Lifeline) to the pool: the VMM
+// stops watching this creator and waits for the next on its lifeline
+// socket (Adopt). The handle then only waits for the process.
+func (h *Handle) Park() error {
+	_, err := h.watch.Write([]byte{ParkByte})
+	if cerr := h.watch.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // Detach tells the VMM to outlive its creator (DetachByte) and closes the
 // creator's end of the parent-watch pipe. The VM then runs until its guest

@@ -95,11 +95,26 @@ func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.F
 
 // watchCreator reads the parent-watch pipe: EOF closes eof (the creator
 // died), unless the creator wrote DetachByte first, which closes
-// v.detached and lets the VMM outlive it.
-func (v *vm) watchCreator(watch *os.File, eof chan<- struct{}) {
+// v.detached and lets the VMM outlive it. A pool VM's creator writes
+// ParkByte instead: the VMM then waits for its next creator on the
+// lifeline socket and watches that connection the same way.
+func (v *vm) watchCreator(watch io.ReadCloser, eof chan<- struct{}) {
 	b := make([]byte, 1)
 	for {
 		n, err := watch.Read(b)
+		if n == 1 && b[0] == ParkByte && v.lifeline != nil {
+			watch.Close()
+			log.L.Info("parked in the pool: waiting for a creator on the lifeline")
+			conn, err := v.lifeline.Accept()
+			v.lifeline.Close() // one claim only
+			if err != nil {
+				close(eof)
+				return
+			}
+			log.L.Info("claimed from the pool")
+			watch = conn
+			continue
+		}
 		if n == 1 && b[0] == DetachByte {
 			v.mu.Lock()
 			v.detachedSet = true

@@ -1,0 +1,74 @@
+package ociruntime
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/containerd/log"
+	"github.com/urfave/cli/v2"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/pool"
+)
+
+// DefaultPoolRoot is where the containerd shim keeps its pool of booted
+// VMs (under its state root, /run/msb/shim).
+const DefaultPoolRoot = "/run/msb/shim/pool"
+
+// poolCommand manages the shim's pool of booted VMs (ADR 020). The shim
+// runs `pool fill` itself after each Create; an operator runs it to warm
+// the pool up ahead of the first container, and `pool drain` to stop the
+// idle VMs (before an uninstall, or after lowering pool_size).
+func poolCommand() *cli.Command {
+	rootFlag := &cli.StringFlag{Name: "pool-root", Value: DefaultPoolRoot, Usage: "the pool's directory (the shim's state root + /pool)"}
+	return &cli.Command{
+		Name:  "pool",
+		Usage: "the containerd shim's pool of booted VMs (warm start; pool_size in the config)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "fill",
+				Usage: "boot VMs until pool_size are parked (--config - reads the config from stdin)",
+				Flags: []cli.Flag{rootFlag},
+				Action: func(c *cli.Context) error {
+					cfg, err := poolConfig(c.String("config"))
+					if err != nil {
+						return err
+					}
+					if cfg.PoolSize == 0 {
+						return fmt.Errorf("pool fill: pool_size is 0 in %s: set pool_size (1..%d) to keep VMs booted", c.String("config"), config.MaxPoolSize)
+					}
+					self, err := os.Executable()
+					if err != nil {
+						return err
+					}
+					p := pool.Pool{Root: c.String("pool-root"), Logf: log.L.Infof}
+					return p.Fill(context.Background(), cfg, self)
+				},
+			},
+			{
+				Name:  "drain",
+				Usage: "stop every parked VM",
+				Flags: []cli.Flag{rootFlag},
+				Action: func(c *cli.Context) error {
+					p := pool.Pool{Root: c.String("pool-root"), Logf: log.L.Infof}
+					return p.Drain()
+				},
+			},
+		},
+	}
+}
+
+// poolConfig loads the config from path, or from stdin for "-" (the
+// shim passes its own, which may come from containerd's runtime options).
+func poolConfig(path string) (config.Config, error) {
+	if path != "-" {
+		return config.Load(path)
+	}
+	b, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
+	if err != nil {
+		return config.Config{}, fmt.Errorf("config from stdin: %w", err)
+	}
+	return config.Parse("stdin", b)
+}

@@ -1,0 +1,410 @@
+// Package pool keeps booted VMs ready for containers to claim at Create
+// (warm start, ADR 020). A pool VM is an ordinary VMM process of the
+// default size, booted as a pod VM with nothing in it yet and parked: it
+// waits on its lifeline socket for the creator that claims it. There is
+// no daemon: Fill boots what is missing and exits, Claim takes one entry
+// (removing its ready file is the claim, so two claimers never get the
+// same VM), Drain stops them all.
+//
+// Layout under Root, per config (Fingerprint): <fp>/vms/<id>/ (each VM's
+// state dir), <fp>/sock/ (their relay sockets), <fp>/ready/<id>.json (one
+// entry per parked VM), <fp>/lock (serialises Fill and Drain). Runtime
+// handlers with different configs keep apart pools.
+package pool
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// Pool is the pool under Root.
+type Pool struct {
+	Root string
+	// Logf, when set, reports progress.
+	Logf func(format string, args ...any)
+}
+
+// Entry is one parked VM.
+type Entry struct {
+	ID  string `json:"id"`
+	Pid int    `json:"pid"`
+	// Fingerprint is the config the VM was booted with (Fingerprint).
+	Fingerprint string            `json:"fingerprint"`
+	Launch      *vmm.LaunchConfig `json:"launch"`
+	// PodDir is the VM's pod share on the host, where a claimer binds
+	// the container's rootfs and volumes.
+	PodDir string `json:"podDir"`
+}
+
+// Fingerprint identifies the settings a VM is booted with: a claimer
+// takes only VMs booted with its own config.
+func Fingerprint(c config.Config) string {
+	c.PoolSize = 0
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func (p Pool) logf(format string, args ...any) {
+	if p.Logf != nil {
+		p.Logf(format, args...)
+	}
+}
+
+// bucket is the pool of VMs booted with one config.
+type bucket struct {
+	Pool
+	dir, fp string
+}
+
+func (p Pool) bucket(fp string) bucket { return bucket{p, filepath.Join(p.Root, fp), fp} }
+
+func (b bucket) readyDir() string { return filepath.Join(b.dir, "ready") }
+
+// lock takes the bucket's lock, which Fill and Drain hold while they work.
+func (b bucket) lock() (func(), error) {
+	if err := os.MkdirAll(b.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pool root: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(b.dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("pool lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pool lock: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Entries lists the VMs parked for config c, oldest first.
+func (p Pool) Entries(c config.Config) ([]*Entry, error) {
+	return p.bucket(Fingerprint(c)).entries()
+}
+
+func (p bucket) entries() ([]*Entry, error) {
+	des, err := os.ReadDir(p.readyDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	type dated struct {
+		e  *Entry
+		at time.Time
+	}
+	var list []dated
+	for _, de := range des {
+		if !strings.HasSuffix(de.Name(), ".json") {
+			continue
+		}
+		e, at, err := p.read(de.Name())
+		if err != nil {
+			continue // claimed meanwhile, or half-written by a dead Fill
+		}
+		list = append(list, dated{e, at})
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].at.Before(list[j].at) })
+	out := make([]*Entry, len(list))
+	for i, d := range list {
+		out[i] = d.e
+	}
+	return out, nil
+}
+
+func (p bucket) read(name string) (*Entry, time.Time, error) {
+	path := filepath.Join(p.readyDir(), name)
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var e Entry
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, time.Time{}, err
+	}
+	if e.Launch == nil || e.ID+".json" != name || e.Pid <= 0 || e.Fingerprint != p.fp {
+		return nil, time.Time{}, fmt.Errorf("pool entry %s is malformed", path)
+	}
+	return &e, st.ModTime(), nil
+}
+
+// take claims e: removing its ready file succeeds for one caller only.
+func (p bucket) take(e *Entry) bool {
+	return os.Remove(filepath.Join(p.readyDir(), e.ID+".json")) == nil
+}
+
+// Claim takes the oldest VM parked for config c and adopts it
+// (vmm.Adopt). A VM that died in the pool is cleared away and the next
+// tried. It returns nil, nil, nil when none is left.
+func (p Pool) Claim(c config.Config) (*Entry, *vmm.Handle, error) {
+	b := p.bucket(Fingerprint(c))
+	list, err := b.entries()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range list {
+		if !b.take(e) {
+			continue
+		}
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline)
+		if err != nil {
+			p.logf("pool VM %s is gone (%v): clearing it", e.ID, err)
+			p.discard(e, nil)
+			continue
+		}
+		return e, h, nil
+	}
+	return nil, nil, nil
+}
+
+// Fill boots VMs with config c until c.PoolSize are parked, first
+// clearing those that died. binary is msb-runtime, whose vmm command is
+// the VMM process.
+func (p Pool) Fill(ctx context.Context, c config.Config, binary string) error {
+	b := p.bucket(Fingerprint(c))
+	unlock, err := b.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	list, err := b.entries()
+	if err != nil {
+		return err
+	}
+	have := 0
+	for _, e := range list {
+		if alive(e) {
+			have++
+		} else if b.take(e) {
+			p.logf("pool VM %s died: clearing it", e.ID)
+			p.discard(e, nil)
+		}
+	}
+	for ; have < c.PoolSize; have++ {
+		if err := b.boot(ctx, c, binary); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Drain stops every parked VM, of every config.
+func (p Pool) Drain() error {
+	dirs, err := os.ReadDir(p.Root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range dirs {
+		if d.IsDir() {
+			errs = append(errs, p.bucket(d.Name()).drain())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p bucket) drain() error {
+	unlock, err := p.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	list, err := p.entries()
+	if err != nil {
+		return err
+	}
+	for _, e := range list {
+		if !p.take(e) {
+			continue
+		}
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline)
+		if err != nil {
+			h = nil
+		}
+		p.discard(e, h)
+		p.logf("pool VM %s stopped", e.ID)
+	}
+	return nil
+}
+
+// discard stops a taken VM (through h, when adopted: closing its
+// lifeline shuts the guest down and the VMM removes its state) and
+// removes what is left of it.
+func (p Pool) discard(e *Entry, h *vmm.Handle) {
+	if h != nil {
+		_ = h.Release()
+		select {
+		case <-h.Done():
+		case <-time.After(10 * time.Second):
+			_ = h.Kill()
+			<-h.Done()
+		}
+	} else if alive(e) {
+		_ = unix.Kill(e.Pid, unix.SIGKILL)
+	}
+	if err := mounts.RemoveAllUnmounted(e.Launch.RuntimeDir); err != nil {
+		p.logf("pool VM %s: %v", e.ID, err)
+	}
+	vmm.RemoveSockets(e.Launch.AgentSocket)
+	_ = vmm.RemoveHostCgroup(e.Launch.Host)
+}
+
+// alive says whether e's VMM process still runs: its pid exists and names
+// e's state dir on its argv (the VMM's, not a reused pid's).
+func alive(e *Entry) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.Pid))
+	if err != nil {
+		return false
+	}
+	for _, a := range strings.Split(string(b), "\x00") {
+		if a == e.Launch.RuntimeDir {
+			return true
+		}
+	}
+	return false
+}
+
+// boot starts one pool VM, waits for its agent, parks it and writes its
+// entry. On error nothing of it is left.
+func (p bucket) boot(ctx context.Context, c config.Config, binary string) (retErr error) {
+	id, err := newID()
+	if err != nil {
+		return err
+	}
+	stateDir := vmm.StateDirPath(p.dir, id)
+	sock, err := vmm.AgentSocketPath(p.dir, id)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
+		return err
+	}
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		return fmt.Errorf("pool VM state dir: %w", err)
+	}
+	var prep *launch.Prepared
+	var h *vmm.Handle
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if h != nil {
+			_ = h.Kill()
+			_, _ = h.Wait()
+		}
+		if prep != nil {
+			_ = prep.Release()
+		}
+		_ = mounts.RemoveAllUnmounted(stateDir)
+		vmm.RemoveSockets(sock)
+	}()
+	rootfs := filepath.Join(stateDir, "rootfs")
+	if err := os.Mkdir(rootfs, 0o700); err != nil {
+		return err
+	}
+	podDir := filepath.Join(stateDir, "containers")
+	prep, err = launch.Prepare(launch.Request{
+		ID: "pool-" + id, Name: "pool/" + id, Spec: Spec(rootfs, id), Bundle: stateDir, Rootfs: rootfs,
+		StateDir: stateDir, AgentSocket: sock, Config: c, PodDir: podDir,
+	})
+	if err != nil {
+		return fmt.Errorf("pool VM: %w", err)
+	}
+	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
+	start := time.Now()
+	if h, err = prep.Spawn(binary); err != nil {
+		return fmt.Errorf("pool VM: %w", err)
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(prep.Launch.BootTimeout)+10*time.Second)
+	defer cancel()
+	client, err := vmm.DialTTRPC(bootCtx, sock)
+	if err != nil {
+		return fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
+	}
+	err = vmm.WaitReady(bootCtx, client)
+	client.Close()
+	if err != nil {
+		return fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
+	}
+	if err := h.Park(); err != nil {
+		return fmt.Errorf("pool VM %s: park: %w", id, err)
+	}
+	e := &Entry{ID: id, Pid: h.Pid, Fingerprint: p.fp, Launch: prep.Launch, PodDir: podDir}
+	if err := p.write(e); err != nil {
+		return err
+	}
+	p.logf("pool VM %s ready in %s (pid %d)", id, time.Since(start).Round(time.Millisecond), h.Pid)
+	return nil
+}
+
+// write publishes e atomically.
+func (p bucket) write(e *Entry) error {
+	if err := os.MkdirAll(p.readyDir(), 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(p.readyDir(), "."+e.ID+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(p.readyDir(), e.ID+".json")); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func newID() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// Spec is the spec a pool VM is booted for: no container of its own (the
+// process never runs), the namespaces every VM container has, and its
+// own host cgroup.
+func Spec(rootfs, id string) *specs.Spec {
+	return &specs.Spec{
+		Version: specs.Version,
+		Root:    &specs.Root{Path: rootfs},
+		Process: &specs.Process{Args: []string{"/pool-vm-has-no-container"}, Cwd: "/"},
+		Linux: &specs.Linux{
+			CgroupsPath: "/msb-pool/" + id,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+			},
+		},
+	}
+}

@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// poolEntries reads the parked VMs of the pool under root: id → VMM pid.
+func poolEntries(t *testing.T, root string) map[string]int {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(root, "*", "ready", "*.json"))
+	out := map[string]int{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // claimed meanwhile
+		}
+		var e struct {
+			ID  string `json:"id"`
+			Pid int    `json:"pid"`
+		}
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatalf("pool entry %s: %v", f, err)
+		}
+		out[e.ID] = e.Pid
+	}
+	return out
+}
+
+// poolCmd runs msb-runtime pool SUB on the shim env's pool with the
+// config body on stdin, as the shim does.
+func poolCmd(t *testing.T, e *shimEnv, cfg []byte, sub string) string {
+	t.Helper()
+	cmd := exec.Command(msbRuntime, "--config", "-", "pool", sub, "--pool-root", filepath.Join(e.stateRoot, "pool"))
+	cmd.Stdin = bytes.NewReader(cfg)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pool %s: %v\n%s", sub, err, out)
+	}
+	return string(out)
+}
+
+// TestShimWarmPool: with pool_size = 1 a container claims the parked VM
+// (its task pid is that VM's VMM), runs in it with its own cgroup and
+// rootfs, and the pool is topped up again; a container that needs a VM
+// of another size boots its own; drain stops the pool and leaves nothing.
+func TestShimWarmPool(t *testing.T) {
+	e := startShimEnv(t)
+	base, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := append(base, []byte("\npool_size = 1\n")...)
+	cfgPath := filepath.Join(t.TempDir(), "pool.toml")
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	poolRoot := filepath.Join(e.stateRoot, "pool")
+	drained := false
+	t.Cleanup(func() {
+		if !drained {
+			poolCmd(t, e, cfg, "drain")
+		}
+	})
+	poolCmd(t, e, cfg, "fill")
+	parked := poolEntries(t, poolRoot)
+	if len(parked) != 1 {
+		t.Fatalf("after fill: %d parked VMs, want 1 (%v)", len(parked), parked)
+	}
+	var parkedPid int
+	for _, pid := range parked {
+		parkedPid = pid
+	}
+
+	opts := []string{"--runtime-config-path", cfgPath}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, opts...), e.image, "warm", "sh", "-c",
+		"cat /proc/self/cgroup; echo marker > /tmp/m; sleep 1000")...)
+	e.waitStatus(t, "warm", "RUNNING", time.Minute)
+	if pid := e.taskPid(t, "warm"); pid != parkedPid {
+		t.Fatalf("task pid %d is not the parked VM's VMM %d: the container did not claim the pool VM", pid, parkedPid)
+	}
+	if out := e.MustCtr("task", "exec", "--exec-id", "x", "warm", "cat", "/tmp/m"); out != "marker\n" {
+		t.Fatalf("exec in the warm container: %q", out)
+	}
+	// The pool is topped up while the claimed VM runs.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		now := poolEntries(t, poolRoot)
+		_, stale := now[func() string {
+			for id := range parked {
+				return id
+			}
+			return ""
+		}()]
+		if len(now) == 1 && !stale {
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(poolRoot, "fill.log"))
+			t.Fatalf("pool not refilled after the claim: %v; fill.log:\n%s", now, b)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	e.remove(t, "warm")
+	// Exited (its reaper, init, may not have collected it yet).
+	if st := procState(parkedPid); st != "" && st != "Z" {
+		t.Fatalf("the claimed VM's VMM %d outlived its container (state %s)", parkedPid, st)
+	}
+
+	// Another size cannot use the pool: a cold start, the pool untouched.
+	before := poolEntries(t, poolRoot)
+	stdout, stderr, code, err := e.run("cold", append(opts, "--memory-limit", "400000000"), "sh", "-c", "echo cold-ok")
+	if err != nil || code != 0 || stdout != "cold-ok\n" {
+		t.Fatalf("cold run: exit %d %v, stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	if after := poolEntries(t, poolRoot); len(after) != 1 || !sameKeys(before, after) {
+		t.Fatalf("a container of another size took the pool VM: before %v, after %v", before, after)
+	}
+	if !strings.Contains(e.Log(), "cold start: its VM size") {
+		t.Errorf("shim log does not say why the container took a cold start")
+	}
+
+	poolCmd(t, e, cfg, "drain")
+	drained = true
+	if n := len(poolEntries(t, poolRoot)); n != 0 {
+		t.Fatalf("%d parked VMs after drain", n)
+	}
+	if vms, _ := filepath.Glob(filepath.Join(poolRoot, "*", "vms", "*")); len(vms) != 0 {
+		t.Fatalf("pool state dirs after drain: %v", vms)
+	}
+	// The lock files and the fill log stay with the pool root; the VMs'
+	// processes and state are checked gone by the env's cleanup.
+	if err := os.RemoveAll(poolRoot); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// procState is the state letter of process pid ("" when it is gone).
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 {
+		return s[i+2 : i+3]
+	}
+	return ""
+}
+
+func sameKeys(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
