@@ -86,6 +86,10 @@ type Shape struct {
 	// one); Disks, how many block devices it attaches.
 	NetNS string
 	Disks int
+	// Boot names a setting the VM takes at boot from the spec and a VM
+	// booted for another cannot: a handoff init, or a hostname without a
+	// UTS namespace of the container's own (it is then the guest's).
+	Boot string
 }
 
 // ShapeOf converts spec as Prepare would and returns the shape of its VM.
@@ -94,5 +98,16 @@ func ShapeOf(spec *specs.Spec, bundle, rootfs, id string, c config.Config) (Shap
 	if err != nil {
 		return Shape{}, err
 	}
-	return Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, Backend: sb.Backend, NetNS: sb.NetNS, Disks: len(sb.Disks)}, nil
+	sh := Shape{VCPUs: sb.VCPUs, MemoryMiB: sb.MemoryMiB, Backend: sb.Backend, NetNS: sb.NetNS, Disks: len(sb.Disks)}
+	uts := false
+	for _, ns := range spec.Linux.Namespaces {
+		uts = uts || ns.Type == specs.UTSNamespace
+	}
+	switch {
+	case sb.Boot.HandoffInit != "":
+		sh.Boot = "a handoff init"
+	case spec.Hostname != "" && !uts:
+		sh.Boot = "a hostname without a UTS namespace"
+	}
+	return sh, nil
 }

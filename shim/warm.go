@@ -49,6 +49,8 @@ func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) 
 		return "it attaches block devices"
 	case sh.Backend == vmm.BackendLibkrun:
 		return "backend libkrun"
+	case sh.Boot != "":
+		return "the VM boots with " + sh.Boot
 	case sh.VCPUs != pv.VCPUs || sh.MemoryMiB != pv.MemoryMiB:
 		return fmt.Sprintf("its VM size (%d vCPUs, %d MiB) is not the pool's (%d, %d)", sh.VCPUs, sh.MemoryMiB, pv.VCPUs, pv.MemoryMiB)
 	}

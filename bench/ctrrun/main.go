@@ -2,10 +2,12 @@
 // (io.containerd.runc.v2) and with msb (io.containerd.msb.v2) against a
 // private containerd, each also "with network" (the container's namespace
 // holds a veth on a bridge, as CNI's bridge plugin leaves it; msb wires it
-// into the guest), then the host memory (RSS and PSS) each runtime adds
-// per running container: the runc shim; the msb shim, VMM process and qemu.
+// into the guest), and msb warm (a pool of one booted VM, ADR 020); then
+// msb-runtime run's start phases (agent ready, first output: package
+// phases) and the host memory (RSS and PSS) each runtime adds per running
+// container: the runc shim; the msb shim, VMM process and qemu.
 //
-//	go run ./bench/ctrrun [-n 20] [-bin DIR] [-settle 3s]   (as root)
+//	go run ./bench/ctrrun [-n 20] [-bin DIR] [-settle 3s] [-warm=true] [-phases 5]   (as root)
 //
 // containerd and ctr are found as test/containerdtest finds them
 // ($MSB_TEST_CONTAINERD, PATH, /var/cache/msb/bin); msb-runtime and
@@ -28,6 +30,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/bench/internal/benchenv"
+	"github.com/msb-dev/msb/bench/internal/phases"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -39,11 +42,13 @@ func main() {
 	n := flag.Int("n", 20, "timed runs per runtime")
 	bin := flag.String("bin", "", "directory with msb-runtime and containerd-shim-msb-v2 (default: build them from this repo)")
 	settle := flag.Duration("settle", 3*time.Second, "wait after a container started before reading its memory")
+	warm := flag.Bool("warm", true, "also time msb with a pool of one booted VM (pool_size = 1, ADR 020)")
+	phaseRuns := flag.Int("phases", 5, "msb-runtime run phase runs after the ctr runs (0: none)")
 	flag.Parse()
-	benchenv.Main("ctrrun", func(ctx context.Context) error { return bench(ctx, *n, *bin, *settle) })
+	benchenv.Main("ctrrun", func(ctx context.Context) error { return bench(ctx, *n, *bin, *settle, *warm, *phaseRuns) })
 }
 
-func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
+func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bool, phaseRuns int) error {
 	if n < 1 {
 		return errors.New("-n must be >= 1")
 	}
@@ -71,9 +76,24 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("bench network: %w", err)
 	}
+	var wp *warmPool
+	if warm {
+		if wp, err = newWarmPool(ctx, e); err != nil {
+			return fmt.Errorf("warm pool: %w", err)
+		}
+		defer wp.drain(ctx)
+	}
 	times := map[string][]float64{}
 	for i := 0; i < n; i++ {
 		var line []string
+		if wp != nil {
+			d, err := wp.run(ctx, img, fmt.Sprintf("t%d-warm", i))
+			if err != nil {
+				return err
+			}
+			times["msb-warm"] = append(times["msb-warm"], d)
+			line = append(line, fmt.Sprintf("msb-warm %.0f ms", d))
+		}
 		for j := range runtimes {
 			rt := runtimes[(i+j)%2] // alternate which goes first
 			for _, withNet := range []bool{false, true} {
@@ -112,9 +132,23 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration) error {
 			fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", label, benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
 		}
 	}
+	if s := times["msb-warm"]; len(s) > 0 {
+		sort.Float64s(s)
+		fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", "io.containerd.msb.v2 warm (pool_size = 1)", benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
+	}
 	fmt.Printf("  ratio msb/runc (medians) %.1fx; with network %.1fx; network's cost msb %+.0f ms, runc %+.0f ms\n",
 		benchenv.Median(times["msb"])/benchenv.Median(times["runc"]), benchenv.Median(times["msb+net"])/benchenv.Median(times["runc+net"]),
 		benchenv.Median(times["msb+net"])-benchenv.Median(times["msb"]), benchenv.Median(times["runc+net"])-benchenv.Median(times["runc"]))
+	if s := times["msb-warm"]; len(s) > 0 {
+		fmt.Printf("  ratio msb warm/runc (medians) %.1fx\n", benchenv.Median(s)/benchenv.Median(times["runc"]))
+	}
+	if phaseRuns > 0 {
+		fmt.Println()
+		runc := benchenv.LookPath(envPath(e), "runc")
+		if err := phases.Run(phaseRuns, filepath.Join(e.Bin, "msb-runtime"), runc); err != nil {
+			return fmt.Errorf("phases: %w", err)
+		}
+	}
 	return memory(ctx, e, img, settle)
 }
 

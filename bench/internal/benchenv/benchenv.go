@@ -63,6 +63,7 @@ type Env struct {
 	Addr      string // containerd's gRPC socket
 	StateRoot string // msb's shim state root (MSB_SHIM_STATE_ROOT)
 	Ctr       string // the ctr binary
+	Bin       string // the directory of msb's binaries ("" without msb)
 	Environ   []string
 
 	containerd string
@@ -100,6 +101,7 @@ func New(ctx context.Context, name, bin string, msb bool, need []string) (*Env, 
 			return e, err
 		}
 		pathDirs = append(pathDirs, bin)
+		e.Bin = bin
 	}
 	path := strings.Join(append(pathDirs, filepath.Dir(cbin), containerdtest.CacheBin, os.Getenv("PATH"), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ":")
 	for _, kv := range os.Environ() {

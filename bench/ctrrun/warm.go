@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/msb-dev/msb/bench/internal/benchenv"
+	"github.com/msb-dev/msb/config"
+)
+
+// warmPool times msb with a pool of one booted VM: the runs name a
+// runtime config with pool_size = 1 (containerd's runtime options), and
+// each waits until the pool is full again, so every warm run claims a
+// parked VM and no refill overlaps another runtime's run.
+type warmPool struct {
+	e        *benchenv.Env
+	cfg      []byte
+	cfgPath  string
+	poolRoot string
+}
+
+func newWarmPool(ctx context.Context, e *benchenv.Env) (*warmPool, error) {
+	path := os.Getenv("MSB_CONFIG")
+	if path == "" {
+		path = config.DefaultPath
+	}
+	base, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	w := &warmPool{e: e, cfg: append(base, []byte("\npool_size = 1\n")...),
+		cfgPath: filepath.Join(e.Dir, "pool.toml"), poolRoot: filepath.Join(e.StateRoot, "pool")}
+	if err := os.WriteFile(w.cfgPath, w.cfg, 0o644); err != nil {
+		return nil, err
+	}
+	if err := w.pool(ctx, "fill"); err != nil {
+		return nil, err
+	}
+	fmt.Printf("%-24s %s (pool_size = 1, pool %s)\n", "warm config", w.cfgPath, w.poolRoot)
+	return w, nil
+}
+
+// pool runs msb-runtime pool SUB on the shim's pool, as the shim does.
+func (w *warmPool) pool(ctx context.Context, sub string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(w.e.Bin, "msb-runtime"), "--config", "-", "pool", sub, "--pool-root", w.poolRoot)
+	cmd.Stdin = bytes.NewReader(w.cfg)
+	cmd.Env = w.e.Environ
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pool %s: %v: %s", sub, err, out)
+	}
+	return nil
+}
+
+// waitFull waits until a VM is parked.
+func (w *warmPool) waitFull(ctx context.Context) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if m, _ := filepath.Glob(filepath.Join(w.poolRoot, "*", "ready", "*.json")); len(m) > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			log, _ := os.ReadFile(filepath.Join(w.poolRoot, "fill.log"))
+			return fmt.Errorf("the pool was not refilled within 2 minutes; fill.log: %s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// run times one warm `ctr run --rm IMG ID true` in ms.
+func (w *warmPool) run(ctx context.Context, img, id string) (float64, error) {
+	if err := w.waitFull(ctx); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if _, err := w.e.CtrRun(ctx, "run", "--rm", "--runtime", "io.containerd.msb.v2", "--runtime-config-path", w.cfgPath, img, id, "true"); err != nil {
+		return 0, err
+	}
+	d := float64(time.Since(start).Microseconds()) / 1000
+	return d, w.waitFull(ctx)
+}
+
+func (w *warmPool) drain(ctx context.Context) {
+	if err := w.pool(context.WithoutCancel(ctx), "drain"); err != nil {
+		fmt.Fprintln(os.Stderr, "warm pool:", err)
+	}
+}
+
+// envPath is the PATH containerd runs with.
+func envPath(e *benchenv.Env) string {
+	for _, kv := range e.Environ {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+			return p
+		}
+	}
+	return os.Getenv("PATH")
+}

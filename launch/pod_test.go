@@ -1,0 +1,65 @@
+package launch
+
+import (
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/msb-dev/msb/config"
+)
+
+// TestShapeOf: the shape a pool claim is decided on follows the spec's
+// limits, annotations, network namespace and VM-wide boot settings.
+func TestShapeOf(t *testing.T) {
+	rootfs := t.TempDir()
+	cfg := config.Default()
+	cfg.EnableAnnotations = append(cfg.EnableAnnotations, `io\.msb\.handoff-init`)
+	base := func() *specs.Spec {
+		return &specs.Spec{
+			Root:    &specs.Root{Path: rootfs},
+			Process: &specs.Process{Args: []string{"true"}, Cwd: "/"},
+			Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace}, {Type: specs.NetworkNamespace}}},
+		}
+	}
+	def, err := ShapeOf(base(), rootfs, rootfs, "c", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.VCPUs != cfg.VCPUs || def.MemoryMiB != cfg.MemoryMiB || def.NetNS != "" || def.Boot != "" || def.Disks != 0 {
+		t.Fatalf("default spec: %+v", def)
+	}
+	limit := int64(512 << 20)
+	for name, c := range map[string]struct {
+		edit func(*specs.Spec)
+		ok   func(Shape) bool
+	}{
+		"memory limit": {func(s *specs.Spec) { s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}} },
+			func(sh Shape) bool { return sh.MemoryMiB != def.MemoryMiB }},
+		"size annotation": {func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.vcpus": "2"} },
+			func(sh Shape) bool { return sh.VCPUs == 2 }},
+		"given netns": {func(s *specs.Spec) { s.Linux.Namespaces[3].Path = "/var/run/netns/x" },
+			func(sh Shape) bool { return sh.NetNS == "/var/run/netns/x" }},
+		"handoff init": {func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.handoff-init": "/sbin/init"} },
+			func(sh Shape) bool { return strings.Contains(sh.Boot, "handoff") }},
+		"hostname without uts": {func(s *specs.Spec) { s.Hostname = "h"; s.Linux.Namespaces = s.Linux.Namespaces[:2] },
+			func(sh Shape) bool { return strings.Contains(sh.Boot, "hostname") }},
+		"hostname with uts": {func(s *specs.Spec) { s.Hostname = "h" },
+			func(sh Shape) bool { return sh == def }},
+	} {
+		s := base()
+		c.edit(s)
+		if name == "hostname without uts" {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		}
+		sh, err := ShapeOf(s, rootfs, rootfs, "c", cfg)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if !c.ok(sh) {
+			t.Errorf("%s: shape %+v", name, sh)
+		}
+	}
+}
