@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,7 +36,9 @@ func TestShapeOf(t *testing.T) {
 		edit func(*specs.Spec)
 		ok   func(Shape) bool
 	}{
-		"memory limit": {func(s *specs.Spec) { s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}} },
+		"memory limit": {func(s *specs.Spec) {
+			s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+		},
 			func(sh Shape) bool { return sh.MemoryMiB != def.MemoryMiB }},
 		"size annotation": {func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.vcpus": "2"} },
 			func(sh Shape) bool { return sh.VCPUs == 2 }},
@@ -43,16 +46,16 @@ func TestShapeOf(t *testing.T) {
 			func(sh Shape) bool { return sh.NetNS == "/var/run/netns/x" }},
 		"handoff init": {func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.handoff-init": "/sbin/init"} },
 			func(sh Shape) bool { return strings.Contains(sh.Boot, "handoff") }},
-		"hostname without uts": {func(s *specs.Spec) { s.Hostname = "h"; s.Linux.Namespaces = s.Linux.Namespaces[:2] },
+		"hostname without uts": {func(s *specs.Spec) {
+			s.Hostname = "h"
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.UTSNamespace })
+		},
 			func(sh Shape) bool { return strings.Contains(sh.Boot, "hostname") }},
 		"hostname with uts": {func(s *specs.Spec) { s.Hostname = "h" },
 			func(sh Shape) bool { return sh == def }},
 	} {
 		s := base()
 		c.edit(s)
-		if name == "hostname without uts" {
-			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
-		}
 		sh, err := ShapeOf(s, rootfs, rootfs, "c", cfg)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
