@@ -12,10 +12,10 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// hostResources places the VMM process tree of spec's VM on the host
+// HostResources places the VMM process tree of spec's VM on the host
 // (ADR 014): in the spec's linux.cgroupsPath, at the spec's oomScoreAdj
 // (0 when it names none: not the shim's, which is containerd's + 1).
-func hostResources(spec *specs.Spec, c config.Config) (*vmm.HostResources, error) {
+func HostResources(spec *specs.Spec, c config.Config) (*vmm.HostResources, error) {
 	h := &vmm.HostResources{OverheadMiB: c.HostOverheadMiB}
 	if spec.Process != nil && spec.Process.OOMScoreAdj != nil {
 		h.OOMScoreAdj = *spec.Process.OOMScoreAdj

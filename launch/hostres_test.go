@@ -56,23 +56,23 @@ func TestHostResources(t *testing.T) {
 	}
 	cfg := config.Default()
 	cfg.HostOverheadMiB = 99
-	h, err := hostResources(spec, cfg)
+	h, err := HostResources(spec, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if h.Cgroup != "/k.slice/p-c1.scope" || h.OOMScoreAdj != -500 || h.CPUShares != 256 || h.OverheadMiB != 99 {
 		t.Errorf("%+v", h)
 	}
-	if h, err := hostResources(&specs.Spec{}, config.Default()); err != nil || h.Cgroup != "" || h.OOMScoreAdj != 0 {
+	if h, err := HostResources(&specs.Spec{}, config.Default()); err != nil || h.Cgroup != "" || h.OOMScoreAdj != 0 {
 		t.Errorf("empty spec: %+v, %v; want no cgroup, score 0", h, err)
 	}
 	spec.Linux.CgroupsPath = "/../x"
-	if _, err := hostResources(spec, cfg); err == nil || !strings.Contains(err.Error(), `linux.cgroupsPath "/../x"`) {
+	if _, err := HostResources(spec, cfg); err == nil || !strings.Contains(err.Error(), `linux.cgroupsPath "/../x"`) {
 		t.Errorf("malformed path: %v", err)
 	}
 	adj = 2000
 	spec.Linux.CgroupsPath = ""
-	if _, err := hostResources(spec, cfg); err == nil || !strings.Contains(err.Error(), "process.oomScoreAdj 2000") {
+	if _, err := HostResources(spec, cfg); err == nil || !strings.Contains(err.Error(), "process.oomScoreAdj 2000") {
 		t.Errorf("score out of range: %v", err)
 	}
 }

@@ -109,7 +109,7 @@ func Prepare(r Request) (*Prepared, error) {
 	if lc.RootDisk != "" {
 		lc.Initrd = "" // the image's root disk replaces its initramfs
 	}
-	if lc.Host, err = hostResources(r.Spec, c); err != nil {
+	if lc.Host, err = HostResources(r.Spec, c); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	lc.NetNS = sb.NetNS

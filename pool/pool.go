@@ -157,9 +157,10 @@ func (p bucket) take(e *Entry) bool {
 }
 
 // Claim takes the oldest VM parked for config c and adopts it
-// (vmm.Adopt). A VM that died in the pool is cleared away and the next
-// tried. It returns nil, nil, nil when none is left.
-func (p Pool) Claim(c config.Config) (*Entry, *vmm.Handle, error) {
+// (vmm.Adopt), moving it to host (the container's cgroup and OOM score).
+// A VM that died in the pool, or could not move, is cleared away and the
+// next tried. It returns nil, nil, nil when none is left.
+func (p Pool) Claim(c config.Config, host *vmm.HostResources) (*Entry, *vmm.Handle, error) {
 	b := p.bucket(Fingerprint(c))
 	list, err := b.entries()
 	if err != nil {
@@ -169,9 +170,9 @@ func (p Pool) Claim(c config.Config) (*Entry, *vmm.Handle, error) {
 		if !b.take(e) {
 			continue
 		}
-		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline)
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, host)
 		if err != nil {
-			p.logf("pool VM %s is gone (%v): clearing it", e.ID, err)
+			p.logf("pool VM %s: %v: clearing it", e.ID, err)
 			p.discard(e, nil)
 			continue
 		}
@@ -243,7 +244,7 @@ func (p bucket) drain() error {
 		if !p.take(e) {
 			continue
 		}
-		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline)
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, nil)
 		if err != nil {
 			h = nil
 		}

@@ -67,8 +67,13 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		log.G(ctx).Infof("container %s: cold start: %s", c.id, why)
 		return nil
 	}
+	host, err := launch.HostResources(c.spec, cfg)
+	if err != nil {
+		log.G(ctx).WithError(err).Infof("container %s: cold start", c.id)
+		return nil
+	}
 	p := pool.Pool{Root: poolRoot(), Logf: log.G(ctx).Infof}
-	e, h, err := p.Claim(cfg)
+	e, h, err := p.Claim(cfg, host)
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool: cold start", c.id)
 		return nil
@@ -77,6 +82,9 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		log.G(ctx).Infof("container %s: the pool is empty: cold start", c.id)
 		return nil
 	}
+	// The VM now stands where the container's would (host cgroup, OOM
+	// score); its removal must find that cgroup.
+	e.Launch.Host = host
 	v := &vm{name: "pool/" + e.ID, stateDir: e.Launch.RuntimeDir, podDir: e.PodDir, launch: e.Launch, h: h, dead: make(chan struct{})}
 	go func() {
 		<-h.Done()

@@ -1,21 +1,42 @@
 package vmm
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"time"
+
+	"github.com/containerd/log"
 
 	"golang.org/x/sys/unix"
 )
 
+// claimRequest is the one line a claimer sends on a pool VM's lifeline:
+// where the VM's processes go on the host (nil: stay).
+type claimRequest struct {
+	Host *HostResources `json:"host,omitempty"`
+}
+
+// claimReply is the VMM's one-line answer.
+type claimReply struct {
+	Error string `json:"error,omitempty"`
+}
+
+// claimTimeout bounds the exchange on the lifeline.
+const claimTimeout = 30 * time.Second
+
 // Adopt makes the caller the creator of a parked pool VM (ADR 020): it
-// connects to the VM's lifeline socket, which the VMM accepts once, and
-// checks that the peer is process pid. The connection is then the VMM's
-// lifeline, as a spawned VMM's parent-watch pipe is: Release, or the
-// caller's death, shuts the guest down; Done and Kill work through a pidfd,
-// so a reused pid is never signalled.
-func Adopt(pid int, lifeline string) (_ *Handle, retErr error) {
+// connects to the VM's lifeline socket, which the VMM accepts once, checks
+// that the peer is process pid, and has the VMM move itself and its
+// hypervisor to host (the container's cgroup and OOM score; nil: they
+// stay). The connection is then the VMM's lifeline, as a spawned VMM's
+// parent-watch pipe is: Release, or the caller's death, shuts the guest
+// down; Done and Kill work through a pidfd, so a reused pid is never
+// signalled.
+func Adopt(pid int, lifeline string, host *HostResources) (_ *Handle, retErr error) {
 	// The pidfd first: if the VMM still answers on its lifeline below,
 	// it was alive when the pidfd was opened, so the pidfd is its.
 	pidfd, err := unix.PidfdOpen(pid, 0)
@@ -38,6 +59,10 @@ func Adopt(pid int, lifeline string) (_ *Handle, retErr error) {
 	if err := checkPeer(conn, pid); err != nil {
 		conn.Close()
 		return nil, err
+	}
+	if err := claimExchange(conn, claimRequest{Host: host}); err != nil {
+		conn.Close() // the VM shuts down
+		return nil, fmt.Errorf("pool VM process %d: %w", pid, err)
 	}
 	h := &Handle{Pid: pid, proc: proc, watch: conn, done: make(chan struct{})}
 	go func() {
@@ -83,4 +108,77 @@ func waitPidfd(pidfd int) error {
 			return fmt.Errorf("wait for the pool VM process: %w", err)
 		}
 	}
+}
+
+// claimExchange sends req and reads the VMM's reply.
+func claimExchange(conn net.Conn, req claimRequest) error {
+	if err := conn.SetDeadline(time.Now().Add(claimTimeout)); err != nil {
+		return err
+	}
+	defer conn.SetDeadline(time.Time{})
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("claim: %w", err)
+	}
+	line, err := readLine(conn)
+	if err != nil {
+		return fmt.Errorf("claim: no answer: %w", err)
+	}
+	var rep claimReply
+	if err := json.Unmarshal(line, &rep); err != nil {
+		return fmt.Errorf("claim: bad answer %q: %w", line, err)
+	}
+	if rep.Error != "" {
+		return fmt.Errorf("claim: %s", rep.Error)
+	}
+	return nil
+}
+
+// readLine reads up to '\n' a byte at a time, so nothing after the line
+// is consumed (the lifeline is then read for its EOF).
+func readLine(r io.Reader) ([]byte, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < 64<<10 {
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		if b[0] == '\n' {
+			return line, nil
+		}
+		line = append(line, b[0])
+	}
+	return nil, errors.New("line too long")
+}
+
+// serveClaim is the VMM's side of claimExchange on a newly accepted
+// lifeline connection.
+func (v *vm) serveClaim(conn net.Conn) error {
+	if err := conn.SetDeadline(time.Now().Add(claimTimeout)); err != nil {
+		return err
+	}
+	defer conn.SetDeadline(time.Time{})
+	line, err := readLine(conn)
+	if err != nil {
+		return fmt.Errorf("claim request: %w", err)
+	}
+	var req claimRequest
+	err = json.Unmarshal(line, &req)
+	if err == nil && req.Host != nil {
+		v.mu.Lock()
+		err = v.rehome(req.Host, v.hv.pid(), log.L.Infof)
+		v.mu.Unlock()
+	}
+	rep := claimReply{}
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	b, _ := json.Marshal(rep)
+	if _, werr := conn.Write(append(b, '\n')); werr != nil && err == nil {
+		err = werr
+	}
+	return err
 }

@@ -136,9 +136,9 @@ func enterHost(cfg *LaunchConfig, backend string, tcg bool, logf func(string, ..
 		logf("host cgroup %s not created: this host has no cgroup hierarchy mounted", h.Cgroup)
 		return nil, nil
 	case cgroups.Unified:
-		cg, missing, err = enterV2(h.Cgroup, res)
+		cg, missing, err = enterV2(h.Cgroup, res, os.Getpid())
 	default:
-		cg, missing, err = enterV1(h.Cgroup, res)
+		cg, missing, err = enterV1(h.Cgroup, res, os.Getpid())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("host cgroup %s: %w", h.Cgroup, err)
@@ -157,8 +157,9 @@ func allowAny(c *cgroup1.InitConfig) error {
 	return nil
 }
 
-func enterV1(p string, res *specs.LinuxResources) (*hostCgroup, []string, error) {
-	pid := os.Getpid()
+// enterV1 and enterV2 create cgroup p with res and move the VMM process
+// (pid) and others into it; back moves the VMM process back.
+func enterV1(p string, res *specs.LinuxResources, pid int, others ...int) (*hostCgroup, []string, error) {
 	orig, err := cgroup1.Load(cgroup1.PidPath(pid), allowAny)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the VMM's own cgroup: %w", err)
@@ -177,16 +178,17 @@ func enterV1(p string, res *specs.LinuxResources) (*hostCgroup, []string, error)
 			missing = append(missing, string(n))
 		}
 	}
-	if err := cg.AddProc(uint64(pid)); err != nil {
-		_ = orig.AddProc(uint64(pid))
-		_ = cg.Delete()
-		return nil, nil, fmt.Errorf("join: %w", err)
+	for _, p := range append([]int{pid}, others...) {
+		if err := cg.AddProc(uint64(p)); err != nil {
+			_ = orig.AddProc(uint64(pid))
+			_ = cg.Delete()
+			return nil, nil, fmt.Errorf("join: %w", err)
+		}
 	}
 	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: cg.Delete}, missing, nil
 }
 
-func enterV2(p string, res *specs.LinuxResources) (*hostCgroup, []string, error) {
-	pid := os.Getpid()
+func enterV2(p string, res *specs.LinuxResources, pid int, others ...int) (*hostCgroup, []string, error) {
 	origPath, err := cgroup2.PidGroupPath(pid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the VMM's own cgroup: %w", err)
@@ -201,9 +203,12 @@ func enterV2(p string, res *specs.LinuxResources) (*hostCgroup, []string, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := m.AddProc(uint64(pid)); err != nil {
-		_ = m.Delete()
-		return nil, nil, fmt.Errorf("join: %w", err)
+	for _, p := range append([]int{pid}, others...) {
+		if err := m.AddProc(uint64(p)); err != nil {
+			_ = orig.AddProc(uint64(pid))
+			_ = m.Delete()
+			return nil, nil, fmt.Errorf("join: %w", err)
+		}
 	}
 	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: m.Delete}, missing, nil
 }
@@ -227,6 +232,48 @@ func v2Missing(r *cgroup2.Resources) []string {
 		r.CPU, missing = nil, append(missing, "cpu")
 	}
 	return missing
+}
+
+// rehome moves the VMM process and its hypervisor (pid hv) from the
+// VM's host cgroup into h's, created with the VM's limits, sets both
+// processes' OOM score, and removes the old cgroup: a claimed pool VM
+// takes its container's place on the host (ADR 020). On error the VM
+// stays where it was.
+func (v *vm) rehome(h *HostResources, hv int, logf func(string, ...any)) error {
+	if err := h.validate(); err != nil {
+		return err
+	}
+	for _, pid := range []int{os.Getpid(), hv} {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(h.OOMScoreAdj)), 0); err != nil {
+			return fmt.Errorf("oom_score_adj %d: %w", h.OOMScoreAdj, err)
+		}
+	}
+	if h.Cgroup == "" || cgroups.Mode() == cgroups.Unavailable {
+		return nil
+	}
+	res := HostLimits(v.cfg.VCPUs, v.cfg.MemoryMiB, h, BackendQEMU, v.tcg)
+	var (
+		cg  *hostCgroup
+		err error
+	)
+	if cgroups.Mode() == cgroups.Unified {
+		cg, _, err = enterV2(h.Cgroup, res, os.Getpid(), hv)
+	} else {
+		cg, _, err = enterV1(h.Cgroup, res, os.Getpid(), hv)
+	}
+	if err != nil {
+		return fmt.Errorf("host cgroup %s: %w", h.Cgroup, err)
+	}
+	if old := v.host; old != nil {
+		if err := old.del(); err != nil {
+			logf("host cgroup %s: remove: %v", old.path, err)
+		}
+		cg.back = old.back // to where the VMM came from, not the pool's
+	}
+	v.host = cg
+	logf("host cgroup %s: memory limit %d MiB, cpu quota %d/%d us, oom_score_adj %d (claimed)",
+		h.Cgroup, *res.Memory.Limit>>20, *res.CPU.Quota, *res.CPU.Period, h.OOMScoreAdj)
+	return nil
 }
 
 // leave moves the VMM process back to the cgroup it came from and removes

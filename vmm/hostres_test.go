@@ -69,7 +69,7 @@ func TestEnterV2(t *testing.T) {
 	write(filepath.Join(root, "kubepods", "cgroup.subtree_control"), "")
 
 	res := HostLimits(2, 384, &HostResources{CPUShares: 1024}, BackendQEMU, false)
-	cg, missing, err := enterV2("/kubepods/c1", res)
+	cg, missing, err := enterV2("/kubepods/c1", res, os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestV2MissingControllers(t *testing.T) {
 	for _, f := range []string{"cgroup.subtree_control"} {
 		_ = os.WriteFile(filepath.Join(root, f), nil, 0o644)
 	}
-	_, missing, err := enterV2("/c2", HostLimits(1, 256, &HostResources{}, BackendQEMU, true))
+	_, missing, err := enterV2("/c2", HostLimits(1, 256, &HostResources{}, BackendQEMU, true), os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

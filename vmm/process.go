@@ -91,6 +91,8 @@ type vm struct {
 	detached           chan struct{} // closed on DetachByte from the creator
 	// lifeline is a pool VM's listener for its next creator (ParkByte).
 	lifeline *net.UnixListener
+	// tcg: qemu was to start under TCG (its host cgroup's limits).
+	tcg bool
 	// host is the cgroup the VMM moved into (enterHost), left in
 	// removeState.
 	host *hostCgroup
@@ -137,7 +139,8 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 		defer v.lifeline.Close()
 	}
 	// Before the hypervisor starts: it inherits the cgroup and OOM score.
-	if v.host, err = enterHost(cfg, backend, startsTCG(cfg, backend), log.L.Infof); err != nil {
+	v.tcg = startsTCG(cfg, backend)
+	if v.host, err = enterHost(cfg, backend, v.tcg, log.L.Infof); err != nil {
 		return 1, err
 	}
 	if backend == BackendLibkrun {

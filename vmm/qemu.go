@@ -238,3 +238,13 @@ func (q *qemu) Kill() {
 	q.killed = true
 	_ = q.cmd.Process.Kill()
 }
+
+// pid is the running hypervisor's pid (0 before it started).
+func (q *qemu) pid() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cmd == nil || q.cmd.Process == nil {
+		return 0
+	}
+	return q.cmd.Process.Pid
+}

@@ -111,6 +111,12 @@ func (v *vm) watchCreator(watch io.ReadCloser, eof chan<- struct{}) {
 				close(eof)
 				return
 			}
+			if err := v.serveClaim(conn); err != nil {
+				log.L.WithError(err).Warn("claim failed: shutting the guest down")
+				conn.Close()
+				close(eof)
+				return
+			}
 			log.L.Info("claimed from the pool")
 			watch = conn
 			continue

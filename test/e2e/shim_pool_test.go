@@ -79,13 +79,28 @@ func TestShimWarmPool(t *testing.T) {
 		parkedPid = pid
 	}
 
+	var parkedID string
+	for id := range parked {
+		parkedID = id
+	}
+	if len(cgroupDirs("/msb-pool/"+parkedID)) == 0 {
+		t.Fatalf("the parked VM has no host cgroup /msb-pool/%s", parkedID)
+	}
+
+	// Claimed: the task pid is the parked VM's VMM, which moved with its
+	// qemu into the container's cgroup (ctr's --cgroup) at the spec's OOM
+	// score; the pool's cgroup is gone.
 	opts := []string{"--runtime-config-path", cfgPath}
-	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, opts...), e.image, "warm", "sh", "-c",
-		"cat /proc/self/cgroup; echo marker > /tmp/m; sleep 1000")...)
+	cg := hostCgroupParent(t) + "/warm"
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType, "--cgroup", cg}, opts...), e.image, "warm", "sh", "-c",
+		"echo marker > /tmp/m; sleep 1000")...)
 	e.waitStatus(t, "warm", "RUNNING", time.Minute)
 	if pid := e.taskPid(t, "warm"); pid != parkedPid {
 		t.Fatalf("task pid %d is not the parked VM's VMM %d: the container did not claim the pool VM", pid, parkedPid)
 	}
+	checkHostPlace(t, "claimed VMM process", parkedPid, cg, 0)
+	checkHostPlace(t, "claimed qemu", childNamed(t, parkedPid, "qemu-system"), cg, 0)
+	waitCgroupGone(t, "/msb-pool/"+parkedID, "after the claim")
 	if out := e.MustCtr("task", "exec", "--exec-id", "x", "warm", "cat", "/tmp/m"); out != "marker\n" {
 		t.Fatalf("exec in the warm container: %q", out)
 	}
@@ -109,6 +124,7 @@ func TestShimWarmPool(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	e.remove(t, "warm")
+	waitCgroupGone(t, cg, "after the warm container's delete")
 	// Exited (its reaper, init, may not have collected it yet).
 	if st := procState(parkedPid); st != "" && st != "Z" {
 		t.Fatalf("the claimed VM's VMM %d outlived its container (state %s)", parkedPid, st)
