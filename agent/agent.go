@@ -50,6 +50,8 @@ type Options struct {
 	Channel string
 	// PowerOff makes Shutdown power the machine off (only in the guest).
 	PowerOff bool
+	// SetClock lets SetClock step the clock (only in the guest).
+	SetClock bool
 	// NoPivot runs runc create with --no-pivot (needed when the agent's
 	// root is the initramfs itself and could not be switched).
 	NoPivot bool

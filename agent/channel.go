@@ -23,6 +23,7 @@ func RunGuest() int {
 	channel := channelKind()
 	opts := Options{
 		PowerOff: true,
+		SetClock: true,
 		Channel:  channel,
 		NoPivot:  os.Getenv(noPivotEnv) != "",
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -76,6 +79,19 @@ type Preparer interface {
 	Prepare(ctx context.Context, id string, env []string) error
 }
 
+// Clocker is an optional part of the Agent service: an agent that
+// implements it serves SetClock, which steps the guest's wall clock to the
+// host's. A guest starts from the RTC's whole seconds; a pool VM may have
+// been parked for long (ADR 020).
+type Clocker interface {
+	SetClock(ctx context.Context, unixNano int64) error
+}
+
+// clockRequest is SetClock's request, JSON in a BytesValue.
+type clockRequest struct {
+	UnixNano int64 `json:"unixNano"`
+}
+
 // prepareRequest is Prepare's request, JSON in a BytesValue.
 type prepareRequest struct {
 	ID  string   `json:"id"`
@@ -108,6 +124,11 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 	if p, ok := a.(Preparer); ok {
 		methods["Prepare"] = jsonMethod("Prepare", func(ctx context.Context, r prepareRequest) (any, error) {
 			return &emptypb.Empty{}, p.Prepare(ctx, r.ID, r.Env)
+		})
+	}
+	if c, ok := a.(Clocker); ok {
+		methods["SetClock"] = jsonMethod("SetClock", func(ctx context.Context, r clockRequest) (any, error) {
+			return &emptypb.Empty{}, c.SetClock(ctx, r.UnixNano)
 		})
 	}
 	if n, ok := a.(Networker); ok {
@@ -235,4 +256,19 @@ func (a *AgentClient) Prepare(ctx context.Context, id string, env []string) erro
 		return err
 	}
 	return a.c.Call(ctx, AgentServiceName, "Prepare", wrapperspb.Bytes(b), &emptypb.Empty{})
+}
+
+// SetClock steps the guest's clock to t when it is off (see Clocker). An
+// agent without it (a guest image older than the call) keeps its clock:
+// that is no error.
+func (a *AgentClient) SetClock(ctx context.Context, t time.Time) error {
+	b, err := json.Marshal(clockRequest{UnixNano: t.UnixNano()})
+	if err != nil {
+		return err
+	}
+	err = a.c.Call(ctx, AgentServiceName, "SetClock", wrapperspb.Bytes(b), &emptypb.Empty{})
+	if status.Code(err) == codes.Unimplemented {
+		return nil
+	}
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
@@ -161,6 +162,11 @@ func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs 
 	m.member, m.guest = mem, mem.GuestSpec
 	if err := m.expose(mem); err != nil {
 		return err
+	}
+	// A pool VM may have been parked for long: its clock is stepped to
+	// the host's before the container sees it.
+	if err := v.agent.SetClock(ctx, time.Now()); err != nil {
+		log.G(ctx).WithError(err).Warnf("VM %s: guest clock not set", v.name)
 	}
 	if err := v.agent.Prepare(ctx, c.id, mem.Env); err != nil {
 		if status.Code(err) == codes.Unimplemented {

@@ -205,6 +205,12 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 		if err == nil {
 			err = v.agent.Boot(context.Background(), v.cfg.Env)
 		}
+		if err == nil {
+			// The guest starts from the RTC's whole seconds.
+			if cerr := v.agent.SetClock(context.Background(), time.Now()); cerr != nil {
+				log.L.WithError(cerr).Warn("guest clock not set")
+			}
+		}
 		if err == nil || !v.sess.IsClosed() {
 			return err
 		}

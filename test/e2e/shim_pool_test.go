@@ -104,6 +104,9 @@ func TestShimWarmPool(t *testing.T) {
 	if out := e.MustCtr("task", "exec", "--exec-id", "x", "warm", "cat", "/tmp/m"); out != "marker\n" {
 		t.Fatalf("exec in the warm container: %q", out)
 	}
+	before := time.Now()
+	out := e.MustCtr("task", "exec", "--exec-id", "clock", "warm", "adjtimex")
+	checkGuestClock(t, "claimed VM", adjtimexTime(t, out), before, time.Now())
 	// The pool is topped up while the claimed VM runs.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -131,13 +134,13 @@ func TestShimWarmPool(t *testing.T) {
 	}
 
 	// Another size cannot use the pool: a cold start, the pool untouched.
-	before := poolEntries(t, poolRoot)
+	parkedNow := poolEntries(t, poolRoot)
 	stdout, stderr, code, err := e.run("cold", append(opts, "--memory-limit", "400000000"), "sh", "-c", "echo cold-ok")
 	if err != nil || code != 0 || stdout != "cold-ok\n" {
 		t.Fatalf("cold run: exit %d %v, stdout %q, stderr %q", code, err, stdout, stderr)
 	}
-	if after := poolEntries(t, poolRoot); len(after) != 1 || !sameKeys(before, after) {
-		t.Fatalf("a container of another size took the pool VM: before %v, after %v", before, after)
+	if after := poolEntries(t, poolRoot); len(after) != 1 || !sameKeys(parkedNow, after) {
+		t.Fatalf("a container of another size took the pool VM: before %v, after %v", parkedNow, after)
 	}
 	if !strings.Contains(e.Log(), "cold start: its VM size") {
 		t.Errorf("shim log does not say why the container took a cold start")
