@@ -329,7 +329,7 @@ func (a *Agent) Shutdown(code int32) error {
 	a.shutdownOnce.Do(func() {
 		first = true
 		log.L.Infof("shutdown requested (exit code %d)", code)
-		a.KillAll()
+		a.killAll(a.opts.PowerOff)
 		unix.Sync()
 		a.bootMu.Lock()
 		for id, l := range a.prepared {

@@ -211,3 +211,12 @@ func (a *Agent) oomEvents(ctx context.Context, after uint64, wait bool) ([]proto
 		}
 	}
 }
+
+// killCgroup kills every process in the cgroup v2 path p (cgroup.kill,
+// Linux 5.14) and reports whether it could.
+func killCgroup(p string) bool {
+	if p == "" {
+		return false
+	}
+	return os.WriteFile(filepath.Join("/sys/fs/cgroup", p, "cgroup.kill"), []byte("1"), 0) == nil
+}

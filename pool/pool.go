@@ -35,6 +35,11 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
+// ParkedNice is the scheduling priority pool VMs boot and idle at: a
+// refill runs while the container that claimed a VM starts, and should
+// not slow it down. A claimed VM goes back to 0 (vmm.Adopt).
+const ParkedNice = 10
+
 // Pool is the pool under Root.
 type Pool struct {
 	Root string
@@ -338,6 +343,7 @@ func (p bucket) boot(ctx context.Context, c config.Config, binary string) (retEr
 		return fmt.Errorf("pool VM: %w", err)
 	}
 	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
+	prep.Launch.Nice = ParkedNice
 	start := time.Now()
 	if h, err = prep.Spawn(binary); err != nil {
 		return fmt.Errorf("pool VM: %w", err)

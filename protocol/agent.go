@@ -3,6 +3,7 @@ package protocol
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -216,9 +217,16 @@ func (a *AgentClient) Status(ctx context.Context) (string, error) {
 	return resp.Value, err
 }
 
-// Shutdown asks the guest to power off; the VMM exits with exitCode.
+// Shutdown asks the guest to power off; the VMM exits with exitCode. The
+// VMM stops the hypervisor as soon as the guest is ready to go, which may
+// cut the answer off: a connection closed during the call is the
+// shutdown's success, not its failure.
 func (a *AgentClient) Shutdown(ctx context.Context, exitCode int32) error {
-	return a.c.Call(ctx, AgentServiceName, "Shutdown", wrapperspb.Int32(exitCode), &emptypb.Empty{})
+	err := a.c.Call(ctx, AgentServiceName, "Shutdown", wrapperspb.Int32(exitCode), &emptypb.Empty{})
+	if errors.Is(err, ttrpc.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 // WaitShutdown blocks until the guest is asked to power off.

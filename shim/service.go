@@ -283,7 +283,10 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		return &task.DeleteResponse{Pid: c.hostPid(), ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 
-	if !c.vm.isDead() {
+	// A container that owns its VM and has exited is not deleted in the
+	// guest: the VM's power-off below stops it (runc's state goes with
+	// the VM), and a runc delete costs a process start under TCG.
+	if !c.vm.isDead() && !(c.ownsVM() && p.isExited()) {
 		if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID}); err != nil && !agentGone(c.vm, err) {
 			if !errdefs.IsNotFound(fromAgent(err)) {
 				return nil, errgrpc.ToGRPC(fromAgent(err))

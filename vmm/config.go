@@ -157,6 +157,10 @@ type LaunchConfig struct {
 	// treats its end as its creator's death, as it does EOF on the
 	// parent-watch pipe.
 	Lifeline string `json:"lifeline,omitempty"`
+	// Nice is the scheduling priority (0..19) the VMM process and its
+	// hypervisor start at: a pool VM boots and idles below the containers
+	// that run, and goes back to 0 when claimed.
+	Nice int `json:"nice,omitempty"`
 }
 
 // ContainerMode is LaunchConfig.Container.
@@ -237,6 +241,9 @@ func (c *LaunchConfig) Validate() error {
 	}
 	if c.Modules != "" && !filepath.IsAbs(c.Modules) {
 		return fmt.Errorf("launch config: modules %q must be an absolute path", c.Modules)
+	}
+	if c.Nice < 0 || c.Nice > 19 {
+		return fmt.Errorf("launch config: nice %d out of range 0..19", c.Nice)
 	}
 	if c.Lifeline != "" && (!filepath.IsAbs(c.Lifeline) || c.Container != nil) {
 		return fmt.Errorf("launch config: lifeline %q must be an absolute path, and not set in container mode", c.Lifeline)

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // HostResources is where a VM's VMM process tree (the VMM process and
@@ -236,7 +237,7 @@ func v2Missing(r *cgroup2.Resources) []string {
 
 // rehome moves the VMM process and its hypervisor (pid hv) from the
 // VM's host cgroup into h's, created with the VM's limits, sets both
-// processes' OOM score, and removes the old cgroup: a claimed pool VM
+// processes' OOM score and scheduling priority (0), and removes the old cgroup: a claimed pool VM
 // takes its container's place on the host (ADR 020). On error the VM
 // stays where it was.
 func (v *vm) rehome(h *HostResources, hv int, logf func(string, ...any)) error {
@@ -246,6 +247,13 @@ func (v *vm) rehome(h *HostResources, hv int, logf func(string, ...any)) error {
 	for _, pid := range []int{os.Getpid(), hv} {
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(h.OOMScoreAdj)), 0); err != nil {
 			return fmt.Errorf("oom_score_adj %d: %w", h.OOMScoreAdj, err)
+		}
+	}
+	if v.cfg.Nice != 0 {
+		for _, pid := range []int{os.Getpid(), hv} {
+			if err := renice(pid, 0); err != nil {
+				return err
+			}
 		}
 	}
 	if h.Cgroup == "" || cgroups.Mode() == cgroups.Unavailable {
@@ -355,4 +363,23 @@ func startsTCG(cfg *LaunchConfig, backend string) bool {
 	}
 	ok, _ := KVMUsable(bin, cfg.Kernel)
 	return !ok
+}
+
+// renice sets the scheduling priority of every thread of process pid
+// (Linux keeps it per thread; threads made later inherit their maker's).
+func renice(pid, nice int) error {
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return fmt.Errorf("renice %d: %w", pid, err)
+	}
+	for _, t := range tids {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("renice %d (thread %d) to %d: %w", pid, tid, nice, err)
+		}
+	}
+	return nil
 }

@@ -86,6 +86,11 @@ func TestShimWarmPool(t *testing.T) {
 	if len(cgroupDirs("/msb-pool/"+parkedID)) == 0 {
 		t.Fatalf("the parked VM has no host cgroup /msb-pool/%s", parkedID)
 	}
+	// Parked VMs idle below running containers.
+	parkedQEMU := childNamed(t, parkedPid, "qemu-system")
+	if n, q := procNice(parkedPid), procNice(parkedQEMU); n != 10 || q != 10 {
+		t.Errorf("parked VM: VMM nice %d, qemu nice %d, want 10", n, q)
+	}
 
 	// Claimed: the task pid is the parked VM's VMM, which moved with its
 	// qemu into the container's cgroup (ctr's --cgroup) at the spec's OOM
@@ -99,7 +104,10 @@ func TestShimWarmPool(t *testing.T) {
 		t.Fatalf("task pid %d is not the parked VM's VMM %d: the container did not claim the pool VM", pid, parkedPid)
 	}
 	checkHostPlace(t, "claimed VMM process", parkedPid, cg, 0)
-	checkHostPlace(t, "claimed qemu", childNamed(t, parkedPid, "qemu-system"), cg, 0)
+	checkHostPlace(t, "claimed qemu", parkedQEMU, cg, 0)
+	if n, q := procNice(parkedPid), procNice(parkedQEMU); n != 0 || q != 0 {
+		t.Errorf("claimed VM: VMM nice %d, qemu nice %d, want 0", n, q)
+	}
 	waitCgroupGone(t, "/msb-pool/"+parkedID, "after the claim")
 	if out := e.MustCtr("task", "exec", "--exec-id", "x", "warm", "cat", "/tmp/m"); out != "marker\n" {
 		t.Fatalf("exec in the warm container: %q", out)
@@ -159,6 +167,21 @@ func TestShimWarmPool(t *testing.T) {
 	if err := os.RemoveAll(poolRoot); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// procNice is the nice value of process pid's main thread (-100 if gone).
+func procNice(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -100
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 17 {
+		return -100
+	}
+	n, _ := strconv.Atoi(f[16]) // field 19 of stat; f[0] is field 3
+	return n
 }
 
 // procState is the state letter of process pid ("" when it is gone).
