@@ -127,9 +127,8 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 	// The agent closes output streams before it reports the exit; wait for
 	// our side of the copy too, so every byte is written before we return.
 	streams.wait()
-	if _, err := tc.Delete(ctx, &task.DeleteRequest{ID: sb.id}); err != nil {
-		log.G(ctx).WithError(err).Warn("delete container in the guest")
-	}
+	// Not deleted in the guest: the power-off stops what is left, and
+	// runc's state goes with the VM (a runc delete is a process start).
 	code := int(w.ExitStatus)
 	shCtx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel2()
