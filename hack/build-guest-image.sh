@@ -11,7 +11,7 @@
 #   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb)
 #   MSB_GUEST_RUNTIME  the guest's OCI runtime: runc (a static build, hack/build-runc.sh)
 #               or crun (the distribution's package, apt-get install crun; with its
-#               shared libraries) (default runc; docs/adr/021-guest-oci-runtime.md)
+#               shared libraries) (default crun; docs/adr/021-guest-oci-runtime.md)
 #   CRUN        the crun binary for MSB_GUEST_RUNTIME=crun (default: crun on PATH)
 set -euo pipefail
 
@@ -21,7 +21,7 @@ CACHE=${CACHE:-/var/cache/msb}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 mkdir -p "$CACHE"
 
-MSB_GUEST_RUNTIME=${MSB_GUEST_RUNTIME:-runc}
+MSB_GUEST_RUNTIME=${MSB_GUEST_RUNTIME:-crun}
 case $MSB_GUEST_RUNTIME in
 runc)
 	hack/build-runc.sh "$CACHE"
