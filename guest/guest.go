@@ -271,8 +271,9 @@ func rootEntries(ver string, agent []byte, runtime []CpioEntry, mods []*kmod, mo
 	return append(entries, CpioEntry{Name: "etc/msb/modules", Mode: file, Data: list.Bytes()})
 }
 
-// readStaticExe reads an executable for the initramfs and refuses a dynamically
-// linked one (there is no loader or libc in the guest).
+// readStaticExe reads an executable for the guest root and refuses a
+// dynamically linked one: the agent and runc come without a loader or
+// libraries (only crun brings its own, readDynamicExe).
 func readStaticExe(p, what string) ([]byte, error) {
 	b, err := os.ReadFile(p)
 	if err != nil {
