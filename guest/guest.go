@@ -103,7 +103,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	logf("OCI runtime: %s (%d libraries)", rt.name, len(rt.libs))
+	logf("OCI runtime: %s %s", rt.name, strings.Join(rt.libs, " "))
 
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, err
