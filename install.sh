@@ -9,7 +9,9 @@
 # Idempotent: a rerun rebuilds the binaries and the guest image in place.
 # Env: PREFIX (/usr/local), MSB_LIB (/var/lib/msb), MSB_CACHE (/var/cache/msb),
 #      MSB_KERNEL (msb: build msb's own guest kernel from linux-source-6.1, once
-#      per machine, cached; distro: the distribution's kernel package).
+#      per machine, cached; distro: the distribution's kernel package),
+#      MSB_GUEST_RUNTIME (crun: the distribution's crun runs containers in the
+#      guest, the default, ADR 021; runc: a static runc build).
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -17,6 +19,7 @@ PREFIX=${PREFIX:-/usr/local}
 MSB_LIB=${MSB_LIB:-/var/lib/msb}
 MSB_CACHE=${MSB_CACHE:-/var/cache/msb}
 MSB_KERNEL=${MSB_KERNEL:-msb}
+MSB_GUEST_RUNTIME=${MSB_GUEST_RUNTIME:-crun}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 demo=1
 for a in "$@"; do
@@ -30,6 +33,7 @@ step() { printf '\n==> %s\n' "$*"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 [[ $MSB_KERNEL == msb || $MSB_KERNEL == distro ]] || die "MSB_KERNEL=$MSB_KERNEL: use msb (msb's own guest kernel) or distro (the distribution's kernel package)"
+[[ $MSB_GUEST_RUNTIME == crun || $MSB_GUEST_RUNTIME == runc ]] || die "MSB_GUEST_RUNTIME=$MSB_GUEST_RUNTIME: use crun (the distribution's crun in the guest) or runc (a static runc build)"
 [[ $(id -u) == 0 ]] || die "run as root (sudo ./install.sh): it installs packages and writes $PREFIX/bin, $MSB_LIB, /etc/msb"
 [[ -x $GO ]] || die "Go not found: install Go 1.26 (/usr/local/go) first"
 
@@ -37,6 +41,8 @@ step "installing distro packages (qemu, qemu-img, busybox, libseccomp, e2fsprogs
 pkgs=(qemu-system-x86 qemu-utils busybox-static libseccomp-dev pkg-config e2fsprogs xz-utils zstd iptables)
 # The guest kernel's source and what building it takes.
 [[ $MSB_KERNEL == distro ]] || pkgs+=(linux-source-6.1 bc bison flex libelf-dev)
+# The guest's OCI runtime, copied into the image with its libraries.
+[[ $MSB_GUEST_RUNTIME == runc ]] || pkgs+=(crun)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -56,7 +62,7 @@ CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$MSB_CACHE/msb-agent" .
 install -m 0755 "$MSB_CACHE/msb-runtime" "$MSB_CACHE/containerd-shim-msb-v2" "$PREFIX/bin/"
 "$PREFIX/bin/msb-runtime" --version | sed -n 1p
 
-step "building static runc for the guest"
+step "building static runc (containerd's runc shim; the guest's runtime with MSB_GUEST_RUNTIME=runc)"
 hack/build-runc.sh "$MSB_CACHE"
 
 if [[ $MSB_KERNEL == msb ]]; then
@@ -64,11 +70,11 @@ if [[ $MSB_KERNEL == msb ]]; then
 	kstart=$(date +%s)
 	kdir=$(hack/build-kernel.sh "$MSB_CACHE" | tail -n1)
 	echo "guest kernel ready in $(($(date +%s) - kstart)) s: $kdir"
-	step "building the guest image in $MSB_LIB (msb's kernel, read-only root disk)"
-	CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent KERNEL_DIR=$kdir hack/build-guest-image.sh "$MSB_LIB"
+	step "building the guest image in $MSB_LIB (msb's kernel, read-only root disk, $MSB_GUEST_RUNTIME)"
+	MSB_GUEST_RUNTIME=$MSB_GUEST_RUNTIME CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent KERNEL_DIR=$kdir hack/build-guest-image.sh "$MSB_LIB"
 else
-	step "building the guest image in $MSB_LIB (kernel from the distro's kernel package)"
-	CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent hack/build-guest-image.sh "$MSB_LIB"
+	step "building the guest image in $MSB_LIB (kernel from the distro's kernel package, $MSB_GUEST_RUNTIME)"
+	MSB_GUEST_RUNTIME=$MSB_GUEST_RUNTIME CACHE=$MSB_CACHE AGENT=$MSB_CACHE/msb-agent hack/build-guest-image.sh "$MSB_LIB"
 fi
 
 step "CNI plugins (bridge, host-local, portmap, loopback) for nerdctl and Kubernetes pod networks"

@@ -40,7 +40,8 @@ var Version = "dev"
 
 // Options configure an Agent. Zero values take the defaults.
 type Options struct {
-	// RuncPath is the runc binary (DefaultRuncPath).
+	// RuncPath is the OCI runtime binary, runc or crun (DefaultRuncPath;
+	// in the guest what RuntimeFile names).
 	RuncPath string
 	// RuncRoot is runc's --root (DefaultRuncRoot).
 	RuncRoot string

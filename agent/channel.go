@@ -27,6 +27,11 @@ func RunGuest() int {
 		Channel:  channel,
 		NoPivot:  os.Getenv(noPivotEnv) != "",
 	}
+	if p, err := RuntimeFromImage(RuntimeFile); err != nil {
+		log.L.WithError(err).Errorf("OCI runtime: using %s", DefaultRuncPath)
+	} else {
+		opts.RuncPath = p
+	}
 	if c, err := fileConn(handoffFD, "handoff"); err == nil {
 		opts.Handoff = handoffClient(c)
 	} else {

@@ -106,10 +106,11 @@ func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error)
 	a.exits.begin()
 	defer a.exits.end()
 	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Exec(context.Background(), c.id, ps, eopts); err != nil {
+	rc, ctx := a.execRuntime(c)
+	if err := rc.Exec(ctx, c.id, ps, eopts); err != nil {
 		pio.Close()
 		p.failStart()
-		return nil, runtimeError(c.bundle, mark, "OCI runtime exec failed", err)
+		return nil, a.runtimeError(c.bundle, mark, "OCI runtime exec failed", err)
 	}
 	var master *os.File
 	pid, err := runc.ReadPidFile(pidFile)

@@ -85,7 +85,7 @@ func (a *Agent) pids(ctx context.Context, r *task.PidsRequest) (*task.PidsRespon
 	mark := logMark(c.bundle)
 	pids, err := a.runc(c.bundle).Ps(context.Background(), r.ID)
 	if err != nil {
-		return nil, runtimeError(c.bundle, mark, "OCI runtime ps failed", err)
+		return nil, a.runtimeError(c.bundle, mark, "OCI runtime ps failed", err)
 	}
 	byPid := map[int]string{}
 	c.mu.Lock()
@@ -141,7 +141,7 @@ func (a *Agent) pauseResume(id string, pause bool) error {
 		if pause {
 			what = "OCI runtime pause failed"
 		}
-		return runtimeError(c.bundle, mark, what, err)
+		return a.runtimeError(c.bundle, mark, what, err)
 	}
 	c.paused = pause
 	return nil
@@ -161,7 +161,7 @@ func (a *Agent) update(ctx context.Context, r *task.UpdateTaskRequest) error {
 	}
 	mark := logMark(c.bundle)
 	if err := a.runc(c.bundle).Update(context.Background(), r.ID, &res); err != nil {
-		return runtimeError(c.bundle, mark, "OCI runtime update failed", err)
+		return a.runtimeError(c.bundle, mark, "OCI runtime update failed", err)
 	}
 	return nil
 }

@@ -26,7 +26,8 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-// container is one runc container in the guest.
+// container is one container in the guest, run by the OCI runtime (runc
+// or crun).
 type container struct {
 	id     string
 	bundle string
@@ -49,8 +50,9 @@ type container struct {
 // validID is runc's container ID grammar.
 var validID = regexp.MustCompile(`^[\w+\-.]+$`)
 
-// runc returns a runc client that logs to the bundle's log.json, so the
-// reason of a failure can be reported.
+// runc returns a client of the OCI runtime (runc, or crun: the same
+// command line) that logs to the bundle's log.json, so the reason of a
+// failure can be reported.
 func (a *Agent) runc(bundle string) *runc.Runc {
 	r := &runc.Runc{Command: a.opts.RuncPath, Root: a.opts.RuncRoot}
 	if bundle != "" {
@@ -70,8 +72,9 @@ func logMark(bundle string) int64 {
 	return fi.Size()
 }
 
-// runtimeError adds runc's last error message (from its JSON log) to err.
-func runtimeError(bundle string, mark int64, what string, err error) error {
+// runtimeError adds the runtime's name and its last error message (from
+// its JSON log: runc and crun write the same "level" and "msg") to err.
+func (a *Agent) runtimeError(bundle string, mark int64, what string, err error) error {
 	msg := ""
 	if f, ferr := os.Open(filepath.Join(bundle, "log.json")); ferr == nil {
 		if _, ferr := f.Seek(mark, io.SeekStart); ferr == nil {
@@ -87,9 +90,9 @@ func runtimeError(bundle string, mark int64, what string, err error) error {
 		f.Close()
 	}
 	if msg == "" {
-		return fmt.Errorf("%s: %w", what, err)
+		return fmt.Errorf("%s: %s: %w", what, a.runtimeName(), err)
 	}
-	return fmt.Errorf("%s: %s: %w", what, strings.TrimSpace(msg), err)
+	return fmt.Errorf("%s: %s: %s: %w", what, a.runtimeName(), strings.TrimSpace(msg), err)
 }
 
 // ioOwner is the host-side uid/gid of a process's user: the owner of its
@@ -197,7 +200,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		}
 	}()
 	config := r.Options.Value
-	if guestDefaults(&spec) {
+	if changed := guestDefaults(&spec); a.runtimeSpecVersion(&spec) || changed {
 		b, err := json.Marshal(&spec)
 		if err != nil {
 			return nil, err
@@ -242,7 +245,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	if err := rc.Create(context.Background(), r.ID, bundle, copts); err != nil {
 		pio.Close()
 		p.abandonIO()
-		rerr := runtimeError(bundle, mark, "OCI runtime create failed", err)
+		rerr := a.runtimeError(bundle, mark, "OCI runtime create failed", err)
 		_ = rc.Delete(context.Background(), r.ID, &runc.DeleteOpts{Force: true})
 		return nil, rerr
 	}
@@ -259,6 +262,15 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	}
 	p.pid = pid
 	c := &container{id: r.ID, bundle: bundle, spec: &spec, init: p, execs: map[string]*process{}}
+	if err := a.setInitOOMScore(c); err != nil {
+		if master != nil {
+			master.Close()
+		}
+		pio.Close()
+		p.abandonIO()
+		_ = rc.Delete(context.Background(), r.ID, &runc.DeleteOpts{Force: true})
+		return nil, err
+	}
 	c.cgroup = cgroupOf(pid)
 	a.mu.Lock()
 	a.containers[r.ID] = c
@@ -288,7 +300,7 @@ func (a *Agent) start(ctx context.Context, r *task.StartRequest) (*task.StartRes
 	}
 	mark := logMark(c.bundle)
 	if err := a.runc(c.bundle).Start(context.Background(), r.ID); err != nil {
-		return nil, runtimeError(c.bundle, mark, "OCI runtime start failed", err)
+		return nil, a.runtimeError(c.bundle, mark, "OCI runtime start failed", err)
 	}
 	c.started = true
 	p.mu.Lock()
@@ -333,7 +345,7 @@ func (a *Agent) kill(ctx context.Context, r *task.KillRequest) error {
 		if p.exitSeenLocked() {
 			return fmt.Errorf("%s: process already finished: %w", p.name(), errdefs.ErrNotFound)
 		}
-		return runtimeError(c.bundle, mark, "OCI runtime kill failed", err)
+		return a.runtimeError(c.bundle, mark, "OCI runtime kill failed", err)
 	}
 	return nil
 }
@@ -388,7 +400,7 @@ func (a *Agent) destroy(c *container, grace time.Duration, powerOff bool) error 
 		mark := logMark(c.bundle)
 		if err := rc.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true}); err != nil {
 			if _, serr := rc.State(context.Background(), c.id); serr == nil {
-				return runtimeError(c.bundle, mark, "OCI runtime delete failed", err)
+				return a.runtimeError(c.bundle, mark, "OCI runtime delete failed", err)
 			}
 			// Gone already.
 		}

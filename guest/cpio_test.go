@@ -100,7 +100,7 @@ func TestInitramfsLayout(t *testing.T) {
 		{name: "b", rel: "kernel/lib/b.ko", data: []byte("B")},
 		{name: "a", rel: "kernel/fs/a.ko", depends: []string{"b"}, data: []byte("A")},
 	}
-	ird, err := initramfs(rootEntries("6.0.0-test", []byte("AGENT"), []byte("RUNC"), mods, t.TempDir()))
+	ird, err := initramfs(rootEntries("6.0.0-test", []byte("AGENT"), runtimeEntries(RuntimeRunc, []byte("RUNC")), mods, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestInitramfsLayout(t *testing.T) {
 		byName[e.Name] = e
 	}
 	want := []string{
-		"dev", "dev/console", "dev/null", "etc", "etc/msb", "etc/msb/kernel-release", "etc/msb/modules",
+		"dev", "dev/console", "dev/null", "etc", "etc/msb", "etc/msb/kernel-release", "etc/msb/modules", "etc/msb/oci-runtime",
 		"init", "lib", "lib/modules", "lib/modules/6.0.0-test", "lib/modules/6.0.0-test/kernel",
 		"lib/modules/6.0.0-test/kernel/fs", "lib/modules/6.0.0-test/kernel/fs/a.ko",
 		"lib/modules/6.0.0-test/kernel/lib", "lib/modules/6.0.0-test/kernel/lib/b.ko",
@@ -134,6 +134,7 @@ func TestInitramfsLayout(t *testing.T) {
 	check("init", sIFREG|0o755, "AGENT")
 	check("sbin/runc", sIFREG|0o755, "RUNC")
 	check("etc/msb/kernel-release", sIFREG|0o644, "6.0.0-test\n")
+	check("etc/msb/oci-runtime", sIFREG|0o644, "/sbin/runc\n")
 	check("etc/msb/modules", sIFREG|0o644, "/lib/modules/6.0.0-test/kernel/lib/b.ko\n/lib/modules/6.0.0-test/kernel/fs/a.ko\n")
 	check("lib/modules/6.0.0-test/modules.dep", sIFREG|0o644, "kernel/lib/b.ko:\nkernel/fs/a.ko: kernel/lib/b.ko\n")
 	if e := byName["dev/null"]; e.Mode != sIFCHR|0o666 || e.Major != 1 || e.Minor != 3 {

@@ -22,12 +22,17 @@ import (
 
 // Options says what to build the guest image from and where to put it.
 type Options struct {
-	KernelDeb string    // path to a linux-image-*.deb; "" = download the distribution's current kernel with apt-get
-	KernelDir string    // a kernel of msb's own (hack/build-kernel.sh: vmlinux, kernel.release, source); overrides KernelDeb
-	AgentPath string    // static msb-agent binary → /init in the initramfs
-	RuncPath  string    // static runc → /sbin/runc
-	OutDir    string    // e.g. /var/lib/msb; gets vmlinux, vmlinuz, initrd.cpio, kernel.release, manifest.json
-	Progress  io.Writer // human progress lines; nil = silent
+	KernelDeb string // path to a linux-image-*.deb; "" = download the distribution's current kernel with apt-get
+	KernelDir string // a kernel of msb's own (hack/build-kernel.sh: vmlinux, kernel.release, source); overrides KernelDeb
+	AgentPath string // static msb-agent binary → /init in the initramfs
+	RuncPath  string // static runc → /sbin/runc (Runtime runc)
+	// Runtime is the guest's OCI runtime: RuntimeRunc ("" too) or
+	// RuntimeCrun. The root gets it at /sbin/<name> and names it in
+	// GuestRuntimeFile.
+	Runtime  string
+	CrunPath string    // crun (dynamically linked: its libraries come along) → /sbin/crun (Runtime crun)
+	OutDir   string    // e.g. /var/lib/msb; gets vmlinux, vmlinuz, initrd.cpio, kernel.release, manifest.json
+	Progress io.Writer // human progress lines; nil = silent
 }
 
 // Image lists the files Build wrote.
@@ -58,14 +63,20 @@ const (
 
 // Manifest describes a built image (OutDir/manifest.json).
 type Manifest struct {
-	Version       int               `json:"version"`
-	KernelRelease string            `json:"kernel_release"`
-	KernelPackage string            `json:"kernel_package"`
-	Compression   string            `json:"kernel_compression"`
-	Modules       []string          `json:"modules"` // load order, paths relative to /lib/modules/<release>
-	Agent         string            `json:"agent_sha256"`
-	Runc          string            `json:"runc_sha256"`
-	Files         map[string]string `json:"files"` // OutDir file → sha256
+	Version       int      `json:"version"`
+	KernelRelease string   `json:"kernel_release"`
+	KernelPackage string   `json:"kernel_package"`
+	Compression   string   `json:"kernel_compression"`
+	Modules       []string `json:"modules"` // load order, paths relative to /lib/modules/<release>
+	Agent         string   `json:"agent_sha256"`
+	Runc          string   `json:"runc_sha256,omitempty"` // runc images
+	// Runtime is the guest's OCI runtime (RuntimeRunc or RuntimeCrun),
+	// RuntimeSHA its binary's hash, RuntimeLibs the guest paths of the
+	// loader and libraries it came with.
+	Runtime     string            `json:"oci_runtime"`
+	RuntimeSHA  string            `json:"oci_runtime_sha256"`
+	RuntimeLibs []string          `json:"oci_runtime_libs,omitempty"`
+	Files       map[string]string `json:"files"` // OutDir file → sha256
 	// ModuleTree is the kernel's whole module tree in OutDir (ModulesDir),
 	// with the index files Build generated.
 	ModuleTree *ModuleTree `json:"module_tree,omitempty"`
@@ -76,8 +87,8 @@ type Manifest struct {
 // the uncompressed vmlinux from the bzImage (checking it is PVH-bootable), collects
 // Modules and their dependencies and writes the initramfs.
 func Build(ctx context.Context, o Options) (*Image, error) {
-	if o.OutDir == "" || o.AgentPath == "" || o.RuncPath == "" {
-		return nil, errors.New("guest: OutDir, AgentPath and RuncPath are required")
+	if o.OutDir == "" || o.AgentPath == "" {
+		return nil, errors.New("guest: OutDir and AgentPath are required")
 	}
 	logf := func(format string, a ...any) {
 		if o.Progress != nil {
@@ -88,10 +99,11 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	runc, err := readStaticExe(o.RuncPath, "runc")
+	rt, err := loadRuntime(o)
 	if err != nil {
 		return nil, err
 	}
+	logf("OCI runtime: %s %s", rt.name, strings.Join(rt.libs, " "))
 
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, err
@@ -126,7 +138,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		data []byte
 	}
 	outputs := []output{{VmlinuxFile, k.vmlinux}, {KernelReleaseFile, []byte(ver + "\n")}}
-	entries := rootEntries(ver, agent, runc, mods, k.modDir())
+	entries := rootEntries(ver, agent, rt.entries, mods, k.modDir())
 	img := &Image{Vmlinux: filepath.Join(o.OutDir, VmlinuxFile), KernelRelease: ver}
 	if k.tree == nil {
 		// Virtio-blk and ext4 are built in: the root is a shared disk.
@@ -161,9 +173,14 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 		Compression:   k.kind,
 		Modules:       relMods,
 		Agent:         sha(agent),
-		Runc:          sha(runc),
+		Runtime:       rt.name,
+		RuntimeSHA:    sha(rt.exe),
+		RuntimeLibs:   rt.libs,
 		Files:         map[string]string{},
 		Built:         time.Now().UTC().Truncate(time.Second),
+	}
+	if rt.name == RuntimeRunc {
+		man.Runc = man.RuntimeSHA
 	}
 	for _, f := range outputs {
 		if err := writeFileAtomic(filepath.Join(o.OutDir, f.name), f.data, 0o644); err != nil {
@@ -188,7 +205,7 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 	} else if err := removeStale(o.OutDir, BzimageFile); err != nil {
 		return nil, err
 	}
-	krunRoot, err := writeKrunRoot(o.OutDir, agent, runc)
+	krunRoot, err := writeKrunRoot(o.OutDir, agent, rt.entries)
 	if err != nil {
 		return nil, err
 	}
@@ -216,10 +233,10 @@ func initramfs(entries []CpioEntry) (*builtInitrd, error) {
 	return &builtInitrd{data: buf.Bytes(), entries: len(entries)}, nil
 }
 
-// rootEntries lists the guest root: the agent as /init, runc, the
-// boot-time modules and their list. The initramfs and the root disk hold
-// the same entries.
-func rootEntries(ver string, agent, runc []byte, mods []*kmod, modDir string) []CpioEntry {
+// rootEntries lists the guest root: the agent as /init, the OCI runtime
+// (runtime: loadRuntime's entries), the boot-time modules and their list.
+// The initramfs and the root disk hold the same entries.
+func rootEntries(ver string, agent []byte, runtime []CpioEntry, mods []*kmod, modDir string) []CpioEntry {
 	const (
 		dir  = sIFDIR | 0o755
 		exe  = sIFREG | 0o755
@@ -229,7 +246,6 @@ func rootEntries(ver string, agent, runc []byte, mods []*kmod, modDir string) []
 	var list bytes.Buffer
 	entries := []CpioEntry{
 		{Name: "init", Mode: exe, Data: agent},
-		{Name: "sbin/runc", Mode: exe, Data: runc},
 		// The kernel's usermode helper for request_module: the agent is
 		// multi-call and acts as modprobe under that name.
 		{Name: "sbin/modprobe", Mode: sIFLNK | 0o777, Data: []byte("/init")},
@@ -242,6 +258,7 @@ func rootEntries(ver string, agent, runc []byte, mods []*kmod, modDir string) []
 		entries = append(entries, CpioEntry{Name: d, Mode: dir})
 	}
 	entries = append(entries, CpioEntry{Name: "tmp", Mode: sIFDIR | 0o1777})
+	entries = append(entries, runtime...)
 	if modDir != "" {
 		if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
 			entries = append(entries, CpioEntry{Name: modRoot + "/modules.builtin", Mode: file, Data: b})
@@ -254,8 +271,9 @@ func rootEntries(ver string, agent, runc []byte, mods []*kmod, modDir string) []
 	return append(entries, CpioEntry{Name: "etc/msb/modules", Mode: file, Data: list.Bytes()})
 }
 
-// readStaticExe reads an executable for the initramfs and refuses a dynamically
-// linked one (there is no loader or libc in the guest).
+// readStaticExe reads an executable for the guest root and refuses a
+// dynamically linked one: the agent and runc come without a loader or
+// libraries (only crun brings its own, readDynamicExe).
 func readStaticExe(p, what string) ([]byte, error) {
 	b, err := os.ReadFile(p)
 	if err != nil {

@@ -8,12 +8,12 @@ import (
 
 // KrunRootDir is the libkrun guest root under OutDir: libkrunfw brings the
 // kernel (virtio drivers built in, no modules), so the root only holds the
-// agent as /init, runc, and empty mount points.
+// agent as /init, the OCI runtime, and empty mount points.
 const KrunRootDir = "krunroot"
 
 // writeKrunRoot (re)builds OutDir/krunroot in a temp dir and renames it into
 // place, so a running libkrun VM keeps the tree it booted with.
-func writeKrunRoot(outDir string, agent, runc []byte) (string, error) {
+func writeKrunRoot(outDir string, agent []byte, runtime []CpioEntry) (string, error) {
 	tmp, err := os.MkdirTemp(outDir, ".krunroot-")
 	if err != nil {
 		return "", fmt.Errorf("guest root: %w", err)
@@ -35,8 +35,14 @@ func writeKrunRoot(outDir string, agent, runc []byte) (string, error) {
 	if err := os.WriteFile(filepath.Join(tmp, "init"), agent, 0o755); err != nil {
 		return "", fmt.Errorf("guest root: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(tmp, "sbin/runc"), runc, 0o755); err != nil {
-		return "", fmt.Errorf("guest root: %w", err)
+	for _, e := range runtime {
+		p := filepath.Join(tmp, e.Name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", fmt.Errorf("guest root: %w", err)
+		}
+		if err := os.WriteFile(p, e.Data, os.FileMode(e.Mode&0o777)); err != nil {
+			return "", fmt.Errorf("guest root: %w", err)
+		}
 	}
 	dst := filepath.Join(outDir, KrunRootDir)
 	old := dst + ".old"

@@ -25,7 +25,7 @@ func TestRootDisk(t *testing.T) {
 		t.Fatalf("guest.RootDiskFile %q, launch.RootDiskFile %q: launch looks for the other name", RootDiskFile, launch.RootDiskFile)
 	}
 	out := t.TempDir()
-	entries := rootEntries("6.1.0-test-msb", []byte("AGENT-BYTES"), []byte("RUNC-BYTES"), nil, "")
+	entries := rootEntries("6.1.0-test-msb", []byte("AGENT-BYTES"), runtimeEntries(RuntimeRunc, []byte("RUNC-BYTES")), nil, "")
 	size, err := writeRootDisk(context.Background(), entries, t.TempDir(), out)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +42,7 @@ func TestRootDisk(t *testing.T) {
 		}
 		return string(b)
 	}
-	for path, want := range map[string]string{"/init": "AGENT-BYTES", "/sbin/runc": "RUNC-BYTES", "/etc/msb/kernel-release": "6.1.0-test-msb\n"} {
+	for path, want := range map[string]string{"/init": "AGENT-BYTES", "/sbin/runc": "RUNC-BYTES", "/etc/msb/oci-runtime": "/sbin/runc\n", "/etc/msb/kernel-release": "6.1.0-test-msb\n"} {
 		if got := run("cat " + path); !strings.Contains(got, want) {
 			t.Errorf("%s: %q, want %q", path, got, want)
 		}

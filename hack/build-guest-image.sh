@@ -9,6 +9,10 @@
 #   KERNEL_DEB  linux-image-*.deb to use (default: the newest in $CACHE, else apt-get download)
 #   AGENT       static agent binary (default: build ./cmd/msb-agent with CGO_ENABLED=0)
 #   CACHE       where the kernel .deb and the static runc are kept (default /var/cache/msb)
+#   MSB_GUEST_RUNTIME  the guest's OCI runtime: runc (a static build, hack/build-runc.sh)
+#               or crun (the distribution's package, apt-get install crun; with its
+#               shared libraries) (default crun; docs/adr/021-guest-oci-runtime.md)
+#   CRUN        the crun binary for MSB_GUEST_RUNTIME=crun (default: crun on PATH)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,7 +21,22 @@ CACHE=${CACHE:-/var/cache/msb}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 mkdir -p "$CACHE"
 
-hack/build-runc.sh "$CACHE"
+MSB_GUEST_RUNTIME=${MSB_GUEST_RUNTIME:-crun}
+case $MSB_GUEST_RUNTIME in
+runc)
+	hack/build-runc.sh "$CACHE"
+	runtime=(-runtime runc -runc "$CACHE/runc")
+	;;
+crun)
+	CRUN=${CRUN:-$(command -v crun || true)}
+	[[ -n "$CRUN" ]] || { echo "MSB_GUEST_RUNTIME=crun: no crun on PATH (apt-get install crun, or set CRUN)" >&2; exit 1; }
+	runtime=(-runtime crun -crun "$CRUN")
+	;;
+*)
+	echo "MSB_GUEST_RUNTIME=$MSB_GUEST_RUNTIME: want runc or crun" >&2
+	exit 1
+	;;
+esac
 
 if [[ -n "${KERNEL_DIR:-}" ]]; then
 	:
@@ -47,4 +66,4 @@ fi
 
 kernel=(-kernel-deb "${KERNEL_DEB:-}")
 [[ -z "${KERNEL_DIR:-}" ]] || kernel=(-kernel-dir "$KERNEL_DIR")
-"$GO" run ./hack/mkguest "${kernel[@]}" -agent "$AGENT" -runc "$CACHE/runc" -out "$OUTDIR"
+"$GO" run ./hack/mkguest "${kernel[@]}" -agent "$AGENT" "${runtime[@]}" -out "$OUTDIR"

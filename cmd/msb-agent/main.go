@@ -1,8 +1,10 @@
 // Command msb-agent is the msb guest agent: /init of the guest image. As PID
 // 1 it is the init supervisor, which starts itself again as the agent
 // proper. Started as "modprobe" (/sbin/modprobe links to /init) it is the
-// kernel's module helper. Run by hand (not PID 1) it serves the agent protocol on a Unix
-// socket, one channel per connection, for development.
+// kernel's module helper; with MSB_OOM_EXEC set it launches the OCI
+// runtime with a container's OOM score (agent.OOMExec). Run by hand (not
+// PID 1) it serves the agent protocol on a Unix socket, one channel per
+// connection, for development.
 package main
 
 import (
@@ -25,6 +27,9 @@ func main() {
 	case filepath.Base(os.Args[0]) == agent.ModprobeName:
 		// /sbin/modprobe → /init: the kernel's request_module helper.
 		os.Exit(agent.Modprobe(os.Args[1:], os.Stderr))
+	case os.Getenv(agent.OOMExecEnv) != "":
+		// The agent runs its OCI runtime through itself (crun exec).
+		os.Exit(agent.OOMExec(os.Args[1:]))
 	case os.Getpid() == 1:
 		agent.RunInit()
 	case os.Getenv(agent.RoleEnv) == agent.RoleGuest:

@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // goClient is a containerd Go client on the test containerd, in its
@@ -279,14 +280,7 @@ func TestClientExecStdioPidsStats(t *testing.T) {
 	})
 
 	t.Run("stats", func(t *testing.T) {
-		m, err := task.Metrics(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, err := typeurl.UnmarshalAny(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
+		v := metrics(t, ctx, task)
 		switch s := v.(type) {
 		case *v1.Metrics:
 			// What nerdctl stats and dockerd read without checking.
@@ -305,9 +299,59 @@ func TestClientExecStdioPidsStats(t *testing.T) {
 		}
 	})
 
+	// What dockerd's pause, unpause and update call (the Docker tests
+	// cover them only where dockerd is built): the guest's OCI runtime
+	// freezes the cgroup and reads the resources from stdin.
+	t.Run("pause resume update", func(t *testing.T) {
+		for _, c := range []struct {
+			op   func(context.Context) error
+			want client.ProcessStatus
+		}{{task.Pause, client.Paused}, {task.Resume, client.Running}} {
+			if err := c.op(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := task.Status(ctx); err != nil || st.Status != c.want {
+				t.Fatalf("status %v, %v; want %s", st.Status, err, c.want)
+			}
+		}
+		limit := int64(200 << 20)
+		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+			t.Fatal(err)
+		}
+		v := metrics(t, ctx, task)
+		var got uint64
+		switch s := v.(type) {
+		case *v1.Metrics:
+			if s.Memory != nil && s.Memory.Usage != nil {
+				got = s.Memory.Usage.Limit
+			}
+		case *v2.Metrics:
+			if s.Memory != nil {
+				got = s.Memory.UsageLimit
+			}
+		}
+		if got != uint64(limit) {
+			t.Errorf("memory limit after update: %d (%T), want %d", got, v, limit)
+		}
+	})
+
 	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// metrics returns the task's metrics, decoded (cgroup v1 or v2 stats).
+func metrics(t *testing.T, ctx context.Context, task client.Task) any {
+	t.Helper()
+	m, err := task.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := typeurl.UnmarshalAny(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // A terminal init with a stderr stream (nerdctl run -it): containerd makes

@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// RuntimeFile names the guest's OCI runtime binary, one path on a line: the
+// image build writes it (guest.GuestRuntimeFile) with the runtime it put in
+// (/sbin/runc or /sbin/crun).
+const RuntimeFile = "/etc/msb/oci-runtime"
+
+// RuntimeFromImage returns the OCI runtime binary file names, or
+// DefaultRuncPath when the image has no such file (one built before the
+// runtime was a choice).
+func RuntimeFromImage(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return DefaultRuncPath, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	p := strings.TrimSpace(string(b))
+	if !filepath.IsAbs(p) || strings.ContainsAny(p, "\n") {
+		return "", fmt.Errorf("%s: %q is not an absolute path of an OCI runtime binary; rebuild the guest image", file, p)
+	}
+	return p, nil
+}
+
+// runtimeName is the OCI runtime's name for messages and quirks ("runc",
+// "crun").
+func (a *Agent) runtimeName() string { return filepath.Base(a.opts.RuncPath) }
+
+// crunSpecVersion is the ociVersion a bundle gets for crun: crun 1.8
+// (Debian 12) refuses any config.json whose ociVersion is not 1.0.x
+// ("unknown version specified"), while the shim's specs say 1.2 or 1.3
+// (the runtime-spec Go module's version). crun's parser reads every field it
+// knows whatever the version says, so only the string changes.
+const crunSpecVersion = "1.0.2"
+
+// runtimeSpecVersion sets spec's ociVersion to one the runtime accepts and
+// reports whether it changed it.
+func (a *Agent) runtimeSpecVersion(spec *specs.Spec) bool {
+	if a.runtimeName() != "crun" || strings.HasPrefix(spec.Version, "1.0.") {
+		return false
+	}
+	spec.Version = crunSpecVersion
+	return true
+}
+
+// OOMExecEnv, when set ("<oom_score_adj> <runtime binary>"), makes the
+// agent binary a launcher of the OCI runtime: OOMExec.
+const OOMExecEnv = "MSB_OOM_EXEC"
+
+// OOMExec is main for the agent binary started with OOMExecEnv: it sets
+// its own oom_score_adj and becomes the runtime, with args. The agent runs
+// crun exec through it, because a process crun 1.8 execs keeps crun's
+// score (crun applies process.oomScoreAdj at create only, and only when
+// not 0), which is the agent's -1000: a container's exec would be the OOM
+// killer's last choice, and a memory-limited container whose processes
+// none may be killed livelocks in reclaim. runc sets the score itself.
+func OOMExec(args []string) int {
+	score, runtime, ok := strings.Cut(os.Getenv(OOMExecEnv), " ")
+	if !ok || !filepath.IsAbs(runtime) {
+		fmt.Fprintf(os.Stderr, "msb-agent: %s=%q: want \"<oom_score_adj> <runtime path>\"\n", OOMExecEnv, os.Getenv(OOMExecEnv))
+		return 2
+	}
+	os.Unsetenv(OOMExecEnv)
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(score), 0); err != nil {
+		fmt.Fprintf(os.Stderr, "msb-agent: oom_score_adj %s for %s: %v\n", score, runtime, err)
+		return 1
+	}
+	err := unix.Exec(runtime, append([]string{runtime}, args...), os.Environ())
+	fmt.Fprintf(os.Stderr, "msb-agent: exec %s: %v\n", runtime, err)
+	return 1
+}
+
+// oomScore is the oom_score_adj of c's processes: the spec's, as runc
+// applies it to init and exec processes (guestDefaults made it 0 when
+// the spec had none).
+func oomScore(c *container) int {
+	if c.spec != nil && c.spec.Process != nil && c.spec.Process.OOMScoreAdj != nil {
+		return *c.spec.Process.OOMScoreAdj
+	}
+	return 0
+}
+
+// execRuntime returns the client and context for an exec in c: for crun,
+// the runtime goes through OOMExec so the process gets c's OOM score.
+func (a *Agent) execRuntime(c *container) (*runc.Runc, context.Context) {
+	rc := a.runc(c.bundle)
+	ctx := context.Background()
+	if a.runtimeName() != "crun" {
+		return rc, ctx
+	}
+	self, err := os.Executable()
+	if err != nil {
+		self = "/proc/self/exe"
+	}
+	ctx = runc.WithExtraEnv(ctx, fmt.Sprintf("%s=%d %s", OOMExecEnv, oomScore(c), rc.Command))
+	rc.Command = self
+	return rc, ctx
+}
+
+// setInitOOMScore gives a created container's init process (blocked until
+// start, so it has no children yet) its OOM score: crun 1.8 writes
+// process.oomScoreAdj only when it is not 0, and init would keep the
+// agent's -1000 (see OOMExec).
+func (a *Agent) setInitOOMScore(c *container) error {
+	if a.runtimeName() != "crun" {
+		return nil
+	}
+	s := oomScore(c)
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.init.pid), []byte(strconv.Itoa(s)), 0); err != nil {
+		return fmt.Errorf("create %q: oom_score_adj %d of init (pid %d): %w", c.id, s, c.init.pid, err)
+	}
+	return nil
+}
