@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -48,14 +49,36 @@ func (a *Agent) runtimeName() string { return filepath.Base(a.opts.RuncPath) }
 // knows whatever the version says, so only the string changes.
 const crunSpecVersion = "1.0.2"
 
-// runtimeSpecVersion sets spec's ociVersion to one the runtime accepts and
-// reports whether it changed it.
-func (a *Agent) runtimeSpecVersion(spec *specs.Spec) bool {
-	if a.runtimeName() != "crun" || strings.HasPrefix(spec.Version, "1.0.") {
-		return false
+// runtimeSpec adapts spec to what the runtime can run and reports whether
+// it changed it. For crun 1.8: an ociVersion it accepts (crunSpecVersion),
+// and no time namespace without offsets: crun 1.8's child dies making one
+// ("write to sync socket: Connection reset by peer"; Docker 29 asks for
+// one in every container), and one without offsets shows the container
+// nothing but its own /proc/self/ns/time (the clocks are the VM's either
+// way). A time namespace with offsets is refused, naming the fix.
+func (a *Agent) runtimeSpec(spec *specs.Spec) (bool, error) {
+	if a.runtimeName() != "crun" {
+		return false, nil
 	}
-	spec.Version = crunSpecVersion
-	return true
+	changed := false
+	if !strings.HasPrefix(spec.Version, "1.0.") {
+		spec.Version = crunSpecVersion
+		changed = true
+	}
+	if l := spec.Linux; l != nil {
+		for i, ns := range l.Namespaces {
+			if ns.Type != specs.TimeNamespace {
+				continue
+			}
+			if len(l.TimeOffsets) > 0 {
+				return false, fmt.Errorf("linux.timeOffsets: the guest's crun 1.8 cannot make a time namespace; build the guest image with MSB_GUEST_RUNTIME=runc (install.sh) to run containers with clock offsets: %w", errdefs.ErrNotImplemented)
+			}
+			l.Namespaces = append(l.Namespaces[:i:i], l.Namespaces[i+1:]...)
+			changed = true
+			break
+		}
+	}
+	return changed, nil
 }
 
 // OOMExecEnv, when set ("<oom_score_adj> <runtime binary>"), makes the

@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -28,6 +29,13 @@ func TestRuntimeFromImage(t *testing.T) {
 // TestRuntimeSpecVersion: crun 1.8 gets a 1.0.x ociVersion, runc the
 // shim's.
 func TestRuntimeSpecVersion(t *testing.T) {
+	runtimeSpecVersion := func(a *Agent, s *specs.Spec) bool {
+		changed, err := a.runtimeSpec(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return changed
+	}
 	for _, c := range []struct{ runtime, in, want string }{
 		{"/sbin/crun", "1.3.0", crunSpecVersion},
 		{"/sbin/crun", "1.2.1", crunSpecVersion},
@@ -36,9 +44,37 @@ func TestRuntimeSpecVersion(t *testing.T) {
 	} {
 		a := &Agent{opts: Options{RuncPath: c.runtime}}
 		s := &specs.Spec{Version: c.in}
-		changed := a.runtimeSpecVersion(s)
+		changed := runtimeSpecVersion(a, s)
 		if s.Version != c.want || changed != (c.in != c.want) {
 			t.Errorf("%s, %s: %s (changed %v), want %s", c.runtime, c.in, s.Version, changed, c.want)
 		}
+	}
+}
+
+// TestRuntimeSpecTimeNamespace: for crun 1.8 a time namespace without
+// offsets goes (its child dies making one), one with offsets is refused
+// naming the fix; runc keeps both.
+func TestRuntimeSpecTimeNamespace(t *testing.T) {
+	spec := func(offsets bool) *specs.Spec {
+		s := &specs.Spec{Version: "1.0.2", Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace}, {Type: specs.TimeNamespace}, {Type: specs.NetworkNamespace}}}}
+		if offsets {
+			s.Linux.TimeOffsets = map[string]specs.LinuxTimeOffset{"monotonic": {Secs: 10}}
+		}
+		return s
+	}
+	crun := &Agent{opts: Options{RuncPath: "/sbin/crun"}}
+	s := spec(false)
+	changed, err := crun.runtimeSpec(s)
+	if err != nil || !changed || len(s.Linux.Namespaces) != 2 || s.Linux.Namespaces[1].Type != specs.NetworkNamespace {
+		t.Errorf("crun, no offsets: changed %v, %v, namespaces %v", changed, err, s.Linux.Namespaces)
+	}
+	if _, err := crun.runtimeSpec(spec(true)); err == nil || !strings.Contains(err.Error(), "MSB_GUEST_RUNTIME=runc") {
+		t.Errorf("crun, offsets: %v", err)
+	}
+	runc := &Agent{opts: Options{RuncPath: "/sbin/runc"}}
+	s = spec(true)
+	if changed, err := runc.runtimeSpec(s); err != nil || changed || len(s.Linux.Namespaces) != 3 {
+		t.Errorf("runc: changed %v, %v, namespaces %v", changed, err, s.Linux.Namespaces)
 	}
 }

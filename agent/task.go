@@ -200,7 +200,11 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		}
 	}()
 	config := r.Options.Value
-	if changed := guestDefaults(&spec); a.runtimeSpecVersion(&spec) || changed {
+	adapted, err := a.runtimeSpec(&spec)
+	if err != nil {
+		return nil, fmt.Errorf("create %q: %w", r.ID, err)
+	}
+	if changed := guestDefaults(&spec); adapted || changed {
 		b, err := json.Marshal(&spec)
 		if err != nil {
 			return nil, err
