@@ -46,6 +46,11 @@ func TestRefusals(t *testing.T) {
 		{"host pid", func(in *Input) {
 			in.Spec.Linux.Namespaces = in.Spec.Linux.Namespaces[1:]
 		}, []string{"linux.namespaces", "hostPID, --pid host", `{"type": "pid"}`}},
+		{"user ns root unmapped", func(in *Input) {
+			in.Spec.Linux.Namespaces = append(in.Spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			in.Spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+			in.Spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 1, HostID: 100000, Size: 65535}}
+		}, []string{"linux.gidMappings", "no mapping for container ID 0", "map container ID 0"}},
 		{"host device", func(in *Input) {
 			in.Spec.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/null"}, {Path: "/dev/fuse"}}
 		}, []string{`linux.devices[1] "/dev/fuse"`, "cannot use the host's device nodes", "drop --device /dev/fuse"}},

@@ -269,7 +269,37 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 	if !has[specs.PIDNamespace] {
 		return errors.New(`linux.namespaces: no pid namespace means the host's PID namespace (hostPID, --pid host), which a VM cannot share: the host's processes are not in the guest; add {"type": "pid"} (drop hostPID / --pid host)`)
 	}
+	if err := checkUserMappings(spec.Linux); err != nil {
+		return err
+	}
 	return refuseHostDevices(spec)
+}
+
+// checkUserMappings refuses a new user namespace whose mappings leave the
+// container's root (ID 0) unmapped, as runc does ("no root user mapping
+// found"); crun 1.8 would run it.
+func checkUserMappings(l *specs.Linux) error {
+	for _, ns := range l.Namespaces {
+		if ns.Type != specs.UserNamespace || ns.Path != "" {
+			continue
+		}
+		for _, m := range []struct {
+			field string
+			ids   []specs.LinuxIDMapping
+		}{{"linux.uidMappings", l.UIDMappings}, {"linux.gidMappings", l.GIDMappings}} {
+			if len(m.ids) == 0 {
+				continue
+			}
+			mapped := false
+			for _, id := range m.ids {
+				mapped = mapped || (id.ContainerID == 0 && id.Size > 0)
+			}
+			if !mapped {
+				return fmt.Errorf("%s: no mapping for container ID 0: a new user namespace needs its root mapped; map container ID 0", m.field)
+			}
+		}
+	}
+	return nil
 }
 
 // deepCopy copies spec through JSON, its defined representation, so the
