@@ -59,6 +59,11 @@ mkdir -p "$MSB_CACHE" "$PREFIX/bin"
 "$GO" build -trimpath -o "$MSB_CACHE/containerd-shim-msb-v2" ./cmd/containerd-shim-msb-v2
 # Stripped: the agent sits in every guest's initramfs, unpacked into guest RAM.
 CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$MSB_CACHE/msb-agent" ./cmd/msb-agent
+# Parked VMs (warm start, pool_size) run the binaries and image being
+# replaced: the old msb-runtime stops them (the pool refills itself).
+if [[ -d /run/msb/shim/pool && -x $PREFIX/bin/msb-runtime ]]; then
+	"$PREFIX/bin/msb-runtime" pool drain || true
+fi
 install -m 0755 "$MSB_CACHE/msb-runtime" "$MSB_CACHE/containerd-shim-msb-v2" "$PREFIX/bin/"
 "$PREFIX/bin/msb-runtime" --version | sed -n 1p
 

@@ -43,8 +43,8 @@ func poolCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					p := pool.Pool{Root: c.String("pool-root"), Logf: log.L.Infof}
-					return p.Fill(context.Background(), cfg, self)
+					p := pool.Pool{Root: c.String("pool-root"), Binary: self, Logf: log.L.Infof}
+					return p.Fill(context.Background(), cfg)
 				},
 			},
 			{

@@ -43,6 +43,9 @@ const ParkedNice = 10
 // Pool is the pool under Root.
 type Pool struct {
 	Root string
+	// Binary is msb-runtime, whose vmm command is the VMM process: Fill
+	// boots VMs with it, and it is part of their fingerprint.
+	Binary string
 	// Logf, when set, reports progress.
 	Logf func(format string, args ...any)
 }
@@ -59,11 +62,31 @@ type Entry struct {
 	PodDir string `json:"podDir"`
 }
 
-// Fingerprint identifies the settings a VM is booted with: a claimer
-// takes only VMs booted with its own config.
-func Fingerprint(c config.Config) string {
+// Fingerprint identifies what a VM is booted with: the config, and the
+// guest image's files and the VMM binary as they are on disk (path, size,
+// modification time), so a VM parked before an upgrade or an image
+// rebuild is never claimed. A claimer takes only VMs of its own.
+func Fingerprint(c config.Config, binary string) string {
 	c.PoolSize = 0
-	b, _ := json.Marshal(c)
+	files := []string{c.Kernel, c.Initrd, c.GuestRoot, binary}
+	if c.Kernel != "" {
+		files = append(files, filepath.Join(filepath.Dir(c.Kernel), launch.RootDiskFile))
+	}
+	type ident struct {
+		Path  string
+		Size  int64
+		MTime int64
+	}
+	ids := []ident{}
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil {
+			ids = append(ids, ident{f, st.Size(), st.ModTime().UnixNano()})
+		}
+	}
+	b, _ := json.Marshal(struct {
+		Config config.Config
+		Files  []ident
+	}{c, ids})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
@@ -102,7 +125,7 @@ func (b bucket) lock() (func(), error) {
 
 // Entries lists the VMs parked for config c, oldest first.
 func (p Pool) Entries(c config.Config) ([]*Entry, error) {
-	return p.bucket(Fingerprint(c)).entries()
+	return p.bucket(Fingerprint(c, p.Binary)).entries()
 }
 
 func (p bucket) entries() ([]*Entry, error) {
@@ -166,7 +189,7 @@ func (p bucket) take(e *Entry) bool {
 // A VM that died in the pool, or could not move, is cleared away and the
 // next tried. It returns nil, nil, nil when none is left.
 func (p Pool) Claim(c config.Config, host *vmm.HostResources) (*Entry, *vmm.Handle, error) {
-	b := p.bucket(Fingerprint(c))
+	b := p.bucket(Fingerprint(c, p.Binary))
 	list, err := b.entries()
 	if err != nil {
 		return nil, nil, err
@@ -187,10 +210,9 @@ func (p Pool) Claim(c config.Config, host *vmm.HostResources) (*Entry, *vmm.Hand
 }
 
 // Fill boots VMs with config c until c.PoolSize are parked, first
-// clearing those that died. binary is msb-runtime, whose vmm command is
-// the VMM process.
-func (p Pool) Fill(ctx context.Context, c config.Config, binary string) error {
-	b := p.bucket(Fingerprint(c))
+// clearing those that died.
+func (p Pool) Fill(ctx context.Context, c config.Config) error {
+	b := p.bucket(Fingerprint(c, p.Binary))
 	unlock, err := b.lock()
 	if err != nil {
 		return err
@@ -210,7 +232,7 @@ func (p Pool) Fill(ctx context.Context, c config.Config, binary string) error {
 		}
 	}
 	for ; have < c.PoolSize; have++ {
-		if err := b.boot(ctx, c, binary); err != nil {
+		if err := b.boot(ctx, c); err != nil {
 			return err
 		}
 	}
@@ -298,7 +320,7 @@ func alive(e *Entry) bool {
 
 // boot starts one pool VM, waits for its agent, parks it and writes its
 // entry. On error nothing of it is left.
-func (p bucket) boot(ctx context.Context, c config.Config, binary string) (retErr error) {
+func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 	id, err := newID()
 	if err != nil {
 		return err
@@ -345,7 +367,7 @@ func (p bucket) boot(ctx context.Context, c config.Config, binary string) (retEr
 	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
 	prep.Launch.Nice = ParkedNice
 	start := time.Now()
-	if h, err = prep.Spawn(binary); err != nil {
+	if h, err = prep.Spawn(p.Binary); err != nil {
 		return fmt.Errorf("pool VM: %w", err)
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(prep.Launch.BootTimeout)+10*time.Second)

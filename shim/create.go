@@ -77,16 +77,14 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	}
 	// Whatever this Create takes, the pool is topped up after it.
 	defer refillPool(ctx, cfg, binary)
-	if v := s.claimVM(ctx, c, rootfs, cfg); v != nil {
+	if v := s.claimVM(ctx, c, rootfs, cfg, binary); v != nil {
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
 		if err := writeRecord(bundle, rec); err != nil {
 			v.destroy(ctx)
 			return nil, err
 		}
+		// From here c owns v: teardown destroys it.
 		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {
-			if c.pod == nil {
-				v.destroy(ctx) // teardown destroys it once c is its member
-			}
 			return nil, err
 		}
 		if err := c.createHooks(ctx); err != nil {

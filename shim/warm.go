@@ -59,7 +59,7 @@ func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) 
 
 // claimVM returns a pool VM for c, adopted and connected, or nil when c
 // takes a cold start (no pool, c does not fit, the pool is empty).
-func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg config.Config) *vm {
+func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg config.Config, binary string) *vm {
 	if cfg.PoolSize == 0 {
 		return nil
 	}
@@ -72,7 +72,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		log.G(ctx).WithError(err).Infof("container %s: cold start", c.id)
 		return nil
 	}
-	p := pool.Pool{Root: poolRoot(), Logf: log.G(ctx).Infof}
+	p := pool.Pool{Root: poolRoot(), Binary: binary, Logf: log.G(ctx).Infof}
 	e, h, err := p.Claim(cfg, host)
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool: cold start", c.id)

@@ -1,0 +1,51 @@
+package pool
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/config"
+)
+
+// TestFingerprint: the same config and files give the same fingerprint;
+// pool_size does not count; another setting, a rebuilt kernel or root
+// disk, or another VMM binary gives another.
+func TestFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	c := config.Default()
+	c.Kernel = filepath.Join(dir, "vmlinux")
+	bin := filepath.Join(dir, "msb-runtime")
+	for _, f := range []string{c.Kernel, filepath.Join(dir, "rootfs.img"), bin} {
+		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := Fingerprint(c, bin)
+	c2 := c
+	c2.PoolSize = 3
+	if Fingerprint(c2, bin) != base {
+		t.Error("pool_size changed the fingerprint")
+	}
+	c2.MemoryMiB++
+	if Fingerprint(c2, bin) == base {
+		t.Error("memory_mib did not change the fingerprint")
+	}
+	later := time.Now().Add(time.Hour)
+	for _, f := range []string{c.Kernel, filepath.Join(dir, "rootfs.img"), bin} {
+		st, _ := os.Stat(f)
+		if err := os.Chtimes(f, later, later); err != nil {
+			t.Fatal(err)
+		}
+		if Fingerprint(c, bin) == base {
+			t.Errorf("rewriting %s did not change the fingerprint", filepath.Base(f))
+		}
+		if err := os.Chtimes(f, st.ModTime(), st.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if Fingerprint(c, bin) != base {
+		t.Error("the fingerprint is not stable")
+	}
+}
