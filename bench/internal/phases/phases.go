@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/ociruntime"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // Run runs the benchmark n times per runtime and prints its tables; msb
@@ -107,7 +108,7 @@ func readPhases(path string) (map[string][]float64, error) {
 
 // measureRSS runs a sleeping container and reads VmRSS of the VMM process
 // and qemu (found by the state dir in their command lines).
-func measureRSS(msb, bundle, tmp string) (vmm, qemu float64, err error) {
+func measureRSS(msb, bundle, tmp string) (vmmMiB, qemuMiB float64, err error) {
 	spec := filepath.Join(bundle, "config.json")
 	orig, _ := os.ReadFile(spec)
 	defer os.WriteFile(spec, orig, 0o644)
@@ -128,23 +129,26 @@ func measureRSS(msb, bundle, tmp string) (vmm, qemu float64, err error) {
 	if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "ready\n" {
 		return 0, 0, fmt.Errorf("rss container: %q %v", l, err)
 	}
-	state := filepath.Join(root, "rss")
+	// The VMM names its state dir on its argv; qemu is its child.
+	state := vmm.StateDirPath(root, "rss")
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	vmmPid := ""
 	for _, p := range procs {
 		b, _ := os.ReadFile(p)
-		args := strings.Split(string(b), "\x00")
-		if !bytes.Contains(b, []byte(state)) || len(args) < 2 {
-			continue
-		}
-		rss := rssMiB(filepath.Join(filepath.Dir(p), "status"))
-		switch {
-		case strings.Contains(args[0], "qemu"):
-			qemu += rss
-		case args[1] == "vmm":
-			vmm += rss
+		if args := strings.Split(string(b), "\x00"); len(args) >= 3 && args[1] == "vmm" && args[2] == state {
+			vmmPid = filepath.Base(filepath.Dir(p))
+			vmmMiB = rssMiB(filepath.Join(filepath.Dir(p), "status"))
 		}
 	}
-	return vmm, qemu, nil
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		st, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "stat"))
+		f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
+		if vmmPid != "" && len(f) > 1 && f[1] == vmmPid && bytes.Contains(b, []byte("qemu")) {
+			qemuMiB += rssMiB(filepath.Join(filepath.Dir(p), "status"))
+		}
+	}
+	return vmmMiB, qemuMiB, nil
 }
 
 func rssMiB(status string) float64 {
