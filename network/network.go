@@ -205,6 +205,43 @@ func CreateTaps(nics []NIC) (_ []*os.File, retErr error) {
 	return fds, nil
 }
 
+// MoveTaps moves the taps of nics from the network namespace from into
+// to and sets them up there: a pool VM, booted in a namespace of its own, is claimed by a
+// container whose namespace is given (ADR 020). A tap keeps its queues,
+// and the hypervisor its fd, across the move.
+func MoveTaps(from, to *os.File, nics []NIC) error {
+	h, err := handle(from)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for _, n := range nics {
+		l, err := h.LinkByName(n.Tap)
+		if err != nil {
+			return fmt.Errorf("tap %s: %w", n.Tap, err)
+		}
+		if err := h.LinkSetNsFd(l, int(to.Fd())); err != nil {
+			return fmt.Errorf("move tap %s into network namespace %s: %w", n.Tap, to.Name(), err)
+		}
+	}
+	// A link that changes namespace is down in the new one.
+	th, err := handle(to)
+	if err != nil {
+		return err
+	}
+	defer th.Close()
+	for _, n := range nics {
+		l, err := th.LinkByName(n.Tap)
+		if err == nil {
+			err = th.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("tap %s in network namespace %s: set up: %w", n.Tap, to.Name(), err)
+		}
+	}
+	return nil
+}
+
 // wiresFile is where a creator records its wires in the VM's state dir,
 // so whoever cleans up after it (the VMM, `shim delete`) can unwire.
 const wiresFile = "network.json"

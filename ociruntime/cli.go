@@ -73,6 +73,15 @@ func App() *cli.App {
 				},
 			},
 			{
+				Name:   "anchor",
+				Usage:  "holds a network namespace for a claimed pool VM's container until its stdin closes (started by the shim)",
+				Hidden: true,
+				Action: func(*cli.Context) error {
+					_, _ = io.Copy(io.Discard, os.Stdin)
+					return nil
+				},
+			},
+			{
 				Name:      "jail",
 				ArgsUsage: "<plan-fd>",
 				Usage:     "jails and execs the hypervisor (started by the VMM process, reads its plan from the fd)",

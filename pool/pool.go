@@ -185,10 +185,11 @@ func (p bucket) take(e *Entry) bool {
 }
 
 // Claim takes the oldest VM parked for config c and adopts it
-// (vmm.Adopt), moving it to host (the container's cgroup and OOM score).
+// (vmm.Adopt), sending it claim (the container's cgroup, OOM score and
+// network namespace).
 // A VM that died in the pool, or could not move, is cleared away and the
 // next tried. It returns nil, nil, nil when none is left.
-func (p Pool) Claim(c config.Config, host *vmm.HostResources) (*Entry, *vmm.Handle, error) {
+func (p Pool) Claim(c config.Config, claim vmm.Claim) (*Entry, *vmm.Handle, error) {
 	b := p.bucket(Fingerprint(c, p.Binary))
 	list, err := b.entries()
 	if err != nil {
@@ -198,7 +199,7 @@ func (p Pool) Claim(c config.Config, host *vmm.HostResources) (*Entry, *vmm.Hand
 		if !b.take(e) {
 			continue
 		}
-		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, host)
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, claim)
 		if err != nil {
 			p.logf("pool VM %s: %v: clearing it", e.ID, err)
 			p.discard(e, nil)
@@ -271,7 +272,7 @@ func (p bucket) drain() error {
 		if !p.take(e) {
 			continue
 		}
-		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, nil)
+		h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, vmm.Claim{})
 		if err != nil {
 			h = nil
 		}

@@ -75,9 +75,16 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		return c, s.createInGuest(ctx, c, r)
 	}
+	podDir := ""
+	var hostNS map[specs.LinuxNamespaceType]string
+	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
+		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(StateRoot(), s.namespace), r.ID), "containers")
+		hostNS = takeHostNamespaces(spec)
+	}
 	// Whatever this Create takes, the pool is topped up after it.
 	defer refillPool(ctx, cfg, binary)
 	if v := s.claimVM(ctx, c, rootfs, cfg, binary); v != nil {
+		v.podHostNS = hostNS
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
 		if err := writeRecord(bundle, rec); err != nil {
 			v.destroy(ctx)
@@ -91,12 +98,6 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 			return nil, err
 		}
 		return c, s.createInGuest(ctx, c, r)
-	}
-	podDir := ""
-	var hostNS map[specs.LinuxNamespaceType]string
-	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
-		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(StateRoot(), s.namespace), r.ID), "containers")
-		hostNS = takeHostNamespaces(spec)
 	}
 	c.vm, err = startVM(ctx, vmRequest{
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,

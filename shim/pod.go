@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
@@ -67,9 +68,9 @@ func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 // that name the sandbox's namespace to the guest paths of the sandbox
 // init's (guestPid) namespaces. A path names the sandbox's namespace when
 // it is the one the sandbox's own spec had (hostNS), or
-// /proc/<sandbox task pid>/ns/<type>, the task pid being the VMM's. Other
-// paths are left out, so specconv refuses them.
-func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, vmmPid, guestPid int) map[specs.LinuxNamespaceType]string {
+// /proc/<sandbox task pid>/ns/<type> (taskPid: the VMM's, or a claimed
+// pool VM's anchor). Other paths are left out, so specconv refuses them.
+func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, taskPid, guestPid int) map[specs.LinuxNamespaceType]string {
 	out := map[specs.LinuxNamespaceType]string{}
 	if spec.Linux == nil {
 		return out
@@ -80,7 +81,7 @@ func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]stri
 			continue
 		}
 		p := filepath.Clean(ns.Path)
-		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", vmmPid, name) {
+		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", taskPid, name) {
 			out[ns.Type] = fmt.Sprintf("/proc/%d/ns/%s", guestPid, name)
 		}
 	}
@@ -116,7 +117,7 @@ func (s *service) podSandbox(spec *specs.Spec) *container {
 	s.mu.Lock()
 	sb := s.containers[id]
 	s.mu.Unlock()
-	if sb == nil || sb.pod != nil || sb.vm == nil || sb.vm.podDir == "" || sb.vm.isDead() {
+	if sb == nil || (sb.pod != nil && !sb.pod.owned) || sb.vm == nil || sb.vm.podDir == "" || sb.vm.isDead() {
 		return nil
 	}
 	return sb
@@ -135,7 +136,7 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	if st.Pid == 0 {
 		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
-	ns := joinedNamespaces(spec, v.podHostNS, v.h.Pid, int(st.Pid))
+	ns := joinedNamespaces(spec, v.podHostNS, int(sb.hostPid()), int(st.Pid))
 	c.oom = sb.oom
 	if err := c.joinVM(ctx, v, spec, rootfs, cfg, ns, false); err != nil {
 		return err
@@ -151,6 +152,11 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs string, cfg config.Config, ns map[specs.LinuxNamespaceType]string, owned bool) error {
 	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id), owned: owned}
 	c.vm, c.pod = v, m
+	if owned {
+		// The host side of a network namespace the spec names is the
+		// claim's (the VM's taps moved there); the guest makes its own.
+		spec = withoutNetNSPath(spec)
+	}
 	mem, err := launch.PrepareMember(launch.MemberRequest{
 		ID: c.id, Spec: spec, Bundle: c.bundle, Rootfs: rootfs,
 		StageDir: m.stageDir, GuestDir: "/run/msb/c/" + c.id,
@@ -279,4 +285,22 @@ func (m *podMember) leave(ctx context.Context) {
 	if err := os.RemoveAll(m.stageDir); err != nil {
 		log.G(ctx).WithError(err).Warnf("remove %s", m.stageDir)
 	}
+}
+
+// withoutNetNSPath is spec with its network namespace's path dropped
+// (spec itself when it names none).
+func withoutNetNSPath(spec *specs.Spec) *specs.Spec {
+	if spec.Linux == nil {
+		return spec
+	}
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && ns.Path != "" {
+			cp, l := *spec, *spec.Linux
+			l.Namespaces = slices.Clone(l.Namespaces)
+			l.Namespaces[i].Path = ""
+			cp.Linux = &l
+			return &cp
+		}
+	}
+	return spec
 }

@@ -62,7 +62,12 @@ type container struct {
 // hostPid is the pid containerd sees for every process of the container:
 // the VMM process, the host process that is the VM. Guest pids mean
 // nothing on the host; Pids lists them.
-func (c *container) hostPid() uint32 { return uint32(c.vm.h.Pid) }
+func (c *container) hostPid() uint32 {
+	if a := c.vm.anchor; a != nil {
+		return uint32(a.cmd.Process.Pid)
+	}
+	return uint32(c.vm.h.Pid)
+}
 
 func (c *container) getProcess(execID string) (*proc, error) {
 	if execID == "" {

@@ -84,6 +84,9 @@ type vm struct {
 	// net is the VMM's network namespace (the container's) and what is
 	// joined to the VM's NICs; the shim attaches at Start.
 	net *launch.Net
+	// anchor is the task pid of a pool VM claimed for a network
+	// namespace the container names (warm.go); nil otherwise.
+	anchor *anchor
 
 	stopOnce sync.Once
 	// endOnce logs once why the VM died (ended).
@@ -279,6 +282,7 @@ func (v *vm) destroy(ctx context.Context) {
 	if err := v.net.Close(); err != nil {
 		log.G(ctx).WithError(err).Warnf("VM %s: unwire network", v.name)
 	}
+	v.anchor.stop()
 	if v.prep != nil {
 		if err := v.prep.Release(); err != nil {
 			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)

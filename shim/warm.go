@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/pool"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -27,34 +30,40 @@ import (
 func poolRoot() string { return filepath.Join(StateRoot(), "pool") }
 
 // poolMisfit says why a container with spec takes a cold start although
-// the config keeps a pool; "" when it can claim a pool VM. A pool VM has
-// the default size, a new network namespace of its own, no disks and the
-// qemu backend, and runs no pod sandbox.
-func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) string {
-	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
-		return "a pod sandbox boots its pod's VM"
-	}
+// the config keeps a pool; "" when it can claim a pool VM, with the
+// network namespace the spec names ("" for a new one). A pool VM has the
+// default size, spare_nics NICs, no disks and the qemu backend.
+func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) (string, string) {
 	sh, err := launch.ShapeOf(spec, bundle, rootfs, id, cfg)
 	if err != nil {
-		return err.Error() // Create reports it on the cold path
+		return err.Error(), "" // Create reports it on the cold path
 	}
 	pv, err := launch.ShapeOf(pool.Spec(rootfs, id), bundle, rootfs, id, cfg)
 	if err != nil {
-		return "pool VM: " + err.Error()
+		return "pool VM: " + err.Error(), ""
+	}
+	if sh.NetNS != "" {
+		// The VM's spare NICs take the namespace's interfaces (CNI's
+		// eth0), as a cold VM's would take Docker's veth.
+		nics, err := network.Plan(sh.NetNS, 0)
+		if err != nil {
+			return err.Error(), ""
+		}
+		if len(nics) > cfg.SpareNICs {
+			return fmt.Sprintf("its network namespace has %d interfaces, a pool VM %d NICs (spare_nics)", len(nics), cfg.SpareNICs), ""
+		}
 	}
 	switch {
-	case sh.NetNS != "":
-		return "its network namespace is given (" + sh.NetNS + "); a pool VM's is its own"
 	case sh.Disks > 0:
-		return "it attaches block devices"
+		return "it attaches block devices", ""
 	case sh.Backend == vmm.BackendLibkrun:
-		return "backend libkrun"
+		return "backend libkrun", ""
 	case sh.Boot != "":
-		return "the VM boots with " + sh.Boot
+		return "the VM boots with " + sh.Boot, ""
 	case sh.VCPUs != pv.VCPUs || sh.MemoryMiB != pv.MemoryMiB:
-		return fmt.Sprintf("its VM size (%d vCPUs, %d MiB) is not the pool's (%d, %d)", sh.VCPUs, sh.MemoryMiB, pv.VCPUs, pv.MemoryMiB)
+		return fmt.Sprintf("its VM size (%d vCPUs, %d MiB) is not the pool's (%d, %d)", sh.VCPUs, sh.MemoryMiB, pv.VCPUs, pv.MemoryMiB), ""
 	}
-	return ""
+	return "", sh.NetNS
 }
 
 // claimVM returns a pool VM for c, adopted and connected, or nil when c
@@ -63,7 +72,8 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	if cfg.PoolSize == 0 {
 		return nil
 	}
-	if why := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg); why != "" {
+	why, netns := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg)
+	if why != "" {
 		log.G(ctx).Infof("container %s: cold start: %s", c.id, why)
 		return nil
 	}
@@ -73,7 +83,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		return nil
 	}
 	p := pool.Pool{Root: poolRoot(), Binary: binary, Logf: log.G(ctx).Infof}
-	e, h, err := p.Claim(cfg, host)
+	e, h, err := p.Claim(cfg, vmm.Claim{Host: host, NetNS: netns})
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool: cold start", c.id)
 		return nil
@@ -90,7 +100,13 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		<-h.Done()
 		close(v.dead)
 	}()
-	if v.net, err = launch.OpenNet(v.launch, h.Pid); err == nil {
+	if netns != "" {
+		err = v.moveTo(netns, binary)
+	}
+	if err == nil {
+		v.net, err = launch.OpenNet(v.launch, h.Pid)
+	}
+	if err == nil {
 		err = v.connect(ctx)
 	}
 	if err != nil {
@@ -138,4 +154,71 @@ func refillPool(ctx context.Context, cfg config.Config, binary string) {
 			log.L.WithError(err).Warnf("pool fill failed (log %s)", filepath.Join(poolRoot(), "fill.log"))
 		}
 	}()
+}
+
+// moveTo hands a claimed pool VM to the network namespace netns the
+// container names: its taps move there (the VM's spare NICs then take
+// the namespace's interfaces at Start, as a cold VM's take Docker's
+// veth), and an anchor process started there is the task pid.
+func (v *vm) moveTo(netns, binary string) error {
+	from, err := network.OpenNS(fmt.Sprintf("/proc/%d/ns/net", v.h.Pid))
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	to, err := network.OpenNS(netns)
+	if err != nil {
+		return err
+	}
+	defer to.Close()
+	if err := network.MoveTaps(from, to, v.launch.NICs); err != nil {
+		return err
+	}
+	v.launch.NetNS = netns
+	v.anchor, err = startAnchor(binary, netns)
+	return err
+}
+
+// anchor is the task pid of a container that claimed a pool VM for a
+// network namespace it names (ADR 020): the VMM stays in the namespace it
+// was booted in, and no pid the shim reports may point a client at
+// another namespace than the container's. It is msb-runtime's anchor
+// command started in that namespace, and lives until the shim closes its
+// stdin, or dies.
+type anchor struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+}
+
+func startAnchor(binary, netns string) (*anchor, error) {
+	cmd := exec.Command(binary, "anchor")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := network.InNS(netns, cmd.Start); err != nil {
+		in.Close()
+		return nil, fmt.Errorf("anchor process in %s: %w", netns, err)
+	}
+	return &anchor{cmd: cmd, in: in}, nil
+}
+
+// stop ends the anchor (closing its stdin; SIGKILL after 5 s) and reaps it.
+func (a *anchor) stop() {
+	if a == nil {
+		return
+	}
+	a.in.Close()
+	done := make(chan struct{})
+	go func() {
+		_ = a.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-done
+	}
 }

@@ -14,10 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// claimRequest is the one line a claimer sends on a pool VM's lifeline:
-// where the VM's processes go on the host (nil: stay).
-type claimRequest struct {
+// Claim is the one line a claimer sends on a pool VM's lifeline.
+type Claim struct {
+	// Host is where the VM's processes go on the host: the container's
+	// cgroup and OOM score (nil: they stay).
 	Host *HostResources `json:"host,omitempty"`
+	// NetNS is the network namespace the claimer moves the VM's taps to
+	// ("": they stay in the VM's own), where the VMM unwires them if its
+	// creator dies.
+	NetNS string `json:"netns,omitempty"`
 }
 
 // claimReply is the VMM's one-line answer.
@@ -30,13 +35,12 @@ const claimTimeout = 30 * time.Second
 
 // Adopt makes the caller the creator of a parked pool VM (ADR 020): it
 // connects to the VM's lifeline socket, which the VMM accepts once, checks
-// that the peer is process pid, and has the VMM move itself and its
-// hypervisor to host (the container's cgroup and OOM score; nil: they
-// stay). The connection is then the VMM's lifeline, as a spawned VMM's
+// that the peer is process pid, and sends it c (the VMM moves itself and
+// its hypervisor to c.Host). The connection is then the VMM's lifeline, as a spawned VMM's
 // parent-watch pipe is: Release, or the caller's death, shuts the guest
 // down; Done and Kill work through a pidfd, so a reused pid is never
 // signalled.
-func Adopt(pid int, lifeline string, host *HostResources) (_ *Handle, retErr error) {
+func Adopt(pid int, lifeline string, c Claim) (_ *Handle, retErr error) {
 	// The pidfd first: if the VMM still answers on its lifeline below,
 	// it was alive when the pidfd was opened, so the pidfd is its.
 	pidfd, err := unix.PidfdOpen(pid, 0)
@@ -60,7 +64,7 @@ func Adopt(pid int, lifeline string, host *HostResources) (_ *Handle, retErr err
 		conn.Close()
 		return nil, err
 	}
-	if err := claimExchange(conn, claimRequest{Host: host}); err != nil {
+	if err := claimExchange(conn, c); err != nil {
 		conn.Close() // the VM shuts down
 		return nil, fmt.Errorf("pool VM process %d: %w", pid, err)
 	}
@@ -111,7 +115,7 @@ func waitPidfd(pidfd int) error {
 }
 
 // claimExchange sends req and reads the VMM's reply.
-func claimExchange(conn net.Conn, req claimRequest) error {
+func claimExchange(conn net.Conn, req Claim) error {
 	if err := conn.SetDeadline(time.Now().Add(claimTimeout)); err != nil {
 		return err
 	}
@@ -165,11 +169,14 @@ func (v *vm) serveClaim(conn net.Conn) error {
 	if err != nil {
 		return fmt.Errorf("claim request: %w", err)
 	}
-	var req claimRequest
+	var req Claim
 	err = json.Unmarshal(line, &req)
-	if err == nil && req.Host != nil {
+	if err == nil {
 		v.mu.Lock()
-		err = v.rehome(req.Host, v.hv.pid(), log.L.Infof)
+		v.claimedNetNS = req.NetNS
+		if req.Host != nil {
+			err = v.rehome(req.Host, v.hv.pid(), log.L.Infof)
+		}
 		v.mu.Unlock()
 	}
 	rep := claimReply{}

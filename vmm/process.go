@@ -93,6 +93,8 @@ type vm struct {
 	lifeline *net.UnixListener
 	// tcg: qemu was to start under TCG (its host cgroup's limits).
 	tcg bool
+	// claimedNetNS is where a claimer moved a pool VM's taps (Claim).
+	claimedNetNS string
 	// host is the cgroup the VMM moved into (enterHost), left in
 	// removeState.
 	host *hostCgroup
@@ -325,7 +327,7 @@ func (v *vm) removeState() {
 	// in that namespace, does.
 	if wires, err := network.LoadWires(v.cfg.RuntimeDir); err != nil {
 		log.L.WithError(err).Warn("read network wires")
-	} else if err := network.Detach(nil, wires); err != nil {
+	} else if err := v.unwire(wires); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
 	cleanup := v.cfg.Cleanup // the creator died: all of it goes
@@ -342,6 +344,20 @@ func (v *vm) removeState() {
 			log.L.WithError(err).Warnf("cleanup %s", p)
 		}
 	}
+}
+
+// unwire undoes wires in the VMM's network namespace, or where a claimer
+// moved the VM's taps.
+func (v *vm) unwire(wires []network.Wire) error {
+	if len(wires) == 0 || v.claimedNetNS == "" {
+		return network.Detach(nil, wires)
+	}
+	ns, err := network.OpenNS(v.claimedNetNS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return network.Detach(ns, wires)
 }
 
 // shutdownSignals are the signals that make the VMM shut its guest down.

@@ -105,9 +105,12 @@ func (v *vm) watchCreator(watch io.ReadCloser, eof chan<- struct{}) {
 		if n == 1 && b[0] == ParkByte && v.lifeline != nil {
 			watch.Close()
 			log.L.Info("parked in the pool: waiting for a creator on the lifeline")
+			stopWatch := v.watchLifeline()
 			conn, err := v.lifeline.Accept()
+			stopWatch()
 			v.lifeline.Close() // one claim only
 			if err != nil {
+				log.L.WithError(err).Info("parked VM unreachable: shutting the guest down")
 				close(eof)
 				return
 			}
@@ -134,4 +137,36 @@ func (v *vm) watchCreator(watch io.ReadCloser, eof chan<- struct{}) {
 			return
 		}
 	}
+}
+
+// lifelinePoll is how often a parked VM checks its lifeline socket.
+const lifelinePoll = 2 * time.Second
+
+// watchLifeline closes the lifeline listener when its socket file is
+// removed or replaced: a parked VM nobody can reach any more (its pool's
+// directory was deleted) must not run on, unclaimed, for ever. The
+// returned func stops the watch.
+func (v *vm) watchLifeline() func() {
+	var want os.FileInfo
+	if st, err := os.Stat(v.cfg.Lifeline); err == nil {
+		want = st
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(lifelinePoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			st, err := os.Stat(v.cfg.Lifeline)
+			if err != nil || want == nil || !os.SameFile(st, want) {
+				v.lifeline.Close()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }

@@ -61,6 +61,13 @@ if [[ -n $shims ]]; then
 	# shellcheck disable=SC2086
 	stop $all
 fi
+# Parked pool VMs (pool_size in MSB_CONFIG) outlive their shims; the
+# lock in the pool waits for a refill still booting.
+if [[ -d $CTD_STATE/msb/pool ]]; then
+	rt=msb-runtime
+	[[ -x ${MSB_BIN_DIR:-}/msb-runtime ]] && rt=$MSB_BIN_DIR/msb-runtime
+	"$rt" pool drain --pool-root "$CTD_STATE/msb/pool" >/dev/null 2>&1 || { log "pool drain failed"; problems=1; }
+fi
 if alive "$RUN/registry.pid"; then
 	log "stopping the registry (pid $(cat "$RUN/registry.pid"))"
 	stop "$(cat "$RUN/registry.pid")"

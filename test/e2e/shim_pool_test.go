@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,22 @@ func poolEntries(t *testing.T, root string) map[string]int {
 	return out
 }
 
+// poolConfig writes the test config with pool_size = 1 and returns its
+// body, its path and the shim env's pool root.
+func poolConfig(t *testing.T, e *shimEnv) ([]byte, string, string) {
+	t.Helper()
+	base, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := append(base, []byte("\npool_size = 1\n")...)
+	path := filepath.Join(t.TempDir(), "pool.toml")
+	if err := os.WriteFile(path, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, path, filepath.Join(e.stateRoot, "pool")
+}
+
 // poolCmd runs msb-runtime pool SUB on the shim env's pool with the
 // config body on stdin, as the shim does.
 func poolCmd(t *testing.T, e *shimEnv, cfg []byte, sub string) string {
@@ -53,16 +70,7 @@ func poolCmd(t *testing.T, e *shimEnv, cfg []byte, sub string) string {
 // of another size boots its own; drain stops the pool and leaves nothing.
 func TestShimWarmPool(t *testing.T) {
 	e := startShimEnv(t)
-	base, err := os.ReadFile(configFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := append(base, []byte("\npool_size = 1\n")...)
-	cfgPath := filepath.Join(t.TempDir(), "pool.toml")
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	poolRoot := filepath.Join(e.stateRoot, "pool")
+	cfg, cfgPath, poolRoot := poolConfig(t, e)
 	drained := false
 	t.Cleanup(func() {
 		if !drained {
@@ -207,4 +215,90 @@ func sameKeys(a, b map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// TestNetPodWarm: with pool_size = 1 a pod's sandbox, whose network
+// namespace CNI made (as containerd's CRI does), claims the parked VM: the
+// VM's taps move into the pod's namespace, the task pid is an anchor
+// process there (the VMM stays in the namespace it was booted in), and
+// the pod works as a cold one: its app container joins the VM, the pod IP
+// and port-forward reach the app's httpd, nothing stays wired.
+func TestNetPodWarm(t *testing.T) {
+	e := startShimEnv(t)
+	cfg, cfgPath, poolRoot := poolConfig(t, e)
+	t.Cleanup(func() {
+		poolCmd(t, e, cfg, "drain")
+		os.RemoveAll(poolRoot)
+	})
+	poolCmd(t, e, cfg, "fill")
+	var parkedPid int
+	var parkedID string
+	for id, pid := range poolEntries(t, poolRoot) {
+		parkedID, parkedPid = id, pid
+	}
+
+	host := newNetNS(t)
+	cni := newCNI(t, host, "10.88.7.0/24")
+	podNS := newNetNS(t)
+	ip := cni.add("wpod", podNS, 0)
+	const sb, app = "wpod-sb", "wpod-app"
+	run := func(typ, id string, args ...string) {
+		a := []string{"run", "-d", "--runtime", msbRuntimeType, "--runtime-config-path", cfgPath,
+			"--annotation", "io.kubernetes.cri.container-type=" + typ, "--annotation", "io.kubernetes.cri.sandbox-id=" + sb,
+			"--with-ns", "network:" + podNS, e.image, id}
+		e.MustCtr(append(a, args...)...)
+	}
+	run("sandbox", sb, "sleep", "600")
+	t.Cleanup(func() { e.remove(t, sb) })
+	e.waitStatus(t, sb, "RUNNING", 2*time.Minute)
+	sbPid := e.taskPid(t, sb)
+	if sbPid == parkedPid {
+		t.Fatalf("the sandbox's task pid is the pool VM's VMM %d, which lives in another network namespace", parkedPid)
+	}
+	assertOwnNetNS(t, e, sb, sbPid, podNS)
+	if _, still := poolEntries(t, poolRoot)[parkedID]; still || !strings.Contains(e.Log(), "claims pool VM "+parkedID) {
+		t.Fatalf("the sandbox did not claim the parked VM %s (shim log: %v)", parkedID, strings.Contains(e.Log(), "cold start"))
+	}
+	if st := procState(parkedPid); st == "" || st == "Z" {
+		t.Fatalf("the claimed VM's VMM %d is gone", parkedPid)
+	}
+	if sameNetNS(t, fmt.Sprintf("/proc/%d/ns/net", parkedPid), podNS) {
+		t.Fatalf("the claimed VMM moved into the pod's namespace; only its taps should")
+	}
+	run("container", app, httpdCmd("served-by-warm-pod")...)
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+	if body, err := httpGet(host, "http://"+ip+"/", time.Minute); err != nil || body != "served-by-warm-pod\n" {
+		t.Fatalf("GET pod IP %s: %q, %v", ip, body, err)
+	}
+	if body, err := httpGet(podNS, "http://127.0.0.1:80/", time.Minute); err != nil || body != "served-by-warm-pod\n" {
+		t.Fatalf("port-forward (127.0.0.1:80 in the pod netns on the host): %q, %v", body, err)
+	}
+	e.remove(t, app)
+	e.remove(t, sb)
+	assertUnwired(t, podNS)
+	if st := procState(sbPid); st != "" && st != "Z" {
+		t.Errorf("the anchor %d outlived its sandbox (state %s)", sbPid, st)
+	}
+}
+
+// TestPoolVMUnreachableStops: a parked VM whose pool directory is deleted
+// (nobody can claim it any more) stops by itself and leaves nothing.
+func TestPoolVMUnreachableStops(t *testing.T) {
+	e := startShimEnv(t)
+	cfg, _, poolRoot := poolConfig(t, e)
+	poolCmd(t, e, cfg, "fill")
+	var pid int
+	for _, p := range poolEntries(t, poolRoot) {
+		pid = p
+	}
+	if err := os.RemoveAll(poolRoot); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st := procState(pid); st != "" && st != "Z"; st = procState(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("parked VMM %d still runs 30 s after its pool was deleted", pid)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
