@@ -20,6 +20,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -127,6 +129,15 @@ func soak(ctx context.Context, o options) error {
 		return ctx.Err()
 	}
 	wall := s.wall
+	// Parked pool VMs (pool_size in MSB_CONFIG, ADR 020) are the pool, not
+	// leaks: drained first, as an operator would before counting.
+	if root := filepath.Join(e.StateRoot, "pool"); e.Bin != "" {
+		if _, err := os.Stat(root); err == nil {
+			if out, err := exec.CommandContext(ctx, filepath.Join(e.Bin, "msb-runtime"), "pool", "drain", "--pool-root", root).CombinedOutput(); err != nil {
+				return fmt.Errorf("pool drain: %v: %s", err, out)
+			}
+		}
+	}
 
 	// Late events and the shims' background deletes: wait for them, up to -settle.
 	settleStart := time.Now()
