@@ -49,10 +49,10 @@ type Options struct {
 	BundleRoot string
 	// Channel is ChannelVirtioSerial (default) or ChannelVsock.
 	Channel string
-	// PowerOff makes Shutdown power the machine off (only in the guest).
-	PowerOff bool
-	// SetClock lets SetClock step the clock (only in the guest).
-	SetClock bool
+	// Guest says the agent runs in a VM's guest, whose machine it owns:
+	// Shutdown powers it off (and deletes nothing from the OCI runtime,
+	// whose state goes with it), SetClock steps its clock.
+	Guest bool
 	// NoPivot runs runc create with --no-pivot (needed when the agent's
 	// root is the initramfs itself and could not be switched).
 	NoPivot bool

@@ -322,14 +322,14 @@ func blockFilesystems() []string {
 }
 
 // Shutdown kills all containers, syncs, unmounts the boot mounts, releases
-// WaitShutdown callers with code and, with Options.PowerOff, powers the
+// WaitShutdown callers with code and, with Options.Guest, powers the
 // machine off shortly after (so the WaitShutdown reply gets out).
 func (a *Agent) Shutdown(code int32) error {
 	first := false
 	a.shutdownOnce.Do(func() {
 		first = true
 		log.L.Infof("shutdown requested (exit code %d)", code)
-		a.killAll(a.opts.PowerOff)
+		a.killAll(a.opts.Guest)
 		unix.Sync()
 		a.bootMu.Lock()
 		for id, l := range a.prepared {
@@ -346,7 +346,7 @@ func (a *Agent) Shutdown(code int32) error {
 		a.shutdownCode = code
 		close(a.shutdownCh)
 	})
-	if first && a.opts.PowerOff {
+	if first && a.opts.Guest {
 		go func() {
 			time.Sleep(200 * time.Millisecond)
 			unix.Sync()

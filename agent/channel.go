@@ -22,10 +22,9 @@ func RunGuest() int {
 	SetupLogging()
 	channel := channelKind()
 	opts := Options{
-		PowerOff: true,
-		SetClock: true,
-		Channel:  channel,
-		NoPivot:  os.Getenv(noPivotEnv) != "",
+		Guest:   true,
+		Channel: channel,
+		NoPivot: os.Getenv(noPivotEnv) != "",
 	}
 	if p, err := RuntimeFromImage(RuntimeFile); err != nil {
 		log.L.WithError(err).Errorf("OCI runtime: using %s", DefaultRuncPath)

@@ -26,13 +26,13 @@ func (s *agentService) SetClock(ctx context.Context, unixNano int64) error {
 // SetClock steps the guest's wall clock to the host's (Unix nanoseconds)
 // when it is off by more than clockSlack: a guest starts from the RTC's
 // whole seconds, and a pool VM may have been parked for long (ADR 020).
-// Outside a guest (Options.SetClock unset) it changes nothing.
+// Outside a guest (Options.Guest unset) it changes nothing.
 func (a *Agent) SetClock(unixNano int64) error {
 	if unixNano <= 0 {
 		return fmt.Errorf("set clock: %d is not a time in Unix nanoseconds: %w", unixNano, errdefs.ErrInvalidArgument)
 	}
 	off := time.Until(time.Unix(0, unixNano))
-	if !a.opts.SetClock || (off > -clockSlack && off < clockSlack) {
+	if !a.opts.Guest || (off > -clockSlack && off < clockSlack) {
 		return nil
 	}
 	ts := unix.NsecToTimespec(unixNano)

@@ -52,15 +52,17 @@ type Pool struct {
 
 // Entry is one parked VM.
 type Entry struct {
-	ID  string `json:"id"`
-	Pid int    `json:"pid"`
-	// Fingerprint is the config the VM was booted with (Fingerprint).
-	Fingerprint string            `json:"fingerprint"`
-	Launch      *vmm.LaunchConfig `json:"launch"`
-	// PodDir is the VM's pod share on the host, where a claimer binds
-	// the container's rootfs and volumes.
-	PodDir string `json:"podDir"`
+	ID     string            `json:"id"`
+	Pid    int               `json:"pid"`
+	Launch *vmm.LaunchConfig `json:"launch"`
 }
+
+// podDirName is a pool VM's pod share below its state dir.
+const podDirName = "containers"
+
+// PodDir is the VM's pod share on the host, where a claimer binds the
+// container's rootfs and volumes.
+func (e *Entry) PodDir() string { return filepath.Join(e.Launch.RuntimeDir, podDirName) }
 
 // Fingerprint identifies what a VM is booted with: the config, and the
 // guest image's files and the VMM binary as they are on disk (path, size,
@@ -100,10 +102,10 @@ func (p Pool) logf(format string, args ...any) {
 // bucket is the pool of VMs booted with one config.
 type bucket struct {
 	Pool
-	dir, fp string
+	dir string
 }
 
-func (p Pool) bucket(fp string) bucket { return bucket{p, filepath.Join(p.Root, fp), fp} }
+func (p Pool) bucket(fp string) bucket { return bucket{p, filepath.Join(p.Root, fp)} }
 
 func (b bucket) readyDir() string { return filepath.Join(b.dir, "ready") }
 
@@ -123,11 +125,7 @@ func (b bucket) lock() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// Entries lists the VMs parked for config c, oldest first.
-func (p Pool) Entries(c config.Config) ([]*Entry, error) {
-	return p.bucket(Fingerprint(c, p.Binary)).entries()
-}
-
+// entries lists the bucket's parked VMs, oldest first.
 func (p bucket) entries() ([]*Entry, error) {
 	des, err := os.ReadDir(p.readyDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -173,7 +171,7 @@ func (p bucket) read(name string) (*Entry, time.Time, error) {
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, time.Time{}, err
 	}
-	if e.Launch == nil || e.ID+".json" != name || e.Pid <= 0 || e.Fingerprint != p.fp {
+	if e.Launch == nil || e.ID+".json" != name || e.Pid <= 0 {
 		return nil, time.Time{}, fmt.Errorf("pool entry %s is malformed", path)
 	}
 	return &e, st.ModTime(), nil
@@ -357,7 +355,7 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 	if err := os.Mkdir(rootfs, 0o700); err != nil {
 		return err
 	}
-	podDir := filepath.Join(stateDir, "containers")
+	podDir := filepath.Join(stateDir, podDirName)
 	prep, err = launch.Prepare(launch.Request{
 		ID: "pool-" + id, Name: "pool/" + id, Spec: Spec(rootfs, id), Bundle: stateDir, Rootfs: rootfs,
 		StateDir: stateDir, AgentSocket: sock, Config: c, PodDir: podDir,
@@ -385,7 +383,7 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 	if err := h.Park(); err != nil {
 		return fmt.Errorf("pool VM %s: park: %w", id, err)
 	}
-	e := &Entry{ID: id, Pid: h.Pid, Fingerprint: p.fp, Launch: prep.Launch, PodDir: podDir}
+	e := &Entry{ID: id, Pid: h.Pid, Launch: prep.Launch}
 	if err := p.write(e); err != nil {
 		return err
 	}

@@ -116,12 +116,22 @@ type hostCgroup struct {
 // logged). tcg says qemu is to run under TCG. It returns nil when there is
 // no cgroup to leave.
 func enterHost(cfg *LaunchConfig, backend string, tcg bool, logf func(string, ...any)) (*hostCgroup, error) {
-	h := cfg.Host
-	if h == nil {
+	if cfg.Host == nil {
 		return nil, nil
 	}
-	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(h.OOMScoreAdj)), 0); err != nil {
-		return nil, fmt.Errorf("oom_score_adj %d: %w", h.OOMScoreAdj, err)
+	return placeHost(cfg, cfg.Host, backend, tcg, logf, os.Getpid())
+}
+
+// placeHost gives the VMM process (pids[0]) and the other pids h's OOM
+// score and moves them into h's cgroup, created with the limits of cfg's
+// VM (a controller the host lacks is left out and logged); back moves the
+// VMM process to where it came from. It returns nil when there is no
+// cgroup to leave.
+func placeHost(cfg *LaunchConfig, h *HostResources, backend string, tcg bool, logf func(string, ...any), pids ...int) (*hostCgroup, error) {
+	for _, pid := range pids {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(h.OOMScoreAdj)), 0); err != nil {
+			return nil, fmt.Errorf("oom_score_adj %d: %w", h.OOMScoreAdj, err)
+		}
 	}
 	if h.Cgroup == "" {
 		return nil, nil
@@ -137,9 +147,9 @@ func enterHost(cfg *LaunchConfig, backend string, tcg bool, logf func(string, ..
 		logf("host cgroup %s not created: this host has no cgroup hierarchy mounted", h.Cgroup)
 		return nil, nil
 	case cgroups.Unified:
-		cg, missing, err = enterV2(h.Cgroup, res, os.Getpid())
+		cg, missing, err = enterV2(h.Cgroup, res, pids[0], pids[1:]...)
 	default:
-		cg, missing, err = enterV1(h.Cgroup, res, os.Getpid())
+		cg, missing, err = enterV1(h.Cgroup, res, pids[0], pids[1:]...)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("host cgroup %s: %w", h.Cgroup, err)
@@ -244,33 +254,17 @@ func (v *vm) rehome(h *HostResources, hv int, logf func(string, ...any)) error {
 	if err := h.validate(); err != nil {
 		return err
 	}
-	for _, pid := range []int{os.Getpid(), hv} {
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(h.OOMScoreAdj)), 0); err != nil {
-			return fmt.Errorf("oom_score_adj %d: %w", h.OOMScoreAdj, err)
-		}
-	}
+	pids := []int{os.Getpid(), hv}
 	if v.cfg.Nice != 0 {
-		for _, pid := range []int{os.Getpid(), hv} {
+		for _, pid := range pids {
 			if err := renice(pid, 0); err != nil {
 				return err
 			}
 		}
 	}
-	if h.Cgroup == "" || cgroups.Mode() == cgroups.Unavailable {
-		return nil
-	}
-	res := HostLimits(v.cfg.VCPUs, v.cfg.MemoryMiB, h, BackendQEMU, v.tcg)
-	var (
-		cg  *hostCgroup
-		err error
-	)
-	if cgroups.Mode() == cgroups.Unified {
-		cg, _, err = enterV2(h.Cgroup, res, os.Getpid(), hv)
-	} else {
-		cg, _, err = enterV1(h.Cgroup, res, os.Getpid(), hv)
-	}
-	if err != nil {
-		return fmt.Errorf("host cgroup %s: %w", h.Cgroup, err)
+	cg, err := placeHost(v.cfg, h, BackendQEMU, v.tcg, logf, pids...)
+	if err != nil || cg == nil {
+		return err
 	}
 	if old := v.host; old != nil {
 		if err := old.del(); err != nil {
@@ -279,8 +273,6 @@ func (v *vm) rehome(h *HostResources, hv int, logf func(string, ...any)) error {
 		cg.back = old.back // to where the VMM came from, not the pool's
 	}
 	v.host = cg
-	logf("host cgroup %s: memory limit %d MiB, cpu quota %d/%d us, oom_score_adj %d (claimed)",
-		h.Cgroup, *res.Memory.Limit>>20, *res.CPU.Quota, *res.CPU.Period, h.OOMScoreAdj)
 	return nil
 }
 

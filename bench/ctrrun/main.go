@@ -144,7 +144,7 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bo
 	}
 	if phaseRuns > 0 {
 		fmt.Println()
-		runc := benchenv.LookPath(envPath(e), "runc")
+		runc := benchenv.LookPath(e.Path, "runc")
 		if err := phases.Run(phaseRuns, filepath.Join(e.Bin, "msb-runtime"), runc); err != nil {
 			return fmt.Errorf("phases: %w", err)
 		}

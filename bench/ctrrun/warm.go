@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/msb-dev/msb/bench/internal/benchenv"
@@ -89,14 +88,4 @@ func (w *warmPool) drain(ctx context.Context) {
 	if err := w.pool(context.WithoutCancel(ctx), "drain"); err != nil {
 		fmt.Fprintln(os.Stderr, "warm pool:", err)
 	}
-}
-
-// envPath is the PATH containerd runs with.
-func envPath(e *benchenv.Env) string {
-	for _, kv := range e.Environ {
-		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
-			return p
-		}
-	}
-	return os.Getenv("PATH")
 }

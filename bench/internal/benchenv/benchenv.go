@@ -64,6 +64,7 @@ type Env struct {
 	StateRoot string // msb's shim state root (MSB_SHIM_STATE_ROOT)
 	Ctr       string // the ctr binary
 	Bin       string // the directory of msb's binaries ("" without msb)
+	Path      string // containerd's PATH
 	Environ   []string
 
 	containerd string
@@ -109,6 +110,7 @@ func New(ctx context.Context, name, bin string, msb bool, need []string) (*Env, 
 			e.Environ = append(e.Environ, kv)
 		}
 	}
+	e.Path = path
 	e.Environ = append(e.Environ, "PATH="+path, "MSB_SHIM_STATE_ROOT="+e.StateRoot)
 	for _, n := range need {
 		p := LookPath(path, n)
