@@ -98,6 +98,7 @@ func Prepare(r Request) (*Prepared, error) {
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
+		JailHostRoot:   hasUserNS(r.Spec),
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,
@@ -135,6 +136,13 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, err
 	}
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
+}
+
+// hasUserNS reports whether spec's container has a user namespace with id
+// mappings: its pod members' binds are id-mapped for it, and the VM's qemu
+// stays root of the host's user namespace (ADR 022).
+func hasUserNS(spec *specs.Spec) bool {
+	return spec.Linux != nil && len(spec.Linux.UIDMappings) > 0
 }
 
 // StageDir is where a container's single-file binds are staged below its

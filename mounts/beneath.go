@@ -140,10 +140,34 @@ func attachBeneath(root, rel string, tree int, source string) error {
 		return err
 	}
 	defer dir.Close()
+	return attachTo(dir, tree, source)
+}
+
+// attachTo moves the detached tree onto the opened directory dir.
+func attachTo(dir *os.File, tree int, source string) error {
 	if err := unix.MoveMount(tree, "", int(dir.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", source, dir.Name(), err)
 	}
 	return nil
+}
+
+// openBeneath opens the existing directory rel below root (O_PATH),
+// never following a symlink.
+func openBeneath(root, rel string) (*os.File, error) {
+	parts, err := components(rel)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := openRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	dir, err := unix.Openat2(fd, strings.Join(parts, "/"), &beneath)
+	if err != nil {
+		return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
+	}
+	return os.NewFile(uintptr(dir), filepath.Join(root, rel)), nil
 }
 
 // UnmountBeneath detaches the mount (and its submounts) at rel below

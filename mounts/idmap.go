@@ -2,6 +2,7 @@ package mounts
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -17,6 +18,11 @@ import (
 // container's user namespace maps back.
 type IDMap struct {
 	UIDs, GIDs []specs.LinuxIDMapping
+	// NS, when set, is the user namespace to map with instead of one made
+	// from UIDs and GIDs: a jailed qemu's own (ADR 022), so that a pod
+	// member's bind shows its files' owners to that qemu as the VM's own
+	// shares do.
+	NS *os.File
 }
 
 // Key is the suffix that keeps a source's id-mapped binds (one per
@@ -56,6 +62,13 @@ func withHypervisor(ms []specs.LinuxIDMapping) string {
 
 // setIDMap makes every mount of the detached tree id-mapped as m says.
 func setIDMap(tree int, m *IDMap, source string) error {
+	if m.NS != nil {
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(m.NS.Fd())}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+			return fmt.Errorf("bind %s id-mapped for the hypervisor's user namespace (its filesystem must support id-mapped mounts): %w", source, err)
+		}
+		return nil
+	}
 	ns, err := mount.GetUsernsFD(withHypervisor(m.UIDs), withHypervisor(m.GIDs))
 	if err != nil {
 		return fmt.Errorf("bind %s id-mapped: user namespace for %s: %w", source, m.Key(), err)

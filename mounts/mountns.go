@@ -58,7 +58,9 @@ var jailAttrs = unix.MountAttr{
 
 // BindBeneathIn is BindBeneath with the bind made in the mount namespace
 // ns only: source is cloned here (in the caller's namespace, where it is
-// named), the detached clone attached below root as ns sees it, walked
+// named) and the mount point made here too (in ns, root may be id-mapped
+// for the hypervisor's user namespace, where the caller's ids have no
+// name), the detached clone attached below root as ns sees it, walked
 // with the same no-symlink discipline.
 func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap) error {
 	tree, err := cloneTree(source, access, idmap, &jailAttrs)
@@ -66,7 +68,19 @@ func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *
 		return err
 	}
 	defer unix.Close(tree)
-	return InMountNS(ns, func() error { return attachBeneath(root, rel, tree, source) })
+	dir, err := MkdirBeneath(root, rel)
+	if err != nil {
+		return err
+	}
+	dir.Close()
+	return InMountNS(ns, func() error {
+		dir, err := openBeneath(root, rel)
+		if err != nil {
+			return err
+		}
+		defer dir.Close()
+		return attachTo(dir, tree, source)
+	})
 }
 
 // UnmountBeneathIn is UnmountBeneath in the mount namespace ns. That

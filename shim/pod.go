@@ -193,21 +193,31 @@ func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs 
 type binds struct {
 	podDir string
 	ns     *os.File // the jail's mount namespace, or nil
+	// userns is the jailed hypervisor's user namespace, nil when it is the
+	// host's: binds are id-mapped with it (ADR 022).
+	userns *os.File
 }
 
 func (m *podMember) binds() (*binds, error) {
-	ns, err := vmm.JailMountNS(m.vm.h.Pid)
+	ns, userns, err := vmm.JailMountNS(m.vm.h.Pid)
 	if err != nil {
 		return nil, fmt.Errorf("pod VM %s: %w", m.vm.name, err)
 	}
-	return &binds{podDir: m.vm.podDir, ns: ns}, nil
+	return &binds{podDir: m.vm.podDir, ns: ns, userns: userns}, nil
 }
 
 func (b *binds) bind(rel string, sh mounts.Share) error {
 	if b.ns == nil {
 		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
-	return mounts.BindBeneathIn(b.ns, b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
+	idmap := sh.IDMap
+	if b.userns != nil {
+		if idmap != nil {
+			return fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
+		}
+		idmap = &mounts.IDMap{NS: b.userns}
+	}
+	return mounts.BindBeneathIn(b.ns, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
 }
 
 func (b *binds) unmount(rel string) error {
@@ -220,6 +230,9 @@ func (b *binds) unmount(rel string) error {
 func (b *binds) close() {
 	if b.ns != nil {
 		b.ns.Close()
+	}
+	if b.userns != nil {
+		b.userns.Close()
 	}
 }
 

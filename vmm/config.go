@@ -104,6 +104,11 @@ type LaunchConfig struct {
 	// capabilities, no_new_privs or seccomp filter (debugging only; ADR
 	// 013). The zero value jails.
 	NoJail bool `json:"noJail,omitempty"`
+	// JailHostRoot keeps a jailed qemu root of the host's user namespace
+	// instead of an unprivileged user of its own (ADR 022): for a pod
+	// whose containers have a user namespace, whose members' id-mapped
+	// binds already map the pod's host ids.
+	JailHostRoot bool `json:"jailHostRoot,omitempty"`
 	// GuestRoot is the guest root directory for the libkrun backend (the
 	// agent as /init, runc as /sbin/runc; see docs/backends.md); libkrun
 	// boots libkrunfw's kernel with it as the virtio-fs root. Empty means

@@ -67,9 +67,15 @@ type jailPlan struct {
 	// Caps are the capability numbers kept; all others are dropped from
 	// every set, the bounding set included.
 	Caps []int `json:"caps"`
-	// Path is the program to exec, Args its argv (Args[0] included).
+	// Path is the program to exec, Args its argv (Args[0] included), Env
+	// its whole environment.
 	Path string   `json:"path"`
 	Args []string `json:"args"`
+	Env  []string `json:"env,omitempty"`
+	// UserNSFD, when not 0, is the fd of the user namespace the program
+	// runs in as root (ADR 022); binds marked IDMap are id-mapped with it.
+	// 0: the program stays root of the host's user namespace.
+	UserNSFD int `json:"userNSFD,omitempty"`
 }
 
 // jailBind is one host path made visible at the same path in the jail.
@@ -82,6 +88,11 @@ type jailBind struct {
 	// Dev keeps device nodes usable (devices, a block-device disk);
 	// everything else is nodev. Nothing is suid.
 	Dev bool `json:"dev,omitempty"`
+	// IDMap makes the bind id-mapped with the plan's user namespace, so
+	// that its files' owners are ids of that namespace (shares, disks and
+	// sockets, which qemu writes or connects to as root of it). Others
+	// are read through their permissions for everyone.
+	IDMap bool `json:"idmap,omitempty"`
 }
 
 // qemuJailPlan lists what qemu needs for c: its binary, libraries, data
@@ -126,14 +137,14 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 		}
 	}
 	for _, s := range c.Shares {
-		add(jailBind{Path: s.Path, ReadOnly: s.ReadOnly})
+		add(jailBind{Path: s.Path, ReadOnly: s.ReadOnly, IDMap: true})
 	}
 	for _, d := range c.Disks {
 		st, err := os.Stat(d.Path)
-		add(jailBind{Path: d.Path, ReadOnly: d.ReadOnly, Dev: err == nil && st.Mode()&fs.ModeDevice != 0})
+		add(jailBind{Path: d.Path, ReadOnly: d.ReadOnly, Dev: err == nil && st.Mode()&fs.ModeDevice != 0, IDMap: true})
 	}
-	add(jailBind{Path: chanSock})
-	add(jailBind{Path: consoleSocket(c)})
+	add(jailBind{Path: chanSock, IDMap: true})
+	add(jailBind{Path: consoleSocket(c), IDMap: true})
 	devs := jailDevices
 	if kvm {
 		devs = append(devs[:len(devs):len(devs)], kvmDevice)
@@ -220,9 +231,11 @@ func parseLibList(out []byte, interp string) ([]string, error) {
 }
 
 // jailCommand is exec.Cmd for the jail helper that runs plan: this binary
-// (msb-runtime, or a test binary) with `jail <fd>`, in new mount, pid and
-// IPC namespaces, the plan on the fd after the taps. The caller closes the returned plan file once the helper started.
-func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
+// (msb-runtime, or a test binary) with `jail <fd>`, in new mount, pid, IPC
+// and network namespaces, the plan on the fd after the taps and userns
+// (nil: qemu stays root of the host's user namespace) on the next. The
+// caller closes the returned plan file once the helper started.
+func jailCommand(plan *jailPlan, taps []*os.File, userns *os.File) (*exec.Cmd, *os.File, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("jail: find this binary: %w", err)
@@ -232,6 +245,11 @@ func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
 	}
 	if err := os.MkdirAll(plan.Root, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("jail: %w", err)
+	}
+	fd := 3 + len(taps) // the plan's; the user namespace's is next
+	plan.UserNSFD = 0
+	if userns != nil {
+		plan.UserNSFD = fd + 1
 	}
 	b, err := json.Marshal(plan)
 	if err != nil {
@@ -250,12 +268,17 @@ func jailCommand(plan *jailPlan, taps []*os.File) (*exec.Cmd, *os.File, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("jail plan: %w", err)
 	}
-	fd := 3 + len(taps)
+	extra := append(append([]*os.File{}, taps...), f)
+	if userns != nil {
+		extra = append(extra, userns)
+	}
 	cmd := exec.Command(self, "jail", fmt.Sprint(fd))
-	cmd.ExtraFiles = append(append([]*os.File{}, taps...), f)
+	cmd.ExtraFiles = extra
 	// qemu is pid 1 of its own pid namespace: it sees (in its /proc) and
 	// reaches (kill, ptrace) no other process, other VMs' qemu included;
-	// and it has no share in the host's System V IPC objects.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC}
+	// it has no share in the host's System V IPC objects; and its network
+	// namespace is empty: it reaches the network only through its taps,
+	// which are fds (no host or container address, no abstract sockets).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET}
 	return cmd, f, nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -69,11 +70,11 @@ func TestQEMUJailPlan(t *testing.T) {
 		"/img/vmlinux":       {ReadOnly: true},
 		"/img/initrd":        {ReadOnly: true},
 		"/img/modules":       {ReadOnly: true},
-		"/rootfs":            {},
-		"/vol":               {ReadOnly: true},
-		"/d.img":             {ReadOnly: true},
-		"/s/x.chan.sock":     {},
-		consoleSocket(c):     {},
+		"/rootfs":            {IDMap: true},
+		"/vol":               {ReadOnly: true, IDMap: true},
+		"/d.img":             {ReadOnly: true, IDMap: true},
+		"/s/x.chan.sock":     {IDMap: true},
+		consoleSocket(c):     {IDMap: true},
 		"/dev/null":          {Dev: true},
 		"/dev/urandom":       {Dev: true},
 		"/etc/ld.so.cache":   {ReadOnly: true},
@@ -146,6 +147,13 @@ func jailTestChild() int {
 	try("setfcap", unix.Setxattr(f, "security.capability", []byte{0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0))
 	try("write-ro", os.WriteFile(filepath.Join(ro, "x"), nil, 0o600))
 	try("setuid", unix.Setuid(1000))
+	try("chown-unmapped", os.Chown(f, 70000, 70000)) // outside its id range
+	try("env", func() error {
+		if e := os.Getenv("PATH"); e != "" {
+			return fmt.Errorf("PATH=%s", e)
+		}
+		return nil
+	}())
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
@@ -180,11 +188,21 @@ func TestJail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, planf, err := jailCommand(plan, nil)
+	ids, err := allocJailIDs(c.RuntimeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Env = append(os.Environ(), "MSB_JAIL_TEST_CHILD=1", "JAIL_RW="+rw, "JAIL_RO="+ro)
+	defer ids.release()
+	userns, err := newUserNS(ids.base, JailIDSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer userns.Close()
+	plan.Env = []string{"MSB_JAIL_TEST_CHILD=1", "JAIL_RW=" + rw, "JAIL_RO=" + ro}
+	cmd, planf, err := jailCommand(plan, nil, userns)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -208,6 +226,7 @@ func TestJail(t *testing.T) {
 		"chmod-procfd": "ok", "sysctl": "open /proc/sys/kernel/core_pattern: no such file or directory",
 		"mknod-dev": "operation not permitted", "mkfifo": "ok", "setfcap": "operation not permitted",
 		"write-ro": "open " + filepath.Join(ro, "x") + ": read-only file system", "setuid": "operation not permitted",
+		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %q, want %q", k, got[k], want)
@@ -219,6 +238,14 @@ func TestJail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Root of its own user namespace: on the host, an unprivileged user
+	// of a range of its own; its capabilities count only there.
+	if want := fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d\n", ids.base, ids.base, ids.base, ids.base); !strings.Contains(string(status), want) {
+		t.Errorf("/proc/%d/status lacks %q:\n%s", pid, want, status)
+	}
+	if st, err := os.Stat(filepath.Join(rw, "owned")); err != nil || st.Sys().(*syscall.Stat_t).Uid != 1000 {
+		t.Errorf("a file the jail chowned to 1000 is not owned by 1000 on the host: %v", err)
+	}
 	for _, want := range []string{"NoNewPrivs:\t1", "CapInh:\t000000000000001b", "CapPrm:\t000000000000001b",
 		"CapEff:\t000000000000001b", "CapBnd:\t000000000000001b", "CapAmb:\t0000000000000000"} {
 		if !strings.Contains(string(status), want+"\n") {
@@ -226,7 +253,7 @@ func TestJail(t *testing.T) {
 		}
 	}
 
-	for _, ns := range []string{"mnt", "pid", "ipc"} {
+	for _, ns := range []string{"mnt", "pid", "ipc", "net", "user"} {
 		mine, _ := os.Readlink("/proc/self/ns/" + ns)
 		its, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
 		if err != nil || its == mine {
@@ -241,15 +268,23 @@ func TestJail(t *testing.T) {
 	if err := os.Mkdir(member, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	jns, err := JailMountNS(os.Getpid())
-	if err != nil || jns == nil {
-		t.Fatalf("JailMountNS: %v, %v", jns, err)
+	jns, juser, err := JailMountNS(os.Getpid())
+	if err != nil || jns == nil || juser == nil {
+		t.Fatalf("JailMountNS: %v, %v, %v", jns, juser, err)
 	}
 	defer jns.Close()
-	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, nil); err != nil {
+	defer juser.Close()
+	if err := os.WriteFile(filepath.Join(ro, "owned-by-1000"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(ro, "owned-by-1000"), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, &mounts.IDMap{NS: juser}); err != nil {
 		t.Fatal(err)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
+
 	if err := os.WriteFile(filepath.Join(ro, "late"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -258,6 +293,11 @@ func TestJail(t *testing.T) {
 	}
 	if !exists(filepath.Join(root, member, "tag", "late")) {
 		t.Error("a pod member bound after the start is not in the jail")
+	}
+	// Seen by the jail through its id-mapped bind: owned by 1000 of the
+	// jail's user namespace, which is the host's base+1000.
+	if st, err := os.Stat(filepath.Join(root, member, "tag", "owned-by-1000")); err != nil || st.Sys().(*syscall.Stat_t).Uid != ids.base+1000 {
+		t.Errorf("a pod member's file owned by 1000 is not the jail's 1000 (host %d): %v %v", ids.base+1000, st, err)
 	}
 	if m, _ := mountinfo.Mounted(filepath.Join(member, "tag")); m {
 		t.Error("a pod member's bind is a mount point on the host")
@@ -335,7 +375,7 @@ func TestJailRefusesHostNamespace(t *testing.T) {
 	}
 	c := testConfig(t)
 	plan := &jailPlan{Root: filepath.Join(c.RuntimeDir, "jail"), Path: "/bin/true", Args: []string{"true"}}
-	cmd, planf, err := jailCommand(plan, nil)
+	cmd, planf, err := jailCommand(plan, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

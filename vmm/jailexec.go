@@ -12,53 +12,133 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // JailMain is the jail helper (`msb-runtime jail <fd>`, started by the VMM
-// process in new mount, pid and IPC namespaces): it reads its plan from fd, builds the
-// jail, drops privileges and execs the plan's program. It returns (an exit
-// code) only when it failed.
+// process in new mount, pid, IPC and network namespaces): it reads its
+// plan from fd, builds the jail, drops privileges and execs the plan's
+// program. With a user namespace in the plan it execs itself once more
+// after the jail is built: that second stage joins the namespace before
+// its runtime starts (jailuserns_cgo.go) and then drops privileges and
+// execs the program. It returns (an exit code) only when it failed.
 func JailMain(fdArg string) int {
 	// Capabilities and no_new_privs are per thread: set them on the thread
 	// that execs.
 	runtime.LockOSThread()
-	p, err := readJailPlan(fdArg)
-	if err == nil {
-		err = enterJail(p)
-	}
-	if err == nil {
-		err = unix.Exec(p.Path, p.Args, os.Environ())
-		err = fmt.Errorf("exec %s: %w", p.Path, err)
+	p, f, err := readJailPlan(fdArg)
+	switch {
+	case err != nil:
+	case os.Getenv(jailUserNSEnv) != "": // the second stage, in the namespace
+		f.Close()
+		err = execJailed(p, true)
+	default:
+		if err = enterJail(p); err != nil {
+			break
+		}
+		if p.UserNSFD == 0 {
+			f.Close()
+			err = execJailed(p, false)
+			break
+		}
+		// The plan fd stays open for the second stage, read again. Joining
+		// the namespace clears the parent-death signal: the stage sets
+		// this one's again.
+		var sig int
+		_ = unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&sig)), 0, 0, 0)
+		if _, err = f.Seek(0, 0); err == nil {
+			env := []string{fmt.Sprintf("%s=%d", jailUserNSEnv, p.UserNSFD), fmt.Sprintf("%s=%d", jailPdeathsigEnv, sig)}
+			err = unix.Exec("/proc/self/exe", []string{"msb-jail", "jail", fdArg}, env)
+			err = fmt.Errorf("exec the jail's second stage: %w", err)
+		}
 	}
 	fmt.Fprintf(os.Stderr, "msb-jail: %v\n", err)
 	return 1
 }
 
-func readJailPlan(fdArg string) (*jailPlan, error) {
+// jailUserNSEnv names the user namespace's fd for the jail helper's second
+// stage; its C constructor joins that namespace.
+const jailUserNSEnv = "_MSB_JAIL_USERNS_FD"
+
+// jailPdeathsigEnv carries the helper's parent-death signal to its second
+// stage.
+const jailPdeathsigEnv = "_MSB_JAIL_PDEATHSIG"
+
+// jailRlimits bound the jailed program: no core dumps (they would hold
+// guest memory), threads (counted per host user, and each VM has its own)
+// for the vCPUs, I/O and 9p workers, open files for 9p's open guest files.
+var jailRlimits = map[int]uint64{
+	unix.RLIMIT_CORE:   0,
+	unix.RLIMIT_NPROC:  4096,
+	unix.RLIMIT_NOFILE: 65536,
+}
+
+// execJailed drops to what the plan's program keeps and execs it with the
+// plan's environment only. inUserNS checks that the second stage did join
+// a user namespace (a build without cgo cannot) and sets the first
+// stage's parent-death signal again, which joining it cleared.
+func execJailed(p *jailPlan, inUserNS bool) error {
+	if inUserNS {
+		if sig, _ := strconv.Atoi(os.Getenv(jailPdeathsigEnv)); sig > 0 {
+			if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(sig), 0, 0, 0); err != nil {
+				return fmt.Errorf("parent-death signal: %w", err)
+			}
+		}
+		b, err := os.ReadFile("/proc/self/uid_map")
+		if err != nil {
+			return err
+		}
+		if f := strings.Fields(string(b)); len(f) != 3 || f[0] != "0" || f[1] == "0" {
+			return fmt.Errorf("not in the VM's user namespace (uid_map %q): %s was built without cgo, rebuild it with CGO_ENABLED=1", strings.TrimSpace(string(b)), os.Args[0])
+		}
+	}
+	for r, v := range jailRlimits {
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(r, &cur); err == nil && cur.Max < v {
+			v = cur.Max // lower only: raising is a host privilege
+		}
+		if err := unix.Setrlimit(r, &unix.Rlimit{Cur: v, Max: v}); err != nil {
+			return fmt.Errorf("rlimit %d: %w", r, err)
+		}
+	}
+	if err := dropPrivileges(p.Caps); err != nil {
+		return err
+	}
+	env := p.Env
+	if env == nil {
+		env = []string{}
+	}
+	return fmt.Errorf("exec %s: %w", p.Path, unix.Exec(p.Path, p.Args, env))
+}
+
+// readJailPlan reads the plan on fdArg; the caller closes the returned file.
+func readJailPlan(fdArg string) (*jailPlan, *os.File, error) {
 	fd, err := strconv.Atoi(fdArg)
 	if err != nil || fd < 3 {
-		return nil, fmt.Errorf("plan fd %q: this command is started by the VMM process, not by hand", fdArg)
+		return nil, nil, fmt.Errorf("plan fd %q: this command is started by the VMM process, not by hand", fdArg)
 	}
 	f := os.NewFile(uintptr(fd), "jail-plan")
-	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, 16<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read plan from fd %d: %w", fd, err)
+	if err == nil {
+		var p jailPlan
+		if err = json.Unmarshal(b, &p); err != nil {
+			err = fmt.Errorf("parse plan: %w", err)
+		} else if !filepath.IsAbs(p.Root) || !filepath.IsAbs(p.Path) || len(p.Args) == 0 || p.HostMountNS == "" {
+			err = errors.New("plan: root, path, args and hostMountNS are required")
+		} else {
+			return &p, f, nil
+		}
+	} else {
+		err = fmt.Errorf("read plan from fd %d: %w", fd, err)
 	}
-	var p jailPlan
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("parse plan: %w", err)
-	}
-	if !filepath.IsAbs(p.Root) || !filepath.IsAbs(p.Path) || len(p.Args) == 0 || p.HostMountNS == "" {
-		return nil, errors.New("plan: root, path, args and hostMountNS are required")
-	}
-	return &p, nil
+	f.Close()
+	return nil, nil, err
 }
 
 // enterJail builds the jail's root on p.Root in this process's mount
-// namespace, pivots into it and drops privileges.
+// namespace and pivots into it.
 func enterJail(p *jailPlan) error {
 	ns, err := os.Readlink("/proc/self/ns/mnt")
 	if os.Getpid() != 1 || err != nil || ns == p.HostMountNS {
@@ -72,7 +152,7 @@ func enterJail(p *jailPlan) error {
 	if err := unix.Mount("tmpfs", p.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
 		return fmt.Errorf("jail root on %s: %w", p.Root, err)
 	}
-	b := &jailBuilder{root: p.Root}
+	b := &jailBuilder{root: p.Root, userns: p.UserNSFD}
 	if err := b.bindAll(p.Binds); err != nil {
 		return err
 	}
@@ -94,7 +174,7 @@ func enterJail(p *jailPlan) error {
 	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("remount the jail root read-only: %w", err)
 	}
-	return dropPrivileges(p.Caps)
+	return nil
 }
 
 // mountProc mounts this pid namespace's procfs (qemu's 9p server changes
@@ -118,8 +198,9 @@ func mountProc(dir string) error {
 
 // jailBuilder makes host paths visible at the same paths below root.
 type jailBuilder struct {
-	root  string
-	bound []jailBind // real host paths, in mount order
+	root   string
+	userns int        // the fd id-mapped binds map with; 0: none
+	bound  []jailBind // real host paths, in mount order
 }
 
 // bindAll resolves every bind's path (recreating the symlinks met on the
@@ -224,32 +305,46 @@ func (b *jailBuilder) bind(m jailBind) error {
 			return err
 		}
 	}
-	if err := unix.Mount(m.Path, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return err
-	}
 	attr := uint64(unix.MOUNT_ATTR_NOSUID)
-	flags := uintptr(unix.MS_NOSUID)
 	if !m.Dev {
 		attr |= unix.MOUNT_ATTR_NODEV
-		flags |= unix.MS_NODEV
 	}
 	if !m.Exec {
 		attr |= unix.MOUNT_ATTR_NOEXEC
-		flags |= unix.MS_NOEXEC
 	}
 	if m.ReadOnly {
 		attr |= unix.MOUNT_ATTR_RDONLY
-		flags |= unix.MS_RDONLY
 	}
-	err = unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr})
-	if errors.Is(err, unix.ENOSYS) { // before Linux 5.12: the top mount only
-		err = unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|flags, "")
-	}
+	// A detached clone, restricted (and id-mapped) before it is attached:
+	// qemu never sees it otherwise.
+	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
+		return err
+	}
+	defer unix.Close(tree)
+	if m.IDMap && b.userns != 0 {
+		idmap := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(b.userns)}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idmap); err != nil {
+			return fmt.Errorf("id-map it for qemu's user namespace (%s must support id-mapped mounts, ADR 022): %w", fsType(m.Path), err)
+		}
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
 		return fmt.Errorf("restrict: %w", err)
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return err
 	}
 	b.bound = append(b.bound, m)
 	return nil
+}
+
+// fsType names p's filesystem for an error.
+func fsType(p string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return "its filesystem"
+	}
+	return fmt.Sprintf("its filesystem (magic %#x)", st.Type)
 }
 
 func makeMountpoint(p string, dir bool) error {

@@ -29,8 +29,12 @@ type qemu struct {
 	cfg           *LaunchConfig
 	bin, chanSock string
 	tsc           int
-	done          chan struct{}
-	err           error
+	// userns is the user namespace qemu runs in as root, ids its host ids
+	// (nil: root of the host's, unjailed or JailHostRoot).
+	userns *os.File
+	ids    *jailIDs
+	done   chan struct{}
+	err    error
 }
 
 // tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
@@ -148,10 +152,25 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 	}
 	kvm := c.Accel == "kvm" || autoKVM
 	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz()}
+	if !c.NoJail && !c.JailHostRoot {
+		// qemu's own user: a range of host ids held while it may run, and
+		// the user namespace that maps it (ADR 022).
+		ids, err := allocJailIDs(c.RuntimeDir)
+		if err != nil {
+			return nil, err
+		}
+		if q.userns, err = newUserNS(ids.base, JailIDSize); err != nil {
+			ids.release()
+			return nil, err
+		}
+		q.ids = ids
+	}
 	if err := q.launch(kvm, logf); err != nil {
+		q.releaseIDs()
 		return nil, err
 	}
 	go func() {
+		defer q.releaseIDs()
 		start := time.Now()
 		err := q.wait()
 		// /dev/kvm can open and still not run a guest (broken nesting):
@@ -200,11 +219,16 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 			return err
 		}
 		var planf *os.File
-		if cmd, planf, err = jailCommand(plan, q.taps); err != nil {
+		plan.Env = []string{}
+		if cmd, planf, err = jailCommand(plan, q.taps, q.userns); err != nil {
 			return err
 		}
 		defer planf.Close()
-		how = fmt.Sprintf(" jailed (%d paths, capabilities %s)", len(plan.Binds), capList(plan.Caps))
+		user := "root"
+		if q.ids != nil {
+			user = fmt.Sprintf("host uid %d (root of its user namespace)", q.ids.base)
+		}
+		how = fmt.Sprintf(" jailed (%d paths, as %s, capabilities %s)", len(plan.Binds), user, capList(plan.Caps))
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
@@ -221,6 +245,14 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		_ = cmd.Process.Kill()
 	}
 	return nil
+}
+
+// releaseIDs gives back qemu's user namespace and ids once it is gone.
+func (q *qemu) releaseIDs() {
+	if q.userns != nil {
+		q.userns.Close()
+	}
+	q.ids.release()
 }
 
 func (q *qemu) wait() error {

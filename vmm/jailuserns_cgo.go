@@ -1,0 +1,114 @@
+//go:build cgo
+
+package vmm
+
+/*
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// A process joins a user namespace only while it has one thread, which a
+// Go program never has once its runtime started. So the jail helper's
+// second stage (an exec of itself after it built qemu's root, ADR 022)
+// joins the VM's user namespace here, before the runtime starts, as runc's
+// nsexec does, and becomes root of it; the Go code that follows drops
+// everything but what qemu keeps. Any other process has no
+// _MSB_JAIL_USERNS_FD and returns at once.
+__attribute__((constructor)) static void msb_jail_join_userns(void) {
+	const char *v = getenv("_MSB_JAIL_USERNS_FD");
+	if (v == NULL)
+		return;
+	int fd = atoi(v);
+	if (fd < 3 || setns(fd, CLONE_NEWUSER) != 0) {
+		fprintf(stderr, "msb-jail: join the VM's user namespace (fd %s): %s\n", v, strerror(errno));
+		_exit(1);
+	}
+	close(fd);
+	if (setresgid(0, 0, 0) != 0 || setgroups(0, NULL) != 0 || setresuid(0, 0, 0) != 0) {
+		fprintf(stderr, "msb-jail: become root of the VM's user namespace: %s\n", strerror(errno));
+		_exit(1);
+	}
+}
+
+static int msb_write(const char *path, const char *s) {
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = write(fd, s, strlen(s));
+	int e = n < 0 ? errno : 0;
+	close(fd);
+	return n < 0 ? -e : 0;
+}
+
+// msb_new_userns makes a user namespace whose ids 0..size-1 are the host's
+// base..base+size-1 and returns an fd to it, or -errno. A child cloned into
+// it (no Go code runs there: it reads a pipe and exits) holds it while its
+// maps are written and the namespace is opened.
+static int msb_new_userns(unsigned int base, unsigned int size) {
+	int p[2], ret = 0, fd = -1;
+	char path[64], map[64];
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return -errno;
+	pid_t pid = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+	if (pid < 0) {
+		ret = -errno;
+		close(p[0]);
+		close(p[1]);
+		return ret;
+	}
+	if (pid == 0) {
+		char c;
+		close(p[1]);
+		while (read(p[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(p[0]);
+	snprintf(map, sizeof map, "0 %u %u\n", base, size);
+	snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+	ret = msb_write(path, map);
+	if (ret == 0) {
+		snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+		ret = msb_write(path, map);
+	}
+	if (ret == 0) {
+		snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			ret = -errno;
+	}
+	close(p[1]);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return ret < 0 ? ret : fd;
+}
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+)
+
+// newUserNS returns a user namespace whose ids 0..size-1 are the host's
+// ids base..base+size-1 (and nothing else).
+func newUserNS(base, size uint32) (*os.File, error) {
+	fd := C.msb_new_userns(C.uint(base), C.uint(size))
+	if fd < 0 {
+		return nil, fmt.Errorf("user namespace for host ids %d-%d: %w", base, base+size-1, syscall.Errno(-fd))
+	}
+	return os.NewFile(uintptr(fd), "userns"), nil
+}
+
+// jailUserNSBuilt: this build can run qemu in a user namespace.
+const jailUserNSBuilt = true

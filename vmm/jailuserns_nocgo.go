@@ -1,0 +1,14 @@
+//go:build !cgo
+
+package vmm
+
+import (
+	"errors"
+	"os"
+)
+
+func newUserNS(base, size uint32) (*os.File, error) {
+	return nil, errors.New("this msb-runtime was built with CGO_ENABLED=0: running qemu as an unprivileged user (a user namespace) needs cgo; rebuild with CGO_ENABLED=1 (the default where gcc is installed)")
+}
+
+const jailUserNSBuilt = false
