@@ -69,6 +69,11 @@ const (
 	// and the VMM's relay.
 	hostCPUOverhead = 500
 	cpuPeriodUs     = 100000
+	// hostPidsMax bounds the tasks (threads) of the VMM process and its
+	// hypervisor: the VMM's Go runtime (some 10-30), qemu's main loop,
+	// RCU, one thread per vCPU and its I/O worker pool (up to 64), with
+	// room to spare; an escaped qemu cannot fork-bomb the host.
+	hostPidsMax = 1024
 )
 
 // HostOverheadMiB is the host memory, beyond its guest RAM, that a VM
@@ -91,9 +96,11 @@ func HostLimits(vcpus, memMiB int, h *HostResources, backend string, tcg bool) *
 	limit := int64(memMiB+over) << 20
 	quota := int64(vcpus)*cpuPeriodUs + hostCPUOverhead*cpuPeriodUs/1000
 	period := uint64(cpuPeriodUs)
+	pids := int64(hostPidsMax)
 	r := &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &limit},
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		Pids:   &specs.LinuxPids{Limit: &pids},
 	}
 	if h.CPUShares > 0 {
 		shares := h.CPUShares
@@ -184,7 +191,7 @@ func enterV1(p string, res *specs.LinuxResources, pid int, others ...int) (*host
 		have[s.Name()] = true
 	}
 	var missing []string
-	for _, n := range []cgroup1.Name{cgroup1.Memory, cgroup1.Cpu} {
+	for _, n := range []cgroup1.Name{cgroup1.Memory, cgroup1.Cpu, cgroup1.Pids} {
 		if !have[n] {
 			missing = append(missing, string(n))
 		}
@@ -241,6 +248,9 @@ func v2Missing(r *cgroup2.Resources) []string {
 	}
 	if !have["cpu"] {
 		r.CPU, missing = nil, append(missing, "cpu")
+	}
+	if !have["pids"] {
+		r.Pids, missing = nil, append(missing, "pids")
 	}
 	return missing
 }
