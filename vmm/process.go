@@ -230,7 +230,7 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 // on its control stream.
 func (v *vm) openAgent(conn net.Conn) error {
 	var err error
-	v.sess, err = yamux.Client(conn, protocol.MuxConfig())
+	v.sess, err = yamux.Client(newGuestFrames(conn), protocol.MuxConfig())
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("mux: %w", err)
