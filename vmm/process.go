@@ -242,7 +242,7 @@ func (v *vm) openAgent(conn net.Conn) error {
 	if err := protocol.WriteHeader(s, protocol.KindTTRPC, ""); err != nil {
 		return err
 	}
-	v.agent = protocol.NewAgentClient(ttrpc.NewClient(s))
+	v.agent = protocol.NewAgentClient(ttrpc.NewClient(newAgentConn(s)))
 	return nil
 }
 
