@@ -31,6 +31,11 @@ var errClosed = ttrpc.ErrClosed
 // published after the guest deleted the container.
 const deleteExitWait = 5 * time.Second
 
+// guestDeleteTimeout bounds the guest's delete of a container (runc
+// delete in the guest, seconds under TCG): a guest that never answers
+// must not keep a container from being deleted.
+const guestDeleteTimeout = time.Minute
+
 // service is the task service (task API v3) of one shim: it serves every
 // container of its group, each in its own VM.
 type service struct {
@@ -287,10 +292,16 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	// guest: the VM's power-off below stops it (runc's state goes with
 	// the VM), and a runc delete costs a process start under TCG.
 	if !c.vm.isDead() && !(c.ownsVM() && p.isExited()) {
-		if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID}); err != nil && !agentGone(c.vm, err) {
-			if !errdefs.IsNotFound(fromAgent(err)) {
-				return nil, errgrpc.ToGRPC(fromAgent(err))
-			}
+		dctx, cancel := context.WithTimeout(ctx, guestDeleteTimeout)
+		_, err := c.vm.task.Delete(dctx, &task.DeleteRequest{ID: r.ID})
+		cancel()
+		switch {
+		case err == nil || agentGone(c.vm, err) || errdefs.IsNotFound(fromAgent(err)):
+		case c.ownsVM() && errors.Is(err, context.DeadlineExceeded):
+			// The VM's power-off below ends the container as well.
+			log.G(ctx).WithError(err).Warnf("delete: the guest did not answer within %s: stopping the VM", guestDeleteTimeout)
+		default:
+			return nil, errgrpc.ToGRPC(fromAgent(err))
 		}
 	}
 	p.openGate()
