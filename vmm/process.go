@@ -168,8 +168,13 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 		return 1, err
 	}
 	defer v.console.Close()
+	qemuOut, closeQEMUOut, err := qemuOutput(cfg)
+	if err != nil {
+		return 1, err
+	}
+	defer closeQEMUOut()
 	start := time.Now()
-	v.hv, err = startQEMU(cfg, chanSock, logf, taps)
+	v.hv, err = startQEMU(cfg, chanSock, logf, qemuOut, taps)
 	if err != nil {
 		return 1, err
 	}
@@ -269,10 +274,10 @@ func (v *vm) guestCode() int {
 	}
 	v.console.drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
-		log.L.Warnf("%sthe hypervisor was killed (%v): exiting %d", endedPrefix, err, ExitKilled)
+		recordEndCause(v.cfg.RuntimeDir, fmt.Sprintf("the hypervisor was killed (%v)", err), ExitKilled)
 		return ExitKilled
 	}
-	log.L.Warnf("%s%s: exiting %d", endedPrefix, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
+	recordEndCause(v.cfg.RuntimeDir, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
 	return ExitGuestLost
 }
 

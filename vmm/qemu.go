@@ -31,6 +31,8 @@ type qemu struct {
 	tsc           int
 	done          chan struct{}
 	err           error
+	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
+	out *os.File
 }
 
 // tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
@@ -130,7 +132,7 @@ func hostTSCKHz() int {
 // set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
 const kvmFallbackWindow = 5 * time.Second
 
-func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File) (*qemu, error) {
+func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
@@ -147,7 +149,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 		}
 	}
 	kvm := c.Accel == "kvm" || autoKVM
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz()}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out}
 	if err := q.launch(kvm, logf); err != nil {
 		return nil, err
 	}
@@ -206,7 +208,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		defer planf.Close()
 		how = fmt.Sprintf(" jailed (%d paths, capabilities %s)", len(plan.Binds), capList(plan.Caps))
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = q.out, q.out
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))
