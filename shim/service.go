@@ -31,6 +31,11 @@ var errClosed = ttrpc.ErrClosed
 // published after the guest deleted the container.
 const deleteExitWait = 5 * time.Second
 
+// guestStateTimeout bounds the guest's answer to State, a lookup in the
+// agent (milliseconds; seconds on a stalled TCG guest): past it the shim
+// answers from what it knows.
+const guestStateTimeout = 10 * time.Second
+
 // guestDeleteTimeout bounds the guest's delete of a container (runc
 // delete in the guest, seconds under TCG): a guest that never answers
 // must not keep a container from being deleted.
@@ -397,9 +402,13 @@ func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateR
 	if p.isExited() || c.vm.isDead() {
 		return p.localState(), nil
 	}
-	resp, err := c.vm.task.State(ctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
+	sctx, cancel := context.WithTimeout(ctx, guestStateTimeout)
+	resp, err := c.vm.task.State(sctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
+	cancel()
 	if err != nil {
-		if agentGone(c.vm, err) {
+		if agentGone(c.vm, err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// A guest that does not answer must not hang `ctr task ls`
+			// (containerd asks every task's State).
 			return p.localState(), nil
 		}
 		return nil, errgrpc.ToGRPC(fromAgent(err))
