@@ -280,7 +280,10 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	}
 	if r.ExecID != "" {
 		if !c.vm.isDead() {
-			if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID, ExecID: r.ExecID}); err != nil && !agentGone(c.vm, err) {
+			dctx, cancel := context.WithTimeout(ctx, guestDeleteTimeout)
+			_, err := c.vm.task.Delete(dctx, &task.DeleteRequest{ID: r.ID, ExecID: r.ExecID})
+			cancel()
+			if err != nil && !agentGone(c.vm, err) {
 				return nil, errgrpc.ToGRPC(fromAgent(err))
 			}
 		}

@@ -317,6 +317,7 @@ func (a *attacker) answer(id uint32, s *hostStream, sid uint32, msg []byte) {
 			a.respond(id, 1<<30+2*i+1, nil)
 		}
 		logf("sent 2000 answers to calls never made on %d", id)
+		a.drop() // and answers nothing more
 	}
 }
 
