@@ -242,9 +242,10 @@ const (
 // VMEnded says why a VM that died unasked ended and the exit status its
 // processes get (ExitVMKilled or ExitGuestDied), from its VMM process's
 // exit (code and waitErr from vmm.Handle.Wait) and the cause the VMM
-// logged in vmmLog (vmm.EndCause). docs/configuration.md lists the causes.
-func VMEnded(vmmLog string, code int, waitErr error) (int, string) {
-	if cause, ok := vmm.EndCause(vmmLog); ok {
+// recorded in its state dir (vmm.EndCause). docs/configuration.md lists
+// the causes.
+func VMEnded(stateDir string, code int, waitErr error) (int, string) {
+	if cause, ok := vmm.EndCause(stateDir); ok {
 		if code == vmm.ExitKilled {
 			return ExitVMKilled, cause
 		}

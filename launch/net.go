@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -72,6 +73,13 @@ func (n *Net) Attach(ctx context.Context, agent *protocol.AgentClient, id string
 	return nil
 }
 
+// portOpenTimeout bounds the agent's answer to a port-forward open: it
+// connects to a port on the guest's loopback, a matter of milliseconds
+// even under TCG, where a busy guest may still stall for seconds. A
+// client's own timeouts (kubectl's) are longer, so its connection is
+// refused, not left hanging.
+const portOpenTimeout = 20 * time.Second
+
 // ForwardLoopback makes TCP connections to 127.0.0.1 in the VM's network
 // namespace on the host reach the same port on container id's loopback in
 // the guest, through the agent socket: containerd's CRI serves a pod's
@@ -81,14 +89,18 @@ func (n *Net) ForwardLoopback(agentSocket, id string) error {
 		return nil
 	}
 	f, err := network.ForwardLoopback(fmt.Sprintf("/proc/self/fd/%d", n.ns.Fd()), func(port int) (io.ReadWriteCloser, error) {
-		c, err := net.Dial("unix", agentSocket)
+		c, err := net.DialTimeout("unix", agentSocket, portOpenTimeout)
 		if err != nil {
 			return nil, err
 		}
+		// The guest answers or the connection is refused: a guest that
+		// never answers must not hold the client's connection open.
+		_ = c.SetDeadline(time.Now().Add(portOpenTimeout))
 		if err := protocol.OpenPort(c, id, port); err != nil {
 			c.Close()
 			return nil, err
 		}
+		_ = c.SetDeadline(time.Time{})
 		return c, nil
 	})
 	if err != nil {

@@ -120,7 +120,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 			return 0, fmt.Errorf("wait for container: %w", err)
 		}
 		vmCode, werr := h.Wait()
-		code, cause := launch.VMEnded(sb.prep.VMMLog(), vmCode, werr)
+		code, cause := launch.VMEnded(sb.prep.Launch.RuntimeDir, vmCode, werr)
 		streams.wait()
 		return code, exitError{code, fmt.Errorf("VM ended: %s: exit status %d", cause, code)}
 	}

@@ -54,7 +54,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err := writeRecord(bundle, rec); err != nil {
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec, oom: &oomState{},
+	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec, oom: newOOMState(),
 		spec: spec, execs: map[string]*proc{}, idle: make(chan struct{}, 1)}
 	defer func() {
 		if retErr != nil {

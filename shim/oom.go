@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,12 +24,39 @@ import (
 // reports that exit, so the TaskOOM goes out first, as with runc's shim.
 // Publishing is under one lock and by sequence number, so each OOM is
 // published once, whichever path got it first.
+//
+// The guest is not trusted with containerd's event bus: an event naming a
+// container this shim does not run in this VM (another pod's, which
+// containerd's CRI would mark OOMKilled) is dropped, and a VM's TaskOOMs
+// are rate-limited, so a guest cannot flood the bus.
 
-// oomState is a VM's OOM bookkeeping (one VM per container for now).
+// oomState is a VM's OOM bookkeeping, shared by the containers of a pod VM.
 type oomState struct {
 	mu        sync.Mutex
 	published uint64      // highest sequence number published
 	off       atomic.Bool // the agent does not serve OOMEvents
+	// limit bounds the TaskOOMs the VM publishes; refused logs the
+	// events dropped (foreign ids, over the limit), itself bounded.
+	limit, refused *protocol.Limiter
+}
+
+// A real OOM kill is rare (a container's processes are killed one at a
+// time, each by a kernel that takes its time under TCG): a few a second
+// per VM with a burst for a pod whose members die together is far above
+// what a workload makes and far below what floods containerd's bus.
+const (
+	oomEventsPerSec = 5
+	oomEventsBurst  = 20
+	// refusedLogsPerSec bounds the log lines about dropped guest data.
+	refusedLogsPerSec = 1
+	refusedLogsBurst  = 5
+)
+
+func newOOMState() *oomState {
+	return &oomState{
+		limit:   protocol.NewLimiter(oomEventsPerSec, oomEventsBurst),
+		refused: protocol.NewLimiter(refusedLogsPerSec, refusedLogsBurst),
+	}
 }
 
 // oomFlushWait bounds the fetch before an exit is published.
@@ -92,7 +120,8 @@ func (s *service) flushOOMs(ctx context.Context, c *container) {
 	s.publishOOMs(c, evs)
 }
 
-// publishOOMs queues a TaskOOM for each event not published yet.
+// publishOOMs queues a TaskOOM for each event not published yet that
+// names a container of c's VM, within the VM's rate limit.
 func (s *service) publishOOMs(c *container, evs []protocol.OOMEvent) {
 	c.oom.mu.Lock()
 	defer c.oom.mu.Unlock()
@@ -105,6 +134,31 @@ func (s *service) publishOOMs(c *container, evs []protocol.OOMEvent) {
 		if id == "" {
 			id = c.id
 		}
+		if id != c.id && !s.inVM(c.vm, id) {
+			s.refuseOOM(c, id, "names no container of this VM")
+			continue
+		}
+		if ok, _ := c.oom.limit.Allow(); !ok {
+			s.refuseOOM(c, id, fmt.Sprintf("over the limit of %d a second", oomEventsPerSec))
+			continue
+		}
 		s.send(&eventstypes.TaskOOM{ContainerID: id})
+	}
+}
+
+// inVM reports whether id is a container this shim runs in v.
+func (s *service) inVM(v *vm, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.containers[id]
+	return ok && o.vm == v
+}
+
+// refuseOOM logs (rate-limited) an OOM event from the guest that is not
+// published.
+func (s *service) refuseOOM(c *container, id, why string) {
+	if ok, dropped := c.oom.refused.Allow(); ok {
+		log.G(s.ctx).WithFields(log.Fields{"vm": c.vm.name, "container": id, "suppressed": dropped}).
+			Warnf("OOM event from the guest dropped: it %s", why)
 	}
 }

@@ -31,6 +31,16 @@ var errClosed = ttrpc.ErrClosed
 // published after the guest deleted the container.
 const deleteExitWait = 5 * time.Second
 
+// guestStateTimeout bounds the guest's answer to State, a lookup in the
+// agent (milliseconds; seconds on a stalled TCG guest): past it the shim
+// answers from what it knows.
+const guestStateTimeout = 10 * time.Second
+
+// guestDeleteTimeout bounds the guest's delete of a container (runc
+// delete in the guest, seconds under TCG): a guest that never answers
+// must not keep a container from being deleted.
+const guestDeleteTimeout = time.Minute
+
 // service is the task service (task API v3) of one shim: it serves every
 // container of its group, each in its own VM.
 type service struct {
@@ -270,7 +280,10 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	}
 	if r.ExecID != "" {
 		if !c.vm.isDead() {
-			if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID, ExecID: r.ExecID}); err != nil && !agentGone(c.vm, err) {
+			dctx, cancel := context.WithTimeout(ctx, guestDeleteTimeout)
+			_, err := c.vm.task.Delete(dctx, &task.DeleteRequest{ID: r.ID, ExecID: r.ExecID})
+			cancel()
+			if err != nil && !agentGone(c.vm, err) {
 				return nil, errgrpc.ToGRPC(fromAgent(err))
 			}
 		}
@@ -287,10 +300,16 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	// guest: the VM's power-off below stops it (runc's state goes with
 	// the VM), and a runc delete costs a process start under TCG.
 	if !c.vm.isDead() && !(c.ownsVM() && p.isExited()) {
-		if _, err := c.vm.task.Delete(ctx, &task.DeleteRequest{ID: r.ID}); err != nil && !agentGone(c.vm, err) {
-			if !errdefs.IsNotFound(fromAgent(err)) {
-				return nil, errgrpc.ToGRPC(fromAgent(err))
-			}
+		dctx, cancel := context.WithTimeout(ctx, guestDeleteTimeout)
+		_, err := c.vm.task.Delete(dctx, &task.DeleteRequest{ID: r.ID})
+		cancel()
+		switch {
+		case err == nil || agentGone(c.vm, err) || errdefs.IsNotFound(fromAgent(err)):
+		case c.ownsVM() && errors.Is(err, context.DeadlineExceeded):
+			// The VM's power-off below ends the container as well.
+			log.G(ctx).WithError(err).Warnf("delete: the guest did not answer within %s: stopping the VM", guestDeleteTimeout)
+		default:
+			return nil, errgrpc.ToGRPC(fromAgent(err))
 		}
 	}
 	p.openGate()
@@ -386,9 +405,13 @@ func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateR
 	if p.isExited() || c.vm.isDead() {
 		return p.localState(), nil
 	}
-	resp, err := c.vm.task.State(ctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
+	sctx, cancel := context.WithTimeout(ctx, guestStateTimeout)
+	resp, err := c.vm.task.State(sctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
+	cancel()
 	if err != nil {
-		if agentGone(c.vm, err) {
+		if agentGone(c.vm, err) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// A guest that does not answer must not hang `ctr task ls`
+			// (containerd asks every task's State).
 			return p.localState(), nil
 		}
 		return nil, errgrpc.ToGRPC(fromAgent(err))

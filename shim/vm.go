@@ -210,7 +210,7 @@ func (v *vm) bootError(err error) error {
 // the cause and the console's last lines.
 func (v *vm) ended(ctx context.Context) (int, string) {
 	code, err := v.h.Wait()
-	status, cause := launch.VMEnded(v.vmmLog(), code, err)
+	status, cause := launch.VMEnded(v.stateDir, code, err)
 	if v.killed.Load() {
 		status, cause = exitKilled, "the shim killed it"
 	}

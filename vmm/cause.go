@@ -9,17 +9,24 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"github.com/containerd/log"
 )
 
-// A VM that stops without being asked is named by one line in the VMM
-// log, "VM ended: <cause>: exiting <status>", which creators read back
-// (EndCause) to say what happened. The status follows one rule: 137 when
-// something killed the VM (its hypervisor or the VMM process got a
-// signal), 255 when the guest stopped by itself (panic, power-off, the
-// agent lost). docs/configuration.md lists the causes.
+// Why a guest stopped by itself, from the tail of its console, for the
+// cause the VMM records (endcause.go).
 
 // endedPrefix starts the VMM log line naming why a VM stopped.
 const endedPrefix = "VM ended: "
+
+// logEnded logs why the VM ended for people reading vmm.log.
+func logEnded(cause string, status int, recordErr error) {
+	l := log.L.WithError(recordErr)
+	if recordErr == nil {
+		l = log.L.WithFields(nil)
+	}
+	l.Warnf("%s%s: exiting %d", endedPrefix, cause, status)
+}
 
 // agentExited starts guest PID 1's console line when the agent died.
 const agentExited = "agent exited ("
@@ -52,9 +59,9 @@ func GuestStopCause(consoleLog string) string {
 	case agentLine != "" && oomLine != "":
 		return "the guest's OOM killer killed the agent (guest memory exhausted)"
 	case agentLine != "":
-		return "the guest agent died: " + strings.TrimSpace(agentLine[strings.Index(agentLine, agentExited):])
+		return "the guest agent died: " + quoteGuest(agentLine[strings.Index(agentLine, agentExited):])
 	case panicLine != "":
-		return "guest kernel panic: " + strings.TrimSpace(panicLine[strings.Index(panicLine, "Kernel panic"):])
+		return "guest kernel panic: " + quoteGuest(panicLine[strings.Index(panicLine, "Kernel panic"):])
 	case off:
 		return "the guest powered itself off"
 	}
@@ -70,19 +77,6 @@ func hypervisorKilled(err error) bool {
 	}
 	ws, ok := ee.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled()
-}
-
-// EndCause returns the cause the VMM logged in vmmLog when its VM
-// stopped unasked; false when it logged none (it was killed itself).
-func EndCause(vmmLog string) (string, bool) {
-	tail := ReadTail(vmmLog, consoleTailBytes)
-	i := bytes.LastIndex(tail, []byte(endedPrefix))
-	if i < 0 {
-		return "", false
-	}
-	line, _, _ := strings.Cut(string(tail[i+len(endedPrefix):]), "\n")
-	cause, _, _ := strings.Cut(line, ": exiting ")
-	return strings.ReplaceAll(cause, `\"`, `"`), true
 }
 
 // ReadTail reads at most n bytes from the end of the file at path (nil

@@ -27,13 +27,14 @@ func DialAgent(ctx context.Context, socket, kind, arg string) (*net.UnixConn, er
 	return uc, nil
 }
 
-// DialTTRPC opens a ttrpc client to the guest agent through the relay.
+// DialTTRPC opens a ttrpc client to the guest agent through the relay;
+// only answers to its calls reach it (agentConn).
 func DialTTRPC(ctx context.Context, socket string) (*ttrpc.Client, error) {
 	c, err := DialAgent(ctx, socket, protocol.KindTTRPC, "")
 	if err != nil {
 		return nil, err
 	}
-	return ttrpc.NewClient(c), nil
+	return ttrpc.NewClient(newAgentConn(c)), nil
 }
 
 // WaitReady blocks until the agent answers Status through the relay. The

@@ -168,8 +168,13 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 		return 1, err
 	}
 	defer v.console.Close()
+	qemuOut, closeQEMUOut, err := qemuOutput(cfg)
+	if err != nil {
+		return 1, err
+	}
+	defer closeQEMUOut()
 	start := time.Now()
-	v.hv, err = startQEMU(cfg, chanSock, logf, taps)
+	v.hv, err = startQEMU(cfg, chanSock, logf, qemuOut, taps)
 	if err != nil {
 		return 1, err
 	}
@@ -230,7 +235,7 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 // on its control stream.
 func (v *vm) openAgent(conn net.Conn) error {
 	var err error
-	v.sess, err = yamux.Client(conn, protocol.MuxConfig())
+	v.sess, err = yamux.Client(newGuestFrames(conn), protocol.MuxConfig())
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("mux: %w", err)
@@ -242,7 +247,7 @@ func (v *vm) openAgent(conn net.Conn) error {
 	if err := protocol.WriteHeader(s, protocol.KindTTRPC, ""); err != nil {
 		return err
 	}
-	v.agent = protocol.NewAgentClient(ttrpc.NewClient(s))
+	v.agent = protocol.NewAgentClient(ttrpc.NewClient(newAgentConn(s)))
 	return nil
 }
 
@@ -269,10 +274,10 @@ func (v *vm) guestCode() int {
 	}
 	v.console.drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
-		log.L.Warnf("%sthe hypervisor was killed (%v): exiting %d", endedPrefix, err, ExitKilled)
+		recordEndCause(v.cfg.RuntimeDir, fmt.Sprintf("the hypervisor was killed (%v)", err), ExitKilled)
 		return ExitKilled
 	}
-	log.L.Warnf("%s%s: exiting %d", endedPrefix, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
+	recordEndCause(v.cfg.RuntimeDir, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
 	return ExitGuestLost
 }
 

@@ -35,6 +35,8 @@ type qemu struct {
 	ids    *jailIDs
 	done   chan struct{}
 	err    error
+	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
+	out *os.File
 }
 
 // tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
@@ -134,7 +136,7 @@ func hostTSCKHz() int {
 // set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
 const kvmFallbackWindow = 5 * time.Second
 
-func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File) (*qemu, error) {
+func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
@@ -151,7 +153,7 @@ func startQEMU(c *LaunchConfig, chanSock string, logf *os.File, taps []*os.File)
 		}
 	}
 	kvm := c.Accel == "kvm" || autoKVM
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz()}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out}
 	if !c.NoJail && !c.JailHostRoot {
 		// qemu's own user: a range of host ids held while it may run, and
 		// the user namespace that maps it (ADR 022).
@@ -230,7 +232,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		}
 		how = fmt.Sprintf(" jailed (%d paths, as %s, capabilities %s)", len(plan.Binds), user, capList(plan.Caps))
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = q.out, q.out
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))

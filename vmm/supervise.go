@@ -63,7 +63,7 @@ func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.F
 		case <-kvmTimer.C:
 			g.bootSlow()
 		case <-g.exited():
-			return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v (guest console: %s)", g.exitErr(), cfg.ConsoleLog)
+			return ExitGuestLost, fmt.Errorf("hypervisor exited during boot: %v%s (guest console: %s)", g.exitErr(), qemuSaid(cfg), cfg.ConsoleLog)
 		case <-bootTimeout:
 			return 1, fmt.Errorf("agent not ready within %s (guest console: %s)", cfg.BootTimeout.or(defaultBootTimeout), cfg.ConsoleLog)
 		case <-watchEOF:

@@ -1,0 +1,99 @@
+package vmm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/containerd/log"
+
+	"github.com/msb-dev/msb/protocol"
+)
+
+// guestFrames sits between the guest channel and the host's yamux session
+// and reads the guest's yamux frames before yamux does. The host opens
+// every stream (odd ids, as yamux's client); the agent never opens one. A
+// stream the guest opens (an even id) would sit in yamux's accept backlog,
+// each buffering up to a window of data (256 of 256 KiB by default), and
+// yamux has no reset for a stream once accepted. So a guest's stream never
+// reaches yamux: its frames are read and dropped here, in constant memory,
+// and the guest's side of it stays unanswered. A data frame longer than
+// any window yamux grants ends the session (yamux ends it for an unknown
+// version, type or a frame over the window). What is dropped is logged at
+// a bounded rate.
+type guestFrames struct {
+	net.Conn
+	r *bufio.Reader
+	// pending is the header of a frame passed on, not yet read by yamux;
+	// body is how much of its body is left to pass.
+	pending []byte
+	body    uint32
+	logs    *protocol.Limiter
+}
+
+// yamux's frame header (github.com/hashicorp/yamux const.go): version,
+// type, flags, stream id, length; the length of a data frame is its body's.
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+	yamuxFlagSYN    = 1
+)
+
+// Logs about dropped guest frames: enough to see an attack, not a flood.
+const (
+	guestFrameLogsPerSec = 1
+	guestFrameLogsBurst  = 5
+)
+
+func newGuestFrames(c net.Conn) *guestFrames {
+	return &guestFrames{Conn: c, r: bufio.NewReaderSize(c, 64<<10), logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
+}
+
+func (g *guestFrames) Read(p []byte) (int, error) {
+	for {
+		if len(g.pending) > 0 {
+			n := copy(p, g.pending)
+			g.pending = g.pending[n:]
+			return n, nil
+		}
+		if g.body > 0 {
+			if uint32(len(p)) > g.body {
+				p = p[:g.body]
+			}
+			n, err := g.r.Read(p)
+			g.body -= uint32(n)
+			return n, err
+		}
+		hdr := make([]byte, yamuxHeaderSize)
+		if _, err := io.ReadFull(g.r, hdr); err != nil {
+			return 0, err
+		}
+		flags := binary.BigEndian.Uint16(hdr[2:4])
+		id := binary.BigEndian.Uint32(hdr[4:8])
+		var body uint32
+		if hdr[1] == yamuxTypeData {
+			body = binary.BigEndian.Uint32(hdr[8:12])
+			if body > protocol.MuxConfig().MaxStreamWindowSize {
+				return 0, fmt.Errorf("guest channel: data frame of %d bytes on stream %d, over any window granted: ending the session", body, id)
+			}
+		}
+		if id == 0 || id%2 == 1 {
+			g.pending, g.body = hdr, body
+			continue
+		}
+		if flags&yamuxFlagSYN != 0 {
+			g.logf("the guest opened stream %d: dropped (the host never accepts streams from the guest)", id)
+		}
+		if _, err := io.CopyN(io.Discard, g.r, int64(body)); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (g *guestFrames) logf(format string, args ...any) {
+	if ok, dropped := g.logs.Allow(); ok {
+		log.L.WithField("suppressed", dropped).Warnf(format, args...)
+	}
+}
