@@ -81,9 +81,10 @@ func TestEnterV2(t *testing.T) {
 		"kubepods/c1/memory.max":          strconv.Itoa((384 + hostOverheadBaseMiB) << 20),
 		"kubepods/c1/cpu.max":             "250000 100000",
 		"kubepods/c1/cpu.weight":          "100", // shares 1024, as cgroup2.ToResources converts them
+		"kubepods/c1/pids.max":            strconv.Itoa(hostPidsMax),
 		"kubepods/c1/cgroup.procs":        pid,
-		"kubepods/cgroup.subtree_control": "+cpu +memory",
-		"cgroup.subtree_control":          "+cpu +memory",
+		"kubepods/cgroup.subtree_control": "+cpu +memory +pids",
+		"cgroup.subtree_control":          "+cpu +memory +pids",
 		"cgroup.controllers":              "cpuset cpu io memory pids",
 	} {
 		if got := read(file); got != want {
