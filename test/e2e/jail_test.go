@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +101,7 @@ echo ready; exec sleep 1000`
 			t.Errorf("qemu's /proc/%d/status lacks %q", qemu, want)
 		}
 	}
+	checkQEMUUnprivileged(t, qemu, string(status))
 
 	jroot := fmt.Sprintf("/proc/%d/root", qemu)
 	var seen []string
@@ -146,4 +149,67 @@ echo ready; exec sleep 1000`
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	assertNothingLeft(t, root)
+}
+
+// checkQEMUUnprivileged checks what ADR 022 adds to the jail: qemu is an
+// unprivileged host user (root of a user namespace of its own, whose
+// capabilities count only there), in an empty network namespace, with an
+// empty environment, no core dumps, and a pids limit in its host cgroup;
+// nothing it can write is outside its shares, disks and sockets.
+func checkQEMUUnprivileged(t *testing.T, qemu int, status string) {
+	t.Helper()
+	uid := -1
+	for _, l := range strings.Split(status, "\n") {
+		if f := strings.Fields(l); len(f) == 5 && f[0] == "Uid:" {
+			if f[1] == f[2] && f[2] == f[3] && f[3] == f[4] {
+				uid, _ = strconv.Atoi(f[1])
+			}
+		}
+	}
+	if uid < vmm.JailIDBase {
+		t.Errorf("qemu runs as host uid %d, want one of msb's ranges (from %d)", uid, vmm.JailIDBase)
+	}
+	for _, ns := range []string{"user", "net", "mnt", "pid", "ipc"} {
+		mine, _ := os.Readlink("/proc/self/ns/" + ns)
+		its, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", qemu, ns))
+		if err != nil || its == mine {
+			t.Errorf("qemu shares the host's %s namespace (%s, %v)", ns, its, err)
+		}
+	}
+	// Its network namespace holds a loopback device and nothing else.
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(qemu), "-n", "ip", "-o", "link").CombinedOutput(); err != nil || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("qemu's network namespace: %s (%v), want lo alone", out, err)
+	}
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", qemu)); err != nil || len(env) != 0 {
+		t.Errorf("qemu's environment: %q (%v), want none", env, err)
+	}
+	if lim, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", qemu)); err != nil || !regexp.MustCompile(`Max core file size\s+0\s+0`).Match(lim) {
+		t.Errorf("qemu may dump core (its guest memory): %s (%v)", lim, err)
+	}
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", qemu))
+	for _, l := range strings.Split(string(cg), "\n") {
+		if f := strings.SplitN(l, ":", 3); len(f) == 3 && (f[1] == "pids" || f[1] == "") && f[2] != "/" {
+			dir := filepath.Join("/sys/fs/cgroup", f[2])
+			if f[1] == "pids" {
+				dir = filepath.Join("/sys/fs/cgroup/pids", f[2])
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "pids.max")); err != nil || strings.TrimSpace(string(b)) == "max" {
+				t.Errorf("qemu's host cgroup %s has no pids limit: %q (%v)", dir, b, err)
+			}
+		}
+	}
+	// Every mount qemu may write is a share, a disk, a socket or a device.
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", qemu))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(mi)), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || !slices.Contains(strings.Split(f[5], ","), "rw") {
+			continue
+		}
+		if !strings.Contains(f[5], "idmapped") && !slices.Contains([]string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/kvm"}, f[4]) {
+			t.Errorf("qemu may write %s, which is no id-mapped share, disk or socket of its own: %s", f[4], l)
+		}
+	}
 }
