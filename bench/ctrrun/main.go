@@ -44,11 +44,12 @@ func main() {
 	settle := flag.Duration("settle", 3*time.Second, "wait after a container started before reading its memory")
 	warm := flag.Bool("warm", true, "also time msb with a pool of one booted VM (pool_size = 1, ADR 020)")
 	phaseRuns := flag.Int("phases", 5, "msb-runtime run phase runs after the ctr runs (0: none)")
+	before := flag.String("before", "", "directory with an older build's msb-runtime and containerd-shim-msb-v2, timed beside this one (e.g. a change's cost)")
 	flag.Parse()
-	benchenv.Main("ctrrun", func(ctx context.Context) error { return bench(ctx, *n, *bin, *settle, *warm, *phaseRuns) })
+	benchenv.Main("ctrrun", func(ctx context.Context) error { return bench(ctx, *n, *bin, *before, *settle, *warm, *phaseRuns) })
 }
 
-func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bool, phaseRuns int) error {
+func bench(ctx context.Context, n int, bin, before string, settle time.Duration, warm bool, phaseRuns int) error {
 	if n < 1 {
 		return errors.New("-n must be >= 1")
 	}
@@ -60,6 +61,21 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bo
 	img, err := e.ImportBusybox(ctx)
 	if err != nil {
 		return err
+	}
+	// An older build runs as the shim at its absolute path (containerd
+	// takes a path as a runtime), which finds its msb-runtime beside it.
+	timed := runtimes
+	if before != "" {
+		shim, err := filepath.Abs(filepath.Join(before, "containerd-shim-msb-v2"))
+		if err != nil {
+			return err
+		}
+		timed = append(slices.Clone(runtimes), struct{ typ, name string }{shim, "msb-before"})
+		out, err := e.CtrRun(ctx, "run", "--rm", "--runtime", shim, img, "warm-before", "uname", "-r")
+		if err != nil {
+			return fmt.Errorf("-before: %w", err)
+		}
+		fmt.Printf("warm-up %-4s uname -r: %s\n", "msb-before", strings.TrimSpace(out))
 	}
 	// Warm-up, untimed: also shows which kernel each runtime runs on.
 	for _, rt := range runtimes {
@@ -94,9 +110,13 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bo
 			times["msb-warm"] = append(times["msb-warm"], d)
 			line = append(line, fmt.Sprintf("msb-warm %.0f ms", d))
 		}
-		for j := range runtimes {
-			rt := runtimes[(i+j)%2] // alternate which goes first
-			for _, withNet := range []bool{false, true} {
+		for j := range timed {
+			rt := timed[(i+j)%len(timed)] // alternate which goes first
+			nets := []bool{false, true}
+			if rt.name == "msb-before" {
+				nets = nets[:1] // start time alone
+			}
+			for _, withNet := range nets {
 				args := []string{"run", "--rm", "--runtime", rt.typ}
 				key := rt.name
 				if withNet {
@@ -135,6 +155,11 @@ func bench(ctx context.Context, n int, bin string, settle time.Duration, warm bo
 	if s := times["msb-warm"]; len(s) > 0 {
 		sort.Float64s(s)
 		fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", "io.containerd.msb.v2 warm (pool_size = 1)", benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
+	}
+	if s := times["msb-before"]; len(s) > 0 {
+		sort.Float64s(s)
+		fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", "io.containerd.msb.v2 before (-before)", benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
+		fmt.Printf("  this build vs before (medians): %+.0f ms (%.2fx)\n", benchenv.Median(times["msb"])-benchenv.Median(s), benchenv.Median(times["msb"])/benchenv.Median(s))
 	}
 	fmt.Printf("  ratio msb/runc (medians) %.1fx; with network %.1fx; network's cost msb %+.0f ms, runc %+.0f ms\n",
 		benchenv.Median(times["msb"])/benchenv.Median(times["runc"]), benchenv.Median(times["msb+net"])/benchenv.Median(times["runc+net"]),
