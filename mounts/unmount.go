@@ -195,11 +195,11 @@ func RemoveAllUnmountedBeneath(root, rel string) error {
 		return err
 	}
 	defer unix.Close(r)
-	parent := r
-	if len(parts) > 1 {
-		if parent, err = unix.Openat2(r, strings.Join(parts[:len(parts)-1], "/"), &beneath); err != nil {
-			return fmt.Errorf("open %s below %s: %w", rel, root, err)
-		}
+	parent, err := openParentBeneath(r, parts)
+	if err != nil {
+		return fmt.Errorf("open %s below %s: %w", rel, root, err)
+	}
+	if parent != r {
 		defer unix.Close(parent)
 	}
 	if err := removeDirAt(parent, parts[len(parts)-1]); err != nil {
