@@ -79,23 +79,24 @@ func (c *hostCanary) check(t *testing.T, step string) {
 // hostileHelper is the core_pattern helper: it runs as root in the
 // guest's initial namespaces with the crashing process's pid as $1 and
 // reaches busybox through that process's root (the guest has none).
-// In every member dir of the pod share it plants a FIFO, a device node,
-// a setuid binary, a socket (syslogd's, in a chroot) and symlinks to the
-// host canary in each share, swaps top-level files for symlinks to the
+// In every member dir of the pod share it plants a FIFO, a device node
+// (9p refuses both today), a setuid binary, a socket (syslogd's /dev/log,
+// in a chroot) and symlinks to the host canary in each share, swaps top-level files for symlinks to the
 // canary's mount, then swaps the member dir itself for a symlink to the
 // canary (moving it aside); last it marks each share hostile.done.
 const hostileHelper = `BB=/proc/$1/root/bin/busybox
 P=/run/msb/pod
+exec 2>/proc/$1/root/hostile.err
 C=%s
 for d in $P/*; do
   $BB test -d "$d" -a ! -L "$d" || continue
   for s in "$d"/*; do
-    $BB mkfifo "$s/fifo"; $BB mknod "$s/null" c 1 3; $BB cp $BB "$s/suid"; $BB chmod 4755 "$s/suid"
-    $BB ln -s $C "$s/canary"; $BB mkdir "$s/dev"
-    $BB timeout 3 $BB chroot "$s" /suid syslogd -n -O /dev/null
+    $BB mkfifo "$s/fifo"; $BB mknod "$s/null" c 1 3; $BB cp $BB "$s/busybox"; $BB chmod 4755 "$s/busybox"
+    $BB ln -s $C "$s/canary"; $BB mkdir -p "$s/dev"
+    $BB timeout 3 $BB chroot "$s" /busybox syslogd -n -O /dev/null
     for f in "$s"/*; do
       $BB test -f "$f" -a ! -L "$f" || continue
-      case "$f" in */suid|*/hostile.*) continue;; esac
+      case "$f" in */busybox|*/hostile.*) continue;; esac
       $BB mv "$f" "$f.moved" && $BB ln -s $C/mnt "$f"
     done
   done
@@ -114,11 +115,12 @@ func (e *shimEnv) attackFromPodMember(t *testing.T, app string, c *hostCanary) {
 	cmd := `printf '%s' '` + script + `' > /hostile.sh && echo '|/proc/%P/root/bin/busybox sh /proc/%P/root/hostile.sh %P' > /proc/sys/kernel/core_pattern &&
 (ulimit -c unlimited; sh -c 'kill -SEGV $$'); i=0
 while [ ! -e /hostile.done ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
-cat /hostile.done`
+cat /hostile.done; cat /hostile.err >&2`
 	stdout, stderr, err := e.Ctr("task", "exec", "--exec-id", "attack", app, "sh", "-c", cmd)
 	if err != nil || strings.TrimSpace(stdout) != "done" {
 		t.Fatalf("the core_pattern helper did not run as guest root: %v: %q %q", err, stdout, stderr)
 	}
+	t.Logf("the helper's errors: %s", stderr)
 }
 
 // podDirOf is the host pod dir of sandbox sb's VM.
@@ -150,7 +152,15 @@ func TestHostilePodMemberSwapsPodDir(t *testing.T) {
 	}
 
 	otherPid := e.runPodSandbox(t, other)
-	pid := e.runPodSandbox(t, sb)
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, podAnn(sb, "sandbox")...), e.image, sb, "sleep", "600")...)
+	sbGone := false
+	t.Cleanup(func() {
+		if !sbGone {
+			e.remove(t, sb)
+		}
+	})
+	e.waitStatus(t, sb, "RUNNING", time.Minute)
+	pid := e.taskPid(t, sb)
 	flags := append(podAnn(sb, "container"),
 		"--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net",
 		"--privileged", "--privileged-without-host-devices",
@@ -175,6 +185,8 @@ func TestHostilePodMemberSwapsPodDir(t *testing.T) {
 		t.Fatalf("the helper did not write the member's volume: %v", err)
 	}
 	canary.check(t, "after the attack")
+	t.Logf("the pod dir after the attack: %s", listTree(podDir))
+	t.Logf("the member's volume after the attack: %s", listTree(vol))
 
 	n := 0
 	alive := func(step string) {
@@ -206,6 +218,7 @@ func TestHostilePodMemberSwapsPodDir(t *testing.T) {
 	}
 
 	e.remove(t, sb)
+	sbGone = true
 	canary.check(t, "after the pod's delete")
 	if _, err := os.Lstat(stateDir); err == nil {
 		t.Errorf("the VM's state dir %s is left", stateDir)
@@ -216,4 +229,18 @@ func TestHostilePodMemberSwapsPodDir(t *testing.T) {
 	if out, _, err := e.Ctr("task", "exec", "--exec-id", "alive2", other, "true"); err != nil {
 		t.Fatalf("the shim of the other pod does not answer: %v %s", err, out)
 	}
+}
+
+// listTree lists dir's entries, a level deep, with their types.
+func listTree(dir string) string {
+	var out []string
+	for _, pat := range []string{"*", "*/*"} {
+		ms, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, m := range ms {
+			if fi, err := os.Lstat(m); err == nil {
+				out = append(out, strings.TrimPrefix(m, dir+"/")+":"+fi.Mode().Type().String())
+			}
+		}
+	}
+	return strings.Join(out, " ")
 }
