@@ -213,6 +213,9 @@ func TestHostilePodMemberSwapsPodDir(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(podDir, app)); err != nil {
 		t.Errorf("the swapped member dir was not left for the VM's teardown: %v", err)
 	}
+	if !strings.Contains(e.Log(), "keeping it for the VM's teardown") {
+		t.Errorf("the shim did not log the refused member dir")
+	}
 	if b, err := os.ReadFile(file); err != nil || string(b) != "from-file\n" {
 		t.Errorf("the staged file's source: %q, %v", b, err)
 	}
