@@ -18,10 +18,28 @@ import (
 // mounts go onto the opened directory with open_tree + move_mount, so no
 // symlink the guest plants can steer a host mount or mkdir outside root.
 
-// beneath is how every component below root is opened.
+// beneath is how every directory below root is opened: no symlink and no
+// mount on the way (a guest that moved one member's bind into another's
+// place steers no mkdir into it).
 var beneath = unix.OpenHow{
 	Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-	Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS,
+}
+
+// mountBeneath opens a mount point below root: beneath, but onto the
+// mount at its last component.
+var mountBeneath = unix.OpenHow{
+	Flags:   beneath.Flags,
+	Resolve: beneath.Resolve &^ unix.RESOLVE_NO_XDEV,
+}
+
+// openParentBeneath opens the directory that holds parts' last component
+// below the root fd r (r itself, not a new fd, for a single component).
+func openParentBeneath(r int, parts []string) (int, error) {
+	if len(parts) == 1 {
+		return r, nil
+	}
+	return unix.Openat2(r, strings.Join(parts[:len(parts)-1], "/"), &beneath)
 }
 
 // openRoot opens root itself, which must not be a symlink.
@@ -192,7 +210,17 @@ func unmountBeneath(root, rel string, unmount func(fd int) error) error {
 		return err
 	}
 	defer unix.Close(fd)
-	target, err := unix.Openat2(fd, strings.Join(parts, "/"), &beneath)
+	parent, err := openParentBeneath(fd, parts)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s below %s: %w", rel, root, err)
+	}
+	if parent != fd {
+		defer unix.Close(parent)
+	}
+	target, err := unix.Openat2(parent, parts[len(parts)-1], &mountBeneath)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}

@@ -78,16 +78,28 @@ func StageFile(f FileStage) error {
 // staged records what stageFile created, so it can be undone.
 type staged struct {
 	file    string
-	mounted bool     // file is a bind mount of the source
+	mountID int      // file is a bind mount of the source with this ID (0: none)
 	dirs    []string // created directories, parents first
 }
 
+// undo unmounts and removes what stageFile made. The guest can write the
+// staged file's directory (its share) and swap the file for a symlink, so
+// the bind is found there without following one and unmounted only when
+// it is still the mount stageFile made.
 func (s staged) undo() error {
 	var errs []error
-	if s.mounted {
-		if err := unix.Unmount(s.file, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			// Never remove a file something is still mounted on.
+	if s.mountID != 0 {
+		dir, err := unix.Open(filepath.Dir(s.file), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("unmount staged file %s: %w", s.file, err)
+		}
+		if err == nil {
+			_, err = unmountID(dir, filepath.Base(s.file), s.mountID)
+			unix.Close(dir)
+			if err != nil {
+				// Never remove a file something is still mounted on.
+				return fmt.Errorf("unmount staged file %s: %w", s.file, err)
+			}
 		}
 	}
 	if s.file != "" {
@@ -147,14 +159,28 @@ func bindFile(src, dst string, idmap *IDMap, st *staged) error {
 		if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 			return fmt.Errorf("bind-mount onto %s: %w", dst, err)
 		}
-		st.mounted = true
-		return nil
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+	} else if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind-mount onto %s: %w (a read-write single-file bind is staged by a bind mount, which needs CAP_SYS_ADMIN; or bind the file's directory instead)", dst, err)
 	}
-	st.mounted = true
+	id, err := mountID(dst)
+	if err != nil {
+		_ = unix.Unmount(dst, unix.MNT_DETACH) // not yet shared with a guest
+		return fmt.Errorf("bind-mount onto %s: %w", dst, err)
+	}
+	st.mountID = id
 	return nil
+}
+
+// mountID is the ID of the mount at path, which is not yet the guest's.
+func mountID(path string) (int, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil {
+		return 0, err
+	}
+	if st.Mask&unix.STATX_MNT_ID == 0 {
+		return 0, fmt.Errorf("statx of %s gave no mount ID", path)
+	}
+	return int(st.Mnt_id), nil
 }
 
 // mkdirAll is os.MkdirAll that reports which directories it created, so a

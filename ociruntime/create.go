@@ -139,19 +139,33 @@ func dialReady(ctx context.Context, sb *sandbox, h *vmm.Handle) (*agentConn, err
 	return &agentConn{client: cl, task: task.NewTTRPCTaskClient(cl), agent: protocol.NewAgentClient(cl)}, nil
 }
 
-// writePidFile writes pid as runc does: the number alone, atomically.
+// writePidFile writes pid as runc does: the number alone, into a temp
+// file created with O_EXCL in path's directory (a symlink planted at a
+// temp name is never followed), renamed over path (a symlink there is
+// replaced, not followed).
 func writePidFile(path string, pid int) error {
 	path, err := filepath.Abs(path)
 	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path))
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o644); err != nil {
 		return fmt.Errorf("--pid-file: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("--pid-file: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.WriteString(strconv.Itoa(pid))
+	if err == nil {
+		err = f.Chmod(0o644) // runc's 0666 less the usual umask
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("--pid-file: %w", err)
+		return fmt.Errorf("--pid-file %s: %w", path, err)
 	}
 	return nil
 }

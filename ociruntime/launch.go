@@ -17,6 +17,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -78,7 +79,9 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	}
 	defer func() {
 		if retErr != nil {
-			os.RemoveAll(stateDir)
+			if err := mounts.RemoveAllUnmounted(stateDir); err != nil {
+				log.L.WithError(err).Warn("remove the state dir")
+			}
 		}
 	}()
 	p, err := launch.Prepare(launch.Request{
@@ -99,7 +102,10 @@ func (s *sandbox) destroy() {
 	if err := s.prep.Release(); err != nil {
 		log.L.WithError(err).Warn("release the VM's disks, files and host cgroup")
 	}
-	_ = os.RemoveAll(s.stateDir)
+	// The guest wrote below it (staged files' shares).
+	if err := mounts.RemoveAllUnmounted(s.stateDir); err != nil {
+		log.L.WithError(err).Warn("remove the state dir")
+	}
 	// The VMM removes its sockets; this covers a VMM that was SIGKILLed.
 	vmm.RemoveSockets(s.prep.Launch.AgentSocket)
 }

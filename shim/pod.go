@@ -284,18 +284,19 @@ func (m *podMember) leave(ctx context.Context) {
 		}
 		b.close()
 	}
-	// What the guest may have moved out of reach of the walk above is
-	// found by path; anything still mounted keeps the directory. Removing
-	// it on the host also detaches what a jail still mounts on it.
-	if err := mounts.UnmountBelow(m.dir); err != nil {
-		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it", m.dir)
-	} else if err := os.RemoveAll(m.dir); err != nil {
-		log.G(ctx).WithError(err).Warnf("remove %s", m.dir)
+	// The guest may have moved or swapped anything below the pod dir:
+	// the member dir is reached, its host mounts found and removed
+	// without following a symlink; a member dir the guest swapped for a
+	// symlink or special file is refused and left for the VM's teardown,
+	// as is one with mounts left. Removing it on the host also detaches
+	// what a jail still mounts on it.
+	if err := mounts.RemoveAllUnmountedBeneath(m.vm.podDir, m.id()); err != nil {
+		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it for the VM's teardown", m.dir)
 	}
 	if err := m.member.Release(); err != nil {
 		log.G(ctx).WithError(err).Warn("release staged files")
 	}
-	if err := os.RemoveAll(m.stageDir); err != nil {
+	if err := mounts.RemoveAllUnmounted(m.stageDir); err != nil {
 		log.G(ctx).WithError(err).Warnf("remove %s", m.stageDir)
 	}
 }

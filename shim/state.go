@@ -111,9 +111,7 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 		if ownStateDir(rec.StateDir) {
 			// A pod VM's state dir holds its members' binds (ADR 007):
 			// they go first, or RemoveAll would empty their volumes.
-			if err := mounts.UnmountBelow(rec.StateDir); err != nil {
-				errs = append(errs, err)
-			} else if err := os.RemoveAll(rec.StateDir); err != nil {
+			if err := mounts.RemoveAllUnmounted(rec.StateDir); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -294,19 +294,18 @@ func (v *vm) destroy(ctx context.Context) {
 		}
 	}
 	if v.podDir != "" {
-		// Members' binds must go before the state dir is removed, or
-		// RemoveAll would empty their rootfs and volumes.
+		// No member binds below the pod dir from here on (an expose in
+		// flight holds podMu until its binds are made).
 		v.podMu.Lock()
 		v.podClosed = true
-		err := mounts.UnmountBelow(v.podDir)
 		v.podMu.Unlock()
-		if err != nil {
-			log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s: mounts left below it", v.name, v.stateDir)
-			return
-		}
 	}
-	if err := os.RemoveAll(v.stateDir); err != nil {
-		log.G(ctx).WithError(err).Warnf("VM %s: remove state", v.name)
+	// Members' binds go before the state dir (the guest's pod dir and
+	// shares below it), found by mount ID and never through a symlink;
+	// with mounts left, nothing is removed.
+	if err := mounts.RemoveAllUnmounted(v.stateDir); err != nil {
+		log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s", v.name, v.stateDir)
+		return
 	}
 	if v.launch != nil {
 		vmm.RemoveSockets(v.launch.AgentSocket)
