@@ -136,15 +136,19 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 			add(jailBind{Path: f, ReadOnly: true})
 		}
 	}
-	for _, s := range c.Shares {
-		add(jailBind{Path: s.Path, ReadOnly: s.ReadOnly, IDMap: true})
+	for _, p := range qemuIDMapped(c, chanSock) {
+		b := jailBind{Path: p, IDMap: true}
+		for _, s := range c.Shares {
+			b.ReadOnly = b.ReadOnly || s.Path == p && s.ReadOnly
+		}
+		for _, d := range c.Disks {
+			if d.Path == p {
+				st, err := os.Stat(d.Path)
+				b.ReadOnly, b.Dev = d.ReadOnly, err == nil && st.Mode()&fs.ModeDevice != 0
+			}
+		}
+		add(b)
 	}
-	for _, d := range c.Disks {
-		st, err := os.Stat(d.Path)
-		add(jailBind{Path: d.Path, ReadOnly: d.ReadOnly, Dev: err == nil && st.Mode()&fs.ModeDevice != 0, IDMap: true})
-	}
-	add(jailBind{Path: chanSock, IDMap: true})
-	add(jailBind{Path: consoleSocket(c), IDMap: true})
 	devs := jailDevices
 	if kvm {
 		devs = append(devs[:len(devs):len(devs)], kvmDevice)
@@ -153,6 +157,37 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 		add(jailBind{Path: d, Dev: true})
 	}
 	return p, nil
+}
+
+// qemuIDMapped lists the paths qemu writes or connects to, which the jail
+// binds id-mapped: the VM's shares, disks and sockets.
+func qemuIDMapped(c *LaunchConfig, chanSock string) []string {
+	var ps []string
+	for _, s := range c.Shares {
+		ps = append(ps, s.Path)
+	}
+	for _, d := range c.Disks {
+		ps = append(ps, d.Path)
+	}
+	return append(ps, chanSock, consoleSocket(c))
+}
+
+// idmappable checks that each path (with what is mounted below it) can be
+// id-mapped with userns, as the jail will: overlayfs, 9p, NFS and most
+// FUSE filesystems cannot be.
+func idmappable(paths []string, userns *os.File) error {
+	for _, p := range paths {
+		tree, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		err = unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns.Fd())})
+		unix.Close(tree)
+		if err != nil {
+			return fmt.Errorf("%s is on %s, which cannot be id-mapped (%w)", p, fsType(p), err)
+		}
+	}
+	return nil
 }
 
 func isDir(p string) bool {

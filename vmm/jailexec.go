@@ -344,8 +344,13 @@ func fsType(p string) string {
 	if err := unix.Statfs(p, &st); err != nil {
 		return "its filesystem"
 	}
-	return fmt.Sprintf("its filesystem (magic %#x)", st.Type)
+	if n, ok := fsNames[int64(st.Type)]; ok {
+		return n
+	}
+	return fmt.Sprintf("a filesystem of magic %#x", st.Type)
 }
+
+var fsNames = map[int64]string{unix.OVERLAYFS_SUPER_MAGIC: "overlayfs", unix.V9FS_MAGIC: "9p", unix.NFS_SUPER_MAGIC: "NFS", unix.FUSE_SUPER_MAGIC: "FUSE"}
 
 func makeMountpoint(p string, dir bool) error {
 	if dir {

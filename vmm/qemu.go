@@ -166,6 +166,11 @@ func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.
 			return nil, err
 		}
 		q.ids = ids
+		if err := idmappable(qemuIDMapped(c, chanSock), q.userns); err != nil {
+			fmt.Fprintf(logf, "msb-vmm: qemu runs as root of the host's user namespace (with the jail's four capabilities): %v\n", err)
+			q.releaseIDs()
+			q.userns, q.ids = nil, nil
+		}
 	}
 	if err := q.launch(kvm, logf); err != nil {
 		q.releaseIDs()
