@@ -29,6 +29,9 @@ func JailMain(fdArg string) int {
 		err = enterJail(p)
 	}
 	if err == nil {
+		err = installSeccomp(p)
+	}
+	if err == nil {
 		err = unix.Exec(p.Path, p.Args, os.Environ())
 		err = fmt.Errorf("exec %s: %w", p.Path, err)
 	}

@@ -269,7 +269,7 @@ func (v *vm) guestCode() int {
 	}
 	v.console.drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
-		log.L.Warnf("%sthe hypervisor was killed (%v): exiting %d", endedPrefix, err, ExitKilled)
+		log.L.Warnf("%s%s: exiting %d", endedPrefix, hypervisorKilledCause(err), ExitKilled)
 		return ExitKilled
 	}
 	log.L.Warnf("%s%s: exiting %d", endedPrefix, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)
