@@ -29,17 +29,17 @@ import (
 // xattrs, statfs, fsync) and what qemu calls under KVM.
 
 // qemuSyscalls are qemu's syscalls, hottest first (the filter compares in
-// order). Those only x86_64 has are in qemuLegacySyscalls.
+// order). Those of one arch only are in qemuArchSyscalls.
 var qemuSyscalls = []string{
 	// The main loop, vCPU and I/O threads (TCG and KVM).
 	"ppoll", "futex", "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
 	"ioctl", "recvmsg", "sendmsg", "lseek", "timerfd_settime", "clock_nanosleep", "nanosleep",
 	"rt_sigtimedwait", "rt_sigprocmask", "rt_sigreturn", "rt_sigaction", "sigaltstack",
 	"madvise", "mmap", "munmap", "mprotect", "mremap", "brk", "membarrier",
-	"eventfd2", "signalfd4", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_wait",
+	"eventfd2", "signalfd4", "epoll_create1", "epoll_ctl", "epoll_pwait",
 	"fcntl", "close", "dup", "dup3", "pipe2",
 	// 9p passthrough on the shares (hw/9pfs/9p-local.c, 9p-util.c).
-	"openat", "newfstatat", "fstat", "statx", "getdents64", "fchdir", "mkdirat", "mknodat",
+	"openat", "fstat", "statx", "getdents64", "fchdir", "mkdirat", "mknodat",
 	"symlinkat", "linkat", "renameat", "renameat2", "unlinkat", "readlinkat", "fchmod", "fchmodat",
 	"fchownat", "fchown", "utimensat", "ftruncate", "fallocate", "fsync", "fdatasync",
 	"statfs", "fstatfs", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr",
@@ -50,7 +50,7 @@ var qemuSyscalls = []string{
 	"accept4", "recvfrom", "sendto", "getsockopt", "setsockopt", "getsockname", "getpeername", "shutdown",
 	// Threads and process housekeeping.
 	"clone", "set_robust_list", "rseq", "set_tid_address", "gettid", "getpid", "tgkill", "exit", "exit_group",
-	"prctl", "arch_prctl", "sched_getaffinity", "sched_yield", "getrandom", "memfd_create",
+	"prctl", "sched_getaffinity", "sched_yield", "getrandom", "memfd_create",
 	"get_mempolicy", "set_mempolicy", "mbind", "sysinfo", "uname", "prlimit64", "getrusage",
 	"clock_gettime", "clock_getres", "gettimeofday", "timerfd_create", "getcwd", "umask",
 	"getuid", "geteuid", "getgid", "getegid", "faccessat", "faccessat2", "readlinkat",
@@ -60,10 +60,15 @@ var qemuSyscalls = []string{
 	"execve",
 }
 
-// qemuLegacySyscalls are the old calls glibc and qemu use on x86_64 that
-// newer arches (arm64) lack; dropped where the arch has no such call.
-var qemuLegacySyscalls = []string{"access", "readlink", "open", "stat", "lstat", "poll", "pipe", "dup2",
-	"mkdir", "rmdir", "unlink", "rename", "symlink", "link", "chmod", "chown", "lchown", "utimes", "epoll_create", "time"}
+// qemuArchSyscalls are the calls of one arch only (by the Linux arch name
+// go-seccomp-bpf uses): x86_64's legacy ones, which glibc and qemu still
+// use there and arm64 never had, and arm64's name for newfstatat.
+var qemuArchSyscalls = map[string][]string{
+	"x86_64": {"newfstatat", "arch_prctl", "epoll_wait", "access", "readlink", "open", "stat", "lstat", "poll",
+		"pipe", "dup2", "mkdir", "rmdir", "unlink", "rename", "symlink", "link", "chmod", "chown", "lchown",
+		"utimes", "epoll_create", "time"},
+	"aarch64": {"fstatat"},
+}
 
 // enosysSyscalls are refused with ENOSYS, not killed: callers fall back.
 // clone3 carries its flags behind a pointer the filter cannot read, so
@@ -78,13 +83,11 @@ func qemuSeccompPolicy() (seccomp.Policy, error) {
 	if err != nil {
 		return seccomp.Policy{}, err
 	}
-	allow := slices.Clone(qemuSyscalls)
-	for _, n := range qemuLegacySyscalls {
-		if _, ok := info.SyscallNames[n]; ok {
-			allow = append(allow, n)
-		}
+	own, ok := qemuArchSyscalls[info.Name]
+	if !ok {
+		return seccomp.Policy{}, fmt.Errorf("no allow-list for %s (only x86_64 and aarch64 have one)", info.Name)
 	}
-	slices.Sort(allow[len(qemuSyscalls):]) // keep the measured order first
+	allow := append(slices.Clone(qemuSyscalls), own...)
 	allow = dedup(allow)
 	var threads []seccomp.NameWithConditions
 	if i := slices.Index(allow, "clone"); i >= 0 {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -175,6 +176,22 @@ func TestQEMUSeccompPolicy(t *testing.T) {
 		got, err := vm.Run(d)
 		if err != nil || uint32(got) != c.want {
 			t.Errorf("%s: filter returned %#x, %v; want %#x", c.name, uint32(got), err, c.want)
+		}
+	}
+}
+
+// TestQEMUSeccompArches: the list builds for x86_64 and arm64 alike, each
+// name a call of that arch.
+func TestQEMUSeccompArches(t *testing.T) {
+	for _, info := range []*arch.Info{arch.X86_64, arch.AARCH64} {
+		own, ok := qemuArchSyscalls[info.Name]
+		if !ok {
+			t.Errorf("no qemuArchSyscalls for %s", info.Name)
+		}
+		for _, n := range append(append(append(slices.Clone(qemuSyscalls), own...), enosysSyscalls...), "clone") {
+			if _, ok := info.SyscallNames[n]; !ok {
+				t.Errorf("%s: no %s: move it to qemuArchSyscalls", info.Name, n)
+			}
 		}
 	}
 }
