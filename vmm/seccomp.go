@@ -45,11 +45,12 @@ var qemuSyscalls = []string{
 	"statfs", "fstatfs", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr",
 	"lgetxattr", "lsetxattr", "llistxattr", "lremovexattr", "getxattr", "setxattr", "listxattr", "removexattr",
 	"name_to_handle_at", "copy_file_range", "flock",
-	// Sockets: the agent channel, console and monitor (Unix sockets
-	// already bound by the VMM), the taps (fds).
-	"accept4", "recvfrom", "sendto", "getsockopt", "setsockopt", "getsockname", "getpeername", "shutdown",
-	// Threads and process housekeeping.
-	"clone", "set_robust_list", "rseq", "set_tid_address", "gettid", "getpid", "tgkill", "exit", "exit_group",
+	// Sockets: qemu connects to the agent channel's and the console's Unix
+	// sockets (socket only for AF_UNIX, in qemuSeccompPolicy); the taps
+	// are fds.
+	"connect", "recvfrom", "sendto", "getsockopt", "setsockopt", "getsockname", "getpeername", "shutdown",
+	// Threads (clone: see qemuSeccompPolicy) and process housekeeping.
+	"set_robust_list", "rseq", "set_tid_address", "gettid", "getpid", "tgkill", "exit", "exit_group",
 	"prctl", "sched_getaffinity", "sched_yield", "getrandom", "memfd_create",
 	"get_mempolicy", "set_mempolicy", "mbind", "sysinfo", "uname", "prlimit64", "getrusage",
 	"clock_gettime", "clock_getres", "gettimeofday", "timerfd_create", "getcwd", "umask",
@@ -89,16 +90,17 @@ func qemuSeccompPolicy() (seccomp.Policy, error) {
 	}
 	allow := append(slices.Clone(qemuSyscalls), own...)
 	allow = dedup(allow)
-	var threads []seccomp.NameWithConditions
-	if i := slices.Index(allow, "clone"); i >= 0 {
-		allow = slices.Delete(allow, i, i+1)
-		threads = append(threads, seccomp.NameWithConditions{Name: "clone",
-			Conditions: []seccomp.Condition{{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD}}})
+	// Argument checks: a clone makes a thread, never a process; a socket
+	// is a Unix one (no netlink, packet or inet socket in whatever
+	// network namespace qemu is in).
+	checked := []seccomp.NameWithConditions{
+		{Name: "clone", Conditions: []seccomp.Condition{{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD}}},
+		{Name: "socket", Conditions: []seccomp.Condition{{Argument: 0, Operation: seccomp.Equal, Value: unix.AF_UNIX}}},
 	}
 	return seccomp.Policy{
 		DefaultAction: seccomp.ActionKillProcess,
 		Syscalls: []seccomp.SyscallGroup{
-			{Action: seccomp.ActionAllow, Names: allow, NamesWithCondtions: threads},
+			{Action: seccomp.ActionAllow, Names: allow, NamesWithCondtions: checked},
 			{Action: seccomp.ActionErrno | seccomp.Action(unix.ENOSYS), Names: enosysSyscalls},
 		},
 	}, nil

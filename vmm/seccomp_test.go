@@ -159,6 +159,9 @@ func TestQEMUSeccompPolicy(t *testing.T) {
 		{"fork", id, nr("clone"), uint64(unix.SIGCHLD), kill},
 		{"clone3", id, nr("clone3"), 0, enosys},
 		{"io_uring_setup", id, nr("io_uring_setup"), 0, enosys},
+		{"unix socket", id, nr("socket"), unix.AF_UNIX, allow},
+		{"netlink socket", id, nr("socket"), unix.AF_NETLINK, kill},
+		{"inet socket", id, nr("socket"), unix.AF_INET, kill},
 		{"unshare", id, nr("unshare"), 0, kill},
 		{"ptrace", id, nr("ptrace"), 0, kill},
 		{"mount", id, nr("mount"), 0, kill},
@@ -188,7 +191,7 @@ func TestQEMUSeccompArches(t *testing.T) {
 		if !ok {
 			t.Errorf("no qemuArchSyscalls for %s", info.Name)
 		}
-		for _, n := range append(append(append(slices.Clone(qemuSyscalls), own...), enosysSyscalls...), "clone") {
+		for _, n := range append(append(append(slices.Clone(qemuSyscalls), own...), enosysSyscalls...), "clone", "socket") {
 			if _, ok := info.SyscallNames[n]; !ok {
 				t.Errorf("%s: no %s: move it to qemuArchSyscalls", info.Name, n)
 			}
