@@ -67,8 +67,8 @@ type Config struct {
 	MaxMemoryMiB int `toml:"max_memory_mib"`
 	// EnableAnnotations are regular expressions, each matched against a
 	// whole annotation name, of the io.msb.* annotations a spec may set;
-	// any other io.msb.* annotation is refused. The default lets a
-	// container size its VM, not pick the backend or a handoff init.
+	// any other io.msb.* annotation is refused. The default is none: the
+	// pod's author sets the annotations, the node's admin opts in.
 	EnableAnnotations []string `toml:"enable_annotations"`
 	// AllowDiskBackingFiles lets disk images name other host files (a
 	// qcow2 backing or external data file, vmdk extents or parent), which
@@ -88,18 +88,17 @@ type Config struct {
 // Default returns the built-in configuration.
 func Default() Config {
 	return Config{
-		Backend:           "auto",
-		Kernel:            "/var/lib/msb/vmlinux",
-		Initrd:            "/var/lib/msb/initrd.cpio",
-		GuestRoot:         "/var/lib/msb/krunroot",
-		QEMU:              "qemu-system-x86_64",
-		Jail:              true,
-		VCPUs:             1,
-		MemoryMiB:         256,
-		OverheadMiB:       128,
-		BootTimeout:       "2m",
-		SpareNICs:         1,
-		EnableAnnotations: []string{`io\.msb\.(vcpus|memory-mib)`},
+		Backend:     "auto",
+		Kernel:      "/var/lib/msb/vmlinux",
+		Initrd:      "/var/lib/msb/initrd.cpio",
+		GuestRoot:   "/var/lib/msb/krunroot",
+		QEMU:        "qemu-system-x86_64",
+		Jail:        true,
+		VCPUs:       1,
+		MemoryMiB:   256,
+		OverheadMiB: 128,
+		BootTimeout: "2m",
+		SpareNICs:   1,
 	}
 }
 

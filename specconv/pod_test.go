@@ -121,7 +121,7 @@ func TestPodSandboxSize(t *testing.T) {
 	if sb.MemoryMiB != 1025+defaults.OverheadMiB || sb.VCPUs != 3 {
 		t.Fatalf("pod VM %d MiB, %d vcpus", sb.MemoryMiB, sb.VCPUs)
 	}
-	// io.msb.* still wins; app containers are not sized by the pod.
+	// io.msb.* may shrink it; app containers are not sized by the pod.
 	spec.Annotations[AnnotationMemoryMiB] = "300"
 	if sb := mustConvert(t, input(spec)); sb.MemoryMiB != 300 {
 		t.Fatalf("io.msb.memory-mib ignored: %d", sb.MemoryMiB)

@@ -135,16 +135,20 @@ func TestAnnotationsAndBounds(t *testing.T) {
 		want string // "" = accepted
 	}{
 		{"sizing annotations", func(s *specs.Spec) {
+			l, q, p := int64(384<<20), int64(200000), uint64(100000)
+			s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}, CPU: &specs.LinuxCPU{Quota: &q, Period: &p}}
 			s.Annotations = map[string]string{"io.msb.vcpus": "2", "io.msb.memory-mib": "512", "other.io/x": "y"}
 		}, ""},
 		{"backend not enabled", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.backend": "qemu"} },
 			`annotations["io.msb.backend"]: not enabled for this runtime`},
 		{"handoff not enabled", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.handoff-init": "/sbin/init"} },
 			"enable_annotations in /etc/msb/config.toml"},
-		{"vcpus over the bound", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.vcpus": "3"} },
-			"VM vcpus 3 (from the CPU limit or io.msb.vcpus): over max_vcpus 2"},
-		{"memory annotation over the bound", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.memory-mib": "2048"} },
-			"VM memory 2048 MiB"},
+		{"vcpus over the bound", func(s *specs.Spec) {
+			q, p := int64(300000), uint64(100000)
+			s.Linux.Resources = &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &q, Period: &p}}
+		}, "VM vcpus 3 (from the CPU limit or io.msb.vcpus): over max_vcpus 2"},
+		{"memory annotation over the limit", func(s *specs.Spec) { s.Annotations = map[string]string{"io.msb.memory-mib": "2048"} },
+			`annotations["io.msb.memory-mib"] "2048": over its bound of 256 MiB`},
 		{"memory limit over the bound", func(s *specs.Spec) {
 			l := int64(1000 << 20)
 			s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}}

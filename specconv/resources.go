@@ -99,8 +99,12 @@ func mibFor(l uint64) int {
 	return int(n)
 }
 
-// applyAnnotations applies the io.msb.* overrides; they win over resources
-// because an operator set them on purpose for this pod.
+// applyAnnotations applies the io.msb.* overrides (those checkAnnotations
+// let through). The sizing ones may only shrink the VM that sizeVM made
+// from the limits: whoever writes the pod's annotations does not get a VM
+// bigger than the limits the scheduler, ResourceQuota and the
+// RuntimeClass overhead account for. A bigger ask is refused, not clamped,
+// so that the VM is never silently other than asked.
 func applyAnnotations(sb *Sandbox, spec *specs.Spec) error {
 	a := spec.Annotations
 	bad := func(key, v, want string) error {
@@ -111,12 +115,18 @@ func applyAnnotations(sb *Sandbox, spec *specs.Spec) error {
 		if err != nil || n < 1 || n > MaxVCPUs {
 			return bad(AnnotationVCPUs, v, fmt.Sprintf("must be an integer 1..%d", MaxVCPUs))
 		}
+		if n > sb.VCPUs {
+			return bad(AnnotationVCPUs, v, fmt.Sprintf("over its bound of %d vCPUs (the CPU limit rounded up, the pod's for a pod sandbox; vcpus in /etc/msb/config.toml without one): the annotation can only shrink the VM; ask for at most %d or raise the CPU limit", sb.VCPUs, sb.VCPUs))
+		}
 		sb.VCPUs = n
 	}
 	if v, ok := a[AnnotationMemoryMiB]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < MinMemoryMiB {
 			return bad(AnnotationMemoryMiB, v, fmt.Sprintf("must be an integer number of MiB, at least %d", MinMemoryMiB))
+		}
+		if n > sb.MemoryMiB {
+			return bad(AnnotationMemoryMiB, v, fmt.Sprintf("over its bound of %d MiB (the memory limit plus overhead_mib, the pod's for a pod sandbox; memory_mib in /etc/msb/config.toml without one): the annotation can only shrink the VM; ask for at most %d or raise the memory limit", sb.MemoryMiB, sb.MemoryMiB))
 		}
 		sb.MemoryMiB = n
 	}

@@ -3,6 +3,7 @@ package specconv
 import (
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,7 +141,8 @@ func TestAnnotations(t *testing.T) {
 		check func(*Sandbox) bool
 	}{
 		{"vcpus overrides quota", map[string]string{AnnotationVCPUs: "2"}, func(s *Sandbox) bool { return s.VCPUs == 2 && s.MemoryMiB == 1024+128 }},
-		{"vcpus max", map[string]string{AnnotationVCPUs: "255"}, func(s *Sandbox) bool { return s.VCPUs == 255 }},
+		{"vcpus at the limit", map[string]string{AnnotationVCPUs: "4"}, func(s *Sandbox) bool { return s.VCPUs == 4 }},
+		{"memory at the limit plus overhead", map[string]string{AnnotationMemoryMiB: "1152"}, func(s *Sandbox) bool { return s.MemoryMiB == 1152 }},
 		{"memory overrides limit, no overhead", map[string]string{AnnotationMemoryMiB: "64"}, func(s *Sandbox) bool { return s.MemoryMiB == 64 && s.VCPUs == 4 }},
 		{"backend qemu", map[string]string{AnnotationBackend: "qemu"}, func(s *Sandbox) bool { return s.Backend == "qemu" }},
 		{"backend libkrun", map[string]string{AnnotationBackend: "libkrun"}, func(s *Sandbox) bool { return s.Backend == "libkrun" }},
@@ -162,6 +164,61 @@ func TestAnnotations(t *testing.T) {
 				t.Fatalf("got %+v", sb)
 			}
 		})
+	}
+}
+
+// TestAnnotationBounds: a sizing annotation never makes the VM bigger than
+// the limits do (the container's, the pod's for a pod sandbox, the
+// defaults without limits): the VM stays inside what the scheduler and the
+// RuntimeClass overhead account for.
+func TestAnnotationBounds(t *testing.T) {
+	sandbox := map[string]string{AnnotationContainerType: "sandbox", AnnotationSandboxMemory: "536870912",
+		AnnotationSandboxCPUQuota: "200000", AnnotationSandboxCPUPeriod: "100000"}
+	cases := []struct {
+		name string
+		res  *specs.LinuxResources
+		pod  map[string]string
+		key  string
+		val  string
+		want string // "" = accepted
+	}{
+		{"no limits: default vcpus", nil, nil, AnnotationVCPUs, "1", ""},
+		{"no limits: more vcpus", nil, nil, AnnotationVCPUs, "2", "over its bound of 1 vCPUs"},
+		{"no limits: default memory", nil, nil, AnnotationMemoryMiB, "256", ""},
+		{"no limits: more memory", nil, nil, AnnotationMemoryMiB, "257", "over its bound of 256 MiB"},
+		{"container limits: vcpus", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(150000), Period: u64(100000)}}, nil, AnnotationVCPUs, "3", "over its bound of 2 vCPUs"},
+		{"container limits: memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(64 << 20)}}, nil, AnnotationMemoryMiB, "193", "over its bound of 192 MiB"},
+		{"container limits: less memory", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(64 << 20)}}, nil, AnnotationMemoryMiB, "64", ""},
+		{"pod limits: vcpus", nil, sandbox, AnnotationVCPUs, "2", ""},
+		{"pod limits: more vcpus", nil, sandbox, AnnotationVCPUs, "3", "over its bound of 2 vCPUs"},
+		{"pod limits: memory", nil, sandbox, AnnotationMemoryMiB, "640", ""},
+		{"pod limits: more memory", nil, sandbox, AnnotationMemoryMiB, "641", "over its bound of 640 MiB"},
+	}
+	for _, c := range cases {
+		spec := baseSpec()
+		spec.Linux.Resources = c.res
+		spec.Annotations = map[string]string{c.key: c.val}
+		for k, v := range c.pod {
+			spec.Annotations[k] = v
+		}
+		sb, err := Convert(input(spec))
+		if c.want != "" {
+			if err == nil || !strings.Contains(err.Error(), `annotations["`+c.key+`"] "`+c.val+`": `+c.want) {
+				t.Errorf("%s: %v, want an error naming %s and %q", c.name, err, c.key, c.want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		got := sb.VCPUs
+		if c.key == AnnotationMemoryMiB {
+			got = sb.MemoryMiB
+		}
+		if strconv.Itoa(got) != c.val {
+			t.Errorf("%s: VM %d vCPUs %d MiB, want %s = %s", c.name, sb.VCPUs, sb.MemoryMiB, c.key, c.val)
+		}
 	}
 }
 
@@ -345,7 +402,7 @@ func TestUserAndHostname(t *testing.T) {
 
 func TestConvertDoesNotMutateInput(t *testing.T) {
 	spec := baseSpec()
-	spec.Annotations = map[string]string{AnnotationHandoffInit: "/sbin/init", AnnotationVCPUs: "2"}
+	spec.Annotations = map[string]string{AnnotationHandoffInit: "/sbin/init", AnnotationVCPUs: "1"}
 	spec.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 2}}
 	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 30)}}
 	in := input(spec,

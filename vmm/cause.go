@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -77,6 +78,19 @@ func hypervisorKilled(err error) bool {
 	}
 	ws, ok := ee.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled()
+}
+
+// hypervisorKilledCause names the hypervisor's death by signal; SIGSYS
+// is a seccomp filter's kill (qemu's own or msb's allow-list, seccomp.go),
+// whose syscall only the kernel log names.
+func hypervisorKilledCause(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGSYS {
+			return "the hypervisor was killed by its seccomp filter (signal: bad system call), a syscall off the list; the kernel log names it (dmesg | grep type=1326: syscall=<number>)"
+		}
+	}
+	return fmt.Sprintf("the hypervisor was killed (%v)", err)
 }
 
 // ReadTail reads at most n bytes from the end of the file at path (nil

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,5 +42,19 @@ func TestEndCause(t *testing.T) {
 	got, ok := EndCause(dir)
 	if !ok || !strings.HasPrefix(got, "the guest stopped and its console does not say why: x [2Jyyy") || len(got) > 300 {
 		t.Fatalf("EndCause = %q, %v", got, ok)
+	}
+}
+
+// TestHypervisorKilledCause: a seccomp kill (SIGSYS) says where the
+// syscall is named; any other signal is named as it is.
+func TestHypervisorKilledCause(t *testing.T) {
+	for sig, want := range map[string]string{
+		"SYS":  "killed by its seccomp filter (signal: bad system call), a syscall off the list; the kernel log names it",
+		"KILL": "the hypervisor was killed (signal: killed)",
+	} {
+		err := exec.Command("sh", "-c", "kill -"+sig+" $$").Run()
+		if got := hypervisorKilledCause(err); !strings.Contains(got, want) {
+			t.Errorf("SIG%s: %q, want %q", sig, got, want)
+		}
 	}
 }

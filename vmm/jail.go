@@ -19,8 +19,9 @@ import (
 // The qemu backend runs qemu jailed (ADR 013, docs/security.md): the VMM
 // starts `msb-runtime jail <fd>` in new mount, pid and IPC namespaces with
 // a plan on that fd; the helper builds a root holding only what this VM needs,
-// pivots into it, keeps the capabilities 9p needs, sets no_new_privs and
-// execs qemu, which adds its own seccomp filter (-sandbox). Every path
+// pivots into it, keeps the capabilities 9p needs, sets no_new_privs,
+// installs msb's allow-list seccomp filter (seccomp.go) and execs qemu,
+// which adds its own deny-list filter (-sandbox). Every path
 // keeps its host name inside the jail, so qemu's arguments do not change.
 
 // sandboxArg is qemu's seccomp filter: no obsolete calls, no set*id, no
@@ -67,6 +68,9 @@ type jailPlan struct {
 	// Caps are the capability numbers kept; all others are dropped from
 	// every set, the bounding set included.
 	Caps []int `json:"caps"`
+	// Seccomp installs qemu's allow-list seccomp filter (seccomp.go) right
+	// before the exec.
+	Seccomp bool `json:"seccomp,omitempty"`
 	// Path is the program to exec, Args its argv (Args[0] included), Env
 	// its whole environment.
 	Path string   `json:"path"`
@@ -103,7 +107,7 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
 	}
-	p := &jailPlan{Root: filepath.Join(c.RuntimeDir, jailDir), Caps: jailCaps, Path: real,
+	p := &jailPlan{Root: filepath.Join(c.RuntimeDir, jailDir), Caps: jailCaps, Seccomp: true, Path: real,
 		Args: append([]string{real}, args...)}
 	add := func(b jailBind) { p.Binds = append(p.Binds, b) }
 	libs, err := sharedLibs(real)

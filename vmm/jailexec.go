@@ -106,6 +106,9 @@ func execJailed(p *jailPlan, inUserNS bool) error {
 	if err := dropPrivileges(p.Caps); err != nil {
 		return err
 	}
+	if err := installSeccomp(p); err != nil {
+		return err
+	}
 	env := p.Env
 	if env == nil {
 		env = []string{}

@@ -274,7 +274,7 @@ func (v *vm) guestCode() int {
 	}
 	v.console.drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
-		recordEndCause(v.cfg.RuntimeDir, fmt.Sprintf("the hypervisor was killed (%v)", err), ExitKilled)
+		recordEndCause(v.cfg.RuntimeDir, hypervisorKilledCause(err), ExitKilled)
 		return ExitKilled
 	}
 	recordEndCause(v.cfg.RuntimeDir, GuestStopCause(v.cfg.ConsoleLog), ExitGuestLost)

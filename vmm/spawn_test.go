@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("MSB_JAIL_TEST_CHILD") == "1" { // the program jailed (jail_test.go)
 		os.Exit(jailTestChild())
 	}
+	if mode := os.Getenv(seccompChildEnv); mode != "" { // a program under qemu's filter (seccomp_test.go)
+		os.Exit(seccompTestChild(mode))
+	}
 	if mode := os.Getenv("MSB_FAKE_VMM"); mode != "" {
 		if mode == "real" { // the real VMM process (libkrun_test.go)
 			os.Exit(realVMM())

@@ -19,10 +19,11 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// TestJailedQEMU checks qemu's jail (ADR 013) on a running VM: seccomp,
-// no_new_privs, the four capabilities 9p needs, a mount namespace holding
+// TestJailedQEMU checks qemu's jail (ADR 013) on a running VM: both
+// seccomp filters, no_new_privs, the four capabilities 9p needs, a mount namespace holding
 // only this VM's files; and that a container still writes a rw bind (with
-// ownership) and reads an ext4 qcow2 disk through it, while device nodes
+// ownership, and every kind of file operation, each a 9p call qemu makes
+// under the allow-list) and reads an ext4 qcow2 disk through it, while device nodes
 // cannot be made in a share.
 func TestJailedQEMU(t *testing.T) {
 	requireVM(t)
@@ -52,6 +53,13 @@ func TestJailedQEMU(t *testing.T) {
 	}
 	script := `echo written-in-guest > /rw/out.txt && chown 1000:1000 /rw/out.txt && echo chown-ok
 busybox mknod /rw/null c 1 3 2>/dev/null && echo mknod-ok || echo mknod-refused
+cd /rw && busybox mkdir -p d/e && busybox touch d/f && busybox ln -s f d/l && busybox ln d/f d/h &&
+  busybox mv d/h d/e/h && busybox chmod 600 d/f && busybox chown -h 1000 d/l &&
+  busybox truncate -s 4096 d/f && busybox fallocate -l 8192 d/f && busybox touch -d '2020-01-01 00:00' d/f &&
+  busybox readlink d/l >/dev/null && busybox stat -f /rw >/dev/null && busybox ls -laR d >/dev/null &&
+  busybox dd if=/dev/zero of=d/g bs=4k count=4 conv=fsync 2>/dev/null && busybox sync && busybox rm -r d &&
+  echo fs-ok || echo fs-failed
+cd /
 cat /data/hello
 echo ready; exec sleep 1000`
 	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
@@ -79,7 +87,7 @@ echo ready; exec sleep 1000`
 	for sc.Scan() && sc.Text() != "ready" {
 		lines = append(lines, sc.Text())
 	}
-	if want := []string{"chown-ok", "mknod-refused", "from the qcow2 disk"}; !slices.Equal(lines, want) {
+	if want := []string{"chown-ok", "mknod-refused", "fs-ok", "from the qcow2 disk"}; !slices.Equal(lines, want) {
 		t.Fatalf("container said %q, want %q", lines, want)
 	}
 	if _, err := os.Lstat(filepath.Join(rw, "null")); err == nil {
@@ -95,7 +103,8 @@ echo ready; exec sleep 1000`
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t000000000000001b", "CapPrm:\t000000000000001b",
+	// Seccomp_filters 2: qemu's own -sandbox and msb's allow-list.
+	for _, want := range []string{"Seccomp:\t2", "Seccomp_filters:\t2", "NoNewPrivs:\t1", "CapEff:\t000000000000001b", "CapPrm:\t000000000000001b",
 		"CapBnd:\t000000000000001b", "CapAmb:\t0000000000000000"} {
 		if !strings.Contains(string(status), want+"\n") {
 			t.Errorf("qemu's /proc/%d/status lacks %q", qemu, want)

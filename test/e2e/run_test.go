@@ -119,6 +119,9 @@ sha256sum /scratch/blob | awk '{print $1}' >&2
 cat /scratch/blob`
 	b := bundle(t, []string{"sh", "-c", script}, func(s *specs.Spec) {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=80m"}})
+		// 384 MiB: the limit plus overhead_mib, the most the annotation may ask.
+		limit := int64(256 << 20)
+		s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
 		s.Annotations = map[string]string{"io.msb.memory-mib": "384"}
 	})
 	r := run(t, b, "")
@@ -254,8 +257,12 @@ func TestRefusedSpec(t *testing.T) {
 			s.Annotations = map[string]string{"io.msb.vcpus": "many"}
 		}, "io.msb.vcpus"},
 		"memory-past-host": {func(s *specs.Spec) {
-			s.Annotations = map[string]string{"io.msb.memory-mib": "99999999"}
+			limit := int64(99999999 << 20)
+			s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
 		}, "over max_memory_mib"},
+		"memory-annotation-past-limit": {func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.msb.memory-mib": "512"}
+		}, "over its bound of 256 MiB"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			out, err := runtimeCmd(root, "run", "--bundle", bundle(t, []string{"true"}, c.mut), "refused").CombinedOutput()
