@@ -77,7 +77,7 @@ func (e *shimEnv) hostileContainer(t *testing.T, id, args string, flags ...strin
 	if err := os.WriteFile(filepath.Join(dir, "attack.args"), []byte(args+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := append([]string{"run", "-d", "--runtime", msbRuntimeType, "--privileged-without-host-devices",
+	a := append([]string{"run", "-d", "--runtime", msbRuntimeType, "--privileged", "--privileged-without-host-devices",
 		"--mount", "type=bind,src=" + dir + ",dst=/hg,options=rbind:rw"}, flags...)
 	e.MustCtr(append(a, e.image, id, "sleep", "600")...)
 	t.Cleanup(func() { e.remove(t, id) })
