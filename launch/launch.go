@@ -42,6 +42,9 @@ type Request struct {
 	// directory is exported as one more share, mounted in the guest at
 	// protocol.PodGuestDir, where later containers of the pod appear.
 	PodDir string
+	// JailIDBase is the host ids the caller mounted Rootfs shifted to
+	// (mounts.MountShifted) and holds for the VM (ADR 022); 0: none.
+	JailIDBase uint32
 }
 
 // Prepared is a launch whose host resources are reserved.
@@ -117,8 +120,10 @@ func Prepare(r Request) (*Prepared, error) {
 	if lc.NICs, err = network.Plan(lc.NetNS, c.SpareNICs); err != nil {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	lc.JailIDBase = r.JailIDBase
 	for _, s := range sb.Shares {
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs})
+		shifted := r.JailIDBase != 0 && s.HostPath == r.Rootfs
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted})
 	}
 	for _, d := range sb.Disks {
 		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
@@ -62,11 +63,12 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 	}()
 
-	rootfs, err := c.mountRootfs(ctx, r, spec)
+	sb := s.podSandbox(spec)
+	rootfs, err := c.mountRootfs(ctx, r, spec, sb == nil && shiftRootfs(spec, cfg))
 	if err != nil {
 		return nil, err
 	}
-	if sb := s.podSandbox(spec); sb != nil {
+	if sb != nil {
 		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg); err != nil {
 			return nil, err
 		}
@@ -99,9 +101,13 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		return c, s.createInGuest(ctx, c, r)
 	}
+	var jailIDBase uint32
+	if c.jailIDs != nil {
+		jailIDBase = c.jailIDs.Base()
+	}
 	c.vm, err = startVM(ctx, vmRequest{
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
-		spec: spec, cfg: cfg, binary: binary, podDir: podDir,
+		spec: spec, cfg: cfg, binary: binary, podDir: podDir, jailIDBase: jailIDBase,
 	}, func(v *vm) error {
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
 		if v.launch.Host != nil {
@@ -175,9 +181,21 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 	return nil
 }
 
+// shiftRootfs says whether a container's own VM gets its rootfs overlay
+// mounted shifted for qemu's user namespace (ADR 022): jailed, no
+// container user namespace (its pod's members are id-mapped already), no
+// pod (members would join a shifted VM), no pool (a claimed VM's qemu is
+// root of the host's and would see shifted owners).
+func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
+	return cfg.Jail && cfg.PoolSize == 0 && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0) &&
+		spec.Annotations[annotationContainerType] != containerTypeSandbox
+}
+
 // mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as
-// runc's shim does, and returns the host rootfs directory to share.
-func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec) (string, error) {
+// runc's shim does, and returns the host rootfs directory to share. With
+// shift, a single overlay is mounted over layers id-mapped to a range of
+// host ids it takes for the VM (c.jailIDs); any other rootfs as it is.
+func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec, shift bool) (string, error) {
 	if len(r.Rootfs) == 0 {
 		p := spec.Root.Path
 		if !filepath.IsAbs(p) {
@@ -201,7 +219,13 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 		return "", err
 	}
 	c.rootfs = rootfs
-	if err := mount.All(mount.FromProto(r.Rootfs), rootfs); err != nil {
+	ms := mount.FromProto(r.Rootfs)
+	if shift && len(ms) == 1 && ms[0].Type == "overlay" {
+		if err := c.mountShifted(ctx, ms, rootfs); err == nil {
+			return rootfs, nil
+		}
+	}
+	if err := mount.All(ms, rootfs); err != nil {
 		if uerr := mounts.UnmountBelow(rootfs); uerr != nil {
 			log.G(ctx).WithError(uerr).Warn("undo partial rootfs mount")
 		}
@@ -212,6 +236,31 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 		log.G(ctx).Warnf("root.path %q is not the bundle's rootfs: sharing %s, where containerd's mounts are", spec.Root.Path, rootfs)
 	}
 	return rootfs, nil
+}
+
+// mountShifted mounts the overlay ms on rootfs over layers id-mapped to
+// a range of host ids it takes for c's VM. On error nothing is left and
+// the caller mounts ms as it is (the VM's qemu then stays root of the
+// host, and vmm.log says why).
+func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string) error {
+	ids, err := vmm.AllocJailIDs(c.bundle)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu")
+		return err
+	}
+	work := filepath.Join(c.bundle, "layers")
+	if err := os.Mkdir(work, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		ids.Release()
+		return err
+	}
+	defer os.Remove(work)
+	if err := mounts.MountShifted(ms, rootfs, work, ids.Base()); err != nil {
+		ids.Release()
+		log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu: mounting it as it is")
+		return err
+	}
+	c.jailIDs = ids
+	return nil
 }
 
 // teardown removes what create made for c: its VM (stopped, state
@@ -238,6 +287,8 @@ func (s *service) teardown(ctx context.Context, c *container) {
 			log.G(ctx).WithError(err).Warnf("unmount rootfs %s", c.rootfs)
 		}
 	}
+	c.jailIDs.Release() // its VM is gone
+
 	if err := os.Remove(filepath.Join(c.bundle, recordFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("remove shim record")
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/msb-dev/msb/vmm"
 )
 
 // Exit statuses the shim reports when the guest cannot say.
@@ -42,10 +44,13 @@ type container struct {
 	id, bundle string
 	namespace  string
 	rootfs     string // where the shim mounted the rootfs; "" if it did not
-	vm         *vm
-	rec        *record
-	init       *proc
-	oom        *oomState // the VM's: shared by the containers of a pod VM
+	// jailIDs are the host ids its rootfs is shifted to for its VM's qemu
+	// (ADR 022), held until the VM is gone; nil when not shifted.
+	jailIDs *vmm.JailIDs
+	vm      *vm
+	rec     *record
+	init    *proc
+	oom     *oomState // the VM's: shared by the containers of a pod VM
 	// pod is set for a container that joined its pod's VM (ADR 007): it
 	// does not own vm.
 	pod *podMember

@@ -102,6 +102,7 @@ type vmRequest struct {
 	cfg           config.Config
 	binary        string
 	podDir        string // makes it a pod VM (launch.Request.PodDir)
+	jailIDBase    uint32 // rootfs shifted to these ids (launch.Request.JailIDBase)
 }
 
 // startVM prepares the VM for a container (state dir, staged files, disk
@@ -139,7 +140,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 	}()
 	p, err := launch.Prepare(launch.Request{
 		ID: r.id, Name: r.namespace + "/" + r.id, Spec: r.spec, Bundle: r.bundle, Rootfs: r.rootfs,
-		StateDir: stateDir, AgentSocket: sock, Config: r.cfg, PodDir: r.podDir,
+		StateDir: stateDir, AgentSocket: sock, Config: r.cfg, PodDir: r.podDir, JailIDBase: r.jailIDBase,
 	})
 	if err != nil {
 		return nil, err

@@ -58,6 +58,9 @@ type Share struct {
 	// the backend must keep files of different devices apart in the guest
 	// (inode numbers repeat across devices).
 	MultiDevs bool `json:"multiDevs,omitempty"`
+	// Shifted says its files show owners shifted to LaunchConfig.JailIDBase
+	// already (mounts.MountShifted): the jail binds it as it is.
+	Shifted bool `json:"shifted,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest
@@ -109,6 +112,12 @@ type LaunchConfig struct {
 	// whose containers have a user namespace, whose members' id-mapped
 	// binds already map the pod's host ids.
 	JailHostRoot bool `json:"jailHostRoot,omitempty"`
+	// JailIDBase, when not 0, is the first of the host ids qemu's user
+	// namespace maps (ADR 022), held by the creator (AllocJailIDs) for
+	// the VM's life because it shifted a share to them already: a rootfs
+	// overlay mounted over id-mapped layers (Share.Shifted). 0: the VMM
+	// takes a range of its own.
+	JailIDBase uint32 `json:"jailIDBase,omitempty"`
 	// GuestRoot is the guest root directory for the libkrun backend (the
 	// agent as /init, runc as /sbin/runc; see docs/backends.md); libkrun
 	// boots libkrunfw's kernel with it as the virtio-fs root. Empty means

@@ -140,6 +140,11 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 			add(jailBind{Path: f, ReadOnly: true})
 		}
 	}
+	for _, s := range c.Shares {
+		if s.Shifted {
+			add(jailBind{Path: s.Path, ReadOnly: s.ReadOnly})
+		}
+	}
 	for _, p := range qemuIDMapped(c, chanSock) {
 		b := jailBind{Path: p, IDMap: true}
 		for _, s := range c.Shares {
@@ -168,7 +173,9 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 func qemuIDMapped(c *LaunchConfig, chanSock string) []string {
 	var ps []string
 	for _, s := range c.Shares {
-		ps = append(ps, s.Path)
+		if !s.Shifted {
+			ps = append(ps, s.Path)
+		}
 	}
 	for _, d := range c.Disks {
 		ps = append(ps, d.Path)

@@ -188,11 +188,11 @@ func TestJail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, err := allocJailIDs(c.RuntimeDir)
+	ids, err := AllocJailIDs(c.RuntimeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ids.release()
+	defer ids.Release()
 	userns, err := newUserNS(ids.base, JailIDSize)
 	if err != nil {
 		t.Fatal(err)

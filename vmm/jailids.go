@@ -32,15 +32,18 @@ const (
 	jailIDLock = "/run/msb/jail-ids.lock"
 )
 
-// jailIDs is a range of host ids held by this process.
-type jailIDs struct {
+// JailIDs is a range of host ids held by this process.
+type JailIDs struct {
 	base uint32
-	lock *os.File
+	lock *os.File // nil: held by another process
 }
 
-// allocJailIDs takes a free range, trying first the one seed hashes to
+// Base is the range's first host id.
+func (j *JailIDs) Base() uint32 { return j.base }
+
+// AllocJailIDs takes a free range, trying first the one seed hashes to
 // (a VM keeps its ids across a TCG retry and mostly across restarts).
-func allocJailIDs(seed string) (*jailIDs, error) {
+func AllocJailIDs(seed string) (*JailIDs, error) {
 	if err := os.MkdirAll(filepath.Dir(jailIDLock), 0o711); err != nil {
 		return nil, fmt.Errorf("jail ids: %w", err)
 	}
@@ -56,7 +59,7 @@ func allocJailIDs(seed string) (*jailIDs, error) {
 		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: int64(slot), Len: 1}
 		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
 		if err == nil {
-			return &jailIDs{base: JailIDBase + slot*JailIDSize, lock: f}, nil
+			return &JailIDs{base: JailIDBase + slot*JailIDSize, lock: f}, nil
 		}
 		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
 			f.Close()
@@ -67,9 +70,9 @@ func allocJailIDs(seed string) (*jailIDs, error) {
 	return nil, fmt.Errorf("jail ids: all %d ranges are in use", jailIDSlots)
 }
 
-// release gives the range back; the VM's hypervisor must be gone.
-func (j *jailIDs) release() {
-	if j != nil {
+// Release gives the range back; the VM's hypervisor must be gone.
+func (j *JailIDs) Release() {
+	if j != nil && j.lock != nil {
 		j.lock.Close()
 	}
 }

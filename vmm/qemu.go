@@ -32,7 +32,7 @@ type qemu struct {
 	// userns is the user namespace qemu runs in as root, ids its host ids
 	// (nil: root of the host's, unjailed or JailHostRoot).
 	userns *os.File
-	ids    *jailIDs
+	ids    *JailIDs
 	done   chan struct{}
 	err    error
 	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
@@ -157,18 +157,24 @@ func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.
 	if !c.NoJail && !c.JailHostRoot {
 		// qemu's own user: a range of host ids held while it may run, and
 		// the user namespace that maps it (ADR 022).
-		ids, err := allocJailIDs(c.RuntimeDir)
-		if err != nil {
-			return nil, err
+		ids := &JailIDs{base: c.JailIDBase} // held by the creator
+		var err error
+		if c.JailIDBase == 0 {
+			if ids, err = AllocJailIDs(c.RuntimeDir); err != nil {
+				return nil, err
+			}
 		}
 		if q.userns, err = newUserNS(ids.base, JailIDSize); err != nil {
-			ids.release()
+			ids.Release()
 			return nil, err
 		}
 		q.ids = ids
 		if err := idmappable(qemuIDMapped(c, chanSock), q.userns); err != nil {
-			fmt.Fprintf(logf, "msb-vmm: qemu runs as root of the host's user namespace (with the jail's four capabilities): %v\n", err)
 			q.releaseIDs()
+			if c.JailIDBase != 0 { // its rootfs is shifted for the namespace
+				return nil, fmt.Errorf("jail: %w; move it to a filesystem that can (ext4, xfs, btrfs, tmpfs), or set jail = false in /etc/msb/config.toml", err)
+			}
+			fmt.Fprintf(logf, "msb-vmm: qemu runs as root of the host's user namespace (with the jail's four capabilities): %v\n", err)
 			q.userns, q.ids = nil, nil
 		}
 	}
@@ -259,7 +265,7 @@ func (q *qemu) releaseIDs() {
 	if q.userns != nil {
 		q.userns.Close()
 	}
-	q.ids.release()
+	q.ids.Release()
 }
 
 func (q *qemu) wait() error {

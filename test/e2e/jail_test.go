@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -207,7 +208,8 @@ func checkQEMUUnprivileged(t *testing.T, qemu int, status string) {
 			}
 		}
 	}
-	// Every mount qemu may write is a share, a disk, a socket or a device.
+	// Every mount qemu may write is a share, a disk, a socket or a device,
+	// id-mapped, or a rootfs overlay over id-mapped layers.
 	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", qemu))
 	if err != nil {
 		t.Fatal(err)
@@ -217,8 +219,55 @@ func checkQEMUUnprivileged(t *testing.T, qemu int, status string) {
 		if len(f) < 6 || !slices.Contains(strings.Split(f[5], ","), "rw") {
 			continue
 		}
-		if !strings.Contains(f[5], "idmapped") && !slices.Contains([]string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/kvm"}, f[4]) {
+		shifted := strings.Contains(l, " - overlay ") && strings.Contains(l, "/layers/u/fs,") // mounts.MountShifted
+		if !shifted && !strings.Contains(f[5], "idmapped") && !slices.Contains([]string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/kvm"}, f[4]) {
 			t.Errorf("qemu may write %s, which is no id-mapped share, disk or socket of its own: %s", f[4], l)
 		}
+	}
+}
+
+// TestShimQEMUUnprivileged: a container run through containerd (its
+// rootfs an overlayfs snapshot, mounted by the shim over id-mapped layers)
+// gets an unprivileged qemu (ADR 022), and ownership in its rootfs is
+// what the image and the container say: files of the image owned by
+// root, a file the container creates and chowns keeps its owners on the
+// snapshot's upper dir.
+func TestShimQEMUUnprivileged(t *testing.T) {
+	requireVM(t)
+	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
+		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
+	}
+	e := startShimEnv(t)
+	const id = "unpriv"
+	e.startDetached(t, id, "sleep", "600")
+	e.waitStatus(t, id, "RUNNING", time.Minute)
+	defer e.remove(t, id)
+	out, _, err := e.Ctr("task", "exec", "--exec-id", "own", id, "sh", "-c",
+		"stat -c %u:%g /bin/busybox; echo x > /made && chown 1000:1001 /made && stat -c %u:%g /made; echo y > /bin/copied-up && stat -c %u /bin/copied-up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "0:0\n1000:1001\n0\n"; out != want {
+		t.Errorf("ownership in the guest: %q, want %q", out, want)
+	}
+	qemu := childNamed(t, e.vmmPid(t, id), "qemu")
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", qemu))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkQEMUUnprivileged(t, qemu, string(status))
+	// On the host, the snapshot's upper dir holds the guest's owners.
+	var st syscall.Stat_t
+	found := false
+	_ = filepath.WalkDir(e.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "made" && strings.Contains(p, "snapshots") {
+			if syscall.Lstat(p, &st) == nil && st.Uid == 1000 && st.Gid == 1001 {
+				found = true
+			}
+		}
+		return nil
+	})
+	if !found {
+		t.Error("the file the container made is not owned 1000:1001 in its snapshot on the host")
 	}
 }
