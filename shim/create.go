@@ -63,8 +63,18 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 	}()
 
+	// A pod member's rootfs is shifted to its pod VM's ids when that VM's
+	// qemu has them (ADR 022); a container's own VM takes ids for it.
 	sb := s.podSandbox(spec)
-	rootfs, err := c.mountRootfs(ctx, r, spec, sb == nil && shiftRootfs(spec, cfg))
+	var shift bool
+	var shiftTo uint32
+	if sb != nil {
+		shiftTo = sb.vm.jailIDBase
+		shift = shiftTo != 0
+	} else {
+		shift = shiftRootfs(spec, cfg)
+	}
+	rootfs, err := c.mountRootfs(ctx, r, spec, shift, shiftTo)
 	if err != nil {
 		return nil, err
 	}
@@ -184,18 +194,18 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 // shiftRootfs says whether a container's own VM gets its rootfs overlay
 // mounted shifted for qemu's user namespace (ADR 022): jailed, no
 // container user namespace (its pod's members are id-mapped already), no
-// pod (members would join a shifted VM), no pool (a claimed VM's qemu is
-// root of the host's and would see shifted owners).
+// pool (a claimed VM's qemu is root of the host's and would see shifted
+// owners).
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
-	return cfg.Jail && cfg.PoolSize == 0 && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0) &&
-		spec.Annotations[annotationContainerType] != containerTypeSandbox
+	return cfg.Jail && cfg.PoolSize == 0 && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0)
 }
 
 // mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as
 // runc's shim does, and returns the host rootfs directory to share. With
-// shift, a single overlay is mounted over layers id-mapped to a range of
-// host ids it takes for the VM (c.jailIDs); any other rootfs as it is.
-func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec, shift bool) (string, error) {
+// shift, a single overlay is mounted over layers id-mapped to the host ids
+// from shiftTo, or, when 0, a range it takes for the VM (c.jailIDs); any
+// other rootfs as it is.
+func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec, shift bool, shiftTo uint32) (string, error) {
 	if len(r.Rootfs) == 0 {
 		p := spec.Root.Path
 		if !filepath.IsAbs(p) {
@@ -221,7 +231,7 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 	c.rootfs = rootfs
 	ms := mount.FromProto(r.Rootfs)
 	if shift && len(ms) == 1 && ms[0].Type == "overlay" {
-		if err := c.mountShifted(ctx, ms, rootfs); err == nil {
+		if err := c.mountShifted(ctx, ms, rootfs, shiftTo); err == nil {
 			return rootfs, nil
 		}
 	}
@@ -239,14 +249,19 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 }
 
 // mountShifted mounts the overlay ms on rootfs over layers id-mapped to
-// a range of host ids it takes for c's VM. On error nothing is left and
-// the caller mounts ms as it is (the VM's qemu then stays root of the
-// host, and vmm.log says why).
-func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string) error {
-	ids, err := vmm.AllocJailIDs(c.bundle)
-	if err != nil {
-		log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu")
-		return err
+// the host ids from base, or a range it takes for c's VM when base is 0.
+// On error nothing is left and the caller mounts ms as it is (a VM of
+// c's own then runs qemu as root of the host, and vmm.log says why; a pod
+// member's binds then fail, naming the rootfs).
+func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string, base uint32) error {
+	ids := &vmm.JailIDs{}
+	if base == 0 {
+		var err error
+		if ids, err = vmm.AllocJailIDs(c.bundle); err != nil {
+			log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu")
+			return err
+		}
+		base = ids.Base()
 	}
 	work := filepath.Join(c.bundle, "layers")
 	if err := os.Mkdir(work, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -254,12 +269,15 @@ func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs s
 		return err
 	}
 	defer os.Remove(work)
-	if err := mounts.MountShifted(ms, rootfs, work, ids.Base()); err != nil {
+	if err := mounts.MountShifted(ms, rootfs, work, base); err != nil {
 		ids.Release()
 		log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu: mounting it as it is")
 		return err
 	}
-	c.jailIDs = ids
+	c.rootfsShifted = true
+	if ids.Base() != 0 {
+		c.jailIDs = ids
+	}
 	return nil
 }
 

@@ -98,6 +98,9 @@ type podMember struct {
 	// owned: the VM is the container's own, claimed from the pool; it
 	// goes with the container.
 	owned bool
+	// shifted is its rootfs when mounted over id-mapped layers (bound as
+	// it is), else "".
+	shifted string
 }
 
 // ownsVM says whether c's VM is its own: booted for it, or claimed from
@@ -151,6 +154,9 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 // and the agent prepares its mounts.
 func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs string, cfg config.Config, ns map[specs.LinuxNamespaceType]string, owned bool) error {
 	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id), owned: owned}
+	if c.rootfsShifted {
+		m.shifted = rootfs
+	}
 	c.vm, c.pod = v, m
 	if owned {
 		// The host side of a network namespace the spec names is the
@@ -206,12 +212,14 @@ func (m *podMember) binds() (*binds, error) {
 	return &binds{podDir: m.vm.podDir, ns: ns, userns: userns}, nil
 }
 
-func (b *binds) bind(rel string, sh mounts.Share) error {
+// bind binds sh below rel, id-mapped for the jail's user namespace
+// unless shifted (a rootfs overlay over id-mapped layers already).
+func (b *binds) bind(rel string, sh mounts.Share, shifted bool) error {
 	if b.ns == nil {
 		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
 	idmap := sh.IDMap
-	if b.userns != nil {
+	if b.userns != nil && !shifted {
 		if idmap != nil {
 			return fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
 		}
@@ -257,7 +265,7 @@ func (m *podMember) expose(mem *launch.Member) error {
 	}
 	defer b.close()
 	for _, sh := range mem.Shares {
-		if err := b.bind(m.id()+"/"+sh.Tag, sh); err != nil {
+		if err := b.bind(m.id()+"/"+sh.Tag, sh, sh.HostPath == m.shifted); err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
 		}
 	}

@@ -47,10 +47,13 @@ type container struct {
 	// jailIDs are the host ids its rootfs is shifted to for its VM's qemu
 	// (ADR 022), held until the VM is gone; nil when not shifted.
 	jailIDs *vmm.JailIDs
-	vm      *vm
-	rec     *record
-	init    *proc
-	oom     *oomState // the VM's: shared by the containers of a pod VM
+	// rootfsShifted: its rootfs is mounted over id-mapped layers (its
+	// VM's, or its pod VM's, ids): bound into a pod VM as it is.
+	rootfsShifted bool
+	vm            *vm
+	rec           *record
+	init          *proc
+	oom           *oomState // the VM's: shared by the containers of a pod VM
 	// pod is set for a container that joined its pod's VM (ADR 007): it
 	// does not own vm.
 	pod *podMember

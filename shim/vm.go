@@ -63,6 +63,9 @@ type vm struct {
 	prep     *launch.Prepared
 	// podDir is the host pod directory of a pod VM (ADR 007), else "".
 	podDir string
+	// jailIDBase is the host ids its qemu's user namespace maps, which
+	// the shim chose (it shifted the rootfs); 0 when not (ADR 022).
+	jailIDBase uint32
 	// podHostNS are the host namespace paths the sandbox's spec named
 	// (takeHostNamespaces): a pod container naming one joins the guest's.
 	podHostNS map[specs.LinuxNamespaceType]string
@@ -132,7 +135,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, dead: make(chan struct{})}
+	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, jailIDBase: r.jailIDBase, dead: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			v.destroy(ctx)
