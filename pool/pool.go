@@ -364,9 +364,6 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 		return fmt.Errorf("pool VM: %w", err)
 	}
 	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
-	// The container that claims it joins as a pod member, with a rootfs
-	// on overlayfs, which qemu's user namespace cannot id-map (ADR 022).
-	prep.Launch.JailHostRoot = true
 	prep.Launch.Nice = ParkedNice
 	start := time.Now()
 	if h, err = prep.Spawn(p.Binary); err != nil {

@@ -63,22 +63,14 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 	}()
 
-	// A pod member's rootfs is shifted to its pod VM's ids when that VM's
-	// qemu has them (ADR 022); a container's own VM takes ids for it.
-	sb := s.podSandbox(spec)
-	var shift bool
-	var shiftTo uint32
-	if sb != nil {
-		shiftTo = sb.vm.jailIDBase
-		shift = shiftTo != 0
-	} else {
-		shift = shiftRootfs(spec, cfg)
-	}
-	rootfs, err := c.mountRootfs(ctx, r, spec, shift, shiftTo)
-	if err != nil {
-		return nil, err
-	}
-	if sb != nil {
+	// A container's rootfs is shifted to the ids of its VM's qemu when that
+	// qemu has ids of its own (ADR 022): a pod member's to its pod VM's, a
+	// claimed VM's to that VM's, a cold VM's to a range taken for it.
+	if sb := s.podSandbox(spec); sb != nil {
+		rootfs, err := c.mountRootfs(ctx, r, spec, sb.vm.jailIDBase != 0, sb.vm.jailIDBase)
+		if err != nil {
+			return nil, err
+		}
 		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg); err != nil {
 			return nil, err
 		}
@@ -95,14 +87,17 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	}
 	// Whatever this Create takes, the pool is topped up after it.
 	defer refillPool(ctx, cfg, binary)
-	if v := s.claimVM(ctx, c, rootfs, cfg, binary); v != nil {
+	if v := s.claimVM(ctx, c, rootfsDir(bundle, r, spec), cfg, binary); v != nil {
+		c.vm = v // from here c owns v: teardown destroys it
 		v.podHostNS = hostNS
 		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
 		if err := writeRecord(bundle, rec); err != nil {
-			v.destroy(ctx)
 			return nil, err
 		}
-		// From here c owns v: teardown destroys it.
+		rootfs, err := c.mountRootfs(ctx, r, spec, v.jailIDBase != 0, v.jailIDBase)
+		if err != nil {
+			return nil, err
+		}
 		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {
 			return nil, err
 		}
@@ -110,6 +105,10 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 			return nil, err
 		}
 		return c, s.createInGuest(ctx, c, r)
+	}
+	rootfs, err := c.mountRootfs(ctx, r, spec, shiftRootfs(spec, cfg), 0)
+	if err != nil {
+		return nil, err
 	}
 	var jailIDBase uint32
 	if c.jailIDs != nil {
@@ -191,13 +190,27 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 	return nil
 }
 
-// shiftRootfs says whether a container's own VM gets its rootfs overlay
-// mounted shifted for qemu's user namespace (ADR 022): jailed, no
-// container user namespace (its pod's members are id-mapped already), no
-// pool (a claimed VM's qemu is root of the host's and would see shifted
-// owners).
+// shiftRootfs says whether a cold VM of a container's own gets its rootfs
+// overlay mounted shifted for qemu's user namespace (ADR 022): jailed, and
+// no container user namespace (its pod's members are id-mapped already).
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
-	return cfg.Jail && cfg.PoolSize == 0 && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0)
+	return cfg.Jail && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0)
+}
+
+// rootfsDir is the host rootfs directory mountRootfs shares: the bundle's
+// rootfs where containerd hands mounts, else the spec's root.path.
+func rootfsDir(bundle string, r *task.CreateTaskRequest, spec *specs.Spec) string {
+	if len(r.Rootfs) > 0 {
+		return filepath.Join(bundle, "rootfs")
+	}
+	p := spec.Root.Path
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(bundle, p)
+	}
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		return real
+	}
+	return p
 }
 
 // mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as

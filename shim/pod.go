@@ -3,7 +3,6 @@ package shim
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -198,51 +197,43 @@ func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs 
 // the host's.
 type binds struct {
 	podDir string
-	ns     *os.File // the jail's mount namespace, or nil
-	// userns is the jailed hypervisor's user namespace, nil when it is the
-	// host's: binds are id-mapped with it (ADR 022).
-	userns *os.File
+	// jail is the jailed hypervisor's namespaces, or nil; binds are
+	// id-mapped with its user namespace when it has one (ADR 022).
+	jail *vmm.JailNS
 }
 
 func (m *podMember) binds() (*binds, error) {
-	ns, userns, err := vmm.JailMountNS(m.vm.h.Pid)
+	j, err := vmm.OpenJailNS(m.vm.h.Pid)
 	if err != nil {
 		return nil, fmt.Errorf("pod VM %s: %w", m.vm.name, err)
 	}
-	return &binds{podDir: m.vm.podDir, ns: ns, userns: userns}, nil
+	return &binds{podDir: m.vm.podDir, jail: j}, nil
 }
 
 // bind binds sh below rel, id-mapped for the jail's user namespace
 // unless shifted (a rootfs overlay over id-mapped layers already).
 func (b *binds) bind(rel string, sh mounts.Share, shifted bool) error {
-	if b.ns == nil {
+	if b.jail == nil {
 		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
 	idmap := sh.IDMap
-	if b.userns != nil && !shifted {
+	if b.jail.User != nil && !shifted {
 		if idmap != nil {
 			return fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
 		}
-		idmap = &mounts.IDMap{NS: b.userns}
+		idmap = &mounts.IDMap{NS: b.jail.User}
 	}
-	return mounts.BindBeneathIn(b.ns, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
+	return mounts.BindBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
 }
 
 func (b *binds) unmount(rel string) error {
-	if b.ns == nil {
+	if b.jail == nil {
 		return mounts.UnmountBeneath(b.podDir, rel)
 	}
-	return mounts.UnmountBeneathIn(b.ns, b.podDir, rel)
+	return mounts.UnmountBeneathIn(b.jail.Mnt, b.podDir, rel)
 }
 
-func (b *binds) close() {
-	if b.ns != nil {
-		b.ns.Close()
-	}
-	if b.userns != nil {
-		b.userns.Close()
-	}
-}
+func (b *binds) close() { b.jail.Close() }
 
 // expose binds the member's shares below the pod dir, unless the pod VM
 // is going (its state dir is about to be removed).

@@ -272,12 +272,12 @@ func TestJail(t *testing.T) {
 	if err := os.Mkdir(member, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	jns, juser, err := JailMountNS(os.Getpid())
-	if err != nil || jns == nil || juser == nil {
-		t.Fatalf("JailMountNS: %v, %v, %v", jns, juser, err)
+	j, err := OpenJailNS(os.Getpid())
+	if err != nil || j == nil || j.User == nil || j.IDBase != ids.base {
+		t.Fatalf("OpenJailNS: %+v, %v (ids from %d)", j, err, ids.base)
 	}
-	defer jns.Close()
-	defer juser.Close()
+	defer j.Close()
+	jns, juser := j.Mnt, j.User
 	if err := os.WriteFile(filepath.Join(ro, "owned-by-1000"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,25 +13,45 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// JailMountNS opens the mount namespace of the jailed hypervisor that the
-// VMM process vmmPid runs, so that its creator can make mounts only the
-// hypervisor sees (a pod's later members, ADR 019), and the hypervisor's
-// user namespace when it is not the caller's (such mounts are id-mapped
-// with it, ADR 022). It returns nil, nil when that VMM has no child in a
+// JailNS is a jailed hypervisor's namespaces, as its VMM's creator needs
+// them.
+type JailNS struct {
+	// Mnt is its mount namespace: mounts only the hypervisor sees (a pod's
+	// later members, ADR 019) are made there.
+	Mnt *os.File
+	// User is its user namespace when it is not the caller's (ADR 022):
+	// such mounts are id-mapped with it; IDBase is the first host id it
+	// maps. nil and 0 when qemu is root of the caller's.
+	User   *os.File
+	IDBase uint32
+}
+
+// Close closes the namespaces.
+func (j *JailNS) Close() {
+	if j != nil {
+		j.Mnt.Close()
+		if j.User != nil {
+			j.User.Close()
+		}
+	}
+}
+
+// OpenJailNS opens the namespaces of the jailed hypervisor that the VMM
+// process vmmPid runs. It returns nil when that VMM has no child in a
 // mount namespace other than the caller's: qemu with jail = false, or
 // libkrun (the VM is the VMM process).
-func JailMountNS(vmmPid int) (mnt, user *os.File, err error) {
+func OpenJailNS(vmmPid int) (*JailNS, error) {
 	own, err := nsID("/proc/self/ns/mnt")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	ownUser, err := nsID("/proc/self/ns/user")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	lists, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", vmmPid))
 	if err != nil || len(lists) == 0 {
-		return nil, nil, fmt.Errorf("VMM process %d: no /proc/%d/task/*/children (it is gone, or the kernel lacks CONFIG_PROC_CHILDREN)", vmmPid, vmmPid)
+		return nil, fmt.Errorf("VMM process %d: no /proc/%d/task/*/children (it is gone, or the kernel lacks CONFIG_PROC_CHILDREN)", vmmPid, vmmPid)
 	}
 	for _, l := range lists {
 		b, err := os.ReadFile(l)
@@ -42,22 +63,33 @@ func JailMountNS(vmmPid int) (mnt, user *os.File, err error) {
 			if err != nil {
 				continue
 			}
-			nss, err := openChildNS(vmmPid, pid, "mnt", "user")
+			nss, err := openChildNS(vmmPid, pid, "ns/mnt", "ns/user", "uid_map")
 			if err != nil || nss == nil {
 				continue
 			}
-			if !sameNS(nss[0], own) {
-				if sameNS(nss[1], ownUser) {
-					nss[1].Close()
-					nss[1] = nil
-				}
-				return nss[0], nss[1], nil
+			b, _ := io.ReadAll(io.LimitReader(nss[2], 4096))
+			nss[2].Close()
+			if sameNS(nss[0], own) {
+				nss[0].Close()
+				nss[1].Close()
+				continue
 			}
-			nss[0].Close()
-			nss[1].Close()
+			j := &JailNS{Mnt: nss[0], User: nss[1]}
+			if sameNS(nss[1], ownUser) {
+				nss[1].Close()
+				j.User = nil
+			} else if f := strings.Fields(string(b)); len(f) >= 3 && f[0] == "0" {
+				base, err := strconv.ParseUint(f[1], 10, 32)
+				if err != nil {
+					j.Close()
+					return nil, fmt.Errorf("VMM %d's hypervisor: uid_map %q", vmmPid, b)
+				}
+				j.IDBase = uint32(base)
+			}
+			return j, nil
 		}
 	}
-	return nil, nil, nil
+	return nil, nil
 }
 
 // sameNS reports whether the open namespace f is id (unknown: not).
@@ -70,8 +102,8 @@ func sameNS(f *os.File, id *syscall.Stat_t) bool {
 	return s.Dev == id.Dev && s.Ino == id.Ino
 }
 
-// openChildNS opens pid's namespaces of the given types if pid is a live
-// child of parent; nil if it is not (any more).
+// openChildNS opens pid's /proc files of the given names (its namespaces,
+// ns/TYPE) if pid is a live child of parent; nil if it is not (any more).
 func openChildNS(parent, pid int, types ...string) ([]*os.File, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -97,7 +129,7 @@ func openChildNS(parent, pid int, types ...string) ([]*os.File, error) {
 		}
 	}
 	for _, t := range types {
-		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, t))
+		ns, err := os.Open(fmt.Sprintf("/proc/%d/%s", pid, t))
 		if err != nil {
 			closeAll()
 			return nil, nil
