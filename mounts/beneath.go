@@ -62,7 +62,12 @@ func components(rel string) ([]string, error) {
 
 // MkdirBeneath makes the new directory rel below root (its parents must
 // exist) and returns it opened (O_PATH), never following a symlink.
-func MkdirBeneath(root, rel string) (*os.File, error) {
+func MkdirBeneath(root, rel string) (*os.File, error) { return openBeneath(root, rel, true) }
+
+// openBeneath opens the directory rel below root (O_PATH), following no
+// symlink and crossing no mount; with mkdir it makes it first (its parents
+// must exist).
+func openBeneath(root, rel string, mkdir bool) (*os.File, error) {
 	parts, err := components(rel)
 	if err != nil {
 		return nil, err
@@ -71,21 +76,25 @@ func MkdirBeneath(root, rel string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i, p := range parts {
-		if i == len(parts)-1 {
-			if err := unix.Mkdirat(fd, p, 0o700); err != nil {
-				unix.Close(fd)
-				return nil, fmt.Errorf("mkdir %s below %s: %w", rel, root, err)
-			}
-		}
-		next, err := unix.Openat2(fd, p, &beneath)
-		unix.Close(fd)
-		if err != nil {
-			return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
-		}
-		fd = next
+	defer unix.Close(fd)
+	parent, err := openParentBeneath(fd, parts)
+	if err != nil {
+		return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
 	}
-	return os.NewFile(uintptr(fd), filepath.Join(root, rel)), nil
+	if parent != fd {
+		defer unix.Close(parent)
+	}
+	last := parts[len(parts)-1]
+	if mkdir {
+		if err := unix.Mkdirat(parent, last, 0o700); err != nil {
+			return nil, fmt.Errorf("mkdir %s below %s: %w", rel, root, err)
+		}
+	}
+	dir, err := unix.Openat2(parent, last, &beneath)
+	if err != nil {
+		return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
+	}
+	return os.NewFile(uintptr(dir), filepath.Join(root, rel)), nil
 }
 
 // Access says how BindBeneath makes a bind read-only.
@@ -167,25 +176,6 @@ func attachTo(dir *os.File, tree int, source string) error {
 		return fmt.Errorf("bind %s on %s: %w", source, dir.Name(), err)
 	}
 	return nil
-}
-
-// openBeneath opens the existing directory rel below root (O_PATH),
-// never following a symlink.
-func openBeneath(root, rel string) (*os.File, error) {
-	parts, err := components(rel)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := openRoot(root)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	dir, err := unix.Openat2(fd, strings.Join(parts, "/"), &beneath)
-	if err != nil {
-		return nil, fmt.Errorf("open %s below %s: %w", rel, root, err)
-	}
-	return os.NewFile(uintptr(dir), filepath.Join(root, rel)), nil
 }
 
 // UnmountBeneath detaches the mount (and its submounts) at rel below

@@ -74,7 +74,7 @@ func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *
 	}
 	dir.Close()
 	return InMountNS(ns, func() error {
-		dir, err := openBeneath(root, rel)
+		dir, err := openBeneath(root, rel, false)
 		if err != nil {
 			return err
 		}
