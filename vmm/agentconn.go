@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 
@@ -22,7 +21,7 @@ import (
 // is read.
 type agentConn struct {
 	net.Conn
-	r *bufio.Reader
+	frameFilter
 
 	mu    sync.Mutex
 	calls map[uint32]bool // stream ids of requests sent, not yet answered
@@ -31,11 +30,7 @@ type agentConn struct {
 	outHdr  []byte
 	outBody uint32
 
-	// in: the header of a message passed on, not yet read by ttrpc, and
-	// the body bytes left to pass.
-	pending []byte
-	body    uint32
-	logs    *protocol.Limiter
+	logs *protocol.Limiter
 }
 
 // ttrpc's message framing (github.com/containerd/ttrpc channel.go).
@@ -48,8 +43,9 @@ const (
 )
 
 func newAgentConn(c net.Conn) *agentConn {
-	return &agentConn{Conn: c, r: bufio.NewReader(c), calls: map[uint32]bool{},
-		logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
+	a := &agentConn{Conn: c, calls: map[uint32]bool{}, logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
+	a.frameFilter = frameFilter{r: bufio.NewReader(c), hdrSize: ttrpcHeaderSize, judge: a.judge}
+	return a
 }
 
 // Write records the stream id of each request the client writes.
@@ -78,45 +74,24 @@ func (a *agentConn) Write(p []byte) (int, error) {
 }
 
 // Read passes on the messages that answer a call and drops the others.
-func (a *agentConn) Read(p []byte) (int, error) {
-	for {
-		if len(a.pending) > 0 {
-			n := copy(p, a.pending)
-			a.pending = a.pending[n:]
-			return n, nil
-		}
-		if a.body > 0 {
-			if uint32(len(p)) > a.body {
-				p = p[:a.body]
-			}
-			n, err := a.r.Read(p)
-			a.body -= uint32(n)
-			return n, err
-		}
-		hdr := make([]byte, ttrpcHeaderSize)
-		if _, err := io.ReadFull(a.r, hdr); err != nil {
-			return 0, err
-		}
-		length, id, typ := binary.BigEndian.Uint32(hdr[0:4]), binary.BigEndian.Uint32(hdr[4:8]), hdr[8]
-		if length > ttrpcMaxMessage {
-			return 0, fmt.Errorf("guest agent: message of %d bytes on stream %d, over ttrpc's %d: closing the connection", length, id, ttrpcMaxMessage)
-		}
-		a.mu.Lock()
-		ok := a.calls[id] && (typ == ttrpcTypeResponse || typ == ttrpcTypeData)
-		if typ == ttrpcTypeResponse {
-			delete(a.calls, id)
-		}
-		a.mu.Unlock()
-		if ok {
-			a.pending, a.body = hdr, length
-			continue
-		}
+func (a *agentConn) Read(p []byte) (int, error) { return a.frameFilter.Read(p) }
+
+func (a *agentConn) judge(hdr []byte) (uint32, bool, error) {
+	length, id, typ := binary.BigEndian.Uint32(hdr[0:4]), binary.BigEndian.Uint32(hdr[4:8]), hdr[8]
+	if length > ttrpcMaxMessage {
+		return 0, false, fmt.Errorf("guest agent: message of %d bytes on stream %d, over ttrpc's %d: closing the connection", length, id, ttrpcMaxMessage)
+	}
+	a.mu.Lock()
+	ok := a.calls[id] && (typ == ttrpcTypeResponse || typ == ttrpcTypeData)
+	if typ == ttrpcTypeResponse {
+		delete(a.calls, id)
+	}
+	a.mu.Unlock()
+	if !ok {
 		if ok, dropped := a.logs.Allow(); ok {
 			log.L.WithFields(log.Fields{"stream": id, "type": typ, "suppressed": dropped}).
 				Warn("guest agent: message on no call of the host's: dropped")
 		}
-		if _, err := io.CopyN(io.Discard, a.r, int64(length)); err != nil {
-			return 0, err
-		}
 	}
+	return length, ok, nil
 }

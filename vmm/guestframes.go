@@ -25,12 +25,8 @@ import (
 // a bounded rate.
 type guestFrames struct {
 	net.Conn
-	r *bufio.Reader
-	// pending is the header of a frame passed on, not yet read by yamux;
-	// body is how much of its body is left to pass.
-	pending []byte
-	body    uint32
-	logs    *protocol.Limiter
+	frameFilter
+	logs *protocol.Limiter
 }
 
 // yamux's frame header (github.com/hashicorp/yamux const.go): version,
@@ -48,45 +44,77 @@ const (
 )
 
 func newGuestFrames(c net.Conn) *guestFrames {
-	return &guestFrames{Conn: c, r: bufio.NewReaderSize(c, 64<<10), logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
+	g := &guestFrames{Conn: c, logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
+	g.frameFilter = frameFilter{r: bufio.NewReaderSize(c, 64<<10), hdrSize: yamuxHeaderSize, judge: g.judge}
+	return g
 }
 
-func (g *guestFrames) Read(p []byte) (int, error) {
+func (g *guestFrames) Read(p []byte) (int, error) { return g.frameFilter.Read(p) }
+
+// judge passes the frames of the host's streams (odd ids) and the
+// session's (0), drops the guest's own streams' and ends the session on a
+// data frame over any window.
+func (g *guestFrames) judge(hdr []byte) (uint32, bool, error) {
+	flags := binary.BigEndian.Uint16(hdr[2:4])
+	id := binary.BigEndian.Uint32(hdr[4:8])
+	var body uint32
+	if hdr[1] == yamuxTypeData {
+		body = binary.BigEndian.Uint32(hdr[8:12])
+		if body > protocol.MuxConfig().MaxStreamWindowSize {
+			return 0, false, fmt.Errorf("guest channel: data frame of %d bytes on stream %d, over any window granted: ending the session", body, id)
+		}
+	}
+	if id == 0 || id%2 == 1 {
+		return body, true, nil
+	}
+	if flags&yamuxFlagSYN != 0 {
+		g.logf("the guest opened stream %d: dropped (the host never accepts streams from the guest)", id)
+	}
+	return body, false, nil
+}
+
+// frameFilter reads a framed stream (fixed-size headers, each saying its
+// body's length) and passes each frame on or drops it unread, as judge
+// says of its header; an error from judge ends the stream. It holds one
+// header and reads bodies through, so it buffers nothing a guest sends.
+type frameFilter struct {
+	r       *bufio.Reader
+	hdrSize int
+	judge   func(hdr []byte) (body uint32, pass bool, err error)
+	// pending is the header of a frame passed on, not yet read; body is
+	// how much of its body is left to pass.
+	pending []byte
+	body    uint32
+}
+
+func (f *frameFilter) Read(p []byte) (int, error) {
 	for {
-		if len(g.pending) > 0 {
-			n := copy(p, g.pending)
-			g.pending = g.pending[n:]
+		if len(f.pending) > 0 {
+			n := copy(p, f.pending)
+			f.pending = f.pending[n:]
 			return n, nil
 		}
-		if g.body > 0 {
-			if uint32(len(p)) > g.body {
-				p = p[:g.body]
+		if f.body > 0 {
+			if uint32(len(p)) > f.body {
+				p = p[:f.body]
 			}
-			n, err := g.r.Read(p)
-			g.body -= uint32(n)
+			n, err := f.r.Read(p)
+			f.body -= uint32(n)
 			return n, err
 		}
-		hdr := make([]byte, yamuxHeaderSize)
-		if _, err := io.ReadFull(g.r, hdr); err != nil {
+		hdr := make([]byte, f.hdrSize)
+		if _, err := io.ReadFull(f.r, hdr); err != nil {
 			return 0, err
 		}
-		flags := binary.BigEndian.Uint16(hdr[2:4])
-		id := binary.BigEndian.Uint32(hdr[4:8])
-		var body uint32
-		if hdr[1] == yamuxTypeData {
-			body = binary.BigEndian.Uint32(hdr[8:12])
-			if body > protocol.MuxConfig().MaxStreamWindowSize {
-				return 0, fmt.Errorf("guest channel: data frame of %d bytes on stream %d, over any window granted: ending the session", body, id)
-			}
+		body, pass, err := f.judge(hdr)
+		if err != nil {
+			return 0, err
 		}
-		if id == 0 || id%2 == 1 {
-			g.pending, g.body = hdr, body
+		if pass {
+			f.pending, f.body = hdr, body
 			continue
 		}
-		if flags&yamuxFlagSYN != 0 {
-			g.logf("the guest opened stream %d: dropped (the host never accepts streams from the guest)", id)
-		}
-		if _, err := io.CopyN(io.Discard, g.r, int64(body)); err != nil {
+		if _, err := io.CopyN(io.Discard, f.r, int64(body)); err != nil {
 			return 0, err
 		}
 	}
