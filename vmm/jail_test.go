@@ -148,6 +148,19 @@ func jailTestChild() int {
 	try("write-ro", os.WriteFile(filepath.Join(ro, "x"), nil, 0o600))
 	try("setuid", unix.Setuid(1000))
 	try("chown-unmapped", os.Chown(f, 70000, 70000)) // outside its id range
+	// Nowhere outside its shares can it make a file (as any owner).
+	outside := ""
+	for _, d := range []string{"/", "/dev", "/proc", "/etc", "/usr", "/tmp", filepath.Dir(rw)} {
+		if err := os.WriteFile(filepath.Join(d, "escaped"), nil, 0o600); err == nil {
+			outside += " " + d
+		}
+	}
+	try("write-outside", func() error {
+		if outside != "" {
+			return fmt.Errorf("wrote in%s", outside)
+		}
+		return nil
+	}())
 	try("env", func() error {
 		if e := os.Getenv("PATH"); e != "" {
 			return fmt.Errorf("PATH=%s", e)
@@ -230,7 +243,7 @@ func TestJail(t *testing.T) {
 		"chmod-procfd": "ok", "sysctl": "open /proc/sys/kernel/core_pattern: no such file or directory",
 		"mknod-dev": "operation not permitted", "mkfifo": "ok", "setfcap": "operation not permitted",
 		"write-ro": "open " + filepath.Join(ro, "x") + ": read-only file system", "setuid": "operation not permitted",
-		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok",
+		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok", "write-outside": "ok",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %q, want %q", k, got[k], want)
