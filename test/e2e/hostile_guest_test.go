@@ -87,11 +87,25 @@ func (e *shimEnv) hostileContainer(t *testing.T, id, args string, flags ...strin
 
 // attack reaches guest root in container id as an attacker in it would
 // and returns once the attack program holds the agent's channel and is
-// ready, with its log's path.
+// ready, with its log's path. The crashing exec runs in the background:
+// once the agent is stopped its exit cannot be reported until the VM
+// goes, and how the exec ends (when the VM is killed, or the session
+// ends) is no part of what the tests assert.
 func (e *shimEnv) attack(t *testing.T, id, dir string) string {
 	t.Helper()
-	e.MustCtr("task", "exec", "--exec-id", "crash", id, "sh", "-c",
+	ctx, cancel := context.WithCancel(context.Background())
+	crash := e.CtrCmd(ctx, "task", "exec", "--exec-id", "crash", id, "sh", "-c",
 		`echo '|/proc/%P/root/hg/hostileguest %P' > /proc/sys/kernel/core_pattern && sh -c 'kill -SEGV $$'; true`)
+	var out strings.Builder
+	crash.Stdout, crash.Stderr = &out, &out
+	if err := crash.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = crash.Wait()
+	})
 	logPath := filepath.Join(dir, "attack.log")
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -101,7 +115,9 @@ func (e *shimEnv) attack(t *testing.T, id, dir string) string {
 			return logPath
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the attacker is not ready after a minute; its log:\n%s", b)
+			cancel()
+			err := crash.Wait()
+			t.Fatalf("the attacker is not ready after a minute; the crashing exec: %v: %q; the attacker's log:\n%s", err, out.String(), b)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
