@@ -296,8 +296,10 @@ func TestHostileGuestPortForwardUnanswered(t *testing.T) {
 	e := startShimEnv(t)
 	check := e.bystander(t, "bystander")
 	const attacker = "silent"
-	dir := e.hostileContainer(t, attacker, "stall", podAnn(attacker, "sandbox")...)
-	ns := fmt.Sprintf("/proc/%d/ns/net", e.taskPid(t, attacker))
+	// A pod sandbox in a network namespace of its own, lo up, as CRI
+	// runs one: the shim forwards 127.0.0.1 there into the guest.
+	ns := newNetNS(t)
+	dir := e.hostileContainer(t, attacker, "stall", append(podAnn(attacker, "sandbox"), "--with-ns", "network:"+ns)...)
 	e.attack(t, attacker, dir)
 	var c net.Conn
 	if err := network.InNS(ns, func() (err error) {
@@ -311,6 +313,11 @@ func TestHostileGuestPortForwardUnanswered(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(90 * time.Second))
 	_, err := c.Read(make([]byte, 1))
 	var ne net.Error
+	// Refused at once would prove nothing: the open must have reached
+	// the guest and been given its time (launch's portOpenTimeout, 20 s).
+	if d := time.Since(start); d < 10*time.Second {
+		t.Fatalf("the port-forward ended after %s (read: %v), before the guest was given its time: the open never reached it", d.Round(time.Second), err)
+	}
 	if errors.As(err, &ne) && ne.Timeout() || time.Since(start) > time.Minute {
 		t.Fatalf("a port-forward the guest never answers hung %s (read: %v), want it refused within the shim's bound", time.Since(start).Round(time.Second), err)
 	}

@@ -85,8 +85,11 @@ func main() {
 		a.victim = f[1]
 		a.serve()
 	case "frames":
-		a.frames()
+		// Logged first: the host ends the session at the first frame, and
+		// a write to a port the host no longer reads may block.
 		logf("ready")
+		a.frames()
+		logf("sent the frames")
 		a.drop()
 	}
 }
