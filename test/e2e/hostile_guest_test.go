@@ -325,3 +325,28 @@ func TestHostileGuestPortForwardUnanswered(t *testing.T) {
 	e.shimAnswers(t, attacker)
 	check(nil)
 }
+
+// A guest acknowledges a SIGKILL of its container's init and never
+// reports the exit: `ctr task delete --force`, which waits for that exit,
+// still ends (the shim kills the VM killExitWait after the kill), and the
+// container can then be removed.
+func TestHostileGuestKillAcknowledged(t *testing.T) {
+	e := startShimEnv(t)
+	check := e.bystander(t, "bystander")
+	const attacker = "liar"
+	dir := e.hostileContainer(t, attacker, "ack")
+	pid := e.vmmPid(t, attacker)
+	e.attack(t, attacker, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	if out, err := e.CtrCmd(ctx, "task", "delete", "--force", attacker).CombinedOutput(); err != nil {
+		t.Fatalf("ctr task delete --force of a container whose guest acknowledges the kill: %v after %s: %s", err, time.Since(start).Round(time.Second), out)
+	}
+	t.Logf("ctr task delete --force took %s", time.Since(start).Round(time.Second))
+	e.MustCtr("container", "delete", attacker)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("the attacker's VMM %d still runs after its container's delete", pid)
+	}
+	check(nil)
+}

@@ -18,6 +18,9 @@
 //	                 container, every other call with an empty success;
 //	                 then 2000 answers to calls never made; then stall
 //	frames           send an oversize data frame, then garbage
+//	ack              answer every ttrpc call the host makes with an empty
+//	                 success (a kill included) but OOMEvents, which it
+//	                 leaves unanswered: no exit is ever reported
 //
 // It logs to hg/attack.log there.
 package main
@@ -83,6 +86,8 @@ func main() {
 		select {}
 	case "oom":
 		a.victim = f[1]
+		a.serve()
+	case "ack":
 		a.serve()
 	case "frames":
 		// Logged first: the host ends the session at the first frame, and
@@ -294,6 +299,10 @@ func (a *attacker) answer(id uint32, s *hostStream, sid uint32, msg []byte) {
 		return
 	}
 	var payload []byte
+	if req.Method == "OOMEvents" && a.victim == "" {
+		logf("OOMEvents on %d/%d: not answered", id, sid)
+		return
+	}
 	if req.Method == "OOMEvents" {
 		type ev struct {
 			Seq uint64 `json:"seq"`
