@@ -252,6 +252,19 @@ func (s *service) watch(p *proc) {
 	}
 }
 
+// killVMUnlessExited kills p's VM if p has not exited within d of a
+// SIGKILL the agent accepted: the guest said it killed the process and
+// reports no exit, so it is wedged or hostile.
+func (p *proc) killVMUnlessExited(d time.Duration) {
+	select {
+	case <-p.exited:
+	case <-p.c.vm.dead:
+	case <-time.After(d):
+		log.L.WithField("id", p.name()).Warnf("no exit %s after a SIGKILL the guest accepted: killing the VM", d)
+		p.c.vm.kill()
+	}
+}
+
 // neverStarted opens the gate of an init that exited (killed, or its VM
 // died) while created, with no Start under way: it never starts, so no
 // TaskStart can come, and its exit is published at once, as runc's shim

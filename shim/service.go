@@ -33,8 +33,17 @@ const deleteExitWait = 5 * time.Second
 
 // guestStateTimeout bounds the guest's answer to State, a lookup in the
 // agent (milliseconds; seconds on a stalled TCG guest): past it the shim
-// answers from what it knows.
+// answers from what it knows. The caller's own deadline bounds it too:
+// containerd gives State 2 s (io.containerd.timeout.task.state), and a
+// State that misses it fails containerd's Get, so `ctr task kill` and
+// `task delete` could not even find a task whose guest stopped answering.
 const guestStateTimeout = 10 * time.Second
+
+// killExitWait bounds how long the exit of an init the agent accepted a
+// SIGKILL for may take (execDrainWait included) before the VM is killed:
+// a guest that acknowledges the kill and never reports the exit must not
+// keep `ctr task delete --force` (which waits for that exit) forever.
+const killExitWait = 30 * time.Second
 
 // guestDeleteTimeout bounds the guest's delete of a container (runc
 // delete in the guest, seconds under TCG): a guest that never answers
@@ -405,7 +414,12 @@ func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateR
 	if p.isExited() || c.vm.isDead() {
 		return p.localState(), nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, guestStateTimeout)
+	wait := guestStateTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		// Half of what the caller gives: the rest to answer locally.
+		wait = min(wait, time.Until(dl)/2)
+	}
+	sctx, cancel := context.WithTimeout(ctx, wait)
 	resp, err := c.vm.task.State(sctx, &task.StateRequest{ID: r.ID, ExecID: r.ExecID})
 	cancel()
 	if err != nil {
@@ -447,6 +461,9 @@ func (s *service) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty
 	_, err = c.vm.task.Kill(kctx, &task.KillRequest{ID: r.ID, ExecID: r.ExecID, Signal: r.Signal, All: r.All})
 	switch {
 	case err == nil:
+		if sigkill && r.ExecID == "" {
+			go p.killVMUnlessExited(killExitWait)
+		}
 		return &emptypb.Empty{}, nil
 	case sigkill && r.ExecID == "" && (agentGone(c.vm, err) || errors.Is(err, context.DeadlineExceeded)):
 		log.G(ctx).WithError(err).Warnf("%s: SIGKILL through the agent failed: killing the VM", p.name())

@@ -87,11 +87,25 @@ func (e *shimEnv) hostileContainer(t *testing.T, id, args string, flags ...strin
 
 // attack reaches guest root in container id as an attacker in it would
 // and returns once the attack program holds the agent's channel and is
-// ready, with its log's path.
+// ready, with its log's path. The crashing exec runs in the background:
+// once the agent is stopped its exit cannot be reported until the VM
+// goes, and how the exec ends (when the VM is killed, or the session
+// ends) is no part of what the tests assert.
 func (e *shimEnv) attack(t *testing.T, id, dir string) string {
 	t.Helper()
-	e.MustCtr("task", "exec", "--exec-id", "crash", id, "sh", "-c",
+	ctx, cancel := context.WithCancel(context.Background())
+	crash := e.CtrCmd(ctx, "task", "exec", "--exec-id", "crash", id, "sh", "-c",
 		`echo '|/proc/%P/root/hg/hostileguest %P' > /proc/sys/kernel/core_pattern && sh -c 'kill -SEGV $$'; true`)
+	var out strings.Builder
+	crash.Stdout, crash.Stderr = &out, &out
+	if err := crash.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = crash.Wait()
+	})
 	logPath := filepath.Join(dir, "attack.log")
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -101,7 +115,9 @@ func (e *shimEnv) attack(t *testing.T, id, dir string) string {
 			return logPath
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the attacker is not ready after a minute; its log:\n%s", b)
+			cancel()
+			err := crash.Wait()
+			t.Fatalf("the attacker is not ready after a minute; the crashing exec: %v: %q; the attacker's log:\n%s", err, out.String(), b)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -280,8 +296,10 @@ func TestHostileGuestPortForwardUnanswered(t *testing.T) {
 	e := startShimEnv(t)
 	check := e.bystander(t, "bystander")
 	const attacker = "silent"
-	dir := e.hostileContainer(t, attacker, "stall", podAnn(attacker, "sandbox")...)
-	ns := fmt.Sprintf("/proc/%d/ns/net", e.taskPid(t, attacker))
+	// A pod sandbox in a network namespace of its own, lo up, as CRI
+	// runs one: the shim forwards 127.0.0.1 there into the guest.
+	ns := newNetNS(t)
+	dir := e.hostileContainer(t, attacker, "stall", append(podAnn(attacker, "sandbox"), "--with-ns", "network:"+ns)...)
 	e.attack(t, attacker, dir)
 	var c net.Conn
 	if err := network.InNS(ns, func() (err error) {
@@ -295,10 +313,40 @@ func TestHostileGuestPortForwardUnanswered(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(90 * time.Second))
 	_, err := c.Read(make([]byte, 1))
 	var ne net.Error
+	// Refused at once would prove nothing: the open must have reached
+	// the guest and been given its time (launch's portOpenTimeout, 20 s).
+	if d := time.Since(start); d < 10*time.Second {
+		t.Fatalf("the port-forward ended after %s (read: %v), before the guest was given its time: the open never reached it", d.Round(time.Second), err)
+	}
 	if errors.As(err, &ne) && ne.Timeout() || time.Since(start) > time.Minute {
 		t.Fatalf("a port-forward the guest never answers hung %s (read: %v), want it refused within the shim's bound", time.Since(start).Round(time.Second), err)
 	}
 	t.Logf("port-forward refused after %s: %v", time.Since(start).Round(time.Second), err)
 	e.shimAnswers(t, attacker)
+	check(nil)
+}
+
+// A guest acknowledges a SIGKILL of its container's init and never
+// reports the exit: `ctr task delete --force`, which waits for that exit,
+// still ends (the shim kills the VM killExitWait after the kill), and the
+// container can then be removed.
+func TestHostileGuestKillAcknowledged(t *testing.T) {
+	e := startShimEnv(t)
+	check := e.bystander(t, "bystander")
+	const attacker = "liar"
+	dir := e.hostileContainer(t, attacker, "ack")
+	pid := e.vmmPid(t, attacker)
+	e.attack(t, attacker, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	if out, err := e.CtrCmd(ctx, "task", "delete", "--force", attacker).CombinedOutput(); err != nil {
+		t.Fatalf("ctr task delete --force of a container whose guest acknowledges the kill: %v after %s: %s", err, time.Since(start).Round(time.Second), out)
+	}
+	t.Logf("ctr task delete --force took %s", time.Since(start).Round(time.Second))
+	e.MustCtr("container", "delete", attacker)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("the attacker's VMM %d still runs after its container's delete", pid)
+	}
 	check(nil)
 }

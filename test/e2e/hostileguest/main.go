@@ -18,6 +18,9 @@
 //	                 container, every other call with an empty success;
 //	                 then 2000 answers to calls never made; then stall
 //	frames           send an oversize data frame, then garbage
+//	ack              answer every ttrpc call the host makes with an empty
+//	                 success (a kill included) but OOMEvents, which it
+//	                 leaves unanswered: no exit is ever reported
 //
 // It logs to hg/attack.log there.
 package main
@@ -84,9 +87,14 @@ func main() {
 	case "oom":
 		a.victim = f[1]
 		a.serve()
+	case "ack":
+		a.serve()
 	case "frames":
-		a.frames()
+		// Logged first: the host ends the session at the first frame, and
+		// a write to a port the host no longer reads may block.
 		logf("ready")
+		a.frames()
+		logf("sent the frames")
 		a.drop()
 	}
 }
@@ -291,6 +299,10 @@ func (a *attacker) answer(id uint32, s *hostStream, sid uint32, msg []byte) {
 		return
 	}
 	var payload []byte
+	if req.Method == "OOMEvents" && a.victim == "" {
+		logf("OOMEvents on %d/%d: not answered", id, sid)
+		return
+	}
 	if req.Method == "OOMEvents" {
 		type ev struct {
 			Seq uint64 `json:"seq"`
