@@ -68,6 +68,9 @@ type jailPlan struct {
 	// Caps are the capability numbers kept; all others are dropped from
 	// every set, the bounding set included.
 	Caps []int `json:"caps"`
+	// Pdeathsig is the program's parent-death signal (its parent is the
+	// jail's creator).
+	Pdeathsig int `json:"pdeathsig,omitempty"`
 	// Seccomp installs qemu's allow-list seccomp filter (seccomp.go) right
 	// before the exec.
 	Seccomp bool `json:"seccomp,omitempty"`

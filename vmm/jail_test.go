@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -147,6 +148,9 @@ func jailTestChild() int {
 	try("setfcap", unix.Setxattr(f, "security.capability", []byte{0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0))
 	try("write-ro", os.WriteFile(filepath.Join(ro, "x"), nil, 0o600))
 	try("setuid", unix.Setuid(1000))
+	var pdeathsig int32
+	_ = unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&pdeathsig)), 0, 0, 0)
+	fmt.Printf("pdeathsig=%d\n", pdeathsig)
 	try("chown-unmapped", os.Chown(f, 70000, 70000)) // outside its id range
 	// Nowhere outside its shares can it make a file (as any owner).
 	outside := ""
@@ -216,6 +220,7 @@ func TestJail(t *testing.T) {
 	}
 	plan.Seccomp = false // qemu's, not this Go program's (TestQEMUSeccomp)
 	plan.Env = []string{"MSB_JAIL_TEST_CHILD=1", "JAIL_RW=" + rw, "JAIL_RO=" + ro}
+	plan.Pdeathsig = int(syscall.SIGKILL) // the program's, whichever thread execs it
 	cmd, planf, err := jailCommand(plan, nil, userns)
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +248,7 @@ func TestJail(t *testing.T) {
 		"chmod-procfd": "ok", "sysctl": "open /proc/sys/kernel/core_pattern: no such file or directory",
 		"mknod-dev": "operation not permitted", "mkfifo": "ok", "setfcap": "operation not permitted",
 		"write-ro": "open " + filepath.Join(ro, "x") + ": read-only file system", "setuid": "operation not permitted",
-		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok", "write-outside": "ok",
+		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok", "write-outside": "ok", "pdeathsig": "9",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %q, want %q", k, got[k], want)

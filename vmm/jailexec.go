@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,13 +42,9 @@ func JailMain(fdArg string) int {
 			err = execJailed(p, false)
 			break
 		}
-		// The plan fd stays open for the second stage, read again. Joining
-		// the namespace clears the parent-death signal: the stage sets
-		// this one's again.
-		var sig int
-		_ = unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&sig)), 0, 0, 0)
+		// The plan fd stays open for the second stage, read again.
 		if _, err = f.Seek(0, 0); err == nil {
-			env := []string{fmt.Sprintf("%s=%d", jailUserNSEnv, p.UserNSFD), fmt.Sprintf("%s=%d", jailPdeathsigEnv, sig)}
+			env := []string{fmt.Sprintf("%s=%d", jailUserNSEnv, p.UserNSFD)}
 			err = unix.Exec("/proc/self/exe", []string{"msb-jail", "jail", fdArg}, env)
 			err = fmt.Errorf("exec the jail's second stage: %w", err)
 		}
@@ -62,10 +57,6 @@ func JailMain(fdArg string) int {
 // stage; its C constructor joins that namespace.
 const jailUserNSEnv = "_MSB_JAIL_USERNS_FD"
 
-// jailPdeathsigEnv carries the helper's parent-death signal to its second
-// stage.
-const jailPdeathsigEnv = "_MSB_JAIL_PDEATHSIG"
-
 // jailRlimits bound the jailed program: no core dumps (they would hold
 // guest memory), threads (counted per host user, and each VM has its own)
 // for the vCPUs, I/O and 9p workers, open files for 9p's open guest files.
@@ -77,15 +68,9 @@ var jailRlimits = map[int]uint64{
 
 // execJailed drops to what the plan's program keeps and execs it with the
 // plan's environment only. inUserNS checks that the second stage did join
-// a user namespace (a build without cgo cannot) and sets the first
-// stage's parent-death signal again, which joining it cleared.
+// a user namespace (a build without cgo cannot).
 func execJailed(p *jailPlan, inUserNS bool) error {
 	if inUserNS {
-		if sig, _ := strconv.Atoi(os.Getenv(jailPdeathsigEnv)); sig > 0 {
-			if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(sig), 0, 0, 0); err != nil {
-				return fmt.Errorf("parent-death signal: %w", err)
-			}
-		}
 		b, err := os.ReadFile("/proc/self/uid_map")
 		if err != nil {
 			return err
@@ -105,6 +90,14 @@ func execJailed(p *jailPlan, inUserNS bool) error {
 	}
 	if err := dropPrivileges(p.Caps); err != nil {
 		return err
+	}
+	// The parent-death signal last, on the thread that execs: it is the
+	// thread's, a change of credentials clears it, and the thread that
+	// got it at fork need not be this one.
+	if p.Pdeathsig != 0 {
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(p.Pdeathsig), 0, 0, 0); err != nil {
+			return fmt.Errorf("parent-death signal: %w", err)
+		}
 	}
 	if err := installSeccomp(p); err != nil {
 		return err

@@ -233,6 +233,8 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		}
 		var planf *os.File
 		plan.Env = []string{}
+		// qemu must not outlive the VMM process, however that ends.
+		plan.Pdeathsig = int(syscall.SIGKILL)
 		if cmd, planf, err = jailCommand(plan, q.taps, q.userns); err != nil {
 			return err
 		}
