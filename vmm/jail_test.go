@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -228,7 +229,17 @@ func TestJail(t *testing.T) {
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	// The parent-death signal follows the thread that forks: fork from
+	// one that lives as long as the test (InMountNS below ends threads).
+	started, release := make(chan error), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		started <- cmd.Start()
+		<-release
+	}()
+	defer close(release)
+	if err := <-started; err != nil {
 		t.Fatal(err)
 	}
 	planf.Close()
