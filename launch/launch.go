@@ -101,7 +101,7 @@ func Prepare(r Request) (*Prepared, error) {
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
-		JailHostRoot:   hasUserNS(r.Spec),
+		JailHostRoot:   QEMUHostRoot(r.Spec, r.PodDir != ""),
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,
@@ -144,10 +144,31 @@ func Prepare(r Request) (*Prepared, error) {
 }
 
 // hasUserNS reports whether spec's container has a user namespace with id
-// mappings: its pod members' binds are id-mapped for it, and the VM's qemu
-// stays root of the host's user namespace (ADR 022).
+// mappings: its pod members' binds are id-mapped for it.
 func hasUserNS(spec *specs.Spec) bool {
 	return spec.Linux != nil && len(spec.Linux.UIDMappings) > 0
+}
+
+// QEMUHostRoot says whether the VM of spec's container (a pod VM: pod)
+// keeps its jailed qemu root of the host's user namespace instead of an
+// unprivileged user of its own (ADR 022), because something it will share
+// cannot be id-mapped for it: a container user namespace's binds (already
+// id-mapped), a bind whose host submounts propagate into it later (a
+// mount that appears below a share is not id-mapped), and a pod's later
+// members (image volumes and binds like those).
+func QEMUHostRoot(spec *specs.Spec, pod bool) bool {
+	if pod || hasUserNS(spec) {
+		return true
+	}
+	for _, m := range spec.Mounts {
+		for _, o := range m.Options {
+			switch o {
+			case "shared", "rshared", "slave", "rslave":
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // StageDir is where a container's single-file binds are staged below its

@@ -192,9 +192,9 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 
 // shiftRootfs says whether a cold VM of a container's own gets its rootfs
 // overlay mounted shifted for qemu's user namespace (ADR 022): jailed, and
-// no container user namespace (its pod's members are id-mapped already).
+// not a VM whose qemu stays root of the host's (a pod VM among them).
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
-	return cfg.Jail && !(spec.Linux != nil && len(spec.Linux.UIDMappings) > 0)
+	return cfg.Jail && !launch.QEMUHostRoot(spec, spec.Annotations[annotationContainerType] == containerTypeSandbox)
 }
 
 // rootfsDir is the host rootfs directory mountRootfs shares: the bundle's

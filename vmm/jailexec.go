@@ -311,18 +311,29 @@ func (b *jailBuilder) bind(m jailBind) error {
 	if m.ReadOnly {
 		attr |= unix.MOUNT_ATTR_RDONLY
 	}
-	// A detached clone, restricted (and id-mapped) before it is attached:
+	if !m.IDMap || b.userns == 0 {
+		// A bind in the jail's mount namespace, a slave of the host's:
+		// mounts the host makes below it later reach qemu (a volume's
+		// rslave binds).
+		if err := unix.Mount(m.Path, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return err
+		}
+		if err := unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
+			return fmt.Errorf("restrict: %w", err)
+		}
+		b.bound = append(b.bound, m)
+		return nil
+	}
+	// A detached clone, id-mapped and restricted before it is attached:
 	// qemu never sees it otherwise.
 	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(tree)
-	if m.IDMap && b.userns != 0 {
-		idmap := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(b.userns)}
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idmap); err != nil {
-			return fmt.Errorf("id-map it for qemu's user namespace (%s must support id-mapped mounts, ADR 022): %w", fsType(m.Path), err)
-		}
+	idmap := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(b.userns)}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idmap); err != nil {
+		return fmt.Errorf("id-map it for qemu's user namespace (%s must support id-mapped mounts, ADR 022): %w", fsType(m.Path), err)
 	}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
 		return fmt.Errorf("restrict: %w", err)
