@@ -106,6 +106,11 @@ type podMember struct {
 // the pool, rather than its pod's.
 func (c *container) ownsVM() bool { return c.pod == nil || c.pod.owned }
 
+// isSandbox says whether c is a CRI pod's sandbox container.
+func (c *container) isSandbox() bool {
+	return c.spec.Annotations[annotationContainerType] == containerTypeSandbox
+}
+
 // podSandbox returns the sandbox container whose pod VM a container with
 // spec joins, or nil when it boots its own VM.
 func (s *service) podSandbox(spec *specs.Spec) *container {

@@ -230,6 +230,15 @@ func (s *service) watch(p *proc) {
 		if !c.waitExecs(execDrainWait) {
 			log.G(ctx).Warnf("exec processes still running %s after init exited: reporting init's exit anyway", execDrainWait)
 		}
+		if c.ownsVM() && !c.isSandbox() {
+			// As under runc, the task's pid is gone when its exit is
+			// reported (clients probe it with kill(pid, 0)): the VM,
+			// whose VMM (or anchor) is that pid, has nothing left to
+			// run. A pod's VM stays up for its members.
+			p.exitKnown(uint32(status), at)
+			c.vm.stop(ctx, int32(status))
+			c.vm.anchor.stop()
+		}
 	}
 	p.setExited(uint32(status), at)
 	if p.execID == "" {
@@ -279,12 +288,18 @@ func (p *proc) neverStarted() {
 }
 
 func (p *proc) setExited(status uint32, at time.Time) {
+	p.exitKnown(status, at)
+	close(p.exited)
+}
+
+// exitKnown makes State report the exit, before Wait returns it: while
+// init's VM is stopped, which the guest's State cannot answer.
+func (p *proc) exitKnown(status uint32, at time.Time) {
 	p.mu.Lock()
 	p.state = stateStopped
 	p.exitStatus = status
 	p.exitedAt = at
 	p.mu.Unlock()
-	close(p.exited)
 }
 
 // failStart marks an exec whose start failed as stopped (status 255, as

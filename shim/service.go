@@ -235,7 +235,7 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
 				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, err))
 			}
-			if c.spec.Annotations[annotationContainerType] == containerTypeSandbox {
+			if c.isSandbox() {
 				// For CRI's port-forward; without it the pod still runs.
 				if err := c.vm.net.ForwardLoopback(c.vm.launch.AgentSocket, c.id); err != nil {
 					log.G(ctx).WithError(err).Warnf("VM %s: port-forward into the pod will not work", c.vm.name)
@@ -411,7 +411,7 @@ func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateR
 	if err != nil {
 		return nil, err
 	}
-	if p.isExited() || c.vm.isDead() {
+	if st, _, _ := p.status(); st == stateStopped || c.vm.isDead() {
 		return p.localState(), nil
 	}
 	wait := guestStateTimeout

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -190,8 +191,9 @@ func (v *vm) moveTo(netns, binary string) error {
 // command started in that namespace, and lives until the shim closes its
 // stdin, or dies.
 type anchor struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	once sync.Once
 }
 
 func startAnchor(binary, netns string) (*anchor, error) {
@@ -208,11 +210,16 @@ func startAnchor(binary, netns string) (*anchor, error) {
 	return &anchor{cmd: cmd, in: in}, nil
 }
 
-// stop ends the anchor (closing its stdin; SIGKILL after 5 s) and reaps it.
+// stop ends the anchor (closing its stdin; SIGKILL after 5 s) and reaps
+// it, once.
 func (a *anchor) stop() {
 	if a == nil {
 		return
 	}
+	a.once.Do(a.end)
+}
+
+func (a *anchor) end() {
 	a.in.Close()
 	done := make(chan struct{})
 	go func() {

@@ -381,3 +381,33 @@ func TestClientTerminalInitStderr(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// containerd's TestDaemonRestartWithRunningShim (and clients like it)
+// probe the task's pid with kill(pid, 0) once Wait returned: as under
+// runc, the pid must be gone when the exit is reported.
+func TestClientPidGoneAtExit(t *testing.T) {
+	e := startShimEnv(t)
+	c, ctx := e.goClient(t)
+	ctr := e.newContainer(t, c, "pidgone", oci.WithProcessArgs("sleep", "600"))
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitC := waitAndStart(t, ctx, task)
+	pid := int(task.Pid())
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("task pid %d while running: %v", pid, err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitExit(t, exitC, time.Minute, "killed task"); st.ExitCode() != 137 {
+		t.Fatalf("exit status %d (%v), want 137", st.ExitCode(), st.Error())
+	}
+	if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+		t.Fatalf("task pid %d still exists after its exit was reported (kill: %v)", pid, err)
+	}
+	if st, err := task.Delete(ctx); err != nil || st.ExitCode() != 137 {
+		t.Fatalf("delete: %v, status %d, want 137", err, st.ExitCode())
+	}
+}
