@@ -64,41 +64,8 @@ exit 0
 S
 	chmod 755 "$r/bin/ipcs"
 fi
-cat >"$r/etc/passwd" <<'P'
-root:x:0:0:root:/root:/bin/sh
-daemon:x:1:1:daemon:/usr/sbin:/bin/false
-bin:x:2:2:bin:/bin:/bin/false
-sys:x:3:3:sys:/dev:/bin/false
-sync:x:4:100:sync:/bin:/bin/sync
-mail:x:8:8:mail:/var/spool/mail:/bin/false
-www-data:x:33:33:www-data:/var/www:/bin/false
-operator:x:37:37:Operator:/var:/bin/false
-nobody:x:65534:65534:nobody:/home:/bin/false
-P
-cat >"$r/etc/group" <<'G'
-root:x:0:
-daemon:x:1:
-bin:x:2:
-sys:x:3:
-adm:x:4:
-tty:x:5:
-disk:x:6:
-lp:x:7:
-mail:x:8:
-kmem:x:9:
-wheel:x:10:root
-cdrom:x:11:
-dialout:x:18:
-floppy:x:19:
-video:x:28:
-audio:x:29:
-tape:x:32:
-www-data:x:33:
-operator:x:37:
-staff:x:50:
-users:x:100:
-nogroup:x:65534:
-G
+# upstream busybox's users and groups (test/ctrsuite's images use them too)
+cp "$CRITEST_DIR/busybox-etc/passwd" "$CRITEST_DIR/busybox-etc/group" "$r/etc/"
 "${TAR[@]}" -C "$r" -cf "$L/busybox.tar" .
 
 # ---- marker layers: one distinct file per test image, so their digests differ

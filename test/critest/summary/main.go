@@ -1,8 +1,14 @@
 // Command critest-summary reads the JSON report of a critest run
-// (--ginkgo.json-report) and checks its failures against a list of expected
-// ones (test/critest/expected-failures.txt).
+// (--ginkgo.json-report), or the `go test -json` stream of a Go test suite
+// (containerd's integration/client: test/ctrsuite), and checks its
+// failures against a list of expected ones
+// (test/critest/expected-failures.txt, test/ctrsuite/expected-*.txt).
 //
 //	critest-summary -report report.json [-expected expected-failures.txt] [-tsv specs.tsv]
+//	critest-summary -gotest events.json -skips [-expected list] [-tsv tests.tsv]
+//
+// With -skips a skipped spec or test the list does not name is
+// unexpected too: a suite whose skips are decisions, not platforms.
 //
 // It prints the failing specs, each marked expected (with the list's
 // reason) or UNEXPECTED, then the listed entries whose specs all passed
@@ -72,14 +78,20 @@ type entry struct {
 
 func main() {
 	report := flag.String("report", "", "critest's JSON report (--ginkgo.json-report)")
+	gotest := flag.String("gotest", "", "a Go test binary's event stream (go tool test2json), instead of -report")
+	skips := flag.Bool("skips", false, "a skip the list does not name is unexpected too")
 	expected := flag.String("expected", "", "expected-failures list (none: every failure is unexpected)")
 	tsv := flag.String("tsv", "", "also write one line per spec (state, seconds, name, message) to this file")
 	flag.Parse()
-	if *report == "" {
-		fmt.Fprintln(os.Stderr, "usage: critest-summary -report report.json [-expected list] [-tsv file]")
+	if (*report == "") == (*gotest == "") {
+		fmt.Fprintln(os.Stderr, "usage: critest-summary -report report.json | -gotest events.json [-skips] [-expected list] [-tsv file]")
 		os.Exit(2)
 	}
-	specs, err := readReport(*report)
+	read, path := readReport, *report
+	if *gotest != "" {
+		read, path = readGoTest, *gotest
+	}
+	specs, err := read(path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "critest-summary:", err)
 		fmt.Println("0 passed, 0 failed, 0 skipped")
@@ -103,7 +115,7 @@ func main() {
 			os.Exit(2)
 		}
 	}
-	res := check(specs, entries)
+	res := check(specs, entries, *skips)
 	res.print(os.Stdout, *expected)
 	if len(res.Unexpected) > 0 {
 		os.Exit(1)
@@ -206,7 +218,13 @@ func (e entry) matches(name string, exact map[string]bool) bool {
 	return e.re.MatchString(name)
 }
 
-func check(specs []spec, entries []entry) result {
+// counts says whether a spec in state is checked against the list: a
+// failure always, a skip with strictSkips.
+func counts(state string, strictSkips bool) bool {
+	return failed(state) || strictSkips && state == "skipped"
+}
+
+func check(specs []spec, entries []entry, strictSkips bool) result {
 	var res result
 	exact := map[string]bool{}
 	for _, s := range specs {
@@ -233,14 +251,14 @@ func check(specs []spec, entries []entry) result {
 			}
 			if s.State == "passed" {
 				ranPass[i] = true
-			} else if failed(s.State) {
+			} else if counts(s.State, strictSkips) {
 				ranFail[i] = true
 			}
 			if found < 0 {
 				found = i
 			}
 		}
-		if failed(s.State) {
+		if counts(s.State, strictSkips) {
 			if found >= 0 {
 				res.Expected = append(res.Expected, match{s, entries[found]})
 			} else {
@@ -258,13 +276,13 @@ func check(specs []spec, entries []entry) result {
 
 func (r result) print(w io.Writer, list string) {
 	if len(r.Expected) > 0 {
-		fmt.Fprintf(w, "--- %d expected failures (%s):\n", len(r.Expected), list)
+		fmt.Fprintf(w, "--- %d expected failures or skips (%s):\n", len(r.Expected), list)
 		for _, m := range r.Expected {
 			fmt.Fprintf(w, "expected  %s\n          reason: %s\n          got: %s\n", m.Spec.Name, m.Entry.Reason, clip(m.Spec.Message, 300))
 		}
 	}
 	if len(r.Unexpected) > 0 {
-		fmt.Fprintf(w, "--- %d UNEXPECTED failures (not in %s):\n", len(r.Unexpected), orNone(list))
+		fmt.Fprintf(w, "--- %d UNEXPECTED failures or skips (not in %s):\n", len(r.Unexpected), orNone(list))
 		for _, s := range r.Unexpected {
 			fmt.Fprintf(w, "UNEXPECTED  %s\n            %s: %s\n", s.Name, s.State, clip(s.Message, 400))
 		}

@@ -45,7 +45,7 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Drop the last entry: the "something new" failure is unexpected then.
-	res := check(specs, entries[:4])
+	res := check(specs, entries[:4], false)
 	if res.Passed != 2 || res.Failed != 3 || res.Skipped != 1 {
 		t.Errorf("counts %d/%d/%d, want 2/3/1", res.Passed, res.Failed, res.Skipped)
 	}
@@ -71,7 +71,7 @@ func TestCheck(t *testing.T) {
 	if last := lines[len(lines)-1]; last != "2 passed, 3 failed, 1 skipped" {
 		t.Errorf("last line %q", last)
 	}
-	if res := check(specs, entries); len(res.Unexpected) != 0 {
+	if res := check(specs, entries, false); len(res.Unexpected) != 0 {
 		t.Errorf("unexpected with the full list: %v", res.Unexpected)
 	}
 }
@@ -79,5 +79,53 @@ func TestCheck(t *testing.T) {
 func TestParseExpectedNeedsReason(t *testing.T) {
 	if _, err := parseExpected(strings.NewReader("some spec\n")); err == nil {
 		t.Error("a line without '# reason' was accepted")
+	}
+}
+
+const sampleGoTest = `{"Action":"start","Package":"client"}
+{"Action":"run","Test":"TestA"}
+{"Action":"output","Test":"TestA","Output":"=== RUN   TestA\n"}
+{"Action":"output","Test":"TestA","Output":"    a_test.go:10: boom\n"}
+{"Action":"output","Test":"TestA","Output":"--- FAIL: TestA (1.50s)\n"}
+{"Action":"fail","Test":"TestA","Elapsed":1.5}
+{"Action":"run","Test":"TestB"}
+{"Action":"output","Test":"TestB","Output":"    b_test.go:3: no criu\n"}
+{"Action":"skip","Test":"TestB","Elapsed":0}
+{"Action":"run","Test":"TestC"}
+{"Action":"pass","Test":"TestC","Elapsed":0.2}
+{"Action":"run","Test":"TestD"}
+{"Action":"skip","Test":"TestD","Elapsed":0}
+{"Action":"run","Test":"TestE"}
+{"Action":"output","Output":"panic: test timed out after 1s\n"}
+{"Action":"fail","Elapsed":3}
+`
+
+// A Go suite's skips count with -skips: a listed skip is expected, an
+// unlisted one is not; a test cut off by a panic failed.
+func TestGoTestSkips(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "events.json")
+	if err := os.WriteFile(p, []byte(sampleGoTest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	specs, err := readGoTest(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 5 || specs[0].Message != "a_test.go:10: boom" || specs[4].Name != "TestE" || specs[4].State != "failed" {
+		t.Fatalf("specs: %+v", specs)
+	}
+	entries, err := parseExpected(strings.NewReader("^TestA$  # a VM cannot\n^TestB$  # no criu\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := check(specs, entries, true)
+	if res.Passed != 1 || res.Failed != 2 || res.Skipped != 2 || len(res.Expected) != 2 || len(res.Unexpected) != 2 {
+		t.Fatalf("result: %+v", res)
+	}
+	if res.Unexpected[0].Name != "TestD" || res.Unexpected[1].Name != "TestE" {
+		t.Fatalf("unexpected: %+v", res.Unexpected)
+	}
+	if res := check(specs, entries, false); len(res.Unexpected) != 1 {
+		t.Fatalf("without -skips: %+v", res.Unexpected)
 	}
 }
