@@ -2,6 +2,8 @@ package ociruntime
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,21 @@ type Options struct {
 	Log, LogFormat string
 }
 
+// socketBase holds msb-runtime's VM sockets, whatever --root is: a
+// caller's root can be long (containerd's runc shim passes
+// /run/containerd/runc/<namespace>, and a namespace has up to 76 bytes), a
+// socket path cannot (vmm.AgentSocketPath), as containerd keeps its shims'
+// sockets in /run/containerd/s whatever its state dir is.
+const socketBase = "/run/msb/sock"
+
+// SocketDir is where the VM sockets of the containers of state root root
+// live: socketBase/<first 16 hex of sha256(root)>, one dir per root, so
+// two roots' containers of one id never share a socket.
+func SocketDir(root string) string {
+	sum := sha256.Sum256([]byte(root))
+	return filepath.Join(socketBase, hex.EncodeToString(sum[:8]))
+}
+
 // sandbox is a prepared launch: state dir made, files staged, disks locked.
 // destroy undoes all of it.
 type sandbox struct {
@@ -63,7 +80,7 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	sock, err := vmm.AgentSocketPath(o.Root, id)
+	sock, err := vmm.AgentSocketPath(SocketDir(o.Root), id)
 	if err != nil {
 		return nil, err
 	}

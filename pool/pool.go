@@ -325,7 +325,7 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 		return err
 	}
 	stateDir := vmm.StateDirPath(p.dir, id)
-	sock, err := vmm.AgentSocketPath(p.dir, id)
+	sock, err := vmm.AgentSocketPath(filepath.Join(p.dir, "sock"), id)
 	if err != nil {
 		return err
 	}

@@ -97,6 +97,9 @@ func (m manager) Start(ctx context.Context, opts *bootapi.BootstrapParams) (_ *b
 		}
 	}()
 	go func() { _ = cmd.Wait() }()
+	if err := joinShimCgroup(opts, cmd.Process.Pid); err != nil {
+		return nil, err
+	}
 	if err := cshim.AdjustOOMScore(cmd.Process.Pid); err != nil {
 		return nil, fmt.Errorf("adjust OOM score of the shim: %w", err)
 	}

@@ -2,9 +2,9 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"sync"
 	"time"
 
@@ -14,7 +14,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/msb-dev/msb/vmm"
@@ -359,4 +361,28 @@ func (p *proc) localState() *task.StateResponse {
 // (VM dead, connection closed) rather than an answer from it.
 func agentGone(v *vm, err error) bool {
 	return err != nil && (v.isDead() || errors.Is(err, errClosed))
+}
+
+// execProcessSpec is an exec's process spec with process.terminal taken
+// from the request, as containerd's runc shim does (spec.Terminal =
+// r.Terminal): containerd's client puts cio.WithTerminal in the request's
+// flag and leaves the process it copied from the container's spec as it
+// was. The agent then sees the two agree.
+func execProcessSpec(r *task.ExecProcessRequest) (*anypb.Any, error) {
+	if r.Spec == nil {
+		return nil, fmt.Errorf("exec %q in %q: the request has no process spec: %w", r.ExecID, r.ID, errdefs.ErrInvalidArgument)
+	}
+	var ps specs.Process
+	if err := json.Unmarshal(r.Spec.Value, &ps); err != nil {
+		return nil, fmt.Errorf("exec %q in %q: process spec: %v: %w", r.ExecID, r.ID, err, errdefs.ErrInvalidArgument)
+	}
+	if ps.Terminal == r.Terminal {
+		return r.Spec, nil
+	}
+	ps.Terminal = r.Terminal
+	b, err := json.Marshal(&ps)
+	if err != nil {
+		return nil, fmt.Errorf("exec %q in %q: process spec: %w", r.ExecID, r.ID, err)
+	}
+	return &anypb.Any{TypeUrl: r.Spec.TypeUrl, Value: b}, nil
 }

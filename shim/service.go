@@ -388,6 +388,10 @@ func (s *service) exec(ctx context.Context, c *container, r *task.ExecProcessReq
 	if c.init.isExited() || c.vm.isDead() {
 		return nil, fmt.Errorf("exec %q in %q: container is not running: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
 	}
+	spec, err := execProcessSpec(r)
+	if err != nil {
+		return nil, err
+	}
 	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	// The host side (fifos) is opened at Start, as runc's shim does.
 	pio, err := dialIO(ctx, c.vm.launch.AgentSocket, host)
@@ -395,7 +399,7 @@ func (s *service) exec(ctx context.Context, c *container, r *task.ExecProcessReq
 		return nil, fmt.Errorf("exec %q stdio: %w", r.ExecID, err)
 	}
 	_, err = c.vm.task.Exec(ctx, &task.ExecProcessRequest{
-		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Spec: r.Spec,
+		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Spec: spec,
 		Stdin: pio.guest.Stdin, Stdout: pio.guest.Stdout, Stderr: pio.guest.Stderr,
 	})
 	if err != nil {

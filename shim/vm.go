@@ -33,6 +33,13 @@ func StateRoot() string {
 	return "/run/msb/shim"
 }
 
+// socketDir holds the sockets of every namespace's VMs, keyed by
+// namespace and id (vmm.AgentSocketPath): a containerd namespace can be
+// long enough (containerd allows 76 bytes) that no socket path would fit
+// below StateRoot()/<namespace>. A namespace named sock shares the dir
+// with no name: its state dirs are below sock/vms, sockets are hashes.
+func socketDir() string { return filepath.Join(StateRoot(), "sock") }
+
 // vmmBinary finds msb-runtime, whose hidden `vmm` command is the VMM
 // process: next to the shim's own executable, else on PATH, else in
 // /usr/local/bin.
@@ -114,7 +121,7 @@ type vmRequest struct {
 // error names the logs.
 func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, retErr error) {
 	root := filepath.Join(StateRoot(), r.namespace)
-	sock, err := vmm.AgentSocketPath(root, r.id)
+	sock, err := vmm.AgentSocketPath(socketDir(), r.namespace+"/"+r.id)
 	if err != nil {
 		return nil, err
 	}

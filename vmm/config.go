@@ -304,14 +304,13 @@ func DecodeConfig(b []byte) (*LaunchConfig, error) {
 // maxUnixPath is sun_path's size minus the terminating NUL.
 const maxUnixPath = 107
 
-// A state root (e.g. /run/msb/shim/<namespace>) holds two disjoint trees,
-// so no VM name can collide with msb's own entries: vms/<name> is each
-// VM's state dir (StateDirPath), sock/<hash>.sock its relay socket
-// (AgentSocketPath).
-
-// The VMM's other sockets sit beside the relay socket, named after it: a
-// state dir's path can be too long for a Unix socket (108 bytes with a
-// 64-character pod id), the hashed relay path never is.
+// Sockets. A VM's relay socket is <sock dir>/<hash>.sock (AgentSocketPath)
+// and the VMM's other sockets sit beside it, named after it: the name has
+// a fixed length, and the sock dir is one the operator chose (a state
+// root's sock/; msb-runtime's under /run/msb/sock), never one named after
+// a containerd namespace or a container id, so no user-chosen name decides
+// a socket path's length (sun_path holds 108 bytes). State dirs keep
+// their names (StateDirPath): they are no sockets.
 
 // channelSocket is where the hypervisor connects the guest's agent channel.
 func channelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "chan") }
@@ -339,14 +338,15 @@ func siblingSocket(agentSocket, kind string) string {
 // StateDirPath is VM name's state dir under stateRoot.
 func StateDirPath(stateRoot, name string) string { return filepath.Join(stateRoot, "vms", name) }
 
-// AgentSocketPath is where the relay of VM name listens under stateRoot:
-// sock/<first 32 hex of sha256(name)>.sock. Hashing keeps the path short
-// and free of characters from hostile names.
-func AgentSocketPath(stateRoot, name string) (string, error) {
-	sum := sha256.Sum256([]byte(name))
-	p := filepath.Join(stateRoot, "sock", hex.EncodeToString(sum[:])[:32]+".sock")
-	if len(siblingSocket(p, "chan")) > maxUnixPath {
-		return "", fmt.Errorf("agent socket path %q is %d bytes, over the %d-byte Unix socket limit: use a shorter state root (--root)", p, len(p), maxUnixPath)
+// AgentSocketPath is where the relay of the VM keyed key listens in
+// sockDir: <first 32 hex of sha256(key)>.sock. Hashing keeps the name short
+// and free of characters from hostile names; the key names the VM uniquely
+// among those sharing sockDir.
+func AgentSocketPath(sockDir, key string) (string, error) {
+	sum := sha256.Sum256([]byte(key))
+	p := filepath.Join(sockDir, hex.EncodeToString(sum[:])[:32]+".sock")
+	if longest := siblingSocket(p, "chan"); len(longest) > maxUnixPath {
+		return "", fmt.Errorf("socket path %q is %d bytes, over the %d-byte Unix socket limit: put the state root on a shorter path", longest, len(longest), maxUnixPath)
 	}
 	return p, nil
 }

@@ -220,20 +220,25 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// TestAgentSocketPath: a key of any length (a 76-byte containerd namespace
+// and a 64-byte id) gives a fixed-length name in the sock dir; only a long
+// sock dir is refused.
 func TestAgentSocketPath(t *testing.T) {
-	p, err := AgentSocketPath("/run/msb", "../../etc/x;y")
+	long := strings.Repeat("n", 76) + "/" + strings.Repeat("c", 64)
+	p, err := AgentSocketPath("/run/msb/shim/sock", long)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filepath.Dir(p) != "/run/msb/sock" || len(filepath.Base(p)) != 32+5 {
+	if filepath.Dir(p) != "/run/msb/shim/sock" || len(filepath.Base(p)) != 32+5 {
 		t.Fatalf("path %q", p)
 	}
-	p2, _ := AgentSocketPath("/run/msb", "../../etc/x;z")
-	if p == p2 {
-		t.Fatal("different names share a socket")
+	p1, _ := AgentSocketPath("/run/msb/shim/sock", "../../etc/x;y")
+	p2, _ := AgentSocketPath("/run/msb/shim/sock", "../../etc/x;z")
+	if p1 == p2 || filepath.Dir(p1) != "/run/msb/shim/sock" {
+		t.Fatalf("hostile names: %q, %q", p1, p2)
 	}
 	if _, err := AgentSocketPath("/"+strings.Repeat("r", 80), "x"); err == nil || !strings.Contains(err.Error(), "Unix socket limit") {
-		t.Fatalf("long root: %v", err)
+		t.Fatalf("long sock dir: %v", err)
 	}
 }
 

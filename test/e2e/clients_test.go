@@ -59,6 +59,30 @@ func (e *shimEnv) newContainer(t *testing.T, c *client.Client, id string, opts .
 	return ctr
 }
 
+// runningTask creates and starts container id running sleep 600, its
+// exit waited for (as clients do), and returns the task and the
+// container's spec, for tests that exec into it.
+func (e *shimEnv) runningTask(t *testing.T, c *client.Client, id string) (client.Task, *specs.Spec) {
+	t.Helper()
+	ctx := context.Background()
+	ctr := e.newContainer(t, c, id, oci.WithProcessArgs("sleep", "600"))
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ctr.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task, spec
+}
+
 // waitAndStart subscribes to p's exit, then starts it, as clients must
 // (an exit before Wait would be missed).
 func waitAndStart(t *testing.T, ctx context.Context, p client.Process) <-chan client.ExitStatus {
@@ -184,21 +208,7 @@ func (l *lockedBuffer) String() string {
 func TestClientExecStdioPidsStats(t *testing.T) {
 	e := startShimEnv(t)
 	c, ctx := e.goClient(t)
-	ctr := e.newContainer(t, c, "clientexec", oci.WithProcessArgs("sleep", "600"))
-	task, err := ctr.NewTask(ctx, cio.NullIO)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := task.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	spec, err := ctr.Spec(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	task, spec := e.runningTask(t, c, "clientexec")
 
 	t.Run("exec -i sees EOF", func(t *testing.T) {
 		// echo 'echo in-$((6*7))' | nerdctl exec -i clientexec sh

@@ -144,7 +144,10 @@ func stateRoot(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
+	t.Cleanup(func() {
+		os.RemoveAll(d)
+		os.RemoveAll(ociruntime.SocketDir(d))
+	})
 	return d
 }
 
@@ -193,24 +196,30 @@ func assertNothingLeft(t *testing.T, root string) {
 	}
 }
 
+// leftovers lists what is left of state root root's containers: files
+// in it and in its socket dir, entries besides msb's trees, processes
+// naming either.
 func leftovers(root string) []string {
 	var left []string
-	_ = filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() {
-			left = append(left, p)
-		}
-		return nil
-	})
+	sockDir := ociruntime.SocketDir(root)
+	for _, dir := range []string{root, sockDir} {
+		_ = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+			if err == nil && !info.IsDir() {
+				left = append(left, p)
+			}
+			return nil
+		})
+	}
 	ents, _ := os.ReadDir(root)
 	for _, e := range ents {
-		if e.Name() != "sock" && e.Name() != "vms" { // msb's two trees, empty when all is gone
+		if e.Name() != "vms" { // msb's tree, empty when all is gone
 			left = append(left, filepath.Join(root, e.Name()))
 		}
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, _ := os.ReadFile(p)
-		if bytes.Contains(b, []byte(root)) {
+		if bytes.Contains(b, []byte(root)) || bytes.Contains(b, []byte(sockDir)) {
 			left = append(left, "process "+filepath.Base(filepath.Dir(p))+": "+strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}

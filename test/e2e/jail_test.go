@@ -17,6 +17,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/msb-dev/msb/ociruntime"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -33,7 +34,7 @@ func TestJailedQEMU(t *testing.T) {
 	}
 	root := stateRoot(t)
 	// Another VM's state and relay socket: not for this VM's qemu.
-	decoys := []string{filepath.Join(root, "vms", "other", "secret"), filepath.Join(root, "sock", "other.sock")}
+	decoys := []string{filepath.Join(root, "vms", "other", "secret"), filepath.Join(ociruntime.SocketDir(root), "other.sock")}
 	for _, d := range decoys {
 		if err := os.MkdirAll(filepath.Dir(d), 0o700); err != nil {
 			t.Fatal(err)
@@ -132,7 +133,7 @@ echo ready; exec sleep 1000`
 		return nil
 	})
 	t.Logf("qemu's root holds %d paths", len(seen))
-	sock, _ := vmm.AgentSocketPath(root, "jailed")
+	sock, _ := vmm.AgentSocketPath(ociruntime.SocketDir(root), "jailed")
 	image := envOr("MSB_TEST_IMAGE", "/var/lib/msb")
 	for _, absent := range append(decoys, "/etc/passwd", "/etc/msb", "/home", "/root", "/sys/kernel",
 		sock, filepath.Join(vmm.StateDirPath(root, "jailed"), "vmm.log"), filepath.Join(image, "manifest.json"), msbRuntime) {

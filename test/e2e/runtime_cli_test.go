@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/ociruntime"
 )
 
 func init() {
@@ -321,7 +323,7 @@ func TestRuntimeCLIKilled(t *testing.T) {
 	var errb lockedBuffer
 	r := underReaper(t, root, nil, io.Discard, &errb, "create", "--bundle", b, "mid")
 	deadline := time.Now().Add(time.Minute)
-	for len(processesNaming(root+"/vms/mid")) == 0 || len(processesNaming(root+"/sock/")) == 0 { // VMM and qemu
+	for len(processesNaming(root+"/vms/mid")) == 0 || len(processesNaming(ociruntime.SocketDir(root))) == 0 { // VMM and qemu
 		if time.Now().After(deadline) {
 			t.Fatal("no VM booting")
 		}

@@ -58,16 +58,22 @@ type shimEnv struct {
 
 func startShimEnv(t *testing.T) *shimEnv {
 	t.Helper()
+	return startShimEnvWith(t, containerdtest.Options{})
+}
+
+// startShimEnvWith is startShimEnv with the test containerd's options (a
+// namespace of the test's choosing); PathDirs and Env are the env's own.
+func startShimEnvWith(t *testing.T, opts containerdtest.Options) *shimEnv {
+	t.Helper()
 	requireVM(t)
 	dir := buildShim(t)
 	stateRoot, err := os.MkdirTemp("/tmp", "msbs-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := containerdtest.Start(t, containerdtest.Options{
-		PathDirs: []string{dir},
-		Env:      []string{"MSB_CONFIG=" + configFile, "MSB_SHIM_STATE_ROOT=" + stateRoot},
-	})
+	opts.PathDirs = []string{dir}
+	opts.Env = []string{"MSB_CONFIG=" + configFile, "MSB_SHIM_STATE_ROOT=" + stateRoot}
+	c := containerdtest.Start(t, opts)
 	e := &shimEnv{Containerd: c, image: c.ImportBusybox(), stateRoot: stateRoot}
 	// Registered after containerdtest's cleanup, so it runs before it:
 	// what the shim left must be found before the harness sweeps it.
