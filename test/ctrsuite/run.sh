@@ -135,8 +135,8 @@ echo test_content >"$l/C:/weird_test_dir/weird_test_file"
 echo test_content >"$l/:colon_prefixed/colon_prefixed_file"
 "${TAR[@]}" -C "$l" -cf "$l.tar" .
 image containerd/volume-copy-up:2.2 volume-copy-up "$l.tar"
-# volume-ownership (upstream: ubuntu): /test_dir owned by nobody:nogroup, and a bash (the user
-# namespace tests run `bash -c`)
+# volume-ownership (upstream: ubuntu): /test_dir owned by nobody:nogroup, a bash and a setuid
+# /usr/bin/passwd (the user namespace tests run `bash -c "[ -u /usr/bin/passwd ] && exit 7"`)
 l=$RUN/layers/owner
 mkdir -p "$l/test_dir"
 "${TAR[@]}" --owner=65534 --group=65534 -C "$l" -cf "$l.tar" .
@@ -144,6 +144,8 @@ l=$RUN/layers/bash
 mkdir -p "$l/usr/bin"
 printf '#!/bin/sh\nexec /bin/sh "$@"\n' >"$l/usr/bin/bash"
 chmod 755 "$l/usr/bin/bash"
+printf '#!/bin/sh\n' >"$l/usr/bin/passwd"
+chmod 4755 "$l/usr/bin/passwd"
 "${TAR[@]}" -C "$l" -cf "$l.tar" .
 image containerd/volume-ownership:2.1 volume-ownership "$RUN/layers/owner.tar" "$l.tar"
 digest=$(innetns "$CRANE" digest --insecure "$REG/containerd/busybox:1.36")
