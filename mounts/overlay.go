@@ -12,26 +12,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A CRI image volume is a read-only overlay mount that containerd makes
-// from an image's layers, and overlayfs cannot be id-mapped (ADR 022): a
-// jailed qemu's user namespace could not read it through an id-mapped
-// bind. Such a share is shifted as a container's rootfs is: a second,
-// upper-less overlay over its layers id-mapped to qemu's ids
-// (MountShiftedReadOnly), bound into the jail as it is.
+// A CRI image volume is an overlay mount that containerd makes from an
+// image's layers (containerd 2.4: an active snapshot, upper dir and all,
+// which the container binds read-only), and overlayfs cannot be id-mapped
+// (ADR 022): a jailed qemu's user namespace could not read it through an
+// id-mapped bind. A read-only share on an overlay is shifted as a
+// container's rootfs is: a second, upper-less overlay over its layers (its
+// upper dir as the topmost lower, whose whiteouts overlayfs honours there
+// too) id-mapped to qemu's ids (MountShiftedReadOnly), bound into the jail
+// as it is. It shows what the layers hold when it is made; nothing writes
+// an image volume's upper dir (the container's bind is read-only).
 
-// ReadOnlyOverlay is the upper-less overlay mount a path lies on.
-type ReadOnlyOverlay struct {
-	// Lowers are its lower dirs, top first, as absolute host paths.
+// Overlay is the overlay mount a path lies on.
+type Overlay struct {
+	// Lowers are its lower dirs, top first, and Upper its upper dir ("":
+	// none), as absolute host paths.
 	Lowers []string
+	Upper  string
 	// Sub is the path's place below the overlay's root ("." for it).
 	Sub string
 }
 
-// ReadOnlyOverlayOf returns the upper-less overlay path lies on; nil when
-// path is on no overlay. An overlay with an upper layer (which a second
-// overlay cannot share), or one mountinfo does not describe with absolute
-// lower dirs, is an error that names it.
-func ReadOnlyOverlayOf(path string) (*ReadOnlyOverlay, error) {
+// Layers are ov's dirs, top first: its upper dir, then its lower ones.
+func (ov *Overlay) Layers() []string {
+	if ov.Upper == "" {
+		return ov.Lowers
+	}
+	return append([]string{ov.Upper}, ov.Lowers...)
+}
+
+// OverlayOf returns the overlay path lies on; nil when path is on no
+// overlay. One mountinfo does not describe with absolute dirs, or with an
+// index (which would refuse its upper dir as another overlay's lower), is
+// an error that names it.
+func OverlayOf(path string) (*Overlay, error) {
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(path, &sfs); err != nil {
 		return nil, fmt.Errorf("statfs %s: %w", path, err)
@@ -76,13 +90,24 @@ func ReadOnlyOverlayOf(path string) (*ReadOnlyOverlay, error) {
 // lists them: options split on ',' (a comma in a value is \054), values
 // octal-escaped, lower dirs split on ':' with overlayfs' own backslash
 // escapes ("\:" for a colon in a path).
-func parseOverlayOptions(opts string) (*ReadOnlyOverlay, error) {
-	ov := &ReadOnlyOverlay{}
+func parseOverlayOptions(opts string) (*Overlay, error) {
+	ov := &Overlay{}
 	for _, o := range strings.Split(opts, ",") {
 		k, v, _ := strings.Cut(o, "=")
 		switch k {
+		case "index":
+			if v == "on" {
+				return nil, errors.New("it has index=on, which refuses its upper dir as another overlay's lower dir")
+			}
 		case "upperdir":
-			return nil, errors.New("it has an upper layer (upperdir), which a second overlay over its layers cannot share")
+			v, err := unescapeOctal(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+			if !filepath.IsAbs(v) {
+				return nil, fmt.Errorf("upper dir %q is not an absolute path", v)
+			}
+			ov.Upper = v
 		case "lowerdir", "lowerdir+", "datadir+":
 			v, err := unescapeOctal(v)
 			if err != nil {
@@ -149,16 +174,19 @@ func splitLowers(v string) ([]string, error) {
 	return ls, nil
 }
 
-// BindShiftedOverlayIn binds ov shifted to the host ids from base (qemu's,
+// BindShiftedOverlayIn binds ov (read-only) shifted to the host ids from base (qemu's,
 // ADR 022) at rel below root in the mount namespace ns, as BindBeneathIn
 // does with a share that needs no id-map: a second, upper-less overlay over
 // ov's layers id-mapped to base is mounted on a new directory below
 // scratch (a host directory the guest cannot write), its Sub cloned into
 // ns, and the host's mount detached again: nothing of it stays on the
 // host, in ns it goes with the bind. On error nothing is left.
-func BindShiftedOverlayIn(ns *os.File, root, rel string, ov *ReadOnlyOverlay, scratch string, access Access, base uint32) error {
+func BindShiftedOverlayIn(ns *os.File, root, rel string, ov *Overlay, scratch string, access Access, base uint32) error {
 	if base == 0 {
 		return errors.New("no host ids to shift the overlay to")
+	}
+	if access == Writable {
+		return errors.New("a writable share on an overlay cannot be id-mapped nor shifted (a second overlay on its upper dir): bind it read-only")
 	}
 	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return err
@@ -173,7 +201,7 @@ func BindShiftedOverlayIn(ns *os.File, root, rel string, ov *ReadOnlyOverlay, sc
 		return err
 	}
 	defer os.Remove(work)
-	if err := MountShiftedReadOnly(ov.Lowers, target, work, base); err != nil {
+	if err := MountShiftedReadOnly(ov.Layers(), target, work, base); err != nil {
 		return err
 	}
 	defer unix.Unmount(target, unix.MNT_DETACH)

@@ -18,15 +18,20 @@ func TestParseOverlayOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"/a:b,c d", "/l2"}; !slices.Equal(ov.Lowers, want) {
-		t.Errorf("lowers %q, want %q", ov.Lowers, want)
+	if want := []string{"/a:b,c d", "/l2"}; !slices.Equal(ov.Lowers, want) || ov.Upper != "" {
+		t.Errorf("lowers %q upper %q, want %q and none", ov.Lowers, ov.Upper, want)
+	}
+	ov, err = parseOverlayOptions(`rw,lowerdir=/l,upperdir=/s/u x,workdir=/s/w,uuid=on,fsync=volatile`)
+	if err != nil || ov.Upper != "/s/u x" || !slices.Equal(ov.Layers(), []string{"/s/u x", "/l"}) {
+		t.Errorf("with an upper dir: %+v, %v", ov, err)
 	}
 	for opts, want := range map[string]string{
-		"lowerdir=/a,upperdir=/u,workdir=/w": "upper layer",
-		"lowerdir=/a::/d":                    "not an absolute path",
-		"lowerdir=a/b":                       "not an absolute path",
-		"ro,redirect_dir=on":                 "no lower dirs",
-		`lowerdir=/a\13`:                     "bad escape",
+		"lowerdir=/a,upperdir=/u,workdir=/w,index=on": "index=on",
+		"lowerdir=/a,upperdir=u,workdir=/w":           "not an absolute path",
+		"lowerdir=/a::/d":                             "not an absolute path",
+		"lowerdir=a/b":                                "not an absolute path",
+		"ro,redirect_dir=on":                          "no lower dirs",
+		`lowerdir=/a\13`:                              "bad escape",
 	} {
 		if _, err := parseOverlayOptions(opts); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want one with %q", opts, err, want)
@@ -34,18 +39,22 @@ func TestParseOverlayOptions(t *testing.T) {
 	}
 }
 
-// roOverlay mounts an upper-less overlay of two lower dirs with odd names
-// (as mountinfo escapes them) below dir: lower "a:b,c d" holds f (root's)
-// and sub/g (1000's). It returns the mount point and the lower dirs.
-func roOverlay(t *testing.T, dir string) (string, []string) {
+// imageVolume mounts an overlay as containerd 2.4 mounts a CRI image volume
+// (an active snapshot: an upper dir, volatile) below dir, over two lower
+// dirs with odd names (as mountinfo escapes them): lower "a:b,c d" holds f
+// (root's), sub/g (1000's) and gone; through the overlay, up is written to
+// the upper dir and gone deleted (a whiteout there). It returns the mount
+// point and the overlay.
+func imageVolume(t *testing.T, dir string) (string, *Overlay) {
 	t.Helper()
 	l1, l2, mnt := filepath.Join(dir, "a:b,c d"), filepath.Join(dir, "l2"), filepath.Join(dir, "ovl")
-	for _, d := range []string{filepath.Join(l1, "sub"), l2, mnt} {
+	up, wd := filepath.Join(dir, "snap", "fs"), filepath.Join(dir, "snap", "work")
+	for _, d := range []string{filepath.Join(l1, "sub"), l2, mnt, up, wd} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for p, uid := range map[string]int{filepath.Join(l1, "f"): 0, filepath.Join(l1, "sub", "g"): 1000} {
+	for p, uid := range map[string]int{filepath.Join(l1, "f"): 0, filepath.Join(l1, "sub", "g"): 1000, filepath.Join(l1, "gone"): 0} {
 		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -54,56 +63,50 @@ func roOverlay(t *testing.T, dir string) (string, []string) {
 		}
 	}
 	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`, `,`, `\,`)
-	if err := unix.Mount("overlay", mnt, "overlay", unix.MS_RDONLY, "lowerdir="+esc.Replace(l1)+":"+esc.Replace(l2)); err != nil {
+	if err := unix.Mount("overlay", mnt, "overlay", 0, "lowerdir="+esc.Replace(l1)+":"+esc.Replace(l2)+",upperdir="+up+",workdir="+wd+",volatile"); err != nil {
 		t.Skipf("overlay: %v", err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	return mnt, []string{l1, l2}
+	if err := os.WriteFile(filepath.Join(mnt, "up"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	return mnt, &Overlay{Lowers: []string{l1, l2}, Upper: up}
 }
 
-// TestReadOnlyOverlayOf: a path on an upper-less overlay (a CRI image
-// volume), at its root or below, is found with its lower dirs as mounted;
-// a path on no overlay is not; an overlay with an upper layer is refused.
-func TestReadOnlyOverlayOf(t *testing.T) {
+// TestOverlayOf: a path on an overlay (a CRI image volume), at its root or
+// below, is found with its dirs as mounted; a path on no overlay is not.
+func TestOverlayOf(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
-	mnt, lowers := roOverlay(t, dir)
+	mnt, want := imageVolume(t, dir)
 	for p, sub := range map[string]string{mnt: ".", filepath.Join(mnt, "sub"): "sub"} {
-		ov, err := ReadOnlyOverlayOf(p)
+		ov, err := OverlayOf(p)
 		if err != nil || ov == nil {
 			t.Fatalf("%s: %v, %v", p, ov, err)
 		}
-		if !slices.Equal(ov.Lowers, lowers) || ov.Sub != sub {
-			t.Errorf("%s: lowers %q sub %q, want %q %q", p, ov.Lowers, ov.Sub, lowers, sub)
+		if !slices.Equal(ov.Lowers, want.Lowers) || ov.Upper != want.Upper || ov.Sub != sub {
+			t.Errorf("%s: %+v, want %+v with sub %q", p, ov, want, sub)
 		}
 	}
-	if ov, err := ReadOnlyOverlayOf(dir); ov != nil || err != nil {
+	if ov, err := OverlayOf(dir); ov != nil || err != nil {
 		t.Errorf("a plain directory: %v, %v; want nil, nil", ov, err)
-	}
-	rw := filepath.Join(dir, "rw")
-	for _, d := range []string{"u", "w", "m"} {
-		if err := os.MkdirAll(filepath.Join(rw, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := unix.Mount("overlay", filepath.Join(rw, "m"), "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s/u,workdir=%s/w", lowers[1], rw, rw)); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(filepath.Join(rw, "m"), unix.MNT_DETACH)
-	if _, err := ReadOnlyOverlayOf(filepath.Join(rw, "m")); err == nil || !strings.Contains(err.Error(), "upper layer") {
-		t.Errorf("an overlay with an upper layer: %v, want it refused", err)
 	}
 }
 
-// TestBindShiftedOverlayIn: a read-only overlay bound into a jail-like
-// mount namespace shows its files' owners shifted by base there (what an
-// id-mapped bind would show qemu), and nothing of it is left on the host:
-// no mount, no directory in the scratch dir, also when it fails.
+// TestBindShiftedOverlayIn: an image volume bound read-only into a
+// jail-like mount namespace shows its files there with their owners
+// shifted by base (what an id-mapped bind would show qemu), what was
+// written to its upper dir included and what was deleted not, and nothing
+// of it is left on the host: no mount, no directory in the scratch dir,
+// also when it fails.
 func TestBindShiftedOverlayIn(t *testing.T) {
 	requireRoot(t)
 	const base = 3 << 30
 	dir := t.TempDir()
-	mnt, _ := roOverlay(t, dir)
+	mnt, _ := imageVolume(t, dir)
 	root, scratch := filepath.Join(dir, "pod"), filepath.Join(dir, "scratch")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
@@ -118,7 +121,7 @@ func TestBindShiftedOverlayIn(t *testing.T) {
 			t.Error("the bind is a mount point on the host")
 		}
 	}
-	ov, err := ReadOnlyOverlayOf(mnt)
+	ov, err := OverlayOf(mnt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,18 +129,24 @@ func TestBindShiftedOverlayIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), root, "v")
-	for name, want := range map[string]uint32{"f": base, "sub/g": base + 1000} {
+	for name, want := range map[string]uint32{"f": base, "sub/g": base + 1000, "up": base} {
 		var st unix.Stat_t
 		if err := unix.Stat(filepath.Join(in, name), &st); err != nil || st.Uid != want || st.Gid != want {
 			t.Errorf("%s in the jail: owner %d:%d, %v; want %d", name, st.Uid, st.Gid, err, want)
 		}
+	}
+	if _, err := os.Lstat(filepath.Join(in, "gone")); err == nil {
+		t.Error("a file deleted through the image volume is there in the jail")
+	}
+	if err := os.WriteFile(filepath.Join(in, "new"), nil, 0o644); err == nil {
+		t.Error("the shifted image volume is writable in the jail")
 	}
 	leftOnHost()
 	if err := UnmountBeneathIn(ns, root, "v"); err != nil {
 		t.Fatal(err)
 	}
 	// A subdir of an overlay, and failures.
-	ov, err = ReadOnlyOverlayOf(filepath.Join(mnt, "sub"))
+	ov, err = OverlayOf(filepath.Join(mnt, "sub"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +159,10 @@ func TestBindShiftedOverlayIn(t *testing.T) {
 	if err := BindShiftedOverlayIn(ns, root, "z", ov, scratch, ReadOnlyRecursive, 0); err == nil {
 		t.Error("no host ids: no error")
 	}
-	bad := &ReadOnlyOverlay{Lowers: []string{filepath.Join(dir, "missing")}, Sub: "."}
+	if err := BindShiftedOverlayIn(ns, root, "w", ov, scratch, Writable, base); err == nil {
+		t.Error("a writable share on an overlay: no error")
+	}
+	bad := &Overlay{Lowers: []string{filepath.Join(dir, "missing")}, Sub: "."}
 	if err := BindShiftedOverlayIn(ns, root, "y", bad, scratch, ReadOnlyRecursive, base); err == nil {
 		t.Error("a missing lower dir: no error")
 	}

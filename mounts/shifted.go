@@ -55,7 +55,7 @@ func MountShifted(ms []mount.Mount, target, work string, base uint32) (err error
 
 // MountShiftedReadOnly mounts an upper-less (read-only) overlay of lowers
 // on target, each layer id-mapped to base, as MountShifted does: a
-// read-only overlay a pod member shares (ReadOnlyOverlayOf).
+// read-only share on an overlay (OverlayOf).
 func MountShiftedReadOnly(lowers []string, target, work string, base uint32) error {
 	if len(lowers) == 0 {
 		return errors.New("an overlay needs lower dirs")

@@ -222,8 +222,8 @@ func (m *podMember) binds() (*binds, error) {
 
 // bind binds sh below rel: id-mapped for the jail's user namespace
 // unless shifted (a rootfs overlay over id-mapped layers already); a
-// read-only overlay (a CRI image volume, which cannot be id-mapped) is
-// shifted like a rootfs; a propagated bind is mirrored (the Mirror it
+// read-only share on an overlay (a CRI image volume, which cannot be
+// id-mapped) is shifted like a rootfs; a propagated bind is mirrored (the Mirror it
 // returns, else nil).
 func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, logf func(string, ...any)) (*mounts.Mirror, error) {
 	if b.jail == nil {
@@ -234,7 +234,7 @@ func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, 
 		if idmap != nil {
 			return nil, fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
 		}
-		ov, err := mounts.ReadOnlyOverlayOf(sh.HostPath)
+		ov, err := mounts.OverlayOf(sh.HostPath)
 		if err != nil {
 			return nil, fmt.Errorf("%s cannot be id-mapped for the pod VM's unprivileged hypervisor: %w", sh.HostPath, err)
 		}
