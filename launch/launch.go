@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,7 +102,7 @@ func Prepare(r Request) (*Prepared, error) {
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
-		JailHostRoot:   QEMUHostRoot(r.Spec, r.PodDir != ""),
+		JailHostRoot:   QEMUHostRoot(r.Spec),
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,
@@ -149,23 +150,22 @@ func hasUserNS(spec *specs.Spec) bool {
 	return spec.Linux != nil && len(spec.Linux.UIDMappings) > 0
 }
 
-// QEMUHostRoot says whether the VM of spec's container (a pod VM: pod)
-// keeps its jailed qemu root of the host's user namespace instead of an
-// unprivileged user of its own (ADR 022), because something it will share
-// cannot be id-mapped for it: a container user namespace's binds (already
-// id-mapped), a bind whose host submounts propagate into it later (a
-// mount that appears below a share is not id-mapped), and a pod's later
-// members (image volumes and binds like those).
-func QEMUHostRoot(spec *specs.Spec, pod bool) bool {
-	if pod || hasUserNS(spec) {
+// QEMUHostRoot says whether the VM of spec's container keeps its jailed
+// qemu root of the host's user namespace instead of an unprivileged user
+// of its own (ADR 022), because something it shares cannot be id-mapped
+// for it: a container user namespace's binds (already id-mapped; a pod
+// VM's sandbox then has one too), or a VM's own bind whose host
+// submounts propagate into it later (a mount that appears below a share
+// is not id-mapped; the VMM binds a VM's own shares once, at boot). A pod
+// VM's later members need neither: their read-only overlays are shifted
+// and their propagated binds mirrored by the shim (mounts.Mirror).
+func QEMUHostRoot(spec *specs.Spec) bool {
+	if hasUserNS(spec) {
 		return true
 	}
 	for _, m := range spec.Mounts {
-		for _, o := range m.Options {
-			switch o {
-			case "shared", "rshared", "slave", "rslave":
-				return true
-			}
+		if slices.ContainsFunc(m.Options, mounts.IsPropagated) {
+			return true
 		}
 	}
 	return false

@@ -63,7 +63,16 @@ var jailAttrs = unix.MountAttr{
 // name), the detached clone attached below root as ns sees it, walked
 // with the same no-symlink discipline.
 func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap) error {
-	tree, err := cloneTree(source, access, idmap, &jailAttrs)
+	return bindBeneathIn(ns, root, rel, source, access, idmap, &jailAttrs)
+}
+
+// privateJailAttrs are jailAttrs for a bind nothing propagates into (a
+// Mirror's).
+var privateJailAttrs = unix.MountAttr{Attr_set: jailAttrs.Attr_set, Propagation: unix.MS_PRIVATE}
+
+// bindBeneathIn is BindBeneathIn with attrs set on every mount of the bind.
+func bindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap, attrs *unix.MountAttr) error {
+	tree, err := cloneTree(source, access, idmap, attrs)
 	if err != nil {
 		return err
 	}

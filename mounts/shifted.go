@@ -50,6 +50,23 @@ func MountShifted(ms []mount.Mount, target, work string, base uint32) (err error
 	if len(lowers) == 0 || upper != "" && filepath.Dir(upper) != filepath.Dir(wdir) {
 		return fmt.Errorf("overlay %v: no lower dirs, or upper and work dirs not side by side", ms[0].Options)
 	}
+	return mountShifted(lowers, upper, wdir, rest, target, work, base)
+}
+
+// MountShiftedReadOnly mounts an upper-less (read-only) overlay of lowers
+// on target, each layer id-mapped to base, as MountShifted does: a
+// read-only share on an overlay (OverlayOf).
+func MountShiftedReadOnly(lowers []string, target, work string, base uint32) error {
+	if len(lowers) == 0 {
+		return errors.New("an overlay needs lower dirs")
+	}
+	return mountShifted(lowers, "", "", nil, target, work, base)
+}
+
+// mountShifted mounts the overlay of lowers (and upper and wdir, side by
+// side, unless upper is "") with the other options rest on target, its
+// layers id-mapped to base.
+func mountShifted(lowers []string, upper, wdir string, rest []string, target, work string, base uint32) (err error) {
 	idmap := fmt.Sprintf("0:%d:65536,%d:0:1", base, uint32(hypervisorID))
 	ns, err := mount.GetUsernsFD(idmap, idmap)
 	if err != nil {

@@ -27,6 +27,10 @@ type Share struct {
 	// IDMap makes a pod member's bind id-mapped (specconv refuses it for
 	// a VM's own directory share, which is exported as it is).
 	IDMap *IDMap
+	// Propagated: a bind whose host submounts propagate into the container
+	// later (shared, rshared, slave, rslave): a pod member's is kept in
+	// step with the host (Mirror) when it is id-mapped for a jailed qemu.
+	Propagated bool
 }
 
 // Access is how a bind of the share's directory is made read-only.

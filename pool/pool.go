@@ -364,9 +364,6 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 		return fmt.Errorf("pool VM: %w", err)
 	}
 	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
-	// A pod's sandbox claims it, whose later members qemu's user
-	// namespace could not map (launch.QEMUHostRoot).
-	prep.Launch.JailHostRoot = true
 	prep.Launch.Nice = ParkedNice
 	start := time.Now()
 	if h, err = prep.Spawn(p.Binary); err != nil {

@@ -67,7 +67,8 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	// qemu has ids of its own (ADR 022): a pod member's to its pod VM's, a
 	// claimed VM's to that VM's, a cold VM's to a range taken for it.
 	if sb := s.podSandbox(spec); sb != nil {
-		rootfs, err := c.mountRootfs(ctx, r, spec, sb.vm.jailIDBase != 0, sb.vm.jailIDBase)
+		base := sb.vm.idBase()
+		rootfs, err := c.mountRootfs(ctx, r, spec, base != 0, base)
 		if err != nil {
 			return nil, err
 		}
@@ -192,9 +193,9 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 
 // shiftRootfs says whether a cold VM of a container's own gets its rootfs
 // overlay mounted shifted for qemu's user namespace (ADR 022): jailed, and
-// not a VM whose qemu stays root of the host's (a pod VM among them).
+// not a VM whose qemu stays root of the host's.
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
-	return cfg.Jail && !launch.QEMUHostRoot(spec, spec.Annotations[annotationContainerType] == containerTypeSandbox)
+	return cfg.Jail && !launch.QEMUHostRoot(spec)
 }
 
 // rootfsDir is the host rootfs directory mountRootfs shares: the bundle's

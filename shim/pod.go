@@ -2,7 +2,9 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -100,6 +102,13 @@ type podMember struct {
 	// shifted is its rootfs when mounted over id-mapped layers (bound as
 	// it is), else "".
 	shifted string
+	// scratch is a host directory of its own the guest cannot write (in
+	// its bundle), where a read-only overlay it shares is mounted shifted
+	// while it is bound (mounts.BindShiftedOverlayIn).
+	scratch string
+	// mirrors keep its propagated binds in step with the host's mounts,
+	// in a pod VM whose qemu has a user namespace of its own.
+	mirrors []*mounts.Mirror
 }
 
 // ownsVM says whether c's VM is its own: booted for it, or claimed from
@@ -157,7 +166,8 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 // bound below the pod dir, its guest spec joins the namespaces in ns,
 // and the agent prepares its mounts.
 func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs string, cfg config.Config, ns map[specs.LinuxNamespaceType]string, owned bool) error {
-	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id), owned: owned}
+	m := &podMember{vm: v, dir: filepath.Join(v.podDir, c.id), stageDir: filepath.Join(v.stateDir, "staged", c.id), owned: owned,
+		scratch: filepath.Join(c.bundle, "shifted")}
 	if c.rootfsShifted {
 		m.shifted = rootfs
 	}
@@ -215,20 +225,33 @@ func (m *podMember) binds() (*binds, error) {
 	return &binds{podDir: m.vm.podDir, jail: j}, nil
 }
 
-// bind binds sh below rel, id-mapped for the jail's user namespace
-// unless shifted (a rootfs overlay over id-mapped layers already).
-func (b *binds) bind(rel string, sh mounts.Share, shifted bool) error {
+// bind binds sh below rel: id-mapped for the jail's user namespace
+// unless shifted (a rootfs overlay over id-mapped layers already); a
+// read-only share on an overlay (a CRI image volume, which cannot be
+// id-mapped) is shifted like a rootfs; a propagated bind is mirrored (the Mirror it
+// returns, else nil).
+func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, logf func(string, ...any)) (*mounts.Mirror, error) {
 	if b.jail == nil {
-		return mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
+		return nil, mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
 	idmap := sh.IDMap
 	if b.jail.User != nil && !shifted {
 		if idmap != nil {
-			return fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
+			return nil, fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
+		}
+		ov, err := mounts.OverlayOf(sh.HostPath)
+		if err != nil {
+			return nil, fmt.Errorf("%s cannot be id-mapped for the pod VM's unprivileged hypervisor: %w", sh.HostPath, err)
+		}
+		if ov != nil {
+			return nil, mounts.BindShiftedOverlayIn(b.jail.Mnt, b.podDir, rel, ov, scratch, sh.Access(), b.jail.IDBase)
 		}
 		idmap = &mounts.IDMap{NS: b.jail.User}
+		if sh.Propagated {
+			return mounts.MirrorBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap, logf)
+		}
 	}
-	return mounts.BindBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
+	return nil, mounts.BindBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
 }
 
 func (b *binds) unmount(rel string) error {
@@ -260,12 +283,33 @@ func (m *podMember) expose(mem *launch.Member) error {
 		return err
 	}
 	defer b.close()
+	logf := log.L.WithField("container", m.id()).Warnf
 	for _, sh := range mem.Shares {
-		if err := b.bind(m.id()+"/"+sh.Tag, sh, sh.HostPath == m.shifted); err != nil {
+		mi, err := b.bind(m.id()+"/"+sh.Tag, sh, sh.HostPath == m.shifted, m.scratch, logf)
+		if err != nil {
 			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
+		}
+		if mi != nil {
+			m.mirrors = append(m.mirrors, mi)
 		}
 	}
 	return nil
+}
+
+// idBase is the first host id v's jailed qemu's user namespace maps, to
+// which its members' rootfs are shifted: the ids its sandbox took for it,
+// else those qemu's namespace names (the VMM took them: a pool VM, or a
+// sandbox whose rootfs was not shifted); 0 when qemu has none.
+func (v *vm) idBase() uint32 {
+	if v.jailIDBase != 0 {
+		return v.jailIDBase
+	}
+	j, err := vmm.OpenJailNS(v.h.Pid)
+	if err != nil || j == nil {
+		return 0
+	}
+	defer j.Close()
+	return j.IDBase
 }
 
 // id is the member's directory name in the pod dir.
@@ -274,6 +318,10 @@ func (m *podMember) id() string { return filepath.Base(m.dir) }
 // leave removes what joinPod made on the host; the VM keeps running. The
 // guest side goes with the container's delete in the agent.
 func (m *podMember) leave(ctx context.Context) {
+	for _, mi := range m.mirrors {
+		mi.Stop()
+	}
+	m.mirrors = nil
 	if m.member != nil {
 		b, err := m.binds()
 		if err != nil {
@@ -296,6 +344,9 @@ func (m *podMember) leave(ctx context.Context) {
 	// what a jail still mounts on it.
 	if err := mounts.RemoveAllUnmountedBeneath(m.vm.podDir, m.id()); err != nil {
 		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it for the VM's teardown", m.dir)
+	}
+	if err := os.Remove(m.scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warnf("remove %s", m.scratch)
 	}
 	if err := m.member.Release(); err != nil {
 		log.G(ctx).WithError(err).Warn("release staged files")

@@ -97,10 +97,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	// score); its removal must find that cgroup.
 	e.Launch.Host = host
 	v := &vm{name: "pool/" + e.ID, stateDir: e.Launch.RuntimeDir, podDir: e.PodDir(), launch: e.Launch, h: h, dead: make(chan struct{})}
-	if j, err := vmm.OpenJailNS(h.Pid); err == nil && j != nil {
-		v.jailIDBase = j.IDBase // the claimer's rootfs is shifted to them
-		j.Close()
-	}
+	v.jailIDBase = v.idBase() // the claimer's rootfs is shifted to them
 	go func() {
 		<-h.Done()
 		close(v.dead)

@@ -104,14 +104,16 @@ func convertMounts(sb *Sandbox, in Input) error {
 			// "ro" without "rro" on a recursive bind leaves the host
 			// submounts as they are (runc); a pod member's bind can do so.
 			top := m.ReadOnly && !slices.Contains(m.Options, "rro") && !slices.Contains(m.Options, "bind")
+			propagated := slices.ContainsFunc(m.Options, mounts.IsPropagated)
 			if i, ok := shareIdx[tag]; ok {
 				sb.Shares[i].ReadOnly = sb.Shares[i].ReadOnly && m.ReadOnly
 				sb.Shares[i].ReadOnlyTop = sb.Shares[i].ReadOnlyTop && top
+				sb.Shares[i].Propagated = sb.Shares[i].Propagated || propagated
 				sb.Boot.DirMounts[dirIdx[tag]].ReadOnly = sb.Shares[i].ReadOnly
 			} else {
 				shareIdx[tag] = len(sb.Shares)
 				dirIdx[tag] = len(sb.Boot.DirMounts)
-				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly, ReadOnlyTop: top, IDMap: m.IDMap})
+				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: m.Source, ReadOnly: m.ReadOnly, ReadOnlyTop: top, IDMap: m.IDMap, Propagated: propagated})
 				sb.Boot.DirMounts = append(sb.Boot.DirMounts, bootenv.DirMount{Tag: tag, GuestPath: path.Join(sharesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(sharesDir, tag)

@@ -108,9 +108,10 @@ type LaunchConfig struct {
 	// 013). The zero value jails.
 	NoJail bool `json:"noJail,omitempty"`
 	// JailHostRoot keeps a jailed qemu root of the host's user namespace
-	// instead of an unprivileged user of its own (ADR 022): for a pod
-	// whose containers have a user namespace, whose members' id-mapped
-	// binds already map the pod's host ids.
+	// instead of an unprivileged user of its own (ADR 022,
+	// launch.QEMUHostRoot): for a pod whose containers have a user
+	// namespace, whose members' id-mapped binds already map the pod's
+	// host ids, and for a VM's own propagated binds.
 	JailHostRoot bool `json:"jailHostRoot,omitempty"`
 	// JailIDBase, when not 0, is the first of the host ids qemu's user
 	// namespace maps (ADR 022), held by the creator (AllocJailIDs) for

@@ -2,7 +2,7 @@
 # cleanup.sh — undo setup.sh and whatever the critest run left: remove the CRI pods, stop
 # containerd, the shims and VMs it started (processes whose command line names its socket
 # $CTD_STATE/containerd.sock, and their children), the registry, unmount what is mounted under
-# /var/lib/msb-critest and /run/msb-critest (snapshots, pod netns), delete the network
+# /var/lib/$CRITEST_NAME and /run/$CRITEST_NAME (snapshots, pod netns), delete the network
 # namespace $CRITEST_NETNS (with the CNI bridge, veths and iptables rules in it) and the
 # scratch files. Logs in $CRITEST_WORK/out stay. Safe to run any time, also with nothing set up.
 # Exits 1 when something could not be removed (it says what).
@@ -83,8 +83,8 @@ if [[ -e $NETNS_PATH ]]; then
 	log "deleting network namespace $CRITEST_NETNS"
 	ip netns del "$CRITEST_NETNS" || problems=1
 fi
-# libcni's result cache of our network "critest" (the IPAM state is under $RUN)
-rm -f /var/lib/cni/results/critest-*
+# libcni's result cache of our network (the IPAM state is under $RUN)
+rm -f /var/lib/cni/results/"$CNI_NET"-*
 rm -rf "$CTD_ROOT" "$CTD_STATE" "$RUN" 2>/dev/null || { log "cannot remove $CTD_ROOT, $CTD_STATE or $RUN"; problems=1; }
 
 left=$(ours)

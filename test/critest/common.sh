@@ -3,8 +3,11 @@
 # Env knobs (all optional):
 #   CRITEST_CACHE     built tools (crane, crictl, critest, fakeweb, busybox), kept between runs
 #                     (default /var/cache/msb/critest)
+#   CRITEST_NAME      this run's name (default msb-critest): the network namespace, containerd's
+#                     root /var/lib/NAME and state /run/NAME, and the CNI network are named after it,
+#                     so that runs with distinct names (and CRITEST_WORK) can go on side by side
 #   CRITEST_WORK      this run's scratch files and the kept logs (default /tmp/msb-critest)
-#   CRITEST_NETNS     name of the network namespace everything runs in (default msb-critest)
+#   CRITEST_NETNS     name of the network namespace everything runs in (default CRITEST_NAME)
 #   CRITEST_REG_PORT  the loopback registry's port inside that namespace (default 5000)
 #   CONTAINERD_BIN    containerd to run (default: containerd on PATH, else /var/cache/msb/bin)
 #   RUNC_BIN          runc for the runc handler (default /var/cache/msb/runc, else /var/cache/msb/bin/runc)
@@ -16,7 +19,12 @@ CRITEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$CRITEST_DIR/../.." && pwd)
 CRITEST_CACHE=${CRITEST_CACHE:-/var/cache/msb/critest}
 CRITEST_WORK=${CRITEST_WORK:-/tmp/msb-critest}
-CRITEST_NETNS=${CRITEST_NETNS:-msb-critest}
+CRITEST_NAME=${CRITEST_NAME:-msb-critest}
+[[ $CRITEST_NAME =~ ^[a-z0-9][a-z0-9-]{0,23}$ ]] || {
+	echo "critest: CRITEST_NAME=$CRITEST_NAME: use 1-24 lowercase letters, digits and dashes" >&2
+	exit 1
+}
+CRITEST_NETNS=${CRITEST_NETNS:-$CRITEST_NAME}
 CRITEST_REG_PORT=${CRITEST_REG_PORT:-5000}
 
 CRI_TOOLS_VERSION=v1.37.0
@@ -24,8 +32,9 @@ CRANE_VERSION=v0.22.1
 
 BIN=$CRITEST_CACHE/bin
 RUN=$CRITEST_WORK/run                  # removed by cleanup.sh
-CTD_ROOT=/var/lib/msb-critest          # containerd root (removed by cleanup.sh)
-CTD_STATE=/run/msb-critest             # containerd state and sockets (removed by cleanup.sh)
+CTD_ROOT=/var/lib/$CRITEST_NAME         # containerd root (removed by cleanup.sh)
+CTD_STATE=/run/$CRITEST_NAME            # containerd state and sockets (removed by cleanup.sh)
+CNI_NET=$CRITEST_NAME                   # the CNI network's name (libcni caches results by it)
 SOCK=$CTD_STATE/containerd.sock
 NETNS_PATH=/run/netns/$CRITEST_NETNS
 REG=127.0.0.1:$CRITEST_REG_PORT

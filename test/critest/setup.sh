@@ -8,8 +8,8 @@
 # streaming server (127.0.0.1), the CNI bridge crit0 (10.99.0.0/16) and its iptables rules.
 # Private paths:
 #   config, certs.d mirrors, CNI conf, pid files   $CRITEST_WORK/run
-#   containerd root                                /var/lib/msb-critest
-#   containerd state, sockets, pod netns mounts    /run/msb-critest (containerd.sock)
+#   containerd root                                /var/lib/$CRITEST_NAME
+#   containerd state, sockets, pod netns mounts    /run/$CRITEST_NAME (containerd.sock)
 #   logs                                           $CRITEST_LOGDIR (default $CRITEST_WORK/run):
 #                                                  containerd.log (the shims log there too), registry.log
 # Runtime handlers: runc (io.containerd.runc.v2 with $RUNC_BIN) and msb (io.containerd.msb.v2,
@@ -153,7 +153,7 @@ C
 cat >"$NETD/10-critest.conflist" <<N
 {
   "cniVersion": "1.0.0",
-  "name": "critest",
+  "name": "$CNI_NET",
   "plugins": [
     {
       "type": "bridge", "bridge": "crit0", "isGateway": true, "ipMasq": true, "promiscMode": true,

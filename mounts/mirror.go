@@ -1,0 +1,323 @@
+package mounts
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// A pod member's propagated bind ("rslave", "rshared", …) sees what the
+// host mounts below its source later. Mounts that propagate into an
+// id-mapped bind are not id-mapped, so a jailed qemu (ADR 022), root of
+// its own user namespace only, would see their files owned by the
+// overflow id and could read nothing their modes keep from others. A
+// Mirror keeps such a bind in step instead: the bind is made private in
+// the jail (nothing propagates into it), and each mount that appears on
+// the host below the source is cloned, id-mapped like the bind, and
+// attached at the same place in the jail; one that goes on the host is
+// detached there. Host to container only: what the guest mounts never
+// reaches the host (as before).
+
+// mirrorPoll is how often a Mirror looks at the host's mounts when the
+// kernel's change notice on mountinfo did not wake it.
+const mirrorPoll = time.Second
+
+// Mirror is a propagated bind kept in step with the host's mounts below
+// its source.
+type Mirror struct {
+	ns            *os.File
+	root, rel     string
+	src           *os.File // the source, opened; its path is its kernel name
+	srcPath       string
+	access        Access
+	idmap         *IDMap
+	logf          func(format string, args ...any)
+	stop, done    chan struct{}
+	mirrored      map[string]mirrored // by path below the source
+	mountinfoFile *os.File
+}
+
+// mirrored is one mount below the source: the host's ID, and the ID of
+// its clone in the jail (0: part of the bind's first clone).
+type mirrored struct{ host, jail int }
+
+// MirrorBeneathIn binds source as BindBeneathIn does, but private in ns,
+// and keeps the mounts below it in step with the host's until Stop.
+// logf reports what could not be mirrored.
+func MirrorBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap, logf func(string, ...any)) (*Mirror, error) {
+	src, err := os.OpenFile(source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("bind %s: %w", source, err)
+	}
+	m := &Mirror{root: root, rel: rel, src: src, access: access, idmap: idmap, logf: logf,
+		stop: make(chan struct{}), done: make(chan struct{}), mirrored: map[string]mirrored{}}
+	fail := func(err error) (*Mirror, error) {
+		m.close()
+		return nil, err
+	}
+	if m.srcPath, err = os.Readlink("/proc/self/fd/" + strconv.Itoa(int(src.Fd()))); err != nil {
+		return fail(err)
+	}
+	if m.ns, err = dup(ns); err != nil {
+		return fail(err)
+	}
+	if idmap != nil && idmap.NS != nil {
+		userns, err := dup(idmap.NS)
+		if err != nil {
+			return fail(err)
+		}
+		m.idmap = &IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, NS: userns}
+	}
+	if m.mountinfoFile, err = os.Open("/proc/self/mountinfo"); err != nil {
+		return fail(err)
+	}
+	// What is mounted below the source now goes with the bind's clone.
+	below, err := m.below()
+	if err != nil {
+		return fail(err)
+	}
+	for p, id := range below {
+		m.mirrored[p] = mirrored{host: id}
+	}
+	if err := bindBeneathIn(ns, root, rel, source, access, m.idmap, &privateJailAttrs); err != nil {
+		return fail(err)
+	}
+	go m.run()
+	return m, nil
+}
+
+func dup(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// Stop ends the mirroring (the bind stays; it goes with its unmount).
+func (m *Mirror) Stop() {
+	if m == nil {
+		return
+	}
+	close(m.stop)
+	<-m.done
+	m.close()
+}
+
+func (m *Mirror) close() {
+	for _, f := range []*os.File{m.src, m.ns, m.mountinfoFile} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if m.idmap != nil && m.idmap.NS != nil {
+		m.idmap.NS.Close()
+	}
+}
+
+func (m *Mirror) run() {
+	defer close(m.done)
+	for {
+		if err := m.sync(); err != nil {
+			m.logf("mirror of %s: %v", m.srcPath, err)
+		}
+		// mountinfo polls POLLPRI when the namespace's mounts changed
+		// since it was last read.
+		fds := []unix.PollFd{{Fd: int32(m.mountinfoFile.Fd()), Events: unix.POLLPRI}}
+		deadline := time.Now().Add(mirrorPoll)
+		for time.Now().Before(deadline) {
+			select {
+			case <-m.stop:
+				return
+			default:
+			}
+			n, _ := unix.Poll(fds, 100)
+			if n > 0 {
+				break
+			}
+		}
+	}
+}
+
+// below lists the host's mounts below the source: path below it → ID
+// (of the top mount where several are stacked).
+func (m *Mirror) below() (map[string]int, error) {
+	if _, err := m.mountinfoFile.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	prefix := strings.TrimSuffix(m.srcPath, "/") + "/"
+	ms, err := mountinfo.GetMountsFromReader(m.mountinfoFile, func(i *mountinfo.Info) (bool, bool) {
+		return !strings.HasPrefix(i.Mountpoint, prefix), false
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, i := range ms { // mountinfo lists a stack bottom first
+		out[strings.TrimPrefix(i.Mountpoint, prefix)] = i.ID
+	}
+	return out, nil
+}
+
+// sync detaches in the jail the clones of mounts gone from the host
+// (deepest first) and attaches clones of new ones (shallowest first).
+func (m *Mirror) sync() error {
+	below, err := m.below()
+	if err != nil {
+		return err
+	}
+	var gone []string
+	for p, k := range m.mirrored {
+		if below[p] != k.host {
+			gone = append(gone, p)
+		}
+	}
+	slices.SortFunc(gone, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, p := range gone {
+		if k := m.mirrored[p]; k.jail != 0 {
+			if err := m.detach(p, k.jail); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		delete(m.mirrored, p)
+	}
+	var added []string
+	for p := range below {
+		if _, ok := m.mirrored[p]; !ok {
+			added = append(added, p)
+		}
+	}
+	slices.SortFunc(added, func(a, b string) int { return len(a) - len(b) })
+	for _, p := range added {
+		id, err := m.attach(p, below[p])
+		if err != nil {
+			errs = append(errs, err)
+		}
+		// Tried once: a mount that could not be mirrored is not
+		// retried until it changes.
+		m.mirrored[p] = mirrored{host: below[p], jail: id}
+	}
+	return errors.Join(errs...)
+}
+
+// attach clones the host mount hostID at p below the source (reached
+// without a symlink and checked to be that mount's root) and attaches it
+// at the same place below the bind in the jail; it returns the clone's
+// mount ID.
+func (m *Mirror) attach(p string, hostID int) (int, error) {
+	if _, err := components(p); err != nil {
+		return 0, err
+	}
+	fd, err := unix.Openat2(int(m.src.Fd()), p, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("open %s below %s: %w", p, m.srcPath, err)
+	}
+	defer unix.Close(fd)
+	if !isMountRoot(fd, hostID) {
+		return 0, fmt.Errorf("%s below %s is no longer the root of mount %d", p, m.srcPath, hostID)
+	}
+	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return 0, fmt.Errorf("clone %s below %s: %w", p, m.srcPath, err)
+	}
+	defer unix.Close(tree)
+	if m.access == ReadOnlyRecursive {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return 0, fmt.Errorf("%s below %s read-only: %w", p, m.srcPath, err)
+		}
+	}
+	if m.idmap != nil {
+		if err := setIDMap(tree, m.idmap, filepath.Join(m.srcPath, p)); err != nil {
+			return 0, err
+		}
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &privateJailAttrs); err != nil {
+		return 0, fmt.Errorf("%s below %s: restrict: %w", p, m.srcPath, err)
+	}
+	var st unix.Statx_t
+	if err := unix.Statx(tree, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+		return 0, err
+	}
+	err = InMountNS(m.ns, func() error {
+		dst, err := m.openInJail(p)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(dst)
+		return unix.MoveMount(tree, "", dst, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("attach %s below %s in the jail: %w", p, m.srcPath, err)
+	}
+	return int(st.Mnt_id), nil
+}
+
+// openInJail opens p below the bind at rel below root, in the jail's mount
+// namespace: no symlink, and (unlike the pod dir's own walk) through the
+// mounts on the way, the bind's and the mirrored ones, which the guest
+// cannot move there.
+func (m *Mirror) openInJail(p string) (int, error) {
+	r, err := openRoot(m.root)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(r)
+	fd, err := unix.Openat2(r, filepath.Join(m.rel, p), &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open %s below %s: %w", filepath.Join(m.rel, p), m.root, err)
+	}
+	return fd, nil
+}
+
+// detach detaches the clone jailID at p in the jail, if p is still its
+// root there.
+func (m *Mirror) detach(p string, jailID int) error {
+	fds, err := unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /proc/self/fd: %w", err)
+	}
+	defer unix.Close(fds)
+	return InMountNS(m.ns, func() error {
+		if err := unix.Fchdir(fds); err != nil {
+			return fmt.Errorf("chdir to /proc/self/fd: %w", err)
+		}
+		fd, err := m.openInJail(p)
+		if err != nil {
+			return nil // gone with what was below it
+		}
+		defer unix.Close(fd)
+		if !isMountRoot(fd, jailID) {
+			return nil
+		}
+		if err := unix.Unmount(strconv.Itoa(fd), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("detach %s below %s in the jail: %w", p, m.srcPath, err)
+		}
+		return nil
+	})
+}
+
+// IsPropagated reports whether a mount option makes a bind receive the
+// host's later submounts: shared, rshared, slave, rslave.
+func IsPropagated(option string) bool {
+	switch option {
+	case "shared", "rshared", "slave", "rslave":
+		return true
+	}
+	return false
+}
