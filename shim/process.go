@@ -198,13 +198,14 @@ func (s *service) watch(p *proc) {
 	c := p.c
 	ctx := log.WithLogger(context.WithoutCancel(s.ctx), log.G(s.ctx).WithField("id", p.name()))
 	resp, err := c.vm.task.Wait(ctx, &task.WaitRequest{ID: c.id, ExecID: p.execID})
+	// The exit time is the host's, when the guest reported the exit: the
+	// guest's clock is its own (it drifts under TCG, a hostile guest sets
+	// any), and clients compare the time with their own clock (after
+	// Start, containerd's TestContainerExitedAtSet).
 	status, at := exitUnknown, time.Now()
 	switch {
 	case err == nil:
 		status = int(resp.ExitStatus)
-		if t := resp.ExitedAt; t != nil {
-			at = t.AsTime()
-		}
 		p.io.finish(-1)
 	default:
 		p.mu.Lock()

@@ -175,6 +175,14 @@ for h in "${HANDLERS[@]}"; do
 		# hangs with a stand-in image under runc too (it waits for a port the image never binds)
 		-test.skip '^TestBindLowPortNonOpt$')
 	[[ -n ${CTRSUITE_RUN:-} ]] && args+=(-test.run "$CTRSUITE_RUN")
+	if [[ $h == msb ]] && ! msb-runtime --version 2>/dev/null | grep -q '^backend qemu:.*(kvm)$'; then
+		# 100 execs of `seq -s " " 1000000` through a terminal: the seq alone takes 4 s a run
+		# under TCG (0.1 s under KVM), so the test would take the run's whole time. Its
+		# behaviour (an exec's terminal from the request, all output read) is e2e
+		# TestShimExecTerminalFromRequest's.
+		log "msb: no KVM here, VMs run under TCG: TestContainerExecLargeOutputWithTTY deselected"
+		args+=(-test.skip '^(TestBindLowPortNonOpt|TestContainerExecLargeOutputWithTTY)$')
+	fi
 	log "containerd $VERSION's client suite against $h (log $out/suite.log)"
 	start=$(date +%s)
 	src=0
@@ -188,8 +196,24 @@ for h in "${HANDLERS[@]}"; do
 	"$SUMMARY" -gotest "$out/events.json" -skips -expected "$expected" -tsv "$out/tests.tsv" >"$out/summary.txt" || sum=$?
 	sed '$s/^/'"$h"': /' "$out/summary.txt"
 	((sum == 0)) || rc=1
-	# what the suite left: its containerd and shims end with it
+	# What the suite left: its containerd ends with it, and so does every shim (with its VM)
+	# but that of a test that failed before its cleanup, as runc's containers are left then.
+	# Those of listed failures are stopped here; any other fails the run.
 	sleep 1
+	for pid in $(pgrep -f -- "containerd-shim-.* -address $TESTSTATE/containerd.sock" || true); do
+		id=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n '/^-id$/{n;p;q}')
+		if grep -qx "expected  $id" "$out/summary.txt"; then
+			log "$h: stopping the shim of $id (pid $pid), left by its listed failure"
+		else
+			log "$h: the shim of ${id:-?} (pid $pid) outlived its test"
+			rc=1
+		fi
+		kill "$pid" 2>/dev/null || true
+	done
+	for _ in $(seq 50); do
+		[[ -z $(suite) ]] && break
+		sleep 0.2
+	done
 	if [[ -n $(suite) ]]; then
 		log "$h: processes of the suite's containerd still run: $(suite | tr '\n' ' ')"
 		rc=1

@@ -421,3 +421,35 @@ func TestClientPidGoneAtExit(t *testing.T) {
 		t.Fatalf("delete: %v, status %d, want 137", err, st.ExitCode())
 	}
 }
+
+// A guest's clock is its own: root in the guest sets it (here to 1970),
+// and TCG lets it drift. The exit time clients get is the host's, after
+// their Start (containerd's TestContainerExitedAtSet).
+func TestClientExitTimeIsTheHosts(t *testing.T) {
+	e := startShimEnv(t)
+	c, ctx := e.goClient(t)
+	ctr := e.newContainer(t, c, "clock", oci.WithPrivileged, oci.WithProcessArgs("sh", "-c", `date -s @1000000 >/dev/null; [ "$(date +%Y)" = 1970 ] && exit 3`))
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	exitC := waitAndStart(t, ctx, task)
+	st := waitExit(t, exitC, time.Minute, "clock setter")
+	if st.ExitCode() != 3 {
+		t.Fatalf("exit status %d (%v), want 3: the guest's clock was not set", st.ExitCode(), st.Error())
+	}
+	if !st.ExitTime().After(start) || st.ExitTime().After(time.Now()) {
+		t.Errorf("Wait's exit time %v is not between Start (%v) and now", st.ExitTime(), start)
+	}
+	s, err := task.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.ExitTime.After(start) {
+		t.Errorf("Status's exit time %v is before Start (%v)", s.ExitTime, start)
+	}
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
