@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -33,8 +34,11 @@ type qemu struct {
 	// (nil: root of the host's, unjailed or JailHostRoot).
 	userns *os.File
 	ids    *JailIDs
-	done   chan struct{}
-	err    error
+	// mirrors keep the running qemu's propagated shares in step with the
+	// host's mounts (jailmirror.go).
+	mirrors []*mounts.Mirror
+	done    chan struct{}
+	err     error
 	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
 	out *os.File
 }
@@ -226,7 +230,17 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	cmd.ExtraFiles = q.taps
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	how := ""
+	var built, builtW *os.File // the jail's built pipe, with shares to mirror
+	shares := q.mirroredShares()
 	if !q.cfg.NoJail {
+		if len(shares) > 0 {
+			var err error
+			if built, builtW, err = os.Pipe(); err != nil {
+				return fmt.Errorf("jail: %w", err)
+			}
+			defer built.Close()
+			defer builtW.Close()
+		}
 		plan, err := qemuJailPlan(q.cfg, q.bin, q.chanSock, kvm, args)
 		if err != nil {
 			return err
@@ -235,7 +249,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		plan.Env = []string{}
 		// qemu must not outlive the VMM process, however that ends.
 		plan.Pdeathsig = int(syscall.SIGKILL)
-		if cmd, planf, err = jailCommand(plan, q.taps, q.userns); err != nil {
+		if cmd, planf, err = jailCommand(plan, q.taps, q.userns, builtW); err != nil {
 			return err
 		}
 		defer planf.Close()
@@ -252,8 +266,19 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", q.bin, err)
 	}
+	var mirrors []*mounts.Mirror
+	if built != nil {
+		builtW.Close() // the helper's copy alone is left
+		var err error
+		if mirrors, err = q.startMirrors(cmd.Process.Pid, built, shares, logf); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return err
+		}
+	}
 	q.mu.Lock()
 	q.cmd = cmd
+	q.mirrors = mirrors
 	killed := q.killed
 	q.mu.Unlock()
 	if killed { // Kill raced with a TCG fallback: the new qemu must not survive it
@@ -270,11 +295,18 @@ func (q *qemu) releaseIDs() {
 	q.ids.Release()
 }
 
+// wait waits for the running qemu to end, then stops its mirrors.
 func (q *qemu) wait() error {
 	q.mu.Lock()
 	cmd := q.cmd
 	q.mu.Unlock()
-	return cmd.Wait()
+	err := cmd.Wait()
+	q.mu.Lock()
+	mirrors := q.mirrors
+	q.mirrors = nil
+	q.mu.Unlock()
+	stopMirrors(mirrors)
+	return err
 }
 
 func (q *qemu) Done() <-chan struct{} { return q.done }
