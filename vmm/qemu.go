@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,8 +38,10 @@ type qemu struct {
 	// mirrors keep the running qemu's propagated shares in step with the
 	// host's mounts (jailmirror.go).
 	mirrors []*mounts.Mirror
-	done    chan struct{}
-	err     error
+	// exited is closed once the running qemu was waited for.
+	exited chan struct{}
+	done   chan struct{}
+	err    error
 	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
 	out *os.File
 }
@@ -263,7 +266,8 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
+	exited := make(chan struct{})
+	if err := startPinned(cmd, exited); err != nil {
 		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", q.bin, err)
 	}
 	var mirrors []*mounts.Mirror
@@ -273,11 +277,12 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		if mirrors, err = q.startMirrors(cmd.Process.Pid, built, shares, logf); err != nil {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
+			close(exited)
 			return err
 		}
 	}
 	q.mu.Lock()
-	q.cmd = cmd
+	q.cmd, q.exited = cmd, exited
 	q.mirrors = mirrors
 	killed := q.killed
 	q.mu.Unlock()
@@ -298,15 +303,36 @@ func (q *qemu) releaseIDs() {
 // wait waits for the running qemu to end, then stops its mirrors.
 func (q *qemu) wait() error {
 	q.mu.Lock()
-	cmd := q.cmd
+	cmd, exited := q.cmd, q.exited
 	q.mu.Unlock()
 	err := cmd.Wait()
+	close(exited)
 	q.mu.Lock()
 	mirrors := q.mirrors
 	q.mirrors = nil
 	q.mu.Unlock()
 	stopMirrors(mirrors)
 	return err
+}
+
+// startPinned starts cmd from an OS thread that nothing else runs on
+// until exited is closed. The child's parent-death signal (SIGKILL, and
+// the jailed qemu's, which the helper sets again) is sent when the thread
+// that forked it ends, and the Go runtime ends a thread whose locked
+// goroutine returns: the mirrors' mount-namespace work does so
+// (mounts.InMountNS), and could otherwise run on that thread and take
+// qemu with it.
+func startPinned(cmd *exec.Cmd, exited <-chan struct{}) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with qemu
+		err := cmd.Start()
+		errc <- err
+		if err == nil {
+			<-exited
+		}
+	}()
+	return <-errc
 }
 
 func (q *qemu) Done() <-chan struct{} { return q.done }
