@@ -21,10 +21,7 @@ import (
 // namespace reads only through an id-mapped mount (the VMM mirrors them,
 // mounts.MirrorBound). The host's unmount takes the late one away.
 func TestJailedQEMUPropagatedBind(t *testing.T) {
-	requireVM(t)
-	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
-		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
-	}
+	requireJail(t)
 	root := stateRoot(t)
 	src := t.TempDir()
 	tmpfs := func(name, secret string) {
@@ -56,14 +53,7 @@ exec sleep 1000`
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/prop", Type: "bind", Source: src, Options: []string{"rbind", "rslave", "rw"}})
 	})
 	cmd := runtimeCmd(root, "run", "--bundle", b, "propagated")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startOut(t, cmd)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	lines := make(chan string, 16)
 	go func() {
