@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -124,7 +123,7 @@ func Prepare(r Request) (*Prepared, error) {
 	lc.JailIDBase = r.JailIDBase
 	for _, s := range sb.Shares {
 		shifted := r.JailIDBase != 0 && s.HostPath == r.Rootfs
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted})
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted, Propagated: s.Propagated})
 	}
 	for _, d := range sb.Disks {
 		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})
@@ -154,21 +153,11 @@ func hasUserNS(spec *specs.Spec) bool {
 // qemu root of the host's user namespace instead of an unprivileged user
 // of its own (ADR 022), because something it shares cannot be id-mapped
 // for it: a container user namespace's binds (already id-mapped; a pod
-// VM's sandbox then has one too), or a VM's own bind whose host
-// submounts propagate into it later (a mount that appears below a share
-// is not id-mapped; the VMM binds a VM's own shares once, at boot). A pod
-// VM's later members need neither: their read-only overlays are shifted
-// and their propagated binds mirrored by the shim (mounts.Mirror).
+// VM's sandbox then has one too). Read-only overlays are shifted, and
+// propagated binds mirrored: a pod member's by the shim, a VM's own by
+// its VMM process (mounts.Mirror).
 func QEMUHostRoot(spec *specs.Spec) bool {
-	if hasUserNS(spec) {
-		return true
-	}
-	for _, m := range spec.Mounts {
-		if slices.ContainsFunc(m.Options, mounts.IsPropagated) {
-			return true
-		}
-	}
-	return false
+	return hasUserNS(spec)
 }
 
 // StageDir is where a container's single-file binds are staged below its

@@ -110,8 +110,6 @@ func ShapeOf(spec *specs.Spec, bundle, rootfs, id string, c config.Config) (Shap
 		sh.Boot = "a hostname without a UTS namespace"
 	case hasUserNS(spec):
 		sh.Boot = "a user namespace (its qemu runs as root of the host's, ADR 022)"
-	case QEMUHostRoot(spec):
-		sh.Boot = "propagated binds (its qemu runs as root of the host's, ADR 022)"
 	}
 	return sh, nil
 }

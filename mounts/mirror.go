@@ -15,14 +15,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A pod member's propagated bind ("rslave", "rshared", …) sees what the
-// host mounts below its source later. Mounts that propagate into an
+// A propagated bind ("rslave", "rshared", …: a pod member's, made by the
+// shim, or a VM's own, made by its jail and mirrored by the VMM process)
+// sees what the host mounts below its source later. Mounts that propagate into an
 // id-mapped bind are not id-mapped, so a jailed qemu (ADR 022), root of
 // its own user namespace only, would see their files owned by the
 // overflow id and could read nothing their modes keep from others. A
-// Mirror keeps such a bind in step instead: the bind is made private in
-// the jail (nothing propagates into it), and each mount that appears on
-// the host below the source is cloned, id-mapped like the bind, and
+// Mirror keeps such a bind in step instead: the bind is of the source's
+// own mount alone, private in the jail (nothing propagates into it), and
+// each mount below the source on the host, there at the start or
+// appearing later, is cloned alone, id-mapped like the bind, and
 // attached at the same place in the jail; one that goes on the host is
 // detached there. Host to container only: what the guest mounts never
 // reaches the host (as before).
@@ -47,13 +49,61 @@ type Mirror struct {
 }
 
 // mirrored is one mount below the source: the host's ID, and the ID of
-// its clone in the jail (0: part of the bind's first clone).
+// its clone in the jail (0: none, it could not be mirrored).
 type mirrored struct{ host, jail int }
 
-// MirrorBeneathIn binds source as BindBeneathIn does, but private in ns,
-// and keeps the mounts below it in step with the host's until Stop.
-// logf reports what could not be mirrored.
+// MirrorBeneathIn binds source's own mount (not its submounts), private,
+// on the new directory rel below root in ns, as BindBeneathIn does, and
+// keeps the mounts below it, those there now included, in step with the
+// host's until Stop. logf reports what could not be mirrored.
 func MirrorBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap, logf func(string, ...any)) (*Mirror, error) {
+	m, err := newMirror(ns, root, rel, source, access, idmap, logf)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := m.clone(int(m.src.Fd()), "", true)
+	if err == nil {
+		err = attachBeneathIn(ns, root, rel, tree, source)
+		unix.Close(tree)
+	}
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	m.start()
+	return m, nil
+}
+
+// MirrorBound keeps the mounts below source in step with the host's in a
+// bind of source that is already at rel below root in ns: one of
+// source's own mount alone, private (a jail's, package vmm). It fails,
+// leaving nothing, when rel is not a mount's root there.
+func MirrorBound(ns *os.File, root, rel, source string, access Access, idmap *IDMap, logf func(string, ...any)) (*Mirror, error) {
+	m, err := newMirror(ns, root, rel, source, access, idmap, logf)
+	if err != nil {
+		return nil, err
+	}
+	err = InMountNS(ns, func() error {
+		fd, err := m.openInJail("")
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if !isMountRoot(fd, -1) {
+			return fmt.Errorf("%s below %s is not a mount's root", rel, root)
+		}
+		return nil
+	})
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("mirror %s: %w", source, err)
+	}
+	m.start()
+	return m, nil
+}
+
+// newMirror opens what a Mirror holds; the caller closes it on error.
+func newMirror(ns *os.File, root, rel, source string, access Access, idmap *IDMap, logf func(string, ...any)) (*Mirror, error) {
 	src, err := os.OpenFile(source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("bind %s: %w", source, err)
@@ -80,19 +130,16 @@ func MirrorBeneathIn(ns *os.File, root, rel, source string, access Access, idmap
 	if m.mountinfoFile, err = os.Open("/proc/self/mountinfo"); err != nil {
 		return fail(err)
 	}
-	// What is mounted below the source now goes with the bind's clone.
-	below, err := m.below()
-	if err != nil {
-		return fail(err)
-	}
-	for p, id := range below {
-		m.mirrored[p] = mirrored{host: id}
-	}
-	if err := bindBeneathIn(ns, root, rel, source, access, m.idmap, &privateJailAttrs); err != nil {
-		return fail(err)
+	return m, nil
+}
+
+// start mirrors what is below the source now, before it returns, then
+// keeps doing so until Stop.
+func (m *Mirror) start() {
+	if err := m.sync(); err != nil {
+		m.logf("mirror of %s: %v", m.srcPath, err)
 	}
 	go m.run()
-	return m, nil
 }
 
 func dup(f *os.File) (*os.File, error) {
@@ -127,9 +174,6 @@ func (m *Mirror) close() {
 func (m *Mirror) run() {
 	defer close(m.done)
 	for {
-		if err := m.sync(); err != nil {
-			m.logf("mirror of %s: %v", m.srcPath, err)
-		}
 		// mountinfo polls POLLPRI when the namespace's mounts changed
 		// since it was last read.
 		fds := []unix.PollFd{{Fd: int32(m.mountinfoFile.Fd()), Events: unix.POLLPRI}}
@@ -144,6 +188,9 @@ func (m *Mirror) run() {
 			if n > 0 {
 				break
 			}
+		}
+		if err := m.sync(); err != nil {
+			m.logf("mirror of %s: %v", m.srcPath, err)
 		}
 	}
 }
@@ -229,24 +276,11 @@ func (m *Mirror) attach(p string, hostID int) (int, error) {
 	if !isMountRoot(fd, hostID) {
 		return 0, fmt.Errorf("%s below %s is no longer the root of mount %d", p, m.srcPath, hostID)
 	}
-	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	tree, err := m.clone(fd, p, false)
 	if err != nil {
-		return 0, fmt.Errorf("clone %s below %s: %w", p, m.srcPath, err)
+		return 0, err
 	}
 	defer unix.Close(tree)
-	if m.access == ReadOnlyRecursive {
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return 0, fmt.Errorf("%s below %s read-only: %w", p, m.srcPath, err)
-		}
-	}
-	if m.idmap != nil {
-		if err := setIDMap(tree, m.idmap, filepath.Join(m.srcPath, p)); err != nil {
-			return 0, err
-		}
-	}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &privateJailAttrs); err != nil {
-		return 0, fmt.Errorf("%s below %s: restrict: %w", p, m.srcPath, err)
-	}
 	var st unix.Statx_t
 	if err := unix.Statx(tree, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
 		return 0, err
@@ -263,6 +297,38 @@ func (m *Mirror) attach(p string, hostID int) (int, error) {
 		return 0, fmt.Errorf("attach %s below %s in the jail: %w", p, m.srcPath, err)
 	}
 	return int(st.Mnt_id), nil
+}
+
+// clone clones the mount on fd (p below the source; top: the source's
+// own) alone into a detached tree, read-only as the access says,
+// id-mapped as the bind, private; the caller closes it.
+func (m *Mirror) clone(fd int, p string, top bool) (int, error) {
+	what := filepath.Join(m.srcPath, p)
+	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return -1, fmt.Errorf("clone %s: %w", what, err)
+	}
+	err = func() error {
+		if m.access == ReadOnlyRecursive || top && m.access == ReadOnlyTop {
+			if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+				return fmt.Errorf("%s read-only: %w", what, err)
+			}
+		}
+		if m.idmap != nil {
+			if err := setIDMap(tree, m.idmap, what); err != nil {
+				return err
+			}
+		}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &privateJailAttrs); err != nil {
+			return fmt.Errorf("%s: restrict: %w", what, err)
+		}
+		return nil
+	}()
+	if err != nil {
+		unix.Close(tree)
+		return -1, err
+	}
+	return tree, nil
 }
 
 // openInJail opens p below the bind at rel below root, in the jail's mount

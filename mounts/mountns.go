@@ -63,20 +63,21 @@ var jailAttrs = unix.MountAttr{
 // name), the detached clone attached below root as ns sees it, walked
 // with the same no-symlink discipline.
 func BindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap) error {
-	return bindBeneathIn(ns, root, rel, source, access, idmap, &jailAttrs)
+	tree, err := cloneTree(source, access, idmap, &jailAttrs)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(tree)
+	return attachBeneathIn(ns, root, rel, tree, source)
 }
 
 // privateJailAttrs are jailAttrs for a bind nothing propagates into (a
 // Mirror's).
 var privateJailAttrs = unix.MountAttr{Attr_set: jailAttrs.Attr_set, Propagation: unix.MS_PRIVATE}
 
-// bindBeneathIn is BindBeneathIn with attrs set on every mount of the bind.
-func bindBeneathIn(ns *os.File, root, rel, source string, access Access, idmap *IDMap, attrs *unix.MountAttr) error {
-	tree, err := cloneTree(source, access, idmap, attrs)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(tree)
+// attachBeneathIn attaches the detached tree (a clone of source) on the
+// new directory rel below root in the mount namespace ns.
+func attachBeneathIn(ns *os.File, root, rel string, tree int, source string) error {
 	dir, err := MkdirBeneath(root, rel)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package mounts
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -226,5 +227,57 @@ func TestMirrorBeneathIn(t *testing.T) {
 	waitFor("the host's unmount in the jail", func() bool { _, err := owner(filepath.Join(in, "late", "flag")); return err != nil })
 	if mountedIn(t, pid, filepath.Join(root, "v", "late")) {
 		t.Error("the mirrored mount is still mounted in the jail")
+	}
+	// A mount there at the start is the mirror's as well: it goes too.
+	if err := unix.Unmount(filepath.Join(src, "early"), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the host's unmount of the earlier mount in the jail", func() bool { return !mountedIn(t, pid, filepath.Join(root, "v", "early")) })
+}
+
+// TestMirrorBound: mirroring into a bind that is not there is refused
+// with an error that names it, and holds nothing (no goroutine, no
+// mount).
+func TestMirrorBound(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(filepath.Join(dir, "jail", "src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ns, pid := jailLike(t)
+	_, err := MirrorBound(ns, dir, "jail/src", src, Writable, nil, t.Logf)
+	if err == nil || !strings.Contains(err.Error(), "jail/src below "+dir+" is not a mount's root") {
+		t.Fatalf("MirrorBound on no bind: %v, want an error naming it", err)
+	}
+	if _, err := MirrorBound(ns, dir, "../x", src, Writable, nil, t.Logf); err == nil {
+		t.Fatal("MirrorBound with a path out of its root: no error")
+	}
+	// The jail's bind, as package vmm makes it: the source's mount alone,
+	// private; a host mount below the source then shows there.
+	t.Cleanup(func() { _ = UnmountBelow(dir) })
+	for _, sh := range [][]string{{"--bind", src, filepath.Join(dir, "jail", "src")}, {"--make-private", filepath.Join(dir, "jail", "src")}} {
+		if out, err := exec.Command("nsenter", append([]string{"--mount=" + ns.Name(), "mount"}, sh...)...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v in the jail: %v: %s", sh, err, out)
+		}
+	}
+	mi, err := MirrorBound(ns, dir, "jail/src", src, Writable, nil, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Stop()
+	if err := os.Mkdir(filepath.Join(src, "late"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(src, "late"), "tmpfs", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !mountedIn(t, pid, filepath.Join(dir, "jail", "src", "late")); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the host's new mount is not in the jail's bind within 5 s")
+		}
 	}
 }

@@ -147,13 +147,14 @@ func unmountID(dir int, rel string, id int) (bool, error) {
 	return true, nil
 }
 
-// isMountRoot reports whether fd is the root of the mount with ID id.
+// isMountRoot reports whether fd is the root of the mount with ID id (of
+// any mount: id < 0).
 func isMountRoot(fd, id int) bool {
 	var st unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil {
 		return false
 	}
-	return st.Mask&unix.STATX_MNT_ID != 0 && st.Mnt_id == uint64(id) &&
+	return st.Mask&unix.STATX_MNT_ID != 0 && (id < 0 || st.Mnt_id == uint64(id)) &&
 		st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }
 

@@ -61,6 +61,10 @@ type Share struct {
 	// Shifted says its files show owners shifted to LaunchConfig.JailIDBase
 	// already (mounts.MountShifted): the jail binds it as it is.
 	Shifted bool `json:"shifted,omitempty"`
+	// Propagated says the host's later mounts below Path reach the guest
+	// ("rslave", "rshared", …): a jailed qemu with a user namespace gets
+	// them mirrored id-mapped by the VMM process (mounts.MirrorBound).
+	Propagated bool `json:"propagated,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest
@@ -111,7 +115,7 @@ type LaunchConfig struct {
 	// instead of an unprivileged user of its own (ADR 022,
 	// launch.QEMUHostRoot): for a pod whose containers have a user
 	// namespace, whose members' id-mapped binds already map the pod's
-	// host ids, and for a VM's own propagated binds.
+	// host ids.
 	JailHostRoot bool `json:"jailHostRoot,omitempty"`
 	// JailIDBase, when not 0, is the first of the host ids qemu's user
 	// namespace maps (ADR 022), held by the creator (AllocJailIDs) for

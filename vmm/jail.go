@@ -83,6 +83,10 @@ type jailPlan struct {
 	// runs in as root (ADR 022); binds marked IDMap are id-mapped with it.
 	// 0: the program stays root of the host's user namespace.
 	UserNSFD int `json:"userNSFD,omitempty"`
+	// BuiltFD, when not 0, is a pipe's write end: the helper writes a byte
+	// on it and closes it once the jail is built, before it execs (the VMM
+	// then mirrors the propagated shares' submounts into the jail).
+	BuiltFD int `json:"builtFD,omitempty"`
 }
 
 // jailBind is one host path made visible at the same path in the jail.
@@ -100,6 +104,12 @@ type jailBind struct {
 	// sockets, which qemu writes or connects to as root of it). Others
 	// are read through their permissions for everyone.
 	IDMap bool `json:"idmap,omitempty"`
+	// Mirrored binds an id-mapped path's own mount alone, private: a
+	// propagated share, whose submounts the VMM process mirrors into the
+	// jail id-mapped (mounts.MirrorBound), those there at the start
+	// included. A mount that propagated into an id-mapped bind would not
+	// be id-mapped.
+	Mirrored bool `json:"mirrored,omitempty"`
 }
 
 // qemuJailPlan lists what qemu needs for c: its binary, libraries, data
@@ -152,6 +162,7 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 		b := jailBind{Path: p, IDMap: true}
 		for _, s := range c.Shares {
 			b.ReadOnly = b.ReadOnly || s.Path == p && s.ReadOnly
+			b.Mirrored = b.Mirrored || s.Path == p && s.Propagated
 		}
 		for _, d := range c.Disks {
 			if d.Path == p {
@@ -281,10 +292,11 @@ func parseLibList(out []byte, interp string) ([]string, error) {
 
 // jailCommand is exec.Cmd for the jail helper that runs plan: this binary
 // (msb-runtime, or a test binary) with `jail <fd>`, in new mount, pid, IPC
-// and network namespaces, the plan on the fd after the taps and userns
-// (nil: qemu stays root of the host's user namespace) on the next. The
-// caller closes the returned plan file once the helper started.
-func jailCommand(plan *jailPlan, taps []*os.File, userns *os.File) (*exec.Cmd, *os.File, error) {
+// and network namespaces, the plan on the fd after the taps, userns
+// (nil: qemu stays root of the host's user namespace) and built (nil:
+// none, else jailPlan.BuiltFD's pipe) on the next. The caller closes the
+// returned plan file once the helper started.
+func jailCommand(plan *jailPlan, taps []*os.File, userns, built *os.File) (*exec.Cmd, *os.File, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("jail: find this binary: %w", err)
@@ -295,10 +307,16 @@ func jailCommand(plan *jailPlan, taps []*os.File, userns *os.File) (*exec.Cmd, *
 	if err := os.MkdirAll(plan.Root, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("jail: %w", err)
 	}
-	fd := 3 + len(taps) // the plan's; the user namespace's is next
-	plan.UserNSFD = 0
+	fd := 3 + len(taps) // the plan's; the user namespace's and built's are next
+	next := fd
+	plan.UserNSFD, plan.BuiltFD = 0, 0
 	if userns != nil {
-		plan.UserNSFD = fd + 1
+		next++
+		plan.UserNSFD = next
+	}
+	if built != nil {
+		next++
+		plan.BuiltFD = next
 	}
 	b, err := json.Marshal(plan)
 	if err != nil {
@@ -318,8 +336,10 @@ func jailCommand(plan *jailPlan, taps []*os.File, userns *os.File) (*exec.Cmd, *
 		return nil, nil, fmt.Errorf("jail plan: %w", err)
 	}
 	extra := append(append([]*os.File{}, taps...), f)
-	if userns != nil {
-		extra = append(extra, userns)
+	for _, f := range []*os.File{userns, built} {
+		if f != nil {
+			extra = append(extra, f)
+		}
 	}
 	cmd := exec.Command(self, "jail", fmt.Sprint(fd))
 	cmd.ExtraFiles = extra

@@ -222,7 +222,7 @@ func TestJail(t *testing.T) {
 	plan.Seccomp = false // qemu's, not this Go program's (TestQEMUSeccomp)
 	plan.Env = []string{"MSB_JAIL_TEST_CHILD=1", "JAIL_RW=" + rw, "JAIL_RO=" + ro}
 	plan.Pdeathsig = int(syscall.SIGKILL) // the program's, whichever thread execs it
-	cmd, planf, err := jailCommand(plan, nil, userns)
+	cmd, planf, err := jailCommand(plan, nil, userns, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func TestJailRefusesHostNamespace(t *testing.T) {
 	}
 	c := testConfig(t)
 	plan := &jailPlan{Root: filepath.Join(c.RuntimeDir, "jail"), Path: "/bin/true", Args: []string{"true"}}
-	cmd, planf, err := jailCommand(plan, nil, nil)
+	cmd, planf, err := jailCommand(plan, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,17 @@ func JailMain(fdArg string) int {
 		if err = enterJail(p); err != nil {
 			break
 		}
+		if p.BuiltFD != 0 {
+			built := os.NewFile(uintptr(p.BuiltFD), "jail-built")
+			_, err = built.Write([]byte{1})
+			if cerr := built.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				err = fmt.Errorf("tell the VMM the jail is built: %w", err)
+				break
+			}
+		}
 		if p.UserNSFD == 0 {
 			f.Close()
 			err = execJailed(p, false)
@@ -326,7 +337,11 @@ func (b *jailBuilder) bind(m jailBind) error {
 	}
 	// A detached clone, id-mapped and restricted before it is attached:
 	// qemu never sees it otherwise.
-	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	clone := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC | unix.AT_RECURSIVE
+	if m.Mirrored {
+		clone &^= unix.AT_RECURSIVE
+	}
+	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Path, uint(clone))
 	if err != nil {
 		return err
 	}
@@ -335,7 +350,11 @@ func (b *jailBuilder) bind(m jailBind) error {
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idmap); err != nil {
 		return fmt.Errorf("id-map it for qemu's user namespace (%s must support id-mapped mounts, ADR 022): %w", fsType(m.Path), err)
 	}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
+	restrict := unix.MountAttr{Attr_set: attr}
+	if m.Mirrored {
+		restrict.Propagation = unix.MS_PRIVATE
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &restrict); err != nil {
 		return fmt.Errorf("restrict: %w", err)
 	}
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {

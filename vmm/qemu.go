@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -33,6 +35,11 @@ type qemu struct {
 	// (nil: root of the host's, unjailed or JailHostRoot).
 	userns *os.File
 	ids    *JailIDs
+	// mirrors keep the running qemu's propagated shares in step with the
+	// host's mounts (jailmirror.go).
+	mirrors []*mounts.Mirror
+	// exited is closed once the running qemu was waited for.
+	exited chan struct{}
 	done   chan struct{}
 	err    error
 	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
@@ -226,7 +233,17 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	cmd.ExtraFiles = q.taps
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	how := ""
+	var built, builtW *os.File // the jail's built pipe, with shares to mirror
+	shares := q.mirroredShares()
 	if !q.cfg.NoJail {
+		if len(shares) > 0 {
+			var err error
+			if built, builtW, err = os.Pipe(); err != nil {
+				return fmt.Errorf("jail: %w", err)
+			}
+			defer built.Close()
+			defer builtW.Close()
+		}
 		plan, err := qemuJailPlan(q.cfg, q.bin, q.chanSock, kvm, args)
 		if err != nil {
 			return err
@@ -235,7 +252,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		plan.Env = []string{}
 		// qemu must not outlive the VMM process, however that ends.
 		plan.Pdeathsig = int(syscall.SIGKILL)
-		if cmd, planf, err = jailCommand(plan, q.taps, q.userns); err != nil {
+		if cmd, planf, err = jailCommand(plan, q.taps, q.userns, builtW); err != nil {
 			return err
 		}
 		defer planf.Close()
@@ -249,11 +266,24 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
+	exited := make(chan struct{})
+	if err := startPinned(cmd, exited); err != nil {
 		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", q.bin, err)
 	}
+	var mirrors []*mounts.Mirror
+	if built != nil {
+		builtW.Close() // the helper's copy alone is left
+		var err error
+		if mirrors, err = q.startMirrors(cmd.Process.Pid, built, shares, logf); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			close(exited)
+			return err
+		}
+	}
 	q.mu.Lock()
-	q.cmd = cmd
+	q.cmd, q.exited = cmd, exited
+	q.mirrors = mirrors
 	killed := q.killed
 	q.mu.Unlock()
 	if killed { // Kill raced with a TCG fallback: the new qemu must not survive it
@@ -270,11 +300,39 @@ func (q *qemu) releaseIDs() {
 	q.ids.Release()
 }
 
+// wait waits for the running qemu to end, then stops its mirrors.
 func (q *qemu) wait() error {
 	q.mu.Lock()
-	cmd := q.cmd
+	cmd, exited := q.cmd, q.exited
 	q.mu.Unlock()
-	return cmd.Wait()
+	err := cmd.Wait()
+	close(exited)
+	q.mu.Lock()
+	mirrors := q.mirrors
+	q.mirrors = nil
+	q.mu.Unlock()
+	stopMirrors(mirrors)
+	return err
+}
+
+// startPinned starts cmd from an OS thread that nothing else runs on
+// until exited is closed. The child's parent-death signal (SIGKILL, and
+// the jailed qemu's, which the helper sets again) is sent when the thread
+// that forked it ends, and the Go runtime ends a thread whose locked
+// goroutine returns: the mirrors' mount-namespace work does so
+// (mounts.InMountNS), and could otherwise run on that thread and take
+// qemu with it.
+func startPinned(cmd *exec.Cmd, exited <-chan struct{}) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with qemu
+		err := cmd.Start()
+		errc <- err
+		if err == nil {
+			<-exited
+		}
+	}()
+	return <-errc
 }
 
 func (q *qemu) Done() <-chan struct{} { return q.done }

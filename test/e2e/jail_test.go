@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -28,10 +29,7 @@ import (
 // under the allow-list) and reads an ext4 qcow2 disk through it, while device nodes
 // cannot be made in a share.
 func TestJailedQEMU(t *testing.T) {
-	requireVM(t)
-	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
-		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
-	}
+	requireJail(t)
 	root := stateRoot(t)
 	// Another VM's state and relay socket: not for this VM's qemu.
 	decoys := []string{filepath.Join(root, "vms", "other", "secret"), filepath.Join(ociruntime.SocketDir(root), "other.sock")}
@@ -75,14 +73,7 @@ echo ready; exec sleep 1000`
 			specs.Mount{Destination: "/data", Type: "ext4", Source: img, Options: []string{"ro"}})
 	})
 	cmd := runtimeCmd(root, "run", "--bundle", b, "jailed")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startOut(t, cmd)
 	defer func() { _ = cmd.Process.Kill() }()
 	var lines []string
 	sc := bufio.NewScanner(out)
@@ -162,6 +153,30 @@ echo ready; exec sleep 1000`
 	assertNothingLeft(t, root)
 }
 
+// requireJail skips a test of qemu's jail where there is no VM, or where
+// qemu runs unjailed (MSB_TEST_NO_JAIL=1).
+func requireJail(t *testing.T) {
+	t.Helper()
+	requireVM(t)
+	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
+		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
+	}
+}
+
+// startOut starts cmd, its stderr the test's, and returns its stdout.
+func startOut(t *testing.T, cmd *exec.Cmd) io.Reader {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // checkQEMUUnprivileged checks what ADR 022 adds to the jail: qemu is an
 // unprivileged host user (root of a user namespace of its own, whose
 // capabilities count only there), in an empty network namespace, with an
@@ -234,10 +249,7 @@ func checkQEMUUnprivileged(t *testing.T, qemu int, status string) {
 // root, a file the container creates and chowns keeps its owners on the
 // snapshot's upper dir.
 func TestShimQEMUUnprivileged(t *testing.T) {
-	requireVM(t)
-	if os.Getenv("MSB_TEST_NO_JAIL") == "1" {
-		t.Skip("MSB_TEST_NO_JAIL=1: qemu runs unjailed")
-	}
+	requireJail(t)
 	e := startShimEnv(t)
 	const id = "unpriv"
 	e.startDetached(t, id, "sleep", "600")
