@@ -102,6 +102,7 @@ func Prepare(r Request) (*Prepared, error) {
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
 		JailHostRoot:   QEMUHostRoot(r.Spec),
+		JailKeptIDs:    keptIDs(r.Spec),
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,
@@ -123,7 +124,7 @@ func Prepare(r Request) (*Prepared, error) {
 	lc.JailIDBase = r.JailIDBase
 	for _, s := range sb.Shares {
 		shifted := r.JailIDBase != 0 && s.HostPath == r.Rootfs
-		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted, Propagated: s.Propagated})
+		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted, Propagated: s.Propagated, IDMappedFile: s.IDMappedFile})
 	}
 	for _, d := range sb.Disks {
 		lc.Disks = append(lc.Disks, vmm.Disk{Tag: d.Tag, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Backing: c.AllowDiskBackingFiles})
@@ -143,6 +144,12 @@ func Prepare(r Request) (*Prepared, error) {
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
 }
 
+// keptIDs is JailKeptIDs, nil where qemu stays root of the host's.
+func keptIDs(spec *specs.Spec) *mounts.KeptIDs {
+	k, _ := JailKeptIDs(spec)
+	return k
+}
+
 // hasUserNS reports whether spec's container has a user namespace with id
 // mappings: its pod members' binds are id-mapped for it.
 func hasUserNS(spec *specs.Spec) bool {
@@ -151,13 +158,25 @@ func hasUserNS(spec *specs.Spec) bool {
 
 // QEMUHostRoot says whether the VM of spec's container keeps its jailed
 // qemu root of the host's user namespace instead of an unprivileged user
-// of its own (ADR 022), because something it shares cannot be id-mapped
-// for it: a container user namespace's binds (already id-mapped; a pod
-// VM's sandbox then has one too). Read-only overlays are shifted, and
-// propagated binds mirrored: a pod member's by the shim, a VM's own by
-// its VMM process (mounts.Mirror).
+// of its own (ADR 022): when spec's container has a user namespace whose
+// host ids qemu's namespace cannot map to themselves (JailKeptIDs: they
+// hold host root or reach msb's jail ids). Read-only overlays are
+// shifted, and propagated binds mirrored: a pod member's by the shim, a
+// VM's own by its VMM process (mounts.Mirror).
 func QEMUHostRoot(spec *specs.Spec) bool {
-	return hasUserNS(spec)
+	_, err := JailKeptIDs(spec)
+	return err != nil
+}
+
+// JailKeptIDs are the host ids the jailed qemu of spec's container's VM
+// maps to themselves (mounts.JailMap): its user namespace's, which its
+// files (remapped or id-mapped) and its guest use; nil without one, an
+// error when they cannot be kept (QEMUHostRoot).
+func JailKeptIDs(spec *specs.Spec) (*mounts.KeptIDs, error) {
+	if !hasUserNS(spec) {
+		return nil, nil
+	}
+	return mounts.KeptIDsOf(spec.Linux.UIDMappings, spec.Linux.GIDMappings)
 }
 
 // StageDir is where a container's single-file binds are staged below its

@@ -109,7 +109,7 @@ func ShapeOf(spec *specs.Spec, bundle, rootfs, id string, c config.Config) (Shap
 	case spec.Hostname != "" && !uts:
 		sh.Boot = "a hostname without a UTS namespace"
 	case hasUserNS(spec):
-		sh.Boot = "a user namespace (its qemu runs as root of the host's, ADR 022)"
+		sh.Boot = "a user namespace (qemu's own namespace maps its host ids from boot, ADR 022)"
 	}
 	return sh, nil
 }

@@ -23,6 +23,11 @@ type IDMap struct {
 	// member's bind shows its files' owners to that qemu as the VM's own
 	// shares do.
 	NS *os.File
+	// Hypervisor is the host id the hypervisor serves 9p as: its root's,
+	// the first of its user namespace's range for a jailed qemu (ADR 022),
+	// 0 for one that is root of the host's. An id-mapped bind maps it to
+	// hypervisorID on disk.
+	Hypervisor uint32
 }
 
 // Key is the suffix that keeps a source's id-mapped binds (one per
@@ -49,15 +54,30 @@ func idMapList(ms []specs.LinuxIDMapping) string {
 // (EOVERFLOW). The largest valid id, which no container mapping reaches.
 const hypervisorID = 4294967294
 
-// withHypervisor returns ms plus hypervisorID→0 unless ms maps host 0 or
-// uses hypervisorID already.
-func withHypervisor(ms []specs.LinuxIDMapping) string {
+// withHypervisor returns ms plus hypervisorID→hv (the hypervisor's host
+// id) unless ms maps hv or uses hypervisorID already.
+func withHypervisor(ms []specs.LinuxIDMapping, hv uint32) string {
 	for _, m := range ms {
-		if m.HostID == 0 || uint64(m.ContainerID)+uint64(m.Size) > hypervisorID {
+		if m.HostID <= hv && uint64(hv) < uint64(m.HostID)+uint64(m.Size) || uint64(m.ContainerID)+uint64(m.Size) > hypervisorID {
 			return idMapList(ms)
 		}
 	}
-	return idMapList(ms) + fmt.Sprintf(",%d:0:1", uint32(hypervisorID))
+	return idMapList(ms) + fmt.Sprintf(",%d:%d:1", uint32(hypervisorID), hv)
+}
+
+// withHypervisorList is withHypervisor(…, 0) for a mapping list in
+// GetUsernsFD's form (containerd's uidmap and gidmap mount options);
+// a list it cannot read is returned as it is, for GetUsernsFD to refuse.
+func withHypervisorList(list string) string {
+	var ms []specs.LinuxIDMapping
+	for _, e := range strings.Split(list, ",") {
+		var m specs.LinuxIDMapping
+		if _, err := fmt.Sscanf(e, "%d:%d:%d", &m.ContainerID, &m.HostID, &m.Size); err != nil {
+			return list
+		}
+		ms = append(ms, m)
+	}
+	return withHypervisor(ms, 0)
 }
 
 // setIDMap makes every mount of the detached tree id-mapped as m says.
@@ -69,7 +89,7 @@ func setIDMap(tree int, m *IDMap, source string) error {
 		}
 		return nil
 	}
-	ns, err := mount.GetUsernsFD(withHypervisor(m.UIDs), withHypervisor(m.GIDs))
+	ns, err := mount.GetUsernsFD(withHypervisor(m.UIDs, m.Hypervisor), withHypervisor(m.GIDs, m.Hypervisor))
 	if err != nil {
 		return fmt.Errorf("bind %s id-mapped: user namespace for %s: %w", source, m.Key(), err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +167,65 @@ func TestBindBeneathInIDMapped(t *testing.T) {
 	}
 	if err := unix.Stat(filepath.Join(src, "new"), &st); err != nil || st.Uid != 5 || st.Gid != 5 {
 		t.Fatalf("owner on disk: %d:%d, %v; want 5:5", st.Uid, st.Gid, err)
+	}
+}
+
+// TestBindBeneathInHypervisor: a container's id-mapped bind for a jailed
+// qemu (ADR 022) maps qemu's own host id (its namespace's root,
+// IDMap.Hypervisor) too: 9p creates each file as that id before it gives
+// the file the guest's owner, which the kernel refuses for an id the
+// mount does not map.
+func TestBindBeneathInHypervisor(t *testing.T) {
+	requireRoot(t)
+	const hv = 3 << 30
+	base := t.TempDir()
+	root, src := filepath.Join(base, "pod"), filepath.Join(base, "src")
+	for _, d := range []string{root, src} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(src, 0o777); err != nil { // the creating thread has no DAC override
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = UnmountBelow(base) })
+	ns, pid := jailLike(t)
+	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+	create := func(rel string) error {
+		dir, err := unix.Open(filepath.Join(fmt.Sprintf("/proc/%d/root", pid), root, rel), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(dir)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		unix.Setfsuid(hv)
+		unix.Setfsgid(hv)
+		defer unix.Setfsuid(0)
+		defer unix.Setfsgid(0)
+		fd, err := unix.Openat(dir, "new", unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	}
+	for _, c := range []struct {
+		rel string
+		hv  uint32
+		ok  bool
+	}{{"root", 0, false}, {"jailed", hv, true}} {
+		if err := BindBeneathIn(ns, root, c.rel, src, Writable, &IDMap{UIDs: m, GIDs: m, Hypervisor: c.hv}); err != nil {
+			t.Fatal(err)
+		}
+		err := create(c.rel)
+		if (err == nil) != c.ok || err != nil && !errors.Is(err, unix.EOVERFLOW) {
+			t.Errorf("create as host id %d through a bind for hypervisor %d: %v, want success %v", uint32(hv), c.hv, err, c.ok)
+		}
+		if err == nil {
+			var st unix.Stat_t
+			if err := unix.Stat(filepath.Join(src, "new"), &st); err != nil || st.Uid != hypervisorID {
+				t.Errorf("owner on disk: %d, %v; want %d", st.Uid, err, uint32(hypervisorID))
+			}
+		}
 	}
 }

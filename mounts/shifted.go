@@ -20,6 +20,11 @@ import (
 // (copy-up, whiteouts) as its mounter, host root: the layers' map sends
 // host root to hypervisorID on disk, as a pod member's id-mapped bind does
 // for a root qemu (idmap.go), and copy-up then gives each file its owner.
+// With kept ids (a container user namespace's, jailmap.go) the layers
+// map them to themselves, as qemu's namespace does; lower dirs that
+// containerd would id-map itself (its uidmap and gidmap options) are
+// id-mapped with those mappings instead, which give them the same host
+// ids.
 
 // MountShifted mounts the single overlay ms describes on target, each of
 // its layers id-mapped to base (lower dirs, and the upper and work dirs'
@@ -27,13 +32,14 @@ import (
 // layers' mounts while the overlay is made; they are detached before it
 // returns (the overlay keeps them). It refuses what is not one overlay
 // with its upper and work dirs side by side.
-func MountShifted(ms []mount.Mount, target, work string, base uint32) (err error) {
+func MountShifted(ms []mount.Mount, target, work string, base uint32, kept *KeptIDs) (err error) {
 	if len(ms) != 1 || ms[0].Type != "overlay" {
 		return errors.New("not a single overlay mount")
 	}
 	var lowers []string
 	var upper, wdir string
 	var rest []string
+	var lowerMap [2]string // containerd's uidmap and gidmap options
 	for _, o := range ms[0].Options {
 		k, v, _ := strings.Cut(o, "=")
 		switch k {
@@ -43,6 +49,10 @@ func MountShifted(ms []mount.Mount, target, work string, base uint32) (err error
 			upper = v
 		case "workdir":
 			wdir = v
+		case "uidmap":
+			lowerMap[0] = v
+		case "gidmap":
+			lowerMap[1] = v
 		default:
 			rest = append(rest, o)
 		}
@@ -50,7 +60,10 @@ func MountShifted(ms []mount.Mount, target, work string, base uint32) (err error
 	if len(lowers) == 0 || upper != "" && filepath.Dir(upper) != filepath.Dir(wdir) {
 		return fmt.Errorf("overlay %v: no lower dirs, or upper and work dirs not side by side", ms[0].Options)
 	}
-	return mountShifted(lowers, upper, wdir, rest, target, work, base)
+	if (lowerMap[0] == "") != (lowerMap[1] == "") {
+		return fmt.Errorf("overlay %v: uidmap without gidmap or the reverse", ms[0].Options)
+	}
+	return mountShifted(lowers, upper, wdir, rest, target, work, base, kept, lowerMap)
 }
 
 // MountShiftedReadOnly mounts an upper-less (read-only) overlay of lowers
@@ -60,19 +73,31 @@ func MountShiftedReadOnly(lowers []string, target, work string, base uint32) err
 	if len(lowers) == 0 {
 		return errors.New("an overlay needs lower dirs")
 	}
-	return mountShifted(lowers, "", "", nil, target, work, base)
+	return mountShifted(lowers, "", "", nil, target, work, base, nil, [2]string{})
 }
 
 // mountShifted mounts the overlay of lowers (and upper and wdir, side by
 // side, unless upper is "") with the other options rest on target, its
-// layers id-mapped to base.
-func mountShifted(lowers []string, upper, wdir string, rest []string, target, work string, base uint32) (err error) {
-	idmap := fmt.Sprintf("0:%d:65536,%d:0:1", base, uint32(hypervisorID))
-	ns, err := mount.GetUsernsFD(idmap, idmap)
+// layers id-mapped to base and kept (lowers with lowerMap's uid and gid
+// mappings instead when set).
+func mountShifted(lowers []string, upper, wdir string, rest []string, target, work string, base uint32, kept *KeptIDs, lowerMap [2]string) (err error) {
+	if kept == nil {
+		kept = &KeptIDs{}
+	}
+	uids, gids := jailMapList(base, kept.UIDs), jailMapList(base, kept.GIDs)
+	ns, err := mount.GetUsernsFD(uids, gids)
 	if err != nil {
-		return fmt.Errorf("user namespace %s: %w", idmap, err)
+		return fmt.Errorf("user namespace %s / %s: %w", uids, gids, err)
 	}
 	defer ns.Close()
+	lowerNS := ns
+	if lowerMap[0] != "" {
+		u, g := withHypervisorList(lowerMap[0]), withHypervisorList(lowerMap[1])
+		if lowerNS, err = mount.GetUsernsFD(u, g); err != nil {
+			return fmt.Errorf("user namespace %s / %s: %w", u, g, err)
+		}
+		defer lowerNS.Close()
+	}
 	var attached []string
 	defer func() {
 		for _, p := range attached {
@@ -80,7 +105,7 @@ func mountShifted(lowers []string, upper, wdir string, rest []string, target, wo
 			_ = os.Remove(p)
 		}
 	}()
-	attach := func(src, name string) (string, error) {
+	attach := func(src, name string, ns *os.File) (string, error) {
 		tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 		if err != nil {
 			return "", fmt.Errorf("layer %s: %w", src, err)
@@ -103,7 +128,7 @@ func mountShifted(lowers []string, upper, wdir string, rest []string, target, wo
 	}
 	var ls []string
 	for i, l := range lowers {
-		p, err := attach(l, fmt.Sprint("l", i))
+		p, err := attach(l, fmt.Sprint("l", i), lowerNS)
 		if err != nil {
 			return err
 		}
@@ -111,7 +136,7 @@ func mountShifted(lowers []string, upper, wdir string, rest []string, target, wo
 	}
 	opts := append([]string{"lowerdir=" + strings.Join(ls, ":")}, rest...)
 	if upper != "" {
-		p, err := attach(filepath.Dir(upper), "u")
+		p, err := attach(filepath.Dir(upper), "u", ns)
 		if err != nil {
 			return err
 		}

@@ -36,7 +36,7 @@ func TestMountShifted(t *testing.T) {
 		}
 	}
 	m := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"index=off", "lowerdir=" + lower, "upperdir=" + filepath.Join(snap, "fs"), "workdir=" + filepath.Join(snap, "work")}}
-	if err := MountShifted([]mount.Mount{m}, target, work, base); err != nil {
+	if err := MountShifted([]mount.Mount{m}, target, work, base, nil); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(target, unix.MNT_DETACH)
@@ -81,5 +81,67 @@ func TestMountShifted(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(work); len(ents) != 0 {
 		t.Errorf("the layers' mount points are left in %s: %v", work, ents)
+	}
+}
+
+// TestMountShiftedKept: with a container user namespace's host ids kept
+// (ADR 022), files the snapshot holds with those ids (a remapped snapshot,
+// or containerd's uidmap/gidmap options, which id-map the lower dirs)
+// show those ids through the overlay, and what is written as them lands
+// in the upper dir with them.
+func TestMountShiftedKept(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	const base, host = 3 << 30, 100000
+	kept := &KeptIDs{UIDs: []IDRange{{host, 65536}}, GIDs: []IDRange{{host, 65536}}}
+	for _, opts := range [][]string{nil, {"uidmap=0:100000:65536", "gidmap=0:100000:65536"}} {
+		dir := t.TempDir()
+		lower, snap, target, work := filepath.Join(dir, "lower"), filepath.Join(dir, "snap"), filepath.Join(dir, "target"), filepath.Join(dir, "work")
+		for _, d := range []string{lower, filepath.Join(snap, "fs"), filepath.Join(snap, "work"), target, work} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The image's root: host+0 in a remapped snapshot, 0 in a lower
+		// containerd id-maps.
+		imageRoot := host
+		if opts != nil {
+			imageRoot = 0
+		}
+		for p, uid := range map[string]int{filepath.Join(lower, "image-file"): imageRoot, filepath.Join(snap, "fs", "upper-file"): host + 1} {
+			if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(p, uid, uid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m := mount.Mount{Type: "overlay", Source: "overlay", Options: append([]string{"index=off", "lowerdir=" + lower, "upperdir=" + filepath.Join(snap, "fs"), "workdir=" + filepath.Join(snap, "work")}, opts...)}
+		if err := MountShifted([]mount.Mount{m}, target, work, base, kept); err != nil {
+			t.Fatal(err)
+		}
+		owner := func(p string) uint32 {
+			var st syscall.Stat_t
+			if err := syscall.Lstat(p, &st); err != nil {
+				t.Fatal(err)
+			}
+			return st.Uid
+		}
+		for name, want := range map[string]uint32{"image-file": host, "upper-file": host + 1} {
+			if got := owner(filepath.Join(target, name)); got != want {
+				t.Errorf("%v: %s through the overlay: owner %d, want %d", opts, name, got, want)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(target, "new"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(filepath.Join(target, "new"), host+7, host+7); err != nil {
+			t.Fatal(err)
+		}
+		if got := owner(filepath.Join(snap, "fs", "new")); got != host+7 {
+			t.Errorf("%v: new in the upper dir: owner %d, want %d", opts, got, host+7)
+		}
+		unix.Unmount(target, unix.MNT_DETACH)
 	}
 }

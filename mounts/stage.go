@@ -31,6 +31,10 @@ type Share struct {
 	// later (shared, rshared, slave, rslave): a pod member's is kept in
 	// step with the host (Mirror) when it is id-mapped for a jailed qemu.
 	Propagated bool
+	// IDMappedFile names the file staged in HostPath id-mapped by its
+	// FileStage's IDMap: a jailed qemu's id-mapped bind of HostPath takes
+	// its mount apart, as it is (BindStagedIn).
+	IDMappedFile string
 }
 
 // Access is how a bind of the share's directory is made read-only.

@@ -67,8 +67,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	// qemu has ids of its own (ADR 022): a pod member's to its pod VM's, a
 	// claimed VM's to that VM's, a cold VM's to a range taken for it.
 	if sb := s.podSandbox(spec); sb != nil {
-		base := sb.vm.idBase()
-		rootfs, err := c.mountRootfs(ctx, r, spec, base != 0, base)
+		base, kept := sb.vm.jailIDs()
+		if base != 0 && spec.Linux != nil && !kept.Covers(spec.Linux.UIDMappings, spec.Linux.GIDMappings) {
+			return nil, fmt.Errorf("linux.uidMappings/gidMappings: host ids the pod VM's hypervisor does not keep (its user namespace maps its sandbox's, ADR 022): give the pod's sandbox the same user namespace: %w", errdefs.ErrInvalidArgument)
+		}
+		rootfs, err := c.mountRootfs(ctx, r, spec, base != 0, base, kept)
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +98,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		if err := writeRecord(bundle, rec); err != nil {
 			return nil, err
 		}
-		rootfs, err := c.mountRootfs(ctx, r, spec, v.jailIDBase != 0, v.jailIDBase)
+		rootfs, err := c.mountRootfs(ctx, r, spec, v.jailIDBase != 0, v.jailIDBase, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -107,7 +110,8 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		return c, s.createInGuest(ctx, c, r)
 	}
-	rootfs, err := c.mountRootfs(ctx, r, spec, shiftRootfs(spec, cfg), 0)
+	kept, _ := launch.JailKeptIDs(spec)
+	rootfs, err := c.mountRootfs(ctx, r, spec, shiftRootfs(spec, cfg), 0, kept)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +197,8 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 
 // shiftRootfs says whether a cold VM of a container's own gets its rootfs
 // overlay mounted shifted for qemu's user namespace (ADR 022): jailed, and
-// not a VM whose qemu stays root of the host's.
+// not a VM whose qemu stays root of the host's (a container user
+// namespace's rootfs keeps its host ids, launch.JailKeptIDs).
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
 	return cfg.Jail && !launch.QEMUHostRoot(spec)
 }
@@ -217,9 +222,9 @@ func rootfsDir(bundle string, r *task.CreateTaskRequest, spec *specs.Spec) strin
 // mountRootfs mounts the request's rootfs mounts on bundle/rootfs, as
 // runc's shim does, and returns the host rootfs directory to share. With
 // shift, a single overlay is mounted over layers id-mapped to the host ids
-// from shiftTo, or, when 0, a range it takes for the VM (c.jailIDs); any
-// other rootfs as it is.
-func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec, shift bool, shiftTo uint32) (string, error) {
+// from shiftTo, or, when 0, a range it takes for the VM (c.jailIDs), and
+// to the kept ids (mounts.JailMap); any other rootfs as it is.
+func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, spec *specs.Spec, shift bool, shiftTo uint32, kept *mounts.KeptIDs) (string, error) {
 	if len(r.Rootfs) == 0 {
 		p := spec.Root.Path
 		if !filepath.IsAbs(p) {
@@ -245,7 +250,7 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 	c.rootfs = rootfs
 	ms := mount.FromProto(r.Rootfs)
 	if shift && len(ms) == 1 && ms[0].Type == "overlay" {
-		if err := c.mountShifted(ctx, ms, rootfs, shiftTo); err == nil {
+		if err := c.mountShifted(ctx, ms, rootfs, shiftTo, kept); err == nil {
 			return rootfs, nil
 		}
 	}
@@ -267,7 +272,7 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 // On error nothing is left and the caller mounts ms as it is (a VM of
 // c's own then runs qemu as root of the host, and vmm.log says why; a pod
 // member's binds then fail, naming the rootfs).
-func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string, base uint32) error {
+func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string, base uint32, kept *mounts.KeptIDs) error {
 	ids := &vmm.JailIDs{}
 	if base == 0 {
 		var err error
@@ -283,7 +288,7 @@ func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs s
 		return err
 	}
 	defer os.Remove(work)
-	if err := mounts.MountShifted(ms, rootfs, work, base); err != nil {
+	if err := mounts.MountShifted(ms, rootfs, work, base, kept); err != nil {
 		ids.Release()
 		log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu: mounting it as it is")
 		return err

@@ -226,7 +226,8 @@ func (m *podMember) binds() (*binds, error) {
 }
 
 // bind binds sh below rel: id-mapped for the jail's user namespace
-// unless shifted (a rootfs overlay over id-mapped layers already); a
+// unless shifted (a rootfs overlay over id-mapped layers already) or
+// id-mapped by its container's mappings (bound with those); a
 // read-only share on an overlay (a CRI image volume, which cannot be
 // id-mapped) is shifted like a rootfs; a propagated bind is mirrored (the Mirror it
 // returns, else nil).
@@ -235,10 +236,21 @@ func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, 
 		return nil, mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
 	}
 	idmap := sh.IDMap
-	if b.jail.User != nil && !shifted {
-		if idmap != nil {
-			return nil, fmt.Errorf("%s: an id-mapped bind (a container user namespace) in a pod VM whose hypervisor runs in a user namespace of its own: the pod's sandbox must have the user namespace too", sh.HostPath)
+	if b.jail.User != nil && sh.IDMappedFile != "" {
+		return nil, mounts.BindStagedIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.IDMappedFile, sh.Access(), &mounts.IDMap{NS: b.jail.User})
+	}
+	if b.jail.User != nil && idmap != nil {
+		// Already id-mapped by its container's mappings, whose host ids
+		// qemu's namespace keeps as they are: bound so, with the
+		// hypervisor's own id (its namespace's root) mapped for 9p.
+		if !b.jail.Kept.Covers(idmap.UIDs, idmap.GIDs) {
+			return nil, fmt.Errorf("%s: an id-mapped bind (a container user namespace, %s) whose host ids the pod VM's hypervisor does not keep: give the pod's sandbox the same user namespace", sh.HostPath, idmap.Key())
 		}
+		idmap = &mounts.IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, Hypervisor: b.jail.IDBase}
+		if sh.Propagated {
+			return mounts.MirrorBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap, logf)
+		}
+	} else if b.jail.User != nil && !shifted {
 		ov, err := mounts.OverlayOf(sh.HostPath)
 		if err != nil {
 			return nil, fmt.Errorf("%s cannot be id-mapped for the pod VM's unprivileged hypervisor: %w", sh.HostPath, err)
@@ -296,20 +308,21 @@ func (m *podMember) expose(mem *launch.Member) error {
 	return nil
 }
 
-// idBase is the first host id v's jailed qemu's user namespace maps, to
-// which its members' rootfs are shifted: the ids its sandbox took for it,
-// else those qemu's namespace names (the VMM took them: a pool VM, or a
-// sandbox whose rootfs was not shifted); 0 when qemu has none.
-func (v *vm) idBase() uint32 {
+// jailIDs are the first host id v's jailed qemu's user namespace maps and
+// the host ids it keeps (a container user namespace's, mounts.JailMap),
+// to which its members' rootfs are shifted: the ids its sandbox took for
+// it, else those qemu's namespace names (the VMM took them: a pool VM, or
+// a sandbox whose rootfs was not shifted); 0 and nil when qemu has none.
+func (v *vm) jailIDs() (uint32, *mounts.KeptIDs) {
 	if v.jailIDBase != 0 {
-		return v.jailIDBase
+		return v.jailIDBase, v.launch.JailKeptIDs
 	}
 	j, err := vmm.OpenJailNS(v.h.Pid)
 	if err != nil || j == nil {
-		return 0
+		return 0, nil
 	}
 	defer j.Close()
-	return j.IDBase
+	return j.IDBase, j.Kept
 }
 
 // id is the member's directory name in the pod dir.

@@ -97,7 +97,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	// score); its removal must find that cgroup.
 	e.Launch.Host = host
 	v := &vm{name: "pool/" + e.ID, stateDir: e.Launch.RuntimeDir, podDir: e.PodDir(), launch: e.Launch, h: h, dead: make(chan struct{})}
-	v.jailIDBase = v.idBase() // the claimer's rootfs is shifted to them
+	v.jailIDBase, _ = v.jailIDs() // the claimer's rootfs is shifted to them (a pool VM keeps no ids)
 	go func() {
 		<-h.Done()
 		close(v.dead)

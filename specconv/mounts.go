@@ -141,7 +141,11 @@ func convertMounts(sb *Sandbox, in Input) error {
 				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly, IDMap: m.IDMap})
 				// MultiDevs: a read-write file is staged by a bind mount
 				// from any filesystem (mounts.StageFile).
-				sb.Shares = append(sb.Shares, mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly, MultiDevs: true})
+				sh := mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly, MultiDevs: true}
+				if m.IDMap != nil {
+					sh.IDMappedFile = name
+				}
+				sb.Shares = append(sb.Shares, sh)
 				sb.Boot.FileMounts = append(sb.Boot.FileMounts, bootenv.FileMount{Tag: tag, Name: name, GuestPath: path.Join(filesDir, tag), ReadOnly: m.ReadOnly})
 			}
 			src = path.Join(filesDir, tag, name)

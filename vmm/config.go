@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/network"
 )
 
@@ -65,6 +66,10 @@ type Share struct {
 	// ("rslave", "rshared", …): a jailed qemu with a user namespace gets
 	// them mirrored id-mapped by the VMM process (mounts.MirrorBound).
 	Propagated bool `json:"propagated,omitempty"`
+	// IDMappedFile names a file staged in Path as an id-mapped bind (a
+	// container user namespace's single-file bind): the jail id-maps
+	// Path's own mount for qemu and binds that file's mount as it is.
+	IDMappedFile string `json:"idMappedFile,omitempty"`
 }
 
 // Disk is a disk image or block device attached as virtio-blk; the guest
@@ -113,10 +118,13 @@ type LaunchConfig struct {
 	NoJail bool `json:"noJail,omitempty"`
 	// JailHostRoot keeps a jailed qemu root of the host's user namespace
 	// instead of an unprivileged user of its own (ADR 022,
-	// launch.QEMUHostRoot): for a pod whose containers have a user
-	// namespace, whose members' id-mapped binds already map the pod's
-	// host ids.
+	// launch.QEMUHostRoot): for a container user namespace whose host ids
+	// qemu's namespace cannot keep (mounts.KeptIDsOf).
 	JailHostRoot bool `json:"jailHostRoot,omitempty"`
+	// JailKeptIDs are host ids qemu's user namespace maps to themselves
+	// beside its own range (mounts.JailMap): a container user namespace's,
+	// which its VM's files and guest use.
+	JailKeptIDs *mounts.KeptIDs `json:"jailKeptIDs,omitempty"`
 	// JailIDBase, when not 0, is the first of the host ids qemu's user
 	// namespace maps (ADR 022), held by the creator (AllocJailIDs) for
 	// the VM's life because it shifted a share to them already: a rootfs
@@ -283,6 +291,9 @@ func (c *LaunchConfig) Validate() error {
 	}
 	if err := c.Host.validate(); err != nil {
 		return err
+	}
+	if err := c.JailKeptIDs.Check(); err != nil {
+		return fmt.Errorf("launch config: jailKeptIDs: %w", err)
 	}
 	for i, d := range c.Disks {
 		switch d.Format {

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"debug/elf"
 	"encoding/json"
 	"fmt"
@@ -110,6 +111,10 @@ type jailBind struct {
 	// included. A mount that propagated into an id-mapped bind would not
 	// be id-mapped.
 	Mirrored bool `json:"mirrored,omitempty"`
+	// File names a file in an id-mapped Path whose mount is id-mapped
+	// already (Share.IDMappedFile): Path's own mount is bound id-mapped,
+	// and that file's mount on it as it is.
+	File string `json:"file,omitempty"`
 }
 
 // qemuJailPlan lists what qemu needs for c: its binary, libraries, data
@@ -161,8 +166,11 @@ func qemuJailPlan(c *LaunchConfig, bin, chanSock string, kvm bool, args []string
 	for _, p := range qemuIDMapped(c, chanSock) {
 		b := jailBind{Path: p, IDMap: true}
 		for _, s := range c.Shares {
-			b.ReadOnly = b.ReadOnly || s.Path == p && s.ReadOnly
-			b.Mirrored = b.Mirrored || s.Path == p && s.Propagated
+			if s.Path == p {
+				b.ReadOnly = b.ReadOnly || s.ReadOnly
+				b.Mirrored = b.Mirrored || s.Propagated
+				b.File = cmp.Or(b.File, s.IDMappedFile)
+			}
 		}
 		for _, d := range c.Disks {
 			if d.Path == p {
@@ -197,12 +205,17 @@ func qemuIDMapped(c *LaunchConfig, chanSock string) []string {
 	return append(ps, chanSock, consoleSocket(c))
 }
 
-// idmappable checks that each path (with what is mounted below it) can be
-// id-mapped with userns, as the jail will: overlayfs, 9p, NFS and most
-// FUSE filesystems cannot be.
-func idmappable(paths []string, userns *os.File) error {
+// idmappable checks that each path (with what is mounted below it, except
+// for the stage dirs in alone, whose one submount is id-mapped already)
+// can be id-mapped with userns, as the jail will: overlayfs, 9p, NFS and
+// most FUSE filesystems cannot be.
+func idmappable(paths []string, alone map[string]bool, userns *os.File) error {
 	for _, p := range paths {
-		tree, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC | unix.AT_RECURSIVE
+		if alone[p] {
+			flags &^= unix.AT_RECURSIVE
+		}
+		tree, err := unix.OpenTree(unix.AT_FDCWD, p, uint(flags))
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}

@@ -211,7 +211,7 @@ func TestJail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ids.Release()
-	userns, err := newUserNS(ids.base, JailIDSize)
+	userns, err := newUserNS(ids.base, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

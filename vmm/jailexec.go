@@ -82,12 +82,16 @@ var jailRlimits = map[int]uint64{
 // a user namespace (a build without cgo cannot).
 func execJailed(p *jailPlan, inUserNS bool) error {
 	if inUserNS {
-		b, err := os.ReadFile("/proc/self/uid_map")
-		if err != nil {
-			return err
-		}
-		if f := strings.Fields(string(b)); len(f) != 3 || f[0] != "0" || f[1] == "0" {
-			return fmt.Errorf("not in the VM's user namespace (uid_map %q): %s was built without cgo, rebuild it with CGO_ENABLED=1", strings.TrimSpace(string(b)), os.Args[0])
+		// Exactly what newUserNS writes: the VM's range and kept host ids
+		// (mounts.JailMap), never host root.
+		for _, m := range []string{"/proc/self/uid_map", "/proc/self/gid_map"} {
+			b, err := os.ReadFile(m)
+			if err != nil {
+				return err
+			}
+			if _, _, err := parseJailMap(b); err != nil {
+				return fmt.Errorf("not in the VM's user namespace (%s: %w): %s was built without cgo, rebuild it with CGO_ENABLED=1", m, err, os.Args[0])
+			}
 		}
 	}
 	for r, v := range jailRlimits {
@@ -338,7 +342,7 @@ func (b *jailBuilder) bind(m jailBind) error {
 	// A detached clone, id-mapped and restricted before it is attached:
 	// qemu never sees it otherwise.
 	clone := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC | unix.AT_RECURSIVE
-	if m.Mirrored {
+	if m.Mirrored || m.File != "" {
 		clone &^= unix.AT_RECURSIVE
 	}
 	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Path, uint(clone))
@@ -360,7 +364,29 @@ func (b *jailBuilder) bind(m jailBind) error {
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return err
 	}
+	if m.File != "" {
+		if err := bindAsIs(filepath.Join(m.Path, m.File), filepath.Join(dst, m.File), restrict.Attr_set); err != nil {
+			return err
+		}
+	}
 	b.bound = append(b.bound, m)
+	return nil
+}
+
+// bindAsIs attaches a clone of the mount at src (an id-mapped staged file,
+// which cannot be id-mapped again) on dst as it is, with attr set.
+func bindAsIs(src, dst string, attr uint64) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	defer unix.Close(tree)
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: attr}); err != nil {
+		return fmt.Errorf("%s: restrict: %w", src, err)
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
 	return nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
 // JailNS is a jailed hypervisor's namespaces, as its VMM's creator needs
@@ -21,9 +23,12 @@ type JailNS struct {
 	Mnt *os.File
 	// User is its user namespace when it is not the caller's (ADR 022):
 	// such mounts are id-mapped with it; IDBase is the first host id it
-	// maps. nil and 0 when qemu is root of the caller's.
+	// maps, Kept the host ids it maps to themselves (a container user
+	// namespace's, mounts.JailMap). nil, 0 and nil when qemu is root of
+	// the caller's.
 	User   *os.File
 	IDBase uint32
+	Kept   *mounts.KeptIDs
 }
 
 // Close closes the namespaces.
@@ -63,12 +68,14 @@ func OpenJailNS(vmmPid int) (*JailNS, error) {
 			if err != nil {
 				continue
 			}
-			nss, err := openChildNS(vmmPid, pid, "ns/mnt", "ns/user", "uid_map")
+			nss, err := openChildNS(vmmPid, pid, "ns/mnt", "ns/user", "uid_map", "gid_map")
 			if err != nil || nss == nil {
 				continue
 			}
-			b, _ := io.ReadAll(io.LimitReader(nss[2], 4096))
+			ub, _ := io.ReadAll(io.LimitReader(nss[2], 64<<10))
+			gb, _ := io.ReadAll(io.LimitReader(nss[3], 64<<10))
 			nss[2].Close()
+			nss[3].Close()
 			if sameNS(nss[0], own) {
 				nss[0].Close()
 				nss[1].Close()
@@ -78,13 +85,20 @@ func OpenJailNS(vmmPid int) (*JailNS, error) {
 			if sameNS(nss[1], ownUser) {
 				nss[1].Close()
 				j.User = nil
-			} else if f := strings.Fields(string(b)); len(f) >= 3 && f[0] == "0" {
-				base, err := strconv.ParseUint(f[1], 10, 32)
-				if err != nil {
-					j.Close()
-					return nil, fmt.Errorf("VMM %d's hypervisor: uid_map %q", vmmPid, b)
-				}
-				j.IDBase = uint32(base)
+				return j, nil
+			}
+			base, ukept, err := parseJailMap(ub)
+			gbase, gkept, gerr := parseJailMap(gb)
+			if err = errors.Join(err, gerr); err == nil && gbase != base {
+				err = fmt.Errorf("uid base %d, gid base %d", base, gbase)
+			}
+			if err != nil {
+				j.Close()
+				return nil, fmt.Errorf("VMM %d's hypervisor: %w", vmmPid, err)
+			}
+			j.IDBase = base
+			if ukept != nil || gkept != nil {
+				j.Kept = &mounts.KeptIDs{UIDs: ukept, GIDs: gkept}
 			}
 			return j, nil
 		}
@@ -155,4 +169,52 @@ func nsID(p string) (*syscall.Stat_t, error) {
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	return st.Sys().(*syscall.Stat_t), nil
+}
+
+// idMapLines is mounts.JailMap(base, kept) as uid_map (or gid_map) lines.
+func idMapLines(base uint32, kept []mounts.IDRange) string {
+	var b strings.Builder
+	for _, m := range mounts.JailMap(base, kept) {
+		fmt.Fprintf(&b, "%d %d %d\n", m.ContainerID, m.HostID, m.Size)
+	}
+	return b.String()
+}
+
+// parseJailMap reads a jailed qemu's uid_map or gid_map as newUserNS
+// writes it: base is the host id of its id 0, kept the host ranges mapped
+// to themselves. Anything else is an error: namespace id 0 as host root
+// (the helper never joined a namespace of msb's), or a line that is
+// neither of the VM's range nor kept.
+func parseJailMap(b []byte) (base uint32, kept []mounts.IDRange, err error) {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var ms [][3]uint64
+	for _, l := range lines {
+		f := strings.Fields(l)
+		var m [3]uint64
+		if len(f) != 3 {
+			return 0, nil, fmt.Errorf("id map line %q", l)
+		}
+		for i := range f {
+			if m[i], err = strconv.ParseUint(f[i], 10, 32); err != nil {
+				return 0, nil, fmt.Errorf("id map line %q", l)
+			}
+		}
+		if m[0] == 0 {
+			base = uint32(m[1])
+		}
+		ms = append(ms, m)
+	}
+	if base == 0 {
+		return 0, nil, fmt.Errorf("id map %q: id 0 is not one of msb's jail ids", strings.TrimSpace(string(b)))
+	}
+	for _, m := range ms {
+		switch {
+		case m[0] == m[1] && m[0] != 0:
+			kept = append(kept, mounts.IDRange{Start: uint32(m[0]), Size: uint32(m[2])})
+		case m[1] == uint64(base)+m[0] && m[0]+m[2] <= JailIDSize:
+		default:
+			return 0, nil, fmt.Errorf("id map %q: line %d %d %d is neither the VM's range nor kept", strings.TrimSpace(string(b)), m[0], m[1], m[2])
+		}
+	}
+	return base, kept, nil
 }

@@ -49,13 +49,13 @@ static int msb_write(const char *path, const char *s) {
 	return n < 0 ? -e : 0;
 }
 
-// msb_new_userns makes a user namespace whose ids 0..size-1 are the host's
-// base..base+size-1 and returns an fd to it, or -errno. A child cloned into
-// it (no Go code runs there: it reads a pipe and exits) holds it while its
-// maps are written and the namespace is opened.
-static int msb_new_userns(unsigned int base, unsigned int size) {
+// msb_new_userns makes a user namespace with the uid map umap and the gid
+// map gmap (lines "inner host size") and returns an fd to it, or -errno. A
+// child cloned into it (no Go code runs there: it reads a pipe and exits)
+// holds it while its maps are written and the namespace is opened.
+static int msb_new_userns(const char *umap, const char *gmap) {
 	int p[2], ret = 0, fd = -1;
-	char path[64], map[64];
+	char path[64];
 	if (pipe2(p, O_CLOEXEC) != 0)
 		return -errno;
 	pid_t pid = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
@@ -73,12 +73,11 @@ static int msb_new_userns(unsigned int base, unsigned int size) {
 		_exit(0);
 	}
 	close(p[0]);
-	snprintf(map, sizeof map, "0 %u %u\n", base, size);
 	snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
-	ret = msb_write(path, map);
+	ret = msb_write(path, umap);
 	if (ret == 0) {
 		snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
-		ret = msb_write(path, map);
+		ret = msb_write(path, gmap);
 	}
 	if (ret == 0) {
 		snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
@@ -98,14 +97,24 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"unsafe"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
-// newUserNS returns a user namespace whose ids 0..size-1 are the host's
-// ids base..base+size-1 (and nothing else).
-func newUserNS(base, size uint32) (*os.File, error) {
-	fd := C.msb_new_userns(C.uint(base), C.uint(size))
+// newUserNS returns a user namespace whose uid and gid maps are
+// mounts.JailMap(base, kept): its ids 0-65535 are the host's
+// base..base+65535, and each kept host range is itself.
+func newUserNS(base uint32, kept *mounts.KeptIDs) (*os.File, error) {
+	if kept == nil {
+		kept = &mounts.KeptIDs{}
+	}
+	umap, gmap := C.CString(idMapLines(base, kept.UIDs)), C.CString(idMapLines(base, kept.GIDs))
+	defer C.free(unsafe.Pointer(umap))
+	defer C.free(unsafe.Pointer(gmap))
+	fd := C.msb_new_userns(umap, gmap)
 	if fd < 0 {
-		return nil, fmt.Errorf("user namespace for host ids %d-%d: %w", base, base+size-1, syscall.Errno(-fd))
+		return nil, fmt.Errorf("user namespace for host ids %d-%d (kept %v): %w", base, base+JailIDSize-1, kept, syscall.Errno(-fd))
 	}
 	return os.NewFile(uintptr(fd), "userns"), nil
 }

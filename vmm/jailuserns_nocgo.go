@@ -5,9 +5,11 @@ package vmm
 import (
 	"errors"
 	"os"
+
+	"github.com/msb-dev/msb/mounts"
 )
 
-func newUserNS(base, size uint32) (*os.File, error) {
+func newUserNS(base uint32, kept *mounts.KeptIDs) (*os.File, error) {
 	return nil, errors.New("this msb-runtime was built with CGO_ENABLED=0: running qemu as an unprivileged user (a user namespace) needs cgo; rebuild with CGO_ENABLED=1 (the default where gcc is installed)")
 }
 

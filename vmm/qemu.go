@@ -171,12 +171,16 @@ func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.
 				return nil, err
 			}
 		}
-		if q.userns, err = newUserNS(ids.base, JailIDSize); err != nil {
+		if q.userns, err = newUserNS(ids.base, c.JailKeptIDs); err != nil {
 			ids.Release()
 			return nil, err
 		}
 		q.ids = ids
-		if err := idmappable(qemuIDMapped(c, chanSock), q.userns); err != nil {
+		alone := map[string]bool{}
+		for _, s := range c.Shares {
+			alone[s.Path] = alone[s.Path] || s.IDMappedFile != ""
+		}
+		if err := idmappable(qemuIDMapped(c, chanSock), alone, q.userns); err != nil {
 			q.releaseIDs()
 			if c.JailIDBase != 0 { // its rootfs is shifted for the namespace
 				return nil, fmt.Errorf("jail: %w; move it to a filesystem that can (ext4, xfs, btrfs, tmpfs), or set jail = false in /etc/msb/config.toml", err)
