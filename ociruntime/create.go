@@ -16,6 +16,7 @@ import (
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -82,6 +83,7 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		AgentSocket: sb.prep.Launch.AgentSocket,
 		NetNS:       sb.prep.Launch.NetNS,
 		NICs:        sb.prep.Launch.NICs,
+		VM:          specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB},
 	}}
 	if rootfs, err := rootfsPath(sb.bundle, sb.spec); err == nil {
 		c.rec.Rootfs = rootfs

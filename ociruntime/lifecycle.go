@@ -141,11 +141,20 @@ func Resume(ctx context.Context, o Options, id string) error {
 }
 
 // Update sets the container's resources in the guest. The VM's own size
-// stays as created.
+// stays as created, so what it cannot give is refused.
 func Update(ctx context.Context, o Options, id string, r *specs.LinuxResources) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
+	}
+	c, err := load(o, id)
+	if err != nil {
+		return err
+	}
+	// The VM does not grow: refused here, the guest's cgroup never shows
+	// a limit the VM cannot give (docs/kubernetes.md).
+	if err := c.rec.VM.CheckUpdate(r); err != nil {
+		return fmt.Errorf("container %q: %w", id, err)
 	}
 	return withTask(ctx, o, id, func(tc taskapi) error {
 		_, err := tc.Update(ctx, &task.UpdateTaskRequest{ID: id,

@@ -20,6 +20,7 @@ import (
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -45,6 +46,9 @@ type record struct {
 	NetNS       string        `json:"netns,omitempty"`
 	NICs        []network.NIC `json:"nics,omitempty"`
 	Started     bool          `json:"started,omitempty"`
+	// VM is its VM's size, which update checks against (zero in a record
+	// from before it was kept: not checked).
+	VM specconv.VMSize `json:"vm"`
 }
 
 // container is a created container as a command finds it under --root.

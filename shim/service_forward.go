@@ -2,8 +2,10 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	task "github.com/containerd/containerd/api/runtime/task/v3"
@@ -11,8 +13,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/version"
 )
 
@@ -110,16 +114,39 @@ func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb
 	return &emptypb.Empty{}, nil
 }
 
-// Update changes the container's resources inside the guest.
+// Update changes the container's resources inside the guest. What its
+// VM (a pod member's: the pod's) cannot give is refused before the guest
+// sees it: the VM does not grow, so a bigger limit in the guest's cgroup
+// would report a resize that never happened (docs/kubernetes.md).
 func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
 	c, err := s.get(r.ID)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkUpdate(c.vm.size(), r); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	if _, err := c.vm.task.Update(ctx, r); err != nil {
 		return nil, errgrpc.ToGRPC(fromAgent(err))
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// checkUpdate refuses, as FailedPrecondition, OCI resources that size
+// cannot give (specconv.VMSize.CheckUpdate). Resources in another form
+// pass: the agent refuses them.
+func checkUpdate(size specconv.VMSize, r *task.UpdateTaskRequest) error {
+	if r.Resources == nil || !strings.HasSuffix(r.Resources.TypeUrl, "/runtime-spec/1/LinuxResources") {
+		return nil
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources.Value, &res); err != nil {
+		return fmt.Errorf("update %s: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
+	}
+	if err := size.CheckUpdate(&res); err != nil {
+		return fmt.Errorf("update %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
 // Stats returns the container's cgroup metrics from inside the guest, in

@@ -21,6 +21,7 @@ import (
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -70,6 +71,9 @@ type vm struct {
 	prep     *launch.Prepared
 	// podDir is the host pod directory of a pod VM (ADR 007), else "".
 	podDir string
+	// overheadMiB is the part of launch.MemoryMiB the guest itself needs
+	// (overhead_mib when the VM was sized): no container gets it (size).
+	overheadMiB int
 	// jailIDBase is the host ids its qemu's user namespace maps, which
 	// the shim chose (it shifted the rootfs); 0 when not (ADR 022).
 	jailIDBase uint32
@@ -142,7 +146,7 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, jailIDBase: r.jailIDBase, dead: make(chan struct{})}
+	v := &vm{name: r.id, stateDir: stateDir, podDir: r.podDir, jailIDBase: r.jailIDBase, overheadMiB: r.cfg.OverheadMiB, dead: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			v.destroy(ctx)
@@ -173,6 +177,11 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 		return nil, fmt.Errorf("%w%s%s", err, launch.LogTail(v.vmmLog()), launch.LogTail(v.launch.ConsoleLog))
 	}
 	return v, nil
+}
+
+// size is what an update of one of its containers can ask for.
+func (v *vm) size() specconv.VMSize {
+	return specconv.VMSize{VCPUs: v.launch.VCPUs, MemoryMiB: v.launch.MemoryMiB, OverheadMiB: v.overheadMiB}
 }
 
 func (v *vm) vmmLog() string { return filepath.Join(v.stateDir, "vmm.log") }

@@ -96,7 +96,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	// The VM now stands where the container's would (host cgroup, OOM
 	// score); its removal must find that cgroup.
 	e.Launch.Host = host
-	v := &vm{name: "pool/" + e.ID, stateDir: e.Launch.RuntimeDir, podDir: e.PodDir(), launch: e.Launch, h: h, dead: make(chan struct{})}
+	v := &vm{name: "pool/" + e.ID, stateDir: e.Launch.RuntimeDir, podDir: e.PodDir(), launch: e.Launch, overheadMiB: cfg.OverheadMiB, h: h, dead: make(chan struct{})}
 	v.jailIDBase, _ = v.jailIDs() // the claimer's rootfs is shifted to them (a pool VM keeps no ids)
 	go func() {
 		<-h.Done()
