@@ -324,7 +324,7 @@ func TestClientExecStdioPidsStats(t *testing.T) {
 				t.Fatalf("status %v, %v; want %s", st.Status, err, c.want)
 			}
 		}
-		limit := int64(200 << 20)
+		limit := int64(100 << 20) // within the 128 MiB the default VM gives a container
 		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
 			t.Fatal(err)
 		}
