@@ -241,6 +241,22 @@ func TestRuntimeCLILifecycle(t *testing.T) {
 	}
 	mustCLI(t, root, "resume", "c1")
 	mustCLI(t, root, "update", "--memory", "64m", "c1")
+	// Past the default VM (256 MiB, 128 of them overhead_mib; 1 vCPU):
+	// refused, the VM cannot grow.
+	for _, c := range []struct{ flags, want []string }{
+		{[]string{"--memory", "2g"}, []string{"linux.resources.memory.limit 2147483648", "128 MiB the VM can give", "cannot grow a running VM"}},
+		{[]string{"--cpu-quota", "200000", "--cpu-period", "100000"}, []string{"linux.resources.cpu.quota 200000", "the VM's 1 vCPUs"}},
+	} {
+		if _, errOut, code := cli(t, root, append(append([]string{"update"}, c.flags...), "c1")...); code == 0 {
+			t.Errorf("update %v past the VM: accepted", c.flags)
+		} else {
+			for _, w := range c.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("update %v: %q lacks %q", c.flags, errOut, w)
+				}
+			}
+		}
+	}
 
 	// The container reads stdin, writes both streams and exits 7: the VMM
 	// process exits 7 after all output has reached the pipes.
