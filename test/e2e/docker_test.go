@@ -105,9 +105,15 @@ func TestDockerLifecycle(t *testing.T) {
 		t.Errorf("after pause: %s", st)
 	}
 	d.mustDocker(t, "unpause", "web")
-	d.mustDocker(t, "update", "-m", "400m", "--memory-swap", "400m", "web")
-	if out := d.mustDocker(t, "exec", "web", "sh", "-c", cgroupFile("memory.max")); strings.TrimSpace(out) != "419430400" {
-		t.Errorf("memory.max after docker update -m 400m: %q", out)
+	// The VM has 300 MiB for the container (-m 300m plus overhead_mib):
+	// lowering reaches the guest; more than that is refused, the VM cannot
+	// grow, and the guest keeps its limit.
+	d.mustDocker(t, "update", "-m", "200m", "--memory-swap", "200m", "web")
+	if _, err := d.docker("update", "-m", "400m", "--memory-swap", "400m", "web"); err == nil || !strings.Contains(err.Error(), "linux.resources.memory.limit 419430400") {
+		t.Errorf("docker update -m 400m past the VM: %v; want refused naming the limit", err)
+	}
+	if out := d.mustDocker(t, "exec", "web", "sh", "-c", cgroupFile("memory.max")); strings.TrimSpace(out) != "209715200" {
+		t.Errorf("memory.max after docker update -m 200m and a refused -m 400m: %q", out)
 	}
 
 	d.mustDocker(t, "stop", "-t", "2", "web")
