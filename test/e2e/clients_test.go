@@ -59,13 +59,13 @@ func (e *shimEnv) newContainer(t *testing.T, c *client.Client, id string, opts .
 	return ctr
 }
 
-// runningTask creates and starts container id running sleep 600, its
-// exit waited for (as clients do), and returns the task and the
-// container's spec, for tests that exec into it.
-func (e *shimEnv) runningTask(t *testing.T, c *client.Client, id string) (client.Task, *specs.Spec) {
+// runningTask creates and starts container id running sleep 600 (opts
+// applied to its spec), its exit waited for (as clients do), and returns
+// the task and the container's spec, for tests that exec into it.
+func (e *shimEnv) runningTask(t *testing.T, c *client.Client, id string, opts ...oci.SpecOpts) (client.Task, *specs.Spec) {
 	t.Helper()
 	ctx := context.Background()
-	ctr := e.newContainer(t, c, id, oci.WithProcessArgs("sleep", "600"))
+	ctr := e.newContainer(t, c, id, append([]oci.SpecOpts{oci.WithProcessArgs("sleep", "600")}, opts...)...)
 	task, err := ctr.NewTask(ctx, cio.NullIO)
 	if err != nil {
 		t.Fatal(err)

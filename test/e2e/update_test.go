@@ -1,12 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -21,21 +20,11 @@ func TestClientUpdatePastVM(t *testing.T) {
 	c, ctx := e.goClient(t)
 	// 112 MiB plus overhead_mib 128: a 240 MiB VM with 1 vCPU (the test
 	// config's vcpus), the pod of the issue.
-	ctr := e.newContainer(t, c, "resize", oci.WithProcessArgs("sleep", "600"), oci.WithMemoryLimit(112<<20),
+	task, _ := e.runningTask(t, c, "resize", oci.WithMemoryLimit(112<<20),
 		// Its own cgroup namespace and cgroupfs, as Docker's: the guest
 		// cgroup's files are in /sys/fs/cgroup.
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 		oci.WithMounts([]specs.Mount{{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}}}))
-	task, err := ctr.NewTask(ctx, cio.NullIO)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := task.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	guest := func(file string) string {
 		t.Helper()
 		out, stderr, err := e.Ctr("task", "exec", "--exec-id", "cat-"+strings.ReplaceAll(file, ".", "-"), "resize", "sh", "-c", cgroupFile(file))
@@ -93,7 +82,7 @@ func TestClientUpdatePastVM(t *testing.T) {
 	if got := guest("cpu.max"); got != cpuBefore {
 		t.Errorf("guest cpu.max after the refused updates: %q, want %q (unchanged)", got, cpuBefore)
 	}
-	if err := task.Kill(context.Background(), 9); err != nil {
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 }
