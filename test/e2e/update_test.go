@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -84,5 +86,46 @@ func TestClientUpdatePastVM(t *testing.T) {
 	}
 	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A pod member's update is checked against the pod's VM: up to what that
+// VM gives a container (more than the member's own share) is done, past
+// it refused.
+func TestShimPodUpdatePastVM(t *testing.T) {
+	e := startShimEnv(t)
+	const sb, app = "rs-sb", "rs-app"
+	// The pod's limits sum to 200 MiB: a 328 MiB pod VM, 200 of them for
+	// containers.
+	pid := e.runPodSandbox(t, sb, "--annotation", "io.kubernetes.cri.sandbox-memory="+strconv.Itoa(200<<20))
+	a := append([]string{"run", "-d", "--runtime", msbRuntimeType, "--memory-limit", strconv.Itoa(64 << 20)}, podAnn(sb, "container")...)
+	e.MustCtr(append(a, "--with-ns", "network:/proc/"+strconv.Itoa(pid)+"/ns/net", e.image, app, "sleep", "600")...)
+	t.Cleanup(func() { e.remove(t, app) })
+	e.waitStatus(t, app, "RUNNING", time.Minute)
+
+	c, ctx := e.goClient(t)
+	ctr, err := c.LoadContainer(ctx, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(limit int64) error {
+		return task.Update(ctx, client.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}))
+	}
+	// More than the member's own 64 MiB and a default VM's 128.
+	if err := update(150 << 20); err != nil {
+		t.Fatalf("update of the member to 150 MiB, within the pod VM: %v", err)
+	}
+	err = update(2 << 30)
+	if err == nil {
+		t.Fatal("update of the member to 2 GiB, past the pod VM: accepted")
+	}
+	for _, w := range []string{"linux.resources.memory.limit 2147483648", "200 MiB the VM can give", "the VM has 328 MiB", "recreate"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("update: %q lacks %q", err, w)
+		}
 	}
 }
