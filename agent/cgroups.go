@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -138,17 +135,8 @@ func (a *Agent) checkOOM(cid string) {
 }
 
 func readOOMKills(path string) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "oom_kill "); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, nil
+	ev, err := readMemoryEvents(path)
+	return ev.oomKill, err
 }
 
 // watchOOM follows the container's memory.events (inotify, through the

@@ -107,10 +107,11 @@ func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error)
 	defer a.exits.end()
 	mark := logMark(c.bundle)
 	rc, ctx := a.execRuntime(c)
+	oom := watchExecOOM(c)
 	if err := rc.Exec(ctx, c.id, ps, eopts); err != nil {
 		pio.Close()
 		p.failStart()
-		return nil, a.runtimeError(c.bundle, mark, "OCI runtime exec failed", err)
+		return nil, oom.explain(a.runtimeError(c.bundle, mark, "OCI runtime exec failed", err))
 	}
 	var master *os.File
 	pid, err := runc.ReadPidFile(pidFile)
