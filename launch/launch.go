@@ -101,8 +101,6 @@ func Prepare(r Request) (*Prepared, error) {
 		QEMU:           c.QEMU,
 		Accel:          c.Accel,
 		NoJail:         !c.Jail,
-		JailHostRoot:   QEMUHostRoot(r.Spec),
-		JailKeptIDs:    keptIDs(r.Spec),
 		GuestRoot:      c.GuestRoot,
 		Libkrun:        c.Libkrun,
 		Env:            env,
@@ -122,6 +120,7 @@ func Prepare(r Request) (*Prepared, error) {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	lc.JailIDBase = r.JailIDBase
+	lc.JailKeptIDs, lc.JailHostIDs, lc.JailHostRoot = jailIDs(r.Spec)
 	for _, s := range sb.Shares {
 		shifted := r.JailIDBase != 0 && s.HostPath == r.Rootfs
 		lc.Shares = append(lc.Shares, vmm.Share{Tag: s.Tag, Path: s.HostPath, ReadOnly: s.ReadOnly, MultiDevs: s.MultiDevs, Shifted: shifted, Propagated: s.Propagated, IDMappedFile: s.IDMappedFile})
@@ -144,10 +143,26 @@ func Prepare(r Request) (*Prepared, error) {
 	return &Prepared{Launch: lc, GuestSpec: sb.GuestSpec, release: release}, nil
 }
 
-// keptIDs is JailKeptIDs, nil where qemu stays root of the host's.
-func keptIDs(spec *specs.Spec) *mounts.KeptIDs {
-	k, _ := JailKeptIDs(spec)
-	return k
+// jailIDs says how the jailed qemu of spec's container's VM holds the
+// container's ids (ADR 022): a container user namespace's host ids kept
+// beside the VM's own range; where they hold host root, a namespace that
+// maps the host's ids to themselves (hostIDs); where they reach msb's own
+// ranges, root of the host's (hostRoot).
+func jailIDs(spec *specs.Spec) (kept *mounts.KeptIDs, hostIDs, hostRoot bool) {
+	kept, err := JailKeptIDs(spec)
+	if err == nil {
+		return kept, false, false
+	}
+	below := func(ms []specs.LinuxIDMapping) bool {
+		for _, m := range ms {
+			if uint64(m.HostID)+uint64(m.Size) > vmm.JailIDBase {
+				return false
+			}
+		}
+		return true
+	}
+	hostIDs = below(spec.Linux.UIDMappings) && below(spec.Linux.GIDMappings)
+	return nil, hostIDs, !hostIDs
 }
 
 // hasUserNS reports whether spec's container has a user namespace with id
@@ -156,22 +171,19 @@ func hasUserNS(spec *specs.Spec) bool {
 	return spec.Linux != nil && len(spec.Linux.UIDMappings) > 0
 }
 
-// QEMUHostRoot says whether the VM of spec's container keeps its jailed
-// qemu root of the host's user namespace instead of an unprivileged user
-// of its own (ADR 022): when spec's container has a user namespace whose
-// host ids qemu's namespace cannot map to themselves (JailKeptIDs: they
-// hold host root or reach msb's jail ids). Read-only overlays are
-// shifted, and propagated binds mirrored: a pod member's by the shim, a
-// VM's own by its VMM process (mounts.Mirror).
-func QEMUHostRoot(spec *specs.Spec) bool {
+// QEMUOwnRange says whether the jailed qemu of spec's container's VM maps
+// the VM's own range of ids at its namespace's root, so that the
+// container's rootfs is shifted to that range (ADR 022): unless its user
+// namespace's host ids cannot be kept (JailKeptIDs).
+func QEMUOwnRange(spec *specs.Spec) bool {
 	_, err := JailKeptIDs(spec)
-	return err != nil
+	return err == nil
 }
 
 // JailKeptIDs are the host ids the jailed qemu of spec's container's VM
 // maps to themselves (mounts.JailMap): its user namespace's, which its
 // files (remapped or id-mapped) and its guest use; nil without one, an
-// error when they cannot be kept (QEMUHostRoot).
+// error when they cannot be kept (hold host root or reach msb's ranges).
 func JailKeptIDs(spec *specs.Spec) (*mounts.KeptIDs, error) {
 	if !hasUserNS(spec) {
 		return nil, nil

@@ -173,3 +173,31 @@ func TestModulesDirBesideKernel(t *testing.T) {
 		t.Errorf("besideKernel = %q, want %q", got, want)
 	}
 }
+
+// TestJailIDs: how a jailed qemu holds a container user namespace's ids
+// (ADR 022): kept beside its range; a namespace of the host's ids where
+// they hold host root; root of the host's where they reach msb's ranges.
+func TestJailIDs(t *testing.T) {
+	spec := func(host uint32) *specs.Spec {
+		m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: host, Size: 65536}}
+		return &specs.Spec{Linux: &specs.Linux{UIDMappings: m, GIDMappings: m}}
+	}
+	for _, c := range []struct {
+		spec              *specs.Spec
+		kept              bool
+		hostIDs, hostRoot bool
+	}{
+		{spec: &specs.Spec{Linux: &specs.Linux{}}},
+		{spec: spec(100000), kept: true},
+		{spec: spec(0), hostIDs: true},
+		{spec: spec(1 << 31), hostRoot: true},
+	} {
+		kept, hostIDs, hostRoot := jailIDs(c.spec)
+		if (kept != nil) != c.kept || hostIDs != c.hostIDs || hostRoot != c.hostRoot {
+			t.Errorf("jailIDs(%+v) = %v, %v, %v; want kept %v, host ids %v, host root %v", c.spec.Linux.UIDMappings, kept, hostIDs, hostRoot, c.kept, c.hostIDs, c.hostRoot)
+		}
+		if own := QEMUOwnRange(c.spec); own != !(c.hostIDs || c.hostRoot) {
+			t.Errorf("QEMUOwnRange(%+v) = %v", c.spec.Linux.UIDMappings, own)
+		}
+	}
+}

@@ -197,10 +197,10 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 
 // shiftRootfs says whether a cold VM of a container's own gets its rootfs
 // overlay mounted shifted for qemu's user namespace (ADR 022): jailed, and
-// not a VM whose qemu stays root of the host's (a container user
-// namespace's rootfs keeps its host ids, launch.JailKeptIDs).
+// qemu's namespace maps the VM's own range at its root
+// (launch.QEMUOwnRange).
 func shiftRootfs(spec *specs.Spec, cfg config.Config) bool {
-	return cfg.Jail && !launch.QEMUHostRoot(spec)
+	return cfg.Jail && launch.QEMUOwnRange(spec)
 }
 
 // rootfsDir is the host rootfs directory mountRootfs shares: the bundle's

@@ -250,6 +250,10 @@ func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, 
 		if sh.Propagated {
 			return mounts.MirrorBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap, logf)
 		}
+	} else if idmap != nil && b.jail.Hypervisor != 0 {
+		// qemu's namespace has the host's ids (ADR 022): plain binds, but
+		// an id-mapped one maps qemu's own host id for 9p.
+		idmap = &mounts.IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, Hypervisor: b.jail.Hypervisor}
 	} else if b.jail.User != nil && !shifted {
 		ov, err := mounts.OverlayOf(sh.HostPath)
 		if err != nil {

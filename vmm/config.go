@@ -117,10 +117,14 @@ type LaunchConfig struct {
 	// 013). The zero value jails.
 	NoJail bool `json:"noJail,omitempty"`
 	// JailHostRoot keeps a jailed qemu root of the host's user namespace
-	// instead of an unprivileged user of its own (ADR 022,
-	// launch.QEMUHostRoot): for a container user namespace whose host ids
-	// qemu's namespace cannot keep (mounts.KeptIDsOf).
+	// instead of an unprivileged user of its own (ADR 022): for a
+	// container user namespace whose host ids reach msb's own ranges.
 	JailHostRoot bool `json:"jailHostRoot,omitempty"`
+	// JailHostIDs runs a jailed qemu as an unprivileged user in a user
+	// namespace that maps the host's ids below JailIDBase to themselves
+	// (ADR 022): for a container user namespace whose
+	// host ids hold host root.
+	JailHostIDs bool `json:"jailHostIDs,omitempty"`
 	// JailKeptIDs are host ids qemu's user namespace maps to themselves
 	// beside its own range (mounts.JailMap): a container user namespace's,
 	// which its VM's files and guest use.
@@ -291,6 +295,9 @@ func (c *LaunchConfig) Validate() error {
 	}
 	if err := c.Host.validate(); err != nil {
 		return err
+	}
+	if c.JailHostIDs && (c.JailHostRoot || c.JailIDBase != 0 || c.JailKeptIDs != nil) {
+		return errors.New("launch config: jailHostIDs excludes jailHostRoot, jailIDBase and jailKeptIDs")
 	}
 	if err := c.JailKeptIDs.Check(); err != nil {
 		return fmt.Errorf("launch config: jailKeptIDs: %w", err)

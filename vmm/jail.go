@@ -84,6 +84,11 @@ type jailPlan struct {
 	// runs in as root (ADR 022); binds marked IDMap are id-mapped with it.
 	// 0: the program stays root of the host's user namespace.
 	UserNSFD int `json:"userNSFD,omitempty"`
+	// HostIDs: that namespace maps the host's ids to themselves (jailMap):
+	// binds are not id-mapped, and the program runs as its id
+	// JailIDBase, not as its root (host root), with the capabilities
+	// ambient.
+	HostIDs bool `json:"hostIDs,omitempty"`
 	// BuiltFD, when not 0, is a pipe's write end: the helper writes a byte
 	// on it and closes it once the jail is built, before it execs (the VMM
 	// then mirrors the propagated shares' submounts into the jail).

@@ -152,7 +152,10 @@ func jailTestChild() int {
 	var pdeathsig int32
 	_ = unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&pdeathsig)), 0, 0, 0)
 	fmt.Printf("pdeathsig=%d\n", pdeathsig)
-	try("chown-unmapped", os.Chown(f, 70000, 70000)) // outside its id range
+	try("chown-unmapped", os.Chown(f, 4000000000, 4000000000)) // outside its ids
+	root := os.Getenv("JAIL_ROOTFILE")                         // host root's, 0600: an image's
+	try("read-root", func() error { _, err := os.ReadFile(root); return err }())
+	try("chown-root", os.Chown(f, 0, 0))
 	// Nowhere outside its shares can it make a file (as any owner).
 	outside := ""
 	for _, d := range []string{"/", "/dev", "/proc", "/etc", "/usr", "/tmp", filepath.Dir(rw)} {
@@ -180,7 +183,14 @@ func jailTestChild() int {
 // TestJail runs the real jail helper with the test binary as its program
 // and checks the process's privileges, what it can do on its shares, and
 // that its root holds its plan's paths only.
-func TestJail(t *testing.T) {
+func TestJail(t *testing.T) { testJail(t, false) }
+
+// TestJailHostIDs is TestJail with a user namespace that maps the host's
+// ids to themselves (shares that cannot be id-mapped, ADR 022): qemu is
+// its id JailIDBase, the VM's base on the host, not its root.
+func TestJailHostIDs(t *testing.T) { testJail(t, true) }
+
+func testJail(t *testing.T, hostIDs bool) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
@@ -211,16 +221,21 @@ func TestJail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ids.Release()
-	userns, err := newUserNS(ids.base, nil)
+	userns, err := newUserNS(ids.base, nil, hostIDs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer userns.Close()
+	plan.HostIDs = hostIDs
+	rootFile := filepath.Join(rw, "root-only")
+	if err := os.WriteFile(rootFile, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if !plan.Seccomp {
 		t.Error("a qemu jail without the seccomp allow-list")
 	}
 	plan.Seccomp = false // qemu's, not this Go program's (TestQEMUSeccomp)
-	plan.Env = []string{"MSB_JAIL_TEST_CHILD=1", "JAIL_RW=" + rw, "JAIL_RO=" + ro}
+	plan.Env = []string{"MSB_JAIL_TEST_CHILD=1", "JAIL_RW=" + rw, "JAIL_RO=" + ro, "JAIL_ROOTFILE=" + rootFile}
 	plan.Pdeathsig = int(syscall.SIGKILL) // the program's, whichever thread execs it
 	cmd, planf, err := jailCommand(plan, nil, userns, nil)
 	if err != nil {
@@ -260,6 +275,7 @@ func TestJail(t *testing.T) {
 		"mknod-dev": "operation not permitted", "mkfifo": "ok", "setfcap": "operation not permitted",
 		"write-ro": "open " + filepath.Join(ro, "x") + ": read-only file system", "setuid": "operation not permitted",
 		"chown-unmapped": "chown " + filepath.Join(rw, "owned") + ": invalid argument", "env": "ok", "write-outside": "ok", "pdeathsig": "9",
+		"read-root": "ok", "chown-root": "ok",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %q, want %q", k, got[k], want)
@@ -271,16 +287,21 @@ func TestJail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Root of its own user namespace: on the host, an unprivileged user
-	// of a range of its own; its capabilities count only there.
+	// Root (or JailIDBase) of its own user namespace: on the host, an
+	// unprivileged user of a range of its own; its capabilities count
+	// only there.
 	if want := fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d\n", ids.base, ids.base, ids.base, ids.base); !strings.Contains(string(status), want) {
 		t.Errorf("/proc/%d/status lacks %q:\n%s", pid, want, status)
 	}
-	if st, err := os.Stat(filepath.Join(rw, "owned")); err != nil || st.Sys().(*syscall.Stat_t).Uid != 1000 {
-		t.Errorf("a file the jail chowned to 1000 is not owned by 1000 on the host: %v", err)
+	if st, err := os.Stat(filepath.Join(rw, "owned")); err != nil || st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("a file the jail chowned to 1000, then 0, is not owned by host root: %v", err)
+	}
+	amb := "0000000000000000"
+	if hostIDs {
+		amb = "000000000000001b"
 	}
 	for _, want := range []string{"NoNewPrivs:\t1", "CapInh:\t000000000000001b", "CapPrm:\t000000000000001b",
-		"CapEff:\t000000000000001b", "CapBnd:\t000000000000001b", "CapAmb:\t0000000000000000"} {
+		"CapEff:\t000000000000001b", "CapBnd:\t000000000000001b", "CapAmb:\t" + amb} {
 		if !strings.Contains(string(status), want+"\n") {
 			t.Errorf("/proc/%d/status lacks %q:\n%s", pid, want, status)
 		}
@@ -302,18 +323,23 @@ func TestJail(t *testing.T) {
 		t.Fatal(err)
 	}
 	j, err := OpenJailNS(os.Getpid())
-	if err != nil || j == nil || j.User == nil || j.IDBase != ids.base {
+	if err != nil || j == nil || hostIDs != (j.User == nil) || !hostIDs && j.IDBase != ids.base || hostIDs && j.Hypervisor != ids.base {
 		t.Fatalf("OpenJailNS: %+v, %v (ids from %d)", j, err, ids.base)
 	}
 	defer j.Close()
-	jns, juser := j.Mnt, j.User
+	jns := j.Mnt
+	var idmap *mounts.IDMap
+	memberUID := uint32(1000) // a plain bind: the host's ids are the jail's
+	if !hostIDs {
+		idmap, memberUID = &mounts.IDMap{NS: j.User}, ids.base+1000
+	}
 	if err := os.WriteFile(filepath.Join(ro, "owned-by-1000"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chown(filepath.Join(ro, "owned-by-1000"), 1000, 1000); err != nil {
 		t.Fatal(err)
 	}
-	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, &mounts.IDMap{NS: juser}); err != nil {
+	if err := mounts.BindBeneathIn(jns, pod, "c1/tag", ro, mounts.ReadOnlyRecursive, idmap); err != nil {
 		t.Fatal(err)
 	}
 	root := fmt.Sprintf("/proc/%d/root", pid)
@@ -327,10 +353,10 @@ func TestJail(t *testing.T) {
 	if !exists(filepath.Join(root, member, "tag", "late")) {
 		t.Error("a pod member bound after the start is not in the jail")
 	}
-	// Seen by the jail through its id-mapped bind: owned by 1000 of the
-	// jail's user namespace, which is the host's base+1000.
-	if st, err := os.Stat(filepath.Join(root, member, "tag", "owned-by-1000")); err != nil || st.Sys().(*syscall.Stat_t).Uid != ids.base+1000 {
-		t.Errorf("a pod member's file owned by 1000 is not the jail's 1000 (host %d): %v %v", ids.base+1000, st, err)
+	// Seen by the jail as owned by its 1000: through an id-mapped bind,
+	// the host's base+1000.
+	if st, err := os.Stat(filepath.Join(root, member, "tag", "owned-by-1000")); err != nil || st.Sys().(*syscall.Stat_t).Uid != memberUID {
+		t.Errorf("a pod member's file owned by 1000 is not the jail's 1000 (host %d): %v %v", memberUID, st, err)
 	}
 	if m, _ := mountinfo.Mounted(filepath.Join(member, "tag")); m {
 		t.Error("a pod member's bind is a mount point on the host")

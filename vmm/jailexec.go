@@ -81,17 +81,24 @@ var jailRlimits = map[int]uint64{
 // plan's environment only. inUserNS checks that the second stage did join
 // a user namespace (a build without cgo cannot).
 func execJailed(p *jailPlan, inUserNS bool) error {
+	uid := uint32(0)
 	if inUserNS {
 		// Exactly what newUserNS writes: the VM's range and kept host ids
-		// (mounts.JailMap), never host root.
+		// (mounts.JailMap), never host root; or the host's ids as
+		// themselves, as the plan says.
 		for _, m := range []string{"/proc/self/uid_map", "/proc/self/gid_map"} {
 			b, err := os.ReadFile(m)
 			if err != nil {
 				return err
 			}
-			if _, _, err := parseJailMap(b); err != nil {
+			jm, err := parseJailMap(b)
+			if err == nil && jm.hostIDs != p.HostIDs {
+				err = fmt.Errorf("host ids %v, the plan says %v", jm.hostIDs, p.HostIDs)
+			}
+			if err != nil {
 				return fmt.Errorf("not in the VM's user namespace (%s: %w): %s was built without cgo, rebuild it with CGO_ENABLED=1", m, err, os.Args[0])
 			}
+			uid = jm.qemuID()
 		}
 	}
 	for r, v := range jailRlimits {
@@ -103,7 +110,12 @@ func execJailed(p *jailPlan, inUserNS bool) error {
 			return fmt.Errorf("rlimit %d: %w", r, err)
 		}
 	}
-	if err := dropPrivileges(p.Caps); err != nil {
+	if uid != 0 {
+		if err := becomeJailUser(uid); err != nil {
+			return err
+		}
+	}
+	if err := dropPrivileges(p.Caps, uid != 0); err != nil {
 		return err
 	}
 	// The parent-death signal last, on the thread that execs: it is the
@@ -164,6 +176,9 @@ func enterJail(p *jailPlan) error {
 		return fmt.Errorf("jail root on %s: %w", p.Root, err)
 	}
 	b := &jailBuilder{root: p.Root, userns: p.UserNSFD}
+	if p.HostIDs {
+		b.userns = 0 // its ids are the host's: plain binds
+	}
 	if err := b.bindAll(p.Binds); err != nil {
 		return err
 	}
@@ -415,10 +430,42 @@ func makeMountpoint(p string, dir bool) error {
 	return f.Close()
 }
 
-// dropPrivileges keeps only the capabilities keep (bounding set included,
-// no ambient ones), joins a new session keyring and sets no_new_privs. The exec that follows keeps
-// exactly keep: root's permitted set after exec is inheritable | bounding.
-func dropPrivileges(keep []int) error {
+// becomeJailUser makes this thread (the one that execs) id of its user
+// namespace, keeping its capabilities: the namespace's root would be host
+// root in a host-ids namespace (jailMap).
+func becomeJailUser(id uint32) error {
+	if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("keep capabilities: %w", err)
+	}
+	// This thread's credentials only (raw calls, not Go's all-threads
+	// ones): it execs next, which ends the others.
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(id), uintptr(id), uintptr(id)); e != 0 {
+		return fmt.Errorf("become gid %d of the VM's user namespace: %w", id, e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(id), uintptr(id), uintptr(id)); e != 0 {
+		return fmt.Errorf("become uid %d of the VM's user namespace: %w", id, e)
+	}
+	// The change cleared the effective set and kept the permitted one:
+	// dropPrivileges needs CAP_SETPCAP in effect.
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for i := range data {
+		data[i].Effective = data[i].Permitted
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	return nil
+}
+
+// dropPrivileges keeps only the capabilities keep (bounding set included),
+// joins a new session keyring and sets no_new_privs. The exec that follows
+// keeps exactly keep: root's permitted set after exec is inheritable |
+// bounding; another user's is its ambient set, which ambient makes keep.
+func dropPrivileges(keep []int, ambient bool) error {
 	var mask uint64
 	for _, c := range keep {
 		mask |= 1 << uint(c)
@@ -445,6 +492,13 @@ func dropPrivileges(keep []int) error {
 	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("capset: %w", err)
+	}
+	if ambient {
+		for _, c := range keep {
+			if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(c), 0, 0); err != nil {
+				return fmt.Errorf("ambient capability %d: %w", c, err)
+			}
+		}
 	}
 	// A session keyring of its own, not the VMM's (runc does the same);
 	// root's user keyring stays reachable (docs/security.md).

@@ -40,7 +40,7 @@ func TestJailIDMappedFile(t *testing.T) {
 	}
 	defer ids.Release()
 	kept := &mounts.KeptIDs{UIDs: []mounts.IDRange{{Start: host, Size: 65536}}, GIDs: []mounts.IDRange{{Start: host, Size: 65536}}}
-	userns, err := newUserNS(ids.base, kept)
+	userns, err := newUserNS(ids.base, kept, false)
 	if err != nil {
 		t.Fatal(err)
 	}

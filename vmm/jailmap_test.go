@@ -9,18 +9,28 @@ import (
 
 func TestParseJailMap(t *testing.T) {
 	kept := []mounts.IDRange{{Start: 1000, Size: 100000}}
-	base, got, err := parseJailMap([]byte(idMapLines(JailIDBase, kept)))
-	if err != nil || base != JailIDBase || !reflect.DeepEqual(got, kept) {
-		t.Fatalf("parseJailMap(idMapLines) = %d, %v, %v", base, got, err)
+	got, err := parseJailMap([]byte(jailMap{base: JailIDBase, kept: kept}.lines()))
+	if err != nil || got.base != JailIDBase || !reflect.DeepEqual(got.kept, kept) || got.hostIDs || got.qemuID() != 0 {
+		t.Fatalf("parseJailMap(lines) = %+v, %v", got, err)
+	}
+	base := uint32(JailIDBase + 3*JailIDSize)
+	got, err = parseJailMap([]byte(jailMap{base: base, hostIDs: true}.lines()))
+	if err != nil || got.base != base || got.kept != nil || !got.hostIDs || got.qemuID() != JailIDBase {
+		t.Fatalf("parseJailMap(host-ids lines) = %+v, %v", got, err)
 	}
 	for _, bad := range []string{
-		"0 0 4294967295",                             // the host's: never joined
-		"0 2147483648 65536\n65536 0 1",              // host root
-		"0 2147483648 65536\n100000 200000 65536",    // neither range nor kept
-		"0 2147483648 70000",                         // past the VM's range
-		"         0          0 4294967295\n garbage", // unreadable
+		"0 0 4294967295",                              // the host's: never joined
+		"0 2147483648 65536\n65536 0 1",               // host root
+		"0 2147483648 65536\n100000 200000 65536",     // neither range nor kept
+		"0 2147483648 70000",                          // past the VM's range
+		"0 100000 65536",                              // not one of msb's ranges
+		"0 0 2147483648\n2147483648 0 65536",          // host ids, qemu as host root
+		"0 0 2147483648\n2147483648 100000 65536",     // host ids, qemu not in msb's ranges
+		"0 0 2147483648\n2147483648 2147483648 70000", // host ids, past the VM's range
+		"0 0 2147483649\n2147483649 2147483648 65536", // host ids reaching msb's ranges
+		"         0          0 4294967295\n garbage",  // unreadable
 	} {
-		if _, _, err := parseJailMap([]byte(bad)); err == nil {
+		if _, err := parseJailMap([]byte(bad)); err == nil {
 			t.Errorf("parseJailMap(%q): no error", bad)
 		}
 	}

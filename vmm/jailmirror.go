@@ -27,7 +27,7 @@ const jailBuiltTimeout = 30 * time.Second
 // mirroredShares lists the shares whose submounts the VMM mirrors into
 // the jail: propagated, id-mapped ones (none without a user namespace).
 func (q *qemu) mirroredShares() []Share {
-	if q.userns == nil {
+	if q.userns == nil || q.hostIDs { // plain binds: mounts propagate
 		return nil
 	}
 	var out []Share

@@ -29,6 +29,10 @@ type JailNS struct {
 	User   *os.File
 	IDBase uint32
 	Kept   *mounts.KeptIDs
+	// Hypervisor is qemu's host id when its namespace maps the host's ids
+	// to themselves (User nil then: binds are made as for a root qemu),
+	// which an already id-mapped bind must map for 9p (mounts.IDMap).
+	Hypervisor uint32
 }
 
 // Close closes the namespaces.
@@ -87,18 +91,24 @@ func OpenJailNS(vmmPid int) (*JailNS, error) {
 				j.User = nil
 				return j, nil
 			}
-			base, ukept, err := parseJailMap(ub)
-			gbase, gkept, gerr := parseJailMap(gb)
-			if err = errors.Join(err, gerr); err == nil && gbase != base {
-				err = fmt.Errorf("uid base %d, gid base %d", base, gbase)
+			um, err := parseJailMap(ub)
+			gm, gerr := parseJailMap(gb)
+			if err = errors.Join(err, gerr); err == nil && (gm.base != um.base || gm.hostIDs != um.hostIDs) {
+				err = fmt.Errorf("uid map %q and gid map %q differ", ub, gb)
 			}
 			if err != nil {
 				j.Close()
 				return nil, fmt.Errorf("VMM %d's hypervisor: %w", vmmPid, err)
 			}
-			j.IDBase = base
-			if ukept != nil || gkept != nil {
-				j.Kept = &mounts.KeptIDs{UIDs: ukept, GIDs: gkept}
+			if um.hostIDs {
+				// Host ids are themselves there: binds need no id-map.
+				j.User.Close()
+				j.User, j.Hypervisor = nil, um.base
+				return j, nil
+			}
+			j.IDBase = um.base
+			if um.kept != nil || gm.kept != nil {
+				j.Kept = &mounts.KeptIDs{UIDs: um.kept, GIDs: gm.kept}
 			}
 			return j, nil
 		}
@@ -171,50 +181,80 @@ func nsID(p string) (*syscall.Stat_t, error) {
 	return st.Sys().(*syscall.Stat_t), nil
 }
 
-// idMapLines is mounts.JailMap(base, kept) as uid_map (or gid_map) lines.
-func idMapLines(base uint32, kept []mounts.IDRange) string {
+// jailMap is a jailed qemu's uid (or gid) map, as newUserNS writes it.
+// Either shifted: its ids 0-65535 are the VM's range base… and each kept
+// host range is itself (mounts.JailMap); or hostIDs: the host's ids below
+// JailIDBase are themselves and qemu runs as id JailIDBase, which is the
+// VM's base (ADR 022, for shares that cannot be id-mapped).
+type jailMap struct {
+	base    uint32
+	kept    []mounts.IDRange
+	hostIDs bool
+}
+
+// qemuID is the id qemu runs as in its namespace: root of a shifted one;
+// in a host-ids one, an id that is no host user's, since its id 0 is host
+// root.
+func (m jailMap) qemuID() uint32 {
+	if m.hostIDs {
+		return JailIDBase
+	}
+	return 0
+}
+
+// lines is m in /proc/PID/uid_map form.
+func (m jailMap) lines() string {
+	if m.hostIDs {
+		return fmt.Sprintf("0 0 %d\n%d %d %d\n", uint32(JailIDBase), uint32(JailIDBase), m.base, JailIDSize)
+	}
 	var b strings.Builder
-	for _, m := range mounts.JailMap(base, kept) {
-		fmt.Fprintf(&b, "%d %d %d\n", m.ContainerID, m.HostID, m.Size)
+	for _, e := range mounts.JailMap(m.base, m.kept) {
+		fmt.Fprintf(&b, "%d %d %d\n", e.ContainerID, e.HostID, e.Size)
 	}
 	return b.String()
 }
 
-// parseJailMap reads a jailed qemu's uid_map or gid_map as newUserNS
-// writes it: base is the host id of its id 0, kept the host ranges mapped
-// to themselves. Anything else is an error: namespace id 0 as host root
-// (the helper never joined a namespace of msb's), or a line that is
-// neither of the VM's range nor kept.
-func parseJailMap(b []byte) (base uint32, kept []mounts.IDRange, err error) {
+// parseJailMap reads a jailed qemu's uid_map or gid_map as jailMap.lines
+// writes it. Anything else is an error: namespace id 0 as host root
+// outside a host-ids map (the helper never joined a namespace of msb's),
+// or a line that is neither of the VM's range nor kept.
+func parseJailMap(b []byte) (jailMap, error) {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	var ms [][3]uint64
 	for _, l := range lines {
 		f := strings.Fields(l)
 		var m [3]uint64
 		if len(f) != 3 {
-			return 0, nil, fmt.Errorf("id map line %q", l)
+			return jailMap{}, fmt.Errorf("id map line %q", l)
 		}
 		for i := range f {
+			var err error
 			if m[i], err = strconv.ParseUint(f[i], 10, 32); err != nil {
-				return 0, nil, fmt.Errorf("id map line %q", l)
+				return jailMap{}, fmt.Errorf("id map line %q", l)
 			}
-		}
-		if m[0] == 0 {
-			base = uint32(m[1])
 		}
 		ms = append(ms, m)
 	}
-	if base == 0 {
-		return 0, nil, fmt.Errorf("id map %q: id 0 is not one of msb's jail ids", strings.TrimSpace(string(b)))
+	if len(ms) == 2 && ms[0] == [3]uint64{0, 0, JailIDBase} && ms[1][0] == JailIDBase && ms[1][1] >= JailIDBase && ms[1][2] == JailIDSize {
+		return jailMap{base: uint32(ms[1][1]), hostIDs: true}, nil
+	}
+	var j jailMap
+	for _, m := range ms {
+		if m[0] == 0 {
+			j.base = uint32(m[1])
+		}
+	}
+	if j.base < JailIDBase {
+		return jailMap{}, fmt.Errorf("id map %q: id 0 is not one of msb's jail ids", strings.TrimSpace(string(b)))
 	}
 	for _, m := range ms {
 		switch {
 		case m[0] == m[1] && m[0] != 0:
-			kept = append(kept, mounts.IDRange{Start: uint32(m[0]), Size: uint32(m[2])})
-		case m[1] == uint64(base)+m[0] && m[0]+m[2] <= JailIDSize:
+			j.kept = append(j.kept, mounts.IDRange{Start: uint32(m[0]), Size: uint32(m[2])})
+		case m[1] == uint64(j.base)+m[0] && m[0]+m[2] <= JailIDSize:
 		default:
-			return 0, nil, fmt.Errorf("id map %q: line %d %d %d is neither the VM's range nor kept", strings.TrimSpace(string(b)), m[0], m[1], m[2])
+			return jailMap{}, fmt.Errorf("id map %q: line %d %d %d is neither the VM's range nor kept", strings.TrimSpace(string(b)), m[0], m[1], m[2])
 		}
 	}
-	return base, kept, nil
+	return j, nil
 }

@@ -102,19 +102,20 @@ import (
 	"github.com/msb-dev/msb/mounts"
 )
 
-// newUserNS returns a user namespace whose uid and gid maps are
-// mounts.JailMap(base, kept): its ids 0-65535 are the host's
-// base..base+65535, and each kept host range is itself.
-func newUserNS(base uint32, kept *mounts.KeptIDs) (*os.File, error) {
-	if kept == nil {
-		kept = &mounts.KeptIDs{}
+// newUserNS returns a user namespace whose uid and gid maps are a jailed
+// qemu's (jailMap.lines): the VM's range from base with kept's host ids,
+// or with hostIDs the host's ids themselves.
+func newUserNS(base uint32, kept *mounts.KeptIDs, hostIDs bool) (*os.File, error) {
+	um, gm := jailMap{base: base, hostIDs: hostIDs}, jailMap{base: base, hostIDs: hostIDs}
+	if kept != nil && !hostIDs {
+		um.kept, gm.kept = kept.UIDs, kept.GIDs
 	}
-	umap, gmap := C.CString(idMapLines(base, kept.UIDs)), C.CString(idMapLines(base, kept.GIDs))
+	umap, gmap := C.CString(um.lines()), C.CString(gm.lines())
 	defer C.free(unsafe.Pointer(umap))
 	defer C.free(unsafe.Pointer(gmap))
 	fd := C.msb_new_userns(umap, gmap)
 	if fd < 0 {
-		return nil, fmt.Errorf("user namespace for host ids %d-%d (kept %v): %w", base, base+JailIDSize-1, kept, syscall.Errno(-fd))
+		return nil, fmt.Errorf("user namespace for host ids %d-%d (kept %v, host ids %v): %w", base, base+JailIDSize-1, kept, hostIDs, syscall.Errno(-fd))
 	}
 	return os.NewFile(uintptr(fd), "userns"), nil
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/msb-dev/msb/mounts"
 )
 
-func newUserNS(base uint32, kept *mounts.KeptIDs) (*os.File, error) {
+func newUserNS(base uint32, kept *mounts.KeptIDs, hostIDs bool) (*os.File, error) {
 	return nil, errors.New("this msb-runtime was built with CGO_ENABLED=0: running qemu as an unprivileged user (a user namespace) needs cgo; rebuild with CGO_ENABLED=1 (the default where gcc is installed)")
 }
 

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -31,10 +32,12 @@ type qemu struct {
 	cfg           *LaunchConfig
 	bin, chanSock string
 	tsc           int
-	// userns is the user namespace qemu runs in as root, ids its host ids
-	// (nil: root of the host's, unjailed or JailHostRoot).
-	userns *os.File
-	ids    *JailIDs
+	// userns is the user namespace qemu runs in, ids its host ids (nil:
+	// root of the host's, unjailed or JailHostRoot); hostIDs: userns maps
+	// the host's ids to themselves (jailMap).
+	userns  *os.File
+	ids     *JailIDs
+	hostIDs bool
 	// mirrors keep the running qemu's propagated shares in step with the
 	// host's mounts (jailmirror.go).
 	mirrors []*mounts.Mirror
@@ -171,23 +174,11 @@ func startQEMU(c *LaunchConfig, chanSock string, logf, out *os.File, taps []*os.
 				return nil, err
 			}
 		}
-		if q.userns, err = newUserNS(ids.base, c.JailKeptIDs); err != nil {
+		if q.userns, q.hostIDs, err = jailUserNS(c, ids.base, chanSock, logf); err != nil {
 			ids.Release()
 			return nil, err
 		}
 		q.ids = ids
-		alone := map[string]bool{}
-		for _, s := range c.Shares {
-			alone[s.Path] = alone[s.Path] || s.IDMappedFile != ""
-		}
-		if err := idmappable(qemuIDMapped(c, chanSock), alone, q.userns); err != nil {
-			q.releaseIDs()
-			if c.JailIDBase != 0 { // its rootfs is shifted for the namespace
-				return nil, fmt.Errorf("jail: %w; move it to a filesystem that can (ext4, xfs, btrfs, tmpfs), or set jail = false in /etc/msb/config.toml", err)
-			}
-			fmt.Fprintf(logf, "msb-vmm: qemu runs as root of the host's user namespace (with the jail's four capabilities): %v\n", err)
-			q.userns, q.ids = nil, nil
-		}
 	}
 	if err := q.launch(kvm, logf); err != nil {
 		q.releaseIDs()
@@ -256,12 +247,16 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		plan.Env = []string{}
 		// qemu must not outlive the VMM process, however that ends.
 		plan.Pdeathsig = int(syscall.SIGKILL)
+		plan.HostIDs = q.hostIDs
 		if cmd, planf, err = jailCommand(plan, q.taps, q.userns, builtW); err != nil {
 			return err
 		}
 		defer planf.Close()
 		user := "root"
-		if q.ids != nil {
+		switch {
+		case q.hostIDs:
+			user = fmt.Sprintf("host uid %d (in a user namespace that maps the host's ids)", q.ids.base)
+		case q.ids != nil:
 			user = fmt.Sprintf("host uid %d (root of its user namespace)", q.ids.base)
 		}
 		how = fmt.Sprintf(" jailed (%d paths, as %s, capabilities %s)", len(plan.Binds), user, capList(plan.Caps))
@@ -294,6 +289,38 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		_ = cmd.Process.Kill()
 	}
 	return nil
+}
+
+// jailUserNS makes qemu's user namespace for the VM's ids from base:
+// shifted, its shares id-mapped with it; where one cannot be (an overlay
+// that Podman or Docker 20.10 mounted as the rootfs, NFS, FUSE) or
+// c.JailHostIDs asks for it, one that maps the host's ids to themselves
+// (hostIDs true), its binds plain.
+func jailUserNS(c *LaunchConfig, base uint32, chanSock string, logf io.Writer) (userns *os.File, hostIDs bool, err error) {
+	if c.JailHostIDs {
+		userns, err = newUserNS(base, nil, true)
+		return userns, true, err
+	}
+	if userns, err = newUserNS(base, c.JailKeptIDs, false); err != nil {
+		return nil, false, err
+	}
+	alone := map[string]bool{}
+	for _, s := range c.Shares {
+		alone[s.Path] = alone[s.Path] || s.IDMappedFile != ""
+	}
+	err = idmappable(qemuIDMapped(c, chanSock), alone, userns)
+	if err == nil {
+		return userns, false, nil
+	}
+	userns.Close()
+	if c.JailIDBase != 0 { // its rootfs is shifted for the namespace
+		return nil, false, fmt.Errorf("jail: %w; move it to a filesystem that can (ext4, xfs, btrfs, tmpfs), or set jail = false in /etc/msb/config.toml", err)
+	}
+	// A container user namespace's kept ids are below JailIDBase: a
+	// host-ids namespace maps them too.
+	fmt.Fprintf(logf, "msb-vmm: %v: qemu's user namespace maps the host's ids to themselves (ADR 022)\n", err)
+	userns, err = newUserNS(base, nil, true)
+	return userns, true, err
 }
 
 // releaseIDs gives back qemu's user namespace and ids once it is gone.

@@ -28,10 +28,17 @@ const podmanImage = "msb.local/busybox:latest"
 // container's exit, so a root set there would miss the deletes.
 type podmanEnv struct {
 	dir, netns string
+	driver     string // storage driver: vfs (a plain directory rootfs), overlay
 }
 
 // startPodman skips without podman unless MSB_TEST_PODMAN=1 asks for it.
 func startPodman(t *testing.T) *podmanEnv {
+	t.Helper()
+	return startPodmanDriver(t, "vfs")
+}
+
+// startPodmanDriver is startPodman with the storage driver given.
+func startPodmanDriver(t *testing.T, driver string) *podmanEnv {
 	t.Helper()
 	requireVM(t)
 	if _, err := exec.LookPath("podman"); err != nil {
@@ -44,7 +51,7 @@ func startPodman(t *testing.T) *podmanEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &podmanEnv{dir: dir, netns: newNetNS(t)}
+	p := &podmanEnv{dir: dir, netns: newNetNS(t), driver: driver}
 	t.Cleanup(func() { p.stop(t) })
 	tarPath := filepath.Join(dir, "busybox.tar")
 	if err := writeBusyboxTar(tarPath); err != nil {
@@ -60,7 +67,7 @@ func (p *podmanEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
 	global := []string{
 		"--root", filepath.Join(p.dir, "storage"), "--runroot", filepath.Join(p.dir, "run"),
 		"--tmpdir", filepath.Join(p.dir, "tmp"), "--network-config-dir", filepath.Join(p.dir, "cni"),
-		"--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+		"--storage-driver", p.driver, "--cgroup-manager", "cgroupfs", "--events-backend", "file",
 		"--runtime", msbRuntime,
 	}
 	cmd := exec.CommandContext(ctx, "podman", append(global, args...)...)
