@@ -119,7 +119,7 @@ func Prepare(r Request) (*Prepared, error) {
 	if lc.NICs, err = network.Plan(lc.NetNS, c.SpareNICs); err != nil {
 		return nil, fmt.Errorf("linux.namespaces network: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	lc.JailIDBase = r.JailIDBase
+	lc.JailIDBase, lc.View = r.JailIDBase, r.Rootfs
 	lc.JailKeptIDs, lc.JailHostIDs, lc.JailHostRoot = jailIDs(r.Spec)
 	for _, s := range sb.Shares {
 		shifted := r.JailIDBase != 0 && s.HostPath == r.Rootfs

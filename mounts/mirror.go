@@ -127,7 +127,9 @@ func newMirror(ns *os.File, root, rel, source string, access Access, idmap *IDMa
 		}
 		m.idmap = &IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, NS: userns}
 	}
-	if m.mountinfoFile, err = os.Open("/proc/self/mountinfo"); err != nil {
+	// This thread's namespace: the VMM's main thread is in another
+	// (vmm/view.go).
+	if m.mountinfoFile, err = os.Open("/proc/thread-self/mountinfo"); err != nil {
 		return fail(err)
 	}
 	return m, nil

@@ -73,10 +73,14 @@ func App() *cli.App {
 				},
 			},
 			{
-				Name:   "anchor",
-				Usage:  "holds a network namespace for a claimed pool VM's container until its stdin closes (started by the shim)",
-				Hidden: true,
-				Action: func(*cli.Context) error {
+				Name:      "anchor",
+				ArgsUsage: "<rootfs>",
+				Usage:     "holds a claimed pool VM's container's network namespace and view of its rootfs until its stdin closes (started by the shim)",
+				Hidden:    true,
+				Action: func(c *cli.Context) error {
+					if err := vmm.EnterView(c.Args().First()); err != nil {
+						return err
+					}
 					_, _ = io.Copy(io.Discard, os.Stdin)
 					return nil
 				},

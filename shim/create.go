@@ -102,6 +102,9 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		if err != nil {
 			return nil, err
 		}
+		if v.anchor, err = startAnchor(binary, v.claimNetNS, rootfs); err != nil {
+			return nil, err
+		}
 		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {
 			return nil, err
 		}

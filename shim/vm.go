@@ -98,9 +98,12 @@ type vm struct {
 	// net is the VMM's network namespace (the container's) and what is
 	// joined to the VM's NICs; the shim attaches at Start.
 	net *launch.Net
-	// anchor is the task pid of a pool VM claimed for a network
-	// namespace the container names (warm.go); nil otherwise.
+	// anchor is the task pid of a claimed pool VM (warm.go); nil
+	// otherwise.
 	anchor *anchor
+	// claimNetNS is a claimed pool VM's container's network namespace,
+	// where its anchor runs: the one it names, else the VM's.
+	claimNetNS string
 
 	stopOnce sync.Once
 	// endOnce logs once why the VM died (ended).

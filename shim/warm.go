@@ -102,8 +102,11 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		<-h.Done()
 		close(v.dead)
 	}()
+	v.claimNetNS = fmt.Sprintf("/proc/%d/ns/net", h.Pid)
 	if netns != "" {
-		err = v.moveTo(netns, binary)
+		if err = v.moveTo(netns); err == nil {
+			v.claimNetNS = netns
+		}
 	}
 	if err == nil {
 		v.net, err = launch.OpenNet(v.launch, h.Pid)
@@ -161,8 +164,8 @@ func refillPool(ctx context.Context, cfg config.Config, binary string) {
 // moveTo hands a claimed pool VM to the network namespace netns the
 // container names: its taps move there (the VM's spare NICs then take
 // the namespace's interfaces at Start, as a cold VM's take Docker's
-// veth), and an anchor process started there is the task pid.
-func (v *vm) moveTo(netns, binary string) error {
+// veth).
+func (v *vm) moveTo(netns string) error {
 	from, err := network.OpenNS(fmt.Sprintf("/proc/%d/ns/net", v.h.Pid))
 	if err != nil {
 		return err
@@ -177,15 +180,16 @@ func (v *vm) moveTo(netns, binary string) error {
 		return err
 	}
 	v.launch.NetNS = netns
-	v.anchor, err = startAnchor(binary, netns)
-	return err
+	return nil
 }
 
-// anchor is the task pid of a container that claimed a pool VM for a
-// network namespace it names (ADR 020): the VMM stays in the namespace it
-// was booted in, and no pid the shim reports may point a client at
-// another namespace than the container's. It is msb-runtime's anchor
-// command started in that namespace, and lives until the shim closes its
+// anchor is the task pid of a container that claimed a pool VM (ADR
+// 020): no pid the shim reports may point a client at another namespace
+// than the container's, and the VMM stays in the network namespace it was
+// booted in and in the host's mount namespace (a pool VM's main thread
+// never moves into a view, vmm/view.go). It is msb-runtime's anchor
+// command started in the container's network namespace, its main thread
+// in the container's view (rootfs), and lives until the shim closes its
 // stdin, or dies.
 type anchor struct {
 	cmd  *exec.Cmd
@@ -193,8 +197,8 @@ type anchor struct {
 	once sync.Once
 }
 
-func startAnchor(binary, netns string) (*anchor, error) {
-	cmd := exec.Command(binary, "anchor")
+func startAnchor(binary, netns, rootfs string) (*anchor, error) {
+	cmd := exec.Command(binary, "anchor", rootfs)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -91,6 +91,9 @@ type LaunchConfig struct {
 	Version int    `json:"version"`
 	Name    string `json:"name"`
 	Backend string `json:"backend"`
+	// View is the host directory the VMM process shows clients as its
+	// root (view.go): the container's rootfs; "" for none (a pool VM).
+	View string `json:"view,omitempty"`
 	// RuntimeDir holds the VMM's logs and private sockets.
 	RuntimeDir  string `json:"runtimeDir"`
 	AgentSocket string `json:"agentSocket"`

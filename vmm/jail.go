@@ -319,7 +319,8 @@ func jailCommand(plan *jailPlan, taps []*os.File, userns, built *os.File) (*exec
 	if err != nil {
 		return nil, nil, fmt.Errorf("jail: find this binary: %w", err)
 	}
-	if plan.HostMountNS, err = os.Readlink("/proc/self/ns/mnt"); err != nil {
+	// This thread's: the VMM's main thread is in another (view.go).
+	if plan.HostMountNS, err = os.Readlink("/proc/thread-self/ns/mnt"); err != nil {
 		return nil, nil, fmt.Errorf("jail: %w", err)
 	}
 	if err := os.MkdirAll(plan.Root, 0o700); err != nil {

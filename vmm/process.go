@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/network"
@@ -35,7 +36,8 @@ const (
 	defaultKVMBootTimeout = 15 * time.Second
 )
 
-// Main is the VMM process (msb-runtime vmm). It reads its launch config from
+// Main is the VMM process (msb-runtime vmm), called on the main thread,
+// locked to it (view.go). It reads its launch config from
 // ConfigFD, boots the VM, writes the startup line, relays agent clients, and
 // returns the exit code the process must exit with: the code the guest was
 // shut down with, or ExitGuestLost/ExitKilled.
@@ -49,11 +51,34 @@ func Main(o MainOptions) int {
 		fmt.Fprintf(os.Stderr, "msb-vmm: %s: launch config asks for container mode, which this binary does not serve\n", cfg.Name)
 		return 1
 	}
-	code, err := run(cfg, o, os.NewFile(ParentWatchFD, "parent-watch"), os.NewFile(StartupFD, "startup"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "msb-vmm: %s: %v\n", cfg.Name, err)
+	if unix.Gettid() != unix.Getpid() {
+		fmt.Fprintf(os.Stderr, "msb-vmm: %s: the VMM must run on the main thread, locked to it in the binary's init (view.go)\n", cfg.Name)
+		return 1
 	}
-	return code
+	// The VMM itself runs on other threads, in the host's mount namespace;
+	// this one moves into the container's view when run asks (view.go)
+	// and stays there until run returns the code.
+	views, viewed := make(chan string), make(chan error)
+	done := make(chan int)
+	go func() {
+		view := func(dir string) error {
+			views <- dir
+			return <-viewed
+		}
+		code, err := run(cfg, o, view, os.NewFile(ParentWatchFD, "parent-watch"), os.NewFile(StartupFD, "startup"))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "msb-vmm: %s: %v\n", cfg.Name, err)
+		}
+		done <- code
+	}()
+	for {
+		select {
+		case dir := <-views:
+			viewed <- enterView(dir, cfg.RuntimeDir)
+		case code := <-done:
+			return code
+		}
+	}
 }
 
 // MainOptions are what the binary serving as VMM adds to it.
@@ -110,7 +135,9 @@ type vm struct {
 	cleaned     bool
 }
 
-func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, retErr error) {
+// run is the VMM; view moves the main thread into the container's view
+// (view.go).
+func run(cfg *LaunchConfig, o MainOptions, view func(dir string) error, watch, startup *os.File) (code int, retErr error) {
 	v := &vm{cfg: cfg, exitCode: make(chan int32, 1), superviseContainer: o.Container, detached: make(chan struct{})}
 	defer v.cleanup()
 	logf := os.Stderr
@@ -150,6 +177,14 @@ func run(cfg *LaunchConfig, o MainOptions, watch, startup *os.File) (code int, r
 	v.tcg = startsTCG(cfg, backend)
 	if v.host, err = enterHost(cfg, backend, v.tcg, log.L.Infof); err != nil {
 		return 1, err
+	}
+	// After the host cgroup (its library reads /proc/self, the view's
+	// then), before any pid of this process reaches a client. A pool VM
+	// keeps the host's: it moves into a claimer's cgroup later.
+	if cfg.Lifeline == "" {
+		if err := view(cfg.View); err != nil {
+			return 1, err
+		}
 	}
 	if backend == BackendLibkrun {
 		if len(cfg.NICs) > 0 {

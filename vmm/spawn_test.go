@@ -6,11 +6,22 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
+
+// As the real VMM, the test binary's main thread moves into the view
+// (view.go): keep the main goroutine on it, as msb-runtime does. As the
+// jailed program, it reads its parent-death signal, the exec'ing (main)
+// thread's: a thread the runtime starts later has none.
+func init() {
+	if os.Getenv("MSB_FAKE_VMM") == "real" || os.Getenv("MSB_JAIL_TEST_CHILD") == "1" {
+		runtime.LockOSThread()
+	}
+}
 
 // The test binary doubles as a fake VMM process when MSB_FAKE_VMM is set, so
 // Spawn's fd and startup contract is checked against a real child.

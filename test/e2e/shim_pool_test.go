@@ -100,16 +100,25 @@ func TestShimWarmPool(t *testing.T) {
 		t.Errorf("parked VM: VMM nice %d, qemu nice %d, want 10", n, q)
 	}
 
-	// Claimed: the task pid is the parked VM's VMM, which moved with its
-	// qemu into the container's cgroup (ctr's --cgroup) at the spec's OOM
-	// score; the pool's cgroup is gone.
+	// Claimed: the parked VM's VMM moved with its qemu into the
+	// container's cgroup (ctr's --cgroup) at the spec's OOM score; the
+	// pool's cgroup is gone. The task pid is an anchor in the VM's network
+	// namespace whose root is the container's rootfs (vmm/view.go).
 	opts := []string{"--runtime-config-path", cfgPath}
 	cg := hostCgroupParent(t) + "/warm"
 	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType, "--cgroup", cg}, opts...), e.image, "warm", "sh", "-c",
 		"echo marker > /tmp/m; sleep 1000")...)
 	e.waitStatus(t, "warm", "RUNNING", time.Minute)
-	if pid := e.taskPid(t, "warm"); pid != parkedPid {
-		t.Fatalf("task pid %d is not the parked VM's VMM %d: the container did not claim the pool VM", pid, parkedPid)
+	anchorPid := e.taskPid(t, "warm")
+	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", anchorPid)); !strings.Contains(string(b), "anchor") {
+		t.Fatalf("task pid %d is no anchor (%q): the container did not claim the pool VM", anchorPid, b)
+	}
+	for _, ns := range []string{"net", "mnt"} {
+		a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", anchorPid, ns))
+		vmmNS, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", parkedPid, ns))
+		if (a == vmmNS) != (ns == "net") {
+			t.Errorf("anchor's %s namespace %s, the VMM's %s", ns, a, vmmNS)
+		}
 	}
 	checkHostPlace(t, "claimed VMM process", parkedPid, cg, 0)
 	checkHostPlace(t, "claimed qemu", parkedQEMU, cg, 0)
@@ -119,6 +128,9 @@ func TestShimWarmPool(t *testing.T) {
 	waitCgroupGone(t, "/msb-pool/"+parkedID, "after the claim")
 	if out := e.MustCtr("task", "exec", "--exec-id", "x", "warm", "cat", "/tmp/m"); out != "marker\n" {
 		t.Fatalf("exec in the warm container: %q", out)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/m", anchorPid)); err != nil || string(b) != "marker\n" {
+		t.Errorf("the anchor's root is not the container's rootfs: /tmp/m %q %v", b, err)
 	}
 	// A pool VM's qemu is an unprivileged user too (ADR 022), and the
 	// claimer's rootfs, shifted to its ids, keeps its owners in the guest.
@@ -157,8 +169,10 @@ func TestShimWarmPool(t *testing.T) {
 	e.remove(t, "warm")
 	waitCgroupGone(t, cg, "after the warm container's delete")
 	// Exited (its reaper, init, may not have collected it yet).
-	if st := procState(parkedPid); st != "" && st != "Z" {
-		t.Fatalf("the claimed VM's VMM %d outlived its container (state %s)", parkedPid, st)
+	for _, pid := range []int{parkedPid, anchorPid} {
+		if st := procState(pid); st != "" && st != "Z" {
+			t.Fatalf("the claimed VM's VMM or anchor %d outlived its container (state %s)", pid, st)
+		}
 	}
 
 	// Another size cannot use the pool: a cold start, the pool untouched.
