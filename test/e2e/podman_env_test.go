@@ -181,10 +181,13 @@ func writeBusyboxTar(path string) error {
 		"www/index.html":  []byte("msb-web\n"),
 		"etc/hostname":    []byte("busybox\n"),
 		"etc/resolv.conf": nil,
+		// A pod's infra command (podman pod create --infra-command takes
+		// one word).
+		"bin/pause": []byte("#!/bin/sh\nexec sleep 2147483647\n"),
 	}
-	for _, name := range []string{"bin/busybox", "etc/passwd", "etc/group", "www/index.html", "etc/hostname", "etc/resolv.conf"} {
+	for _, name := range []string{"bin/busybox", "etc/passwd", "etc/group", "www/index.html", "etc/hostname", "etc/resolv.conf", "bin/pause"} {
 		mode := int64(0o644)
-		if name == "bin/busybox" {
+		if name == "bin/busybox" || name == "bin/pause" {
 			mode = 0o755
 		}
 		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(files[name]))}); err != nil {
@@ -195,7 +198,7 @@ func writeBusyboxTar(path string) error {
 		}
 	}
 	for _, app := range strings.Fields(string(list)) {
-		if app == "busybox" {
+		if app == "busybox" || app == "pause" {
 			continue
 		}
 		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + app, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}); err != nil {

@@ -1,0 +1,165 @@
+package e2e
+
+// Podman pods through msb-runtime (ADR 024): the infra container boots
+// the pod's VM, the pod's other containers join it and share its guest
+// network, IPC and UTS namespaces.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPodmanPod(t *testing.T) {
+	p := startPodman(t)
+	p.mustPodman(t, "pod", "create", "--name", "pod1", "--infra-image", podmanImage, "--infra-command", "/bin/pause")
+	t.Cleanup(func() { _, _, _ = p.podman(t, "pod", "rm", "-f", "-t", "0", "pod1") })
+	p.mustPodman(t, "run", "-d", "--pod", "pod1", "--name", "web", podmanImage,
+		"sh", "-c", `hostname > /dev/shm/web-host; echo shm-from-web > /dev/shm/web; httpd -f -p 127.0.0.1:80 -h /www`)
+	ids := map[string]string{}
+	for _, n := range []string{"pod1-infra", "web"} {
+		ids[n] = strings.TrimSpace(p.mustPodman(t, "inspect", "-f", "{{.Id}}", n))
+	}
+	infraID := strings.TrimSpace(p.mustPodman(t, "pod", "inspect", "-f", "{{.InfraContainerID}}", "pod1"))
+	// The other member fetches over the pod's shared loopback, and
+	// reports what it shares with web.
+	script := `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done;
+echo host=$(hostname) webhost=$(cat /dev/shm/web-host) shm=$(cat /dev/shm/web 2>&1);
+echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id)`
+	out, errOut, code := p.podman(t, "run", "--rm", "--pod", "pod1", "--name", "client", podmanImage, "sh", "-c", script)
+	if code != 0 || !strings.Contains(out, "msb-web") {
+		t.Fatalf("client in the pod: exit %d, stdout %q, stderr %q: want the page web serves on 127.0.0.1", code, out, errOut)
+	}
+	f := fields(out)
+	if f["host"] == "" || f["host"] != f["webhost"] {
+		t.Errorf("hostnames differ: client %q, web %q (want the pod's UTS namespace)", f["host"], f["webhost"])
+	}
+	if f["shm"] != "shm-from-web" {
+		t.Errorf("/dev/shm: client sees %q, want web's file (the pod's IPC)", f["shm"])
+	}
+	webNS := fields(p.mustPodman(t, "exec", "web", "sh", "-c", `echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id)`))
+	if f["boot"] == "" || f["boot"] != webNS["boot"] {
+		t.Errorf("boot ids: client %q, web %q: want one guest kernel", f["boot"], webNS["boot"])
+	}
+	if f["ipc"] == "" || f["ipc"] != webNS["ipc"] {
+		t.Errorf("IPC namespaces: client %q, web %q: want the pod's", f["ipc"], webNS["ipc"])
+	}
+
+	// One VM: the infra container's pid runs the pod's only qemu; web's
+	// pid is a host process in the same network namespace.
+	infraPid := podmanPid(t, p, infraID)
+	webPid := podmanPid(t, p, "web")
+	if n := qemuBelow(infraPid) + qemuBelow(webPid); n != 1 || qemuBelow(infraPid) != 1 {
+		t.Errorf("qemu processes of the pod: %d (infra %d), want 1 (the infra's)", n, qemuBelow(infraPid))
+	}
+	if a, b := nsLink(t, infraPid, "net"), nsLink(t, webPid, "net"); a != b {
+		t.Errorf("web's pid %d is in network namespace %s, the infra's %s", webPid, b, a)
+	}
+	if a, b := nsLink(t, webPid, "ipc"), nsLink(t, os.Getpid(), "ipc"); a != b {
+		t.Logf("web's pid in ipc %s (host %s)", a, b)
+	}
+
+	// Deleting the infra while web runs is refused; podman stops members
+	// first.
+	if _, errOut, code := runMSB(t, "delete", "--force", infraID); code == 0 || !strings.Contains(errOut, "pod members that still run") {
+		t.Errorf("msb-runtime delete --force of the infra with web running: exit %d, %q: want a refusal naming the members", code, errOut)
+	}
+	p.mustPodman(t, "pod", "stop", "-t", "2", "pod1")
+	waitNoQEMU(t, infraPid)
+	p.mustPodman(t, "pod", "start", "pod1")
+	out = strings.TrimSpace(p.mustPodman(t, "exec", "web", "wget", "-qO-", "http://127.0.0.1:80/"))
+	if out != "msb-web" {
+		t.Errorf("after pod start: %q", out)
+	}
+	infraPid = podmanPid(t, p, infraID)
+	p.mustPodman(t, "pod", "rm", "-f", "-t", "0", "pod1")
+	waitNoQEMU(t, infraPid)
+	for _, id := range []string{infraID, ids["web"]} {
+		if _, err := os.Stat(filepath.Join("/run/msb/vms", id)); err == nil {
+			t.Errorf("state of %s left after pod rm -f", id)
+		}
+		if procs := processesNaming(id); len(procs) > 0 {
+			t.Errorf("processes of %s left after pod rm -f: %v", id, procs)
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), infraID) || strings.Contains(string(b), "/run/msb/vms/"+ids["web"]) {
+		t.Errorf("mounts left after pod rm -f")
+	}
+}
+
+// fields reads "k=v" words.
+func fields(s string) map[string]string {
+	m := map[string]string{}
+	for _, w := range strings.Fields(s) {
+		if k, v, ok := strings.Cut(w, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func podmanPid(t *testing.T, p *podmanEnv, name string) int {
+	t.Helper()
+	pid, err := strconv.Atoi(strings.TrimSpace(p.mustPodman(t, "inspect", "-f", "{{.State.Pid}}", name)))
+	if err != nil || pid <= 0 {
+		t.Fatalf("pid of %s: %d %v", name, pid, err)
+	}
+	return pid
+}
+
+// qemuBelow counts the qemu processes among pid's descendants.
+func qemuBelow(pid int) int {
+	n := 0
+	lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, l := range lists {
+		b, _ := os.ReadFile(l)
+		for _, c := range strings.Fields(string(b)) {
+			cp, _ := strconv.Atoi(c)
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cp)); strings.Contains(string(cmd), "qemu-system") {
+				n++
+			}
+			n += qemuBelow(cp)
+		}
+	}
+	return n
+}
+
+func nsLink(t *testing.T, pid int, ns string) string {
+	t.Helper()
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// waitNoQEMU waits until the VMM process pid (and its qemu) has gone.
+func waitNoQEMU(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VMM process %d still runs", pid)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// runMSB runs msb-runtime (default --root, as Podman's) to its end.
+func runMSB(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(msbRuntime, args...)
+	cmd.Env = append(os.Environ(), "MSB_CONFIG="+configFile)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), exitCode(t, err)
+}
