@@ -55,12 +55,14 @@ func nsIdentOf(path string) (nsIdent, error) {
 // msb container's namespace (then specconv refuses any host namespace
 // path, ADR 009/011). A namespace path names an owner when:
 //
-//   - it is /proc/<pid>/ns/<type> where pid is the container's pid (its
-//     VMM process, or a member's pid process) still running with the
-//     recorded start time, and the path's namespace is that process's;
-//   - or, for the network namespace, it is the namespace of that pid
-//     (compared by nsfs device and inode), and not msb-runtime's own:
-//     the host's is never an owner's.
+//   - for ipc, uts and pid, it is /proc/<pid>/ns/<type> where pid is
+//     the container's pid (its VMM process, or a member's pid process)
+//     still running with the recorded start time, and the path's
+//     namespace is that process's;
+//   - for the network namespace, it is the namespace of that pid by
+//     any path (compared by nsfs device and inode: Podman names its
+//     bind mount under /run/netns), and not msb-runtime's own: the
+//     host's is never an owner's.
 //
 // Only host-owned records (in the --root state dirs) and /proc are read;
 // nothing the guest can write names the owner.
@@ -134,8 +136,12 @@ func ownerOf(cands []*container, ns specs.LinuxNamespace, hostNet nsIdent) *cont
 		}
 		// The VMM's ipc, uts and pid namespaces are the host's: only the
 		// pid names them as the container's. Its network namespace is
-		// the container's own unless it is the host's.
-		if p == own || (ns.Type == specs.NetworkNamespace && id != hostNet) {
+		// the container's own, by whatever path, and never the host's.
+		if ns.Type == specs.NetworkNamespace {
+			if id != hostNet {
+				return c
+			}
+		} else if p == own {
 			return c
 		}
 	}
