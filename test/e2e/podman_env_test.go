@@ -29,6 +29,9 @@ const podmanImage = "msb.local/busybox:latest"
 type podmanEnv struct {
 	dir, netns string
 	driver     string // storage driver: vfs (a plain directory rootfs), overlay
+	// conf, when set, is the containers.conf podman reads
+	// (CONTAINERS_CONF).
+	conf string
 }
 
 // startPodman skips without podman unless MSB_TEST_PODMAN=1 asks for it.
@@ -72,6 +75,9 @@ func (p *podmanEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
 	}
 	cmd := exec.CommandContext(ctx, "podman", append(global, args...)...)
 	cmd.Env = append(os.Environ(), "MSB_CONFIG="+configFile)
+	if p.conf != "" {
+		cmd.Env = append(cmd.Env, "CONTAINERS_CONF="+p.conf)
+	}
 	return cmd
 }
 

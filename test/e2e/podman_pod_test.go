@@ -160,3 +160,61 @@ func runMSB(t *testing.T, args ...string) (string, string, int) {
 	err := cmd.Run()
 	return out.String(), errb.String(), exitCode(t, err)
 }
+
+// TestPodmanKubePlay: a two-container pod from a Kubernetes YAML; the
+// infra image is the test's busybox with /bin/pause as its command
+// (containers.conf infra_image: the default pause image would be
+// pulled).
+func TestPodmanKubePlay(t *testing.T) {
+	p := startPodman(t)
+	// kube play runs the infra image's own command.
+	p.mustPodman(t, "import", "--change", "CMD=/bin/pause", filepath.Join(p.dir, "busybox.tar"), "msb.local/pause:latest")
+	p.conf = filepath.Join(p.dir, "containers.conf")
+	conf := "[engine]\ninfra_image = \"msb.local/pause:latest\"\n"
+	if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	yaml := filepath.Join(p.dir, "pod.yaml")
+	if err := os.WriteFile(yaml, []byte(`apiVersion: v1
+kind: Pod
+metadata:
+  name: kpod
+spec:
+  containers:
+  - name: web
+    image: `+podmanImage+`
+    imagePullPolicy: Never
+    env: [{name: PATH, value: /bin}]
+    command: ["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www"]
+  - name: client
+    image: `+podmanImage+`
+    imagePullPolicy: Never
+    env: [{name: PATH, value: /bin}]
+    command: ["sh", "-c", "until wget -qO- http://127.0.0.1:80/; do sleep 0.3; done; echo fetched; exec sleep 100000"]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _, _ = p.podman(t, "pod", "rm", "-f", "-t", "0", "kpod") })
+	p.mustPodman(t, "kube", "play", yaml)
+	waitLogs(t, p, "kpod-client", "fetched", 90*time.Second)
+	if logs := p.mustPodman(t, "logs", "kpod-client"); !strings.Contains(logs, "msb-web") {
+		t.Errorf("client logs %q: want web's page over the pod's loopback", logs)
+	}
+	infraID := strings.TrimSpace(p.mustPodman(t, "pod", "inspect", "-f", "{{.InfraContainerID}}", "kpod"))
+	infraPid := podmanPid(t, p, infraID)
+	n := qemuBelow(infraPid)
+	for _, c := range []string{"kpod-web", "kpod-client"} {
+		n += qemuBelow(podmanPid(t, p, c))
+	}
+	if n != 1 || qemuBelow(infraPid) != 1 {
+		t.Errorf("qemu processes of the pod: %d, want 1 (the infra's)", n)
+	}
+	if out := p.mustPodman(t, "pod", "ps", "--format", "{{.Name}} {{.Status}} {{.NumberOfContainers}}"); !strings.Contains(out, "kpod Running 3") {
+		t.Errorf("pod ps: %q, want kpod Running with 3 containers", out)
+	}
+	p.mustPodman(t, "pod", "rm", "-f", "-t", "0", "kpod")
+	waitNoQEMU(t, infraPid)
+	if _, err := os.Stat(filepath.Join("/run/msb/vms", infraID)); err == nil {
+		t.Errorf("infra state left after pod rm -f")
+	}
+}
