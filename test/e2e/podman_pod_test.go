@@ -17,7 +17,7 @@ import (
 
 func TestPodmanPod(t *testing.T) {
 	p := startPodman(t)
-	p.mustPodman(t, "pod", "create", "--name", "pod1", "--infra-image", podmanImage, "--infra-command", "/bin/pause")
+	p.mustPodman(t, "pod", "create", "--name", "pod1", "--share", "net,ipc,uts,pid", "--infra-image", podmanImage, "--infra-command", "/bin/pause")
 	t.Cleanup(func() { _, _, _ = p.podman(t, "pod", "rm", "-f", "-t", "0", "pod1") })
 	p.mustPodman(t, "run", "-d", "--pod", "pod1", "--name", "web", podmanImage,
 		"sh", "-c", `hostname > /dev/shm/web-host; echo shm-from-web > /dev/shm/web; httpd -f -p 127.0.0.1:80 -h /www`)
@@ -27,10 +27,14 @@ func TestPodmanPod(t *testing.T) {
 	// reports what it shares with web.
 	script := `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done;
 echo host=$(hostname) webhost=$(cat /dev/shm/web-host) shm=$(cat /dev/shm/web 2>&1);
-echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id)`
+echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id);
+ps -o args | grep -q "^httpd -f" && echo sees=httpd; ps -o args | grep -q "^sleep 2147483647" && echo sees=infra`
 	out, errOut, code := p.podman(t, "run", "--rm", "--pod", "pod1", "--name", "client", podmanImage, "sh", "-c", script)
 	if code != 0 || !strings.Contains(out, "msb-web") {
 		t.Fatalf("client in the pod: exit %d, stdout %q, stderr %q: want the page web serves on 127.0.0.1", code, out, errOut)
+	}
+	if !strings.Contains(out, "sees=httpd") || !strings.Contains(out, "sees=infra") {
+		t.Errorf("client's ps %q: want web's httpd and the infra's sleep (the pod's PID namespace)", out)
 	}
 	f := fields(out)
 	if f["host"] == "" || f["host"] != f["webhost"] {
@@ -39,7 +43,8 @@ echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_i
 	if f["shm"] != "shm-from-web" {
 		t.Errorf("/dev/shm: client sees %q, want web's file (the pod's IPC)", f["shm"])
 	}
-	webNS := fields(p.mustPodman(t, "exec", "web", "sh", "-c", `echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id)`))
+	webNS := fields(p.mustPodman(t, "exec", "web", "sh", "-c", `echo ipc=$(readlink /proc/self/ns/ipc) boot=$(cat /proc/sys/kernel/random/boot_id);
+ps -o args | grep -q "^httpd -f" && echo sees=httpd; ps -o args | grep -q "^sleep 2147483647" && echo sees=infra`))
 	if f["boot"] == "" || f["boot"] != webNS["boot"] {
 		t.Errorf("boot ids: client %q, web %q: want one guest kernel", f["boot"], webNS["boot"])
 	}
