@@ -106,8 +106,12 @@ func Delete(ctx context.Context, o Options, id string, force bool) error {
 		}
 		return c.poststop(ctx)
 	}
-	if m := liveMembers(o, id); len(m) > 0 {
-		return errLiveMembers(id, m)
+	// Members run in a running VM only: once its VMM is gone they are
+	// ending (137) and no longer hold it.
+	if c.vmmAlive() {
+		if m := liveMembers(o, id); len(m) > 0 {
+			return errLiveMembers(id, m)
+		}
 	}
 	if c.vmmAlive() {
 		switch st := c.status(ctx); {

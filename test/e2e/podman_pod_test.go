@@ -223,3 +223,50 @@ spec:
 		t.Errorf("infra state left after pod rm -f")
 	}
 }
+
+// TestDocker20NetworkContainer: Docker 20.10's --network container:<id>
+// through msb-runtime joins the other container's VM (ADR 024): the
+// loopback is shared, one guest kernel, one qemu.
+func TestDocker20NetworkContainer(t *testing.T) {
+	d := startDocker20(t)
+	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "web", "--network", "none",
+		"msb.local/busybox", "httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www")
+	boot := strings.TrimSpace(d.mustDocker(t, "exec", "web", "cat", "/proc/sys/kernel/random/boot_id"))
+	out := d.mustDocker(t, "run", "--rm", "--runtime", "msb", "--network", "container:web", "msb.local/busybox",
+		"sh", "-c", `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done; echo boot=$(cat /proc/sys/kernel/random/boot_id)`)
+	if !strings.Contains(out, "msb-web") || fields(out)["boot"] != boot {
+		t.Fatalf("--network container:web: %q, want web's page and its guest kernel's boot id %s", out, boot)
+	}
+	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "side", "--network", "container:web", "msb.local/busybox", "sleep", "600")
+	pid := func(name string) int {
+		n, err := strconv.Atoi(strings.TrimSpace(d.mustDocker(t, "inspect", "-f", "{{.State.Pid}}", name)))
+		if err != nil || n <= 0 {
+			t.Fatalf("pid of %s: %v", name, err)
+		}
+		return n
+	}
+	webPid, sidePid := pid("web"), pid("side")
+	if qemuBelow(webPid) != 1 || qemuBelow(sidePid) != 0 {
+		t.Errorf("qemu processes: web %d, side %d; want 1 and 0", qemuBelow(webPid), qemuBelow(sidePid))
+	}
+	// Removing web while side runs in its VM: Docker kills web, its VM
+	// goes, and side ends with it (137); runc would leave side running
+	// in web's network namespace (ADR 024).
+	d.mustDocker(t, "rm", "-f", "web")
+	waitNoQEMU(t, webPid)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := strings.TrimSpace(d.mustDocker(t, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "side"))
+		if st == "exited 137" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("side after web's removal: %q, want exited 137", st)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	d.mustDocker(t, "rm", "side")
+	if procs := processesNaming("member-relay"); len(procs) > 0 {
+		t.Errorf("member relays left: %v", procs)
+	}
+}
