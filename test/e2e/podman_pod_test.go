@@ -229,13 +229,14 @@ spec:
 // loopback is shared, one guest kernel, one qemu.
 func TestDocker20NetworkContainer(t *testing.T) {
 	d := startDocker20(t)
-	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "web", "--network", "none",
+	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "web", "--network", "none", "--ipc", "shareable",
 		"msb.local/busybox", "httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www")
-	boot := strings.TrimSpace(d.mustDocker(t, "exec", "web", "cat", "/proc/sys/kernel/random/boot_id"))
-	out := d.mustDocker(t, "run", "--rm", "--runtime", "msb", "--network", "container:web", "msb.local/busybox",
-		"sh", "-c", `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done; echo boot=$(cat /proc/sys/kernel/random/boot_id)`)
-	if !strings.Contains(out, "msb-web") || fields(out)["boot"] != boot {
-		t.Fatalf("--network container:web: %q, want web's page and its guest kernel's boot id %s", out, boot)
+	web := fields(d.mustDocker(t, "exec", "web", "sh", "-c", "echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc)"))
+	out := d.mustDocker(t, "run", "--rm", "--runtime", "msb", "--network", "container:web", "--ipc", "container:web", "--pid", "container:web", "msb.local/busybox",
+		"sh", "-c", `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done;
+echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc); ps -o args | grep -q "^httpd -f" && echo sees=httpd`)
+	if f := fields(out); !strings.Contains(out, "msb-web") || f["boot"] != web["boot"] || f["ipc"] != web["ipc"] || f["sees"] != "httpd" {
+		t.Fatalf("--network/--ipc/--pid container:web: %q, want web's page, its guest kernel (boot id %s), its IPC namespace (%s) and its processes", out, web["boot"], web["ipc"])
 	}
 	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "side", "--network", "container:web", "msb.local/busybox", "sleep", "600")
 	pid := func(name string) int {
