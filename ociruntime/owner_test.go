@@ -9,10 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -106,12 +108,14 @@ func TestOwnerOfNetNS(t *testing.T) {
 	hostNet, _ := nsIdentOf("/proc/self/ns/net")
 	cands := liveContainers(Options{Root: root})
 	path := fmt.Sprintf("/proc/%d/ns/net", own.rec.Pid)
-	// unshare execs sleep: the pid is in the new namespace once it runs.
-	for i := 0; i < 100; i++ {
-		if id, _ := nsIdentOf(path); id != hostNet {
-			break
+	// unshare execs sleep: a pid is in its new namespace once it runs.
+	for _, c := range []*container{own, other} {
+		for i := 0; i < 100; i++ {
+			if id, _ := nsIdentOf(fmt.Sprintf("/proc/%d/ns/net", c.rec.Pid)); id != hostNet {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		exec.Command("sleep", "0.05").Run()
 	}
 	if got := ownerOf(cands, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path}, hostNet); got == nil || got.rec.ID != "infra" {
 		t.Fatalf("ownerOf(%s) = %v, want infra", path, got)
@@ -150,5 +154,34 @@ func TestCreateRefusesHostNamespace(t *testing.T) {
 	}
 	if _, err := os.Stat(vmm.StateDirPath(root, "member")); !os.IsNotExist(err) {
 		t.Errorf("state dir left: %v", err)
+	}
+}
+
+// TestCheckMemberSpec: a member joins within its owner's VM size; a
+// size, limit or backend of its own is refused, naming the field.
+func TestCheckMemberSpec(t *testing.T) {
+	owner := &container{rec: record{ID: "infra", VM: specconv.VMSize{VCPUs: 1, MemoryMiB: 256, OverheadMiB: 64},
+		Spec: specs.Spec{Annotations: map[string]string{specconv.AnnotationMemoryMiB: "256"}}}}
+	lim := func(n int64) *specs.Spec {
+		return &specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &n}}}}
+	}
+	if err := checkMemberSpec(lim(100<<20), owner); err != nil {
+		t.Errorf("a limit within the VM: %v", err)
+	}
+	if err := checkMemberSpec(&specs.Spec{Annotations: map[string]string{specconv.AnnotationMemoryMiB: "256"}}, owner); err != nil {
+		t.Errorf("the owner's own size: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		spec *specs.Spec
+		want string
+	}{
+		"limit past the VM": {lim(1 << 30), "linux.resources.memory.limit"},
+		"own size":          {&specs.Spec{Annotations: map[string]string{specconv.AnnotationVCPUs: "2"}}, specconv.AnnotationVCPUs},
+		"other memory":      {&specs.Spec{Annotations: map[string]string{specconv.AnnotationMemoryMiB: "512"}}, specconv.AnnotationMemoryMiB},
+	} {
+		err := checkMemberSpec(tc.spec, owner)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `"infra"`) {
+			t.Errorf("%s: %v, want a refusal naming %s and the owner", name, err, tc.want)
+		}
 	}
 }

@@ -66,6 +66,18 @@ ps -o args | grep -q "^httpd -f" && echo sees=httpd; ps -o args | grep -q "^slee
 		t.Logf("web's pid in ipc %s (host %s)", a, b)
 	}
 
+	// A member asking for more than the pod's VM gives is refused, and
+	// leaves nothing.
+	_, errOut, code = p.podman(t, "run", "--pod", "pod1", "--name", "big", "--memory", "8g", podmanImage, "true")
+	if code == 0 || !strings.Contains(errOut, "linux.resources.memory.limit") || !strings.Contains(errOut, "joins the running VM of") {
+		t.Errorf("member with --memory 8g: exit %d, %q: want a refusal naming the limit and the pod's VM", code, errOut)
+	}
+	bigID := strings.TrimSpace(p.mustPodman(t, "inspect", "-f", "{{.Id}}", "big"))
+	if _, err := os.Stat(filepath.Join("/run/msb/vms", bigID)); err == nil {
+		t.Errorf("state of the refused member left")
+	}
+	p.mustPodman(t, "rm", "-f", "big")
+
 	// Deleting the infra while web runs is refused; podman stops members
 	// first.
 	if _, errOut, code := runMSB(t, "delete", "--force", infraID); code == 0 || !strings.Contains(errOut, "pod members that still run") {
