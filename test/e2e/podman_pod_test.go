@@ -15,8 +15,13 @@ import (
 	"time"
 )
 
-func TestPodmanPod(t *testing.T) {
-	p := startPodman(t)
+func TestPodmanPod(t *testing.T) { testPodmanPod(t, startPodman(t)) }
+
+// TestPodmanPodOverlay: the same with Podman's overlay rootfs, which
+// qemu cannot id-map (ADR 022: it runs with the host's ids).
+func TestPodmanPodOverlay(t *testing.T) { testPodmanPod(t, startPodmanDriver(t, "overlay")) }
+
+func testPodmanPod(t *testing.T, p *podmanEnv) {
 	p.mustPodman(t, "pod", "create", "--name", "pod1", "--share", "net,ipc,uts,pid", "--infra-image", podmanImage, "--infra-command", "/bin/pause")
 	t.Cleanup(func() { _, _, _ = p.podman(t, "pod", "rm", "-f", "-t", "0", "pod1") })
 	p.mustPodman(t, "run", "-d", "--pod", "pod1", "--name", "web", podmanImage,
