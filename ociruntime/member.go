@@ -31,6 +31,10 @@ import (
 // process of its own (member-relay, in the owner's network namespace)
 // that holds its stdio and exits with its status.
 
+// guestCreateTimeout bounds a member's Prepare and Create in the running
+// guest (no boot to wait for: runc create's time, with room for TCG).
+const guestCreateTimeout = time.Minute
+
 // createMember creates container id from bundle b in owner's VM, joining
 // the owner's guest namespaces of the types in joined. On error nothing
 // is left behind.
@@ -107,10 +111,13 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 	if err := hooks.Create(ctx, b.spec, hooks.State(b.spec, id, b.dir, specs.StateCreating, p.pid)); err != nil {
 		return err
 	}
-	if err := a.agent.Prepare(ctx, id, mem.Env); err != nil {
+	// The guest is hostile: its answers are waited for a bounded time.
+	gctx, cancel := context.WithTimeout(ctx, guestCreateTimeout)
+	defer cancel()
+	if err := a.agent.Prepare(gctx, id, mem.Env); err != nil {
 		return fmt.Errorf("prepare %q in the VM of %q: %w", id, owner.rec.ID, errgrpc.ToNative(err))
 	}
-	if err := createTask(ctx, a.task, id, mem.GuestSpec, tokens, terminal); err != nil {
+	if err := createTask(gctx, a.task, id, mem.GuestSpec, tokens, terminal); err != nil {
 		return err
 	}
 	start, ok := procStart(p.pid)
