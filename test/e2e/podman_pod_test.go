@@ -71,6 +71,12 @@ ps -o args | grep -q "^httpd -f" && echo sees=httpd; ps -o args | grep -q "^slee
 		t.Logf("web's pid in ipc %s (host %s)", a, b)
 	}
 
+	// A member with a terminal: its pid holds the pty conmon receives.
+	out, errOut, code = p.podman(t, "run", "--rm", "-t", "--pod", "pod1", podmanImage, "sh", "-c", "tty; exit 6")
+	if code != 6 || !strings.Contains(out, "/dev/pts/") {
+		t.Errorf("run -t in the pod: exit %d (want 6), %q %q: want a guest pty", code, out, errOut)
+	}
+
 	// A member asking for more than the pod's VM gives is refused, and
 	// leaves nothing.
 	_, errOut, code = p.podman(t, "run", "--pod", "pod1", "--name", "big", "--memory", "8g", podmanImage, "true")
