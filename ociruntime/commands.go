@@ -103,6 +103,15 @@ func lifecycleCommands() []*cli.Command {
 			},
 		},
 		{
+			Name: "member-relay", Hidden: true, Usage: "a pod member's pid (started by msb-runtime create, ADR 024)",
+			Action: func(c *cli.Context) error {
+				if code := MemberRelay(ctxOf(c)); code != 0 {
+					return exitError{code: code}
+				}
+				return nil
+			},
+		},
+		{
 			Name: "ps", Usage: "the container's host processes", ArgsUsage: "<container-id> [ps options]",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "format", Aliases: []string{"f"}, Value: "table", Usage: "table or json"}},
 			Action: func(c *cli.Context) error {

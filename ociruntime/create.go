@@ -39,7 +39,21 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 	if co.PreserveFDs > 0 {
 		return errors.New("--preserve-fds: host file descriptors cannot be passed into the container's VM: drop the option (socket activation does not work with msb)")
 	}
-	sb, err := prepare(o, co.Bundle, id)
+	if err := checkID(id); err != nil {
+		return err
+	}
+	b, err := readBundle(co.Bundle)
+	if err != nil {
+		return err
+	}
+	owner, joined, err := findOwner(ctx, o, b.spec)
+	if err != nil {
+		return err
+	}
+	if owner != nil {
+		return createMember(ctx, o, id, b, owner, joined, co, stdio)
+	}
+	sb, err := prepare(o, b, id, true)
 	if err != nil {
 		return err
 	}
@@ -48,19 +62,12 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 			sb.destroy()
 		}
 	}()
-	files := stdio[:]
 	terminal := sb.prep.GuestSpec.Process.Terminal
-	if terminal {
-		if co.ConsoleSocket == "" {
-			return errors.New("process.terminal is true: --console-socket is required to receive the pty master (as with runc create)")
-		}
-		slave, err := hostPty(co.ConsoleSocket, sb.prep.GuestSpec.Process.ConsoleSize)
-		if err != nil {
-			return err
-		}
-		defer slave.Close()
-		files = []*os.File{slave}
+	files, done, err := createStdio(co, sb.prep.GuestSpec.Process, stdio)
+	if err != nil {
+		return err
 	}
+	defer done()
 	tokens := newTokens()
 	sb.prep.Launch.Container = &vmm.ContainerMode{ID: id, Tokens: tokens, Terminal: terminal,
 		Unstage: []string{launch.StageDir(sb.stateDir)}}
@@ -84,6 +91,7 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		NetNS:       sb.prep.Launch.NetNS,
 		NICs:        sb.prep.Launch.NICs,
 		VM:          specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB},
+		Pod:         true,
 	}}
 	if rootfs, err := rootfsPath(sb.bundle, sb.spec); err == nil {
 		c.rec.Rootfs = rootfs
@@ -103,6 +111,23 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 	return nil
 }
 
+// createStdio is what the container's pid process holds as its stdio:
+// the caller's fds 0–2, or with a terminal the slave of a host pty whose
+// master went to --console-socket. done closes this process's copy.
+func createStdio(co CreateOptions, ps *specs.Process, stdio [3]*os.File) ([]*os.File, func(), error) {
+	if !ps.Terminal {
+		return stdio[:], func() {}, nil
+	}
+	if co.ConsoleSocket == "" {
+		return nil, nil, errors.New("process.terminal is true: --console-socket is required to receive the pty master (as with runc create)")
+	}
+	slave, err := hostPty(co.ConsoleSocket, ps.ConsoleSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []*os.File{slave}, func() { slave.Close() }, nil
+}
+
 // createInVM runs the create hooks while the VM boots, then creates the
 // container in the guest with the stdio streams the VMM holds.
 func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]string, terminal bool) error {
@@ -116,7 +141,7 @@ func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]strin
 		return err
 	}
 	defer a.Close()
-	return sb.createTask(bootCtx, a.task, tokens, terminal)
+	return createTask(bootCtx, a.task, sb.id, sb.prep.GuestSpec, tokens, terminal)
 }
 
 // dialReady connects to the agent of a booting VM and waits until it
@@ -192,16 +217,19 @@ func Start(ctx context.Context, o Options, id string) error {
 		return err
 	}
 	defer a.Close()
-	lc := &vmm.LaunchConfig{NetNS: c.rec.NetNS, NICs: c.rec.NICs, RuntimeDir: c.dir}
-	n, err := launch.OpenNet(lc, c.rec.Pid)
-	if err != nil {
-		return err
-	}
-	// The VMM undoes the wiring when it ends: here only the namespace fd
-	// is let go.
-	defer n.Release()
-	if err := n.Attach(ctx, a.agent, id); err != nil {
-		return err
+	// A member's network is its owner's VM's (ADR 024).
+	if c.rec.Owner == "" {
+		lc := &vmm.LaunchConfig{NetNS: c.rec.NetNS, NICs: c.rec.NICs, RuntimeDir: c.dir}
+		n, err := launch.OpenNet(lc, c.rec.Pid)
+		if err != nil {
+			return err
+		}
+		// The VMM undoes the wiring when it ends: here only the namespace
+		// fd is let go.
+		defer n.Release()
+		if err := n.Attach(ctx, a.agent, id); err != nil {
+			return err
+		}
 	}
 	if _, err := a.task.Start(ctx, &task.StartRequest{ID: id}); err != nil {
 		return fmt.Errorf("start container in the guest: %w", err)

@@ -54,6 +54,11 @@ type relayPlan struct {
 	ExecID  string         `json:"execId"`
 	Process *specs.Process `json:"process"`
 	Tty     bool           `json:"tty"` // fd 0 is a pty slave to hold
+	// Tokens name the stdio streams of a pod member (member-relay), whose
+	// task create makes after the relay has opened them.
+	// Socket is its owner's agent socket.
+	Tokens [3]string `json:"tokens,omitzero"`
+	Socket string    `json:"socket,omitempty"`
 }
 
 // relayStatus is the relay's one line on fd 4: its pid once the process
@@ -259,67 +264,78 @@ func execOwnTerminal(ctx context.Context, c *container, plan relayPlan, stdio [3
 // startRelay starts the detached relay process for plan and returns its
 // pid once the process runs in the guest.
 func startRelay(o Options, c *container, plan relayPlan, stdio []*os.File) (int, error) {
-	b, err := json.Marshal(plan)
+	ns := c.rec.NetNS
+	if ns == "" {
+		ns = fmt.Sprintf("/proc/%d/ns/net", c.rec.Pid)
+	}
+	pid, cmd, err := spawnRelay(o, c, ns, "exec-relay", plan, stdio, nil)
 	if err != nil {
 		return 0, err
 	}
-	cfg, err := os.CreateTemp(c.dir, ".exec-*.json")
+	// Not waited for: the caller's reaper (conmon, containerd's shim)
+	// gets its exit status once this process has gone.
+	_ = cmd.Process.Release()
+	return pid, nil
+}
+
+// spawnRelay starts the hidden relay command in network namespace netns
+// and its own session, with stdio, the plan on fd 3, its status on fd 4
+// and extra (if any) as fd 5, and returns its pid once it reports ready.
+func spawnRelay(o Options, c *container, netns, command string, plan relayPlan, stdio []*os.File, extra *os.File) (int, *exec.Cmd, error) {
+	b, err := json.Marshal(plan)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
+	}
+	cfg, err := os.CreateTemp(c.dir, ".relay-*.json")
+	if err != nil {
+		return 0, nil, err
 	}
 	os.Remove(cfg.Name())
 	defer cfg.Close()
 	if _, err := cfg.Write(b); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if _, err := cfg.Seek(0, 0); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	sr, sw, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer sr.Close()
 	args := []string{"--root", o.Root}
 	if o.Log != "" {
 		args = append(args, "--log", o.Log, "--log-format", o.LogFormat)
 	}
-	cmd := exec.Command(o.Self, append(args, "exec-relay")...)
+	cmd := exec.Command(o.Self, append(args, command)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	cmd.ExtraFiles = []*os.File{cfg, sw}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	ns := c.rec.NetNS
-	if ns == "" {
-		ns = fmt.Sprintf("/proc/%d/ns/net", c.rec.Pid)
+	if extra != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, extra)
 	}
-	err = network.InNS(ns, cmd.Start)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = network.InNS(netns, cmd.Start)
 	sw.Close()
 	if err != nil {
-		return 0, fmt.Errorf("start exec relay: %w", err)
+		return 0, nil, fmt.Errorf("start %s: %w", command, err)
 	}
-	line, rerr := bufio.NewReader(sr).ReadString('\n')
+	line, rerr := bufio.NewReader(io.LimitReader(sr, 64<<10)).ReadString('\n')
 	var st relayStatus
 	if rerr != nil || json.Unmarshal([]byte(line), &st) != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return 0, fmt.Errorf("exec relay died before the process started (%v)", rerr)
+		return 0, nil, fmt.Errorf("%s died before it was ready (%v)", command, rerr)
 	}
 	if st.Error != "" {
 		_ = cmd.Wait()
-		return 0, errors.New(st.Error)
+		return 0, nil, errors.New(st.Error)
 	}
-	// Not waited for: the caller's reaper (conmon, containerd's shim)
-	// gets its exit status once this process has gone.
-	_ = cmd.Process.Release()
-	return st.Pid, nil
+	return st.Pid, cmd, nil
 }
 
-// ExecRelay is the hidden `exec-relay` command: it reads its plan from fd 3,
-// reports on fd 4, relays stdio (fds 0–2) and returns the exit status.
-func ExecRelay(ctx context.Context) int {
-	// A reader that went away is an EPIPE for the copy, not this
-	// process's death: the guest process still gets its exit reaped.
-	signal.Ignore(syscall.SIGPIPE)
+// readRelayPlan reads a relay's plan from fd 3; report writes its one
+// status line on fd 4 (its pid, or err), once. A bad plan is reported.
+func readRelayPlan() (relayPlan, func(error), error) {
 	status := os.NewFile(4, "status")
 	report := func(err error) {
 		st := relayStatus{Pid: os.Getpid()}
@@ -336,7 +352,20 @@ func ExecRelay(ctx context.Context) int {
 		err = json.Unmarshal(b, &plan)
 	}
 	if err != nil {
-		report(fmt.Errorf("exec relay plan: %w", err))
+		err = fmt.Errorf("relay plan: %w", err)
+		report(err)
+	}
+	return plan, report, err
+}
+
+// ExecRelay is the hidden `exec-relay` command: it reads its plan from fd 3,
+// reports on fd 4, relays stdio (fds 0–2) and returns the exit status.
+func ExecRelay(ctx context.Context) int {
+	// A reader that went away is an EPIPE for the copy, not this
+	// process's death: the guest process still gets its exit reaped.
+	signal.Ignore(syscall.SIGPIPE)
+	plan, report, err := readRelayPlan()
+	if err != nil {
 		return 1
 	}
 	self, _ := os.Executable()

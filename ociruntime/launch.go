@@ -62,37 +62,61 @@ type sandbox struct {
 	net      *launch.Net      // once the VMM runs
 }
 
-// prepare turns a bundle into a launch config and reserves what it needs.
-// On error nothing it made is left behind.
-func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
-	if err := checkID(id); err != nil {
-		return nil, err
-	}
+// bundleSpec is a bundle as create reads it.
+type bundleSpec struct {
+	dir    string // absolute
+	spec   *specs.Spec
+	rootfs string // resolved
+}
+
+// readBundle loads the bundle's spec and resolves its rootfs.
+func readBundle(bundle string) (bundleSpec, error) {
 	bundle, err := filepath.Abs(bundle)
 	if err != nil {
-		return nil, fmt.Errorf("bundle: %w", err)
+		return bundleSpec{}, fmt.Errorf("bundle: %w", err)
 	}
 	spec, err := launch.LoadSpec(bundle)
 	if err != nil {
-		return nil, err
+		return bundleSpec{}, err
 	}
 	rootfs, err := rootfsPath(bundle, spec)
 	if err != nil {
+		return bundleSpec{}, err
+	}
+	return bundleSpec{dir: bundle, spec: spec, rootfs: rootfs}, nil
+}
+
+// makeStateDir makes container id's state dir under o.Root; it fails
+// when the id is taken.
+func makeStateDir(o Options, id string) (string, error) {
+	stateDir := vmm.StateDirPath(o.Root, id)
+	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
+		return "", fmt.Errorf("state root: %w", err)
+	}
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("container %q already exists (state in %s): pick another id or delete it", id, stateDir)
+		}
+		return "", fmt.Errorf("state dir: %w", err)
+	}
+	return stateDir, nil
+}
+
+// prepare turns a bundle into a launch config and reserves what it needs.
+// With pod, the VM can take members (ADR 024): it exports a pod share,
+// an empty directory until one joins. On error nothing it made is left
+// behind.
+func prepare(o Options, b bundleSpec, id string, pod bool) (_ *sandbox, retErr error) {
+	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	sock, err := vmm.AgentSocketPath(SocketDir(o.Root), id)
 	if err != nil {
 		return nil, err
 	}
-	stateDir := vmm.StateDirPath(o.Root, id)
-	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
-		return nil, fmt.Errorf("state root: %w", err)
-	}
-	if err := os.Mkdir(stateDir, 0o700); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("container %q already exists (state in %s): pick another id or delete it", id, stateDir)
-		}
-		return nil, fmt.Errorf("state dir: %w", err)
+	stateDir, err := makeStateDir(o, id)
+	if err != nil {
+		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
@@ -101,14 +125,18 @@ func prepare(o Options, bundle, id string) (_ *sandbox, retErr error) {
 			}
 		}
 	}()
-	p, err := launch.Prepare(launch.Request{
-		ID: id, Spec: spec, Bundle: bundle, Rootfs: rootfs,
+	r := launch.Request{
+		ID: id, Spec: b.spec, Bundle: b.dir, Rootfs: b.rootfs,
 		StateDir: stateDir, AgentSocket: sock, Config: o.Config,
-	})
+	}
+	if pod {
+		r.PodDir = podDir(o.Root, id)
+	}
+	p, err := launch.Prepare(r)
 	if err != nil {
 		return nil, err
 	}
-	return &sandbox{id: id, bundle: bundle, spec: spec, stateDir: stateDir, prep: p}, nil
+	return &sandbox{id: id, bundle: b.dir, spec: b.spec, stateDir: stateDir, prep: p}, nil
 }
 
 // destroy releases locks and removes the state dir.
@@ -133,16 +161,16 @@ func (s *sandbox) bootContext(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(ctx, time.Duration(s.prep.Launch.BootTimeout)+10*time.Second)
 }
 
-// createTask creates the container in the guest with the stdio streams
-// named by tokens.
-func (s *sandbox) createTask(ctx context.Context, tc task.TTRPCTaskService, tokens [3]string, terminal bool) error {
-	spec, err := json.Marshal(s.prep.GuestSpec)
+// createTask creates container id in the guest from guestSpec with the
+// stdio streams named by tokens.
+func createTask(ctx context.Context, tc task.TTRPCTaskService, id string, guestSpec *specs.Spec, tokens [3]string, terminal bool) error {
+	spec, err := json.Marshal(guestSpec)
 	if err != nil {
 		return err
 	}
 	if _, err := tc.Create(ctx, &task.CreateTaskRequest{
-		ID:       s.id,
-		Bundle:   "/run/msb/bundles/" + s.id,
+		ID:       id,
+		Bundle:   "/run/msb/bundles/" + id,
 		Terminal: terminal,
 		Stdin:    protocol.StreamURI(tokens[0]),
 		Stdout:   protocol.StreamURI(tokens[1]),

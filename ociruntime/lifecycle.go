@@ -88,6 +88,8 @@ func (c *container) waitVMM(d time.Duration) bool {
 }
 
 // Delete is `msb-runtime delete`: a created or stopped container goes, a
+// pod member by deleteMember; one whose VM members still run in is
+// refused (ADR 024). Otherwise a
 // running or paused one only with force (its VM is stopped first). The
 // poststop hooks run last.
 func Delete(ctx context.Context, o Options, id string, force bool) error {
@@ -97,6 +99,19 @@ func Delete(ctx context.Context, o Options, id string, force bool) error {
 			return nil
 		}
 		return err
+	}
+	if c.rec.Owner != "" {
+		if err := c.deleteMember(ctx, o, force); err != nil {
+			return err
+		}
+		return c.poststop(ctx)
+	}
+	// Members run in a running VM only: once its VMM is gone they are
+	// ending (137) and no longer hold it.
+	if c.vmmAlive() {
+		if m := liveMembers(o, id); len(m) > 0 {
+			return errLiveMembers(id, m)
+		}
 	}
 	if c.vmmAlive() {
 		switch st := c.status(ctx); {
@@ -117,7 +132,13 @@ func Delete(ctx context.Context, o Options, id string, force bool) error {
 	if err := c.remove(ctx); err != nil {
 		return err
 	}
-	st := hooks.State(&c.rec.Spec, id, c.rec.Bundle, specs.StateStopped, 0)
+	return c.poststop(ctx)
+}
+
+// poststop runs the poststop hooks of a deleted container; as with runc,
+// a failure is logged.
+func (c *container) poststop(ctx context.Context) error {
+	st := hooks.State(&c.rec.Spec, c.rec.ID, c.rec.Bundle, specs.StateStopped, 0)
 	if err := hooks.Run(ctx, &c.rec.Spec, hooks.Poststop, st); err != nil {
 		log.G(ctx).WithError(err).Warn("poststop")
 	}

@@ -24,7 +24,12 @@ import (
 // is gone and the state removed when Run returns.
 func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, error) {
 	ph := newPhases()
-	sb, err := prepare(o, bundle, id)
+	b, err := readBundle(bundle)
+	if err != nil {
+		return 1, err
+	}
+	// Nothing can join a run's VM: it is in no record.
+	sb, err := prepare(o, b, id, false)
 	if err != nil {
 		return 1, err
 	}
@@ -87,7 +92,7 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 	}
 	defer streams.close()
 	tc, agent := a.task, a.agent
-	if err := sb.createTask(ctx, tc, tokens, term != nil); err != nil {
+	if err := createTask(ctx, tc, sb.id, sb.prep.GuestSpec, tokens, term != nil); err != nil {
 		return 0, err
 	}
 	if term != nil {

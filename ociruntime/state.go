@@ -49,7 +49,19 @@ type record struct {
 	// VM is its VM's size, which update checks against (zero in a record
 	// from before it was kept: not checked).
 	VM specconv.VMSize `json:"vm"`
+	// Pod: its VM exports a pod share (podDir) that other containers'
+	// rootfs and volumes join it through (ADR 024).
+	Pod bool `json:"pod,omitempty"`
+	// Owner is the container whose VM this one joined (a pod member,
+	// ADR 024), "" for a VM of its own; then Pid is the member's pid
+	// process and AgentSocket the owner's. Tags are the member's shares
+	// below the owner's pod dir.
+	Owner string   `json:"owner,omitempty"`
+	Tags  []string `json:"tags,omitempty"`
 }
+
+// podDir is the pod share of container id's VM on the host.
+func podDir(root, id string) string { return filepath.Join(vmm.StateDirPath(root, id), "containers") }
 
 // container is a created container as a command finds it under --root.
 type container struct {

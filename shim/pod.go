@@ -205,111 +205,21 @@ func (c *container) joinVM(ctx context.Context, v *vm, spec *specs.Spec, rootfs 
 	return nil
 }
 
-// binds makes and undoes the member's binds below the pod dir where the
-// pod VM's hypervisor sees them: in its jail's mount namespace only when
-// it has one (ADR 019), so a member's volume is no mount point on the
-// host that its owner could not remove; else (jail = false, libkrun) in
-// the host's.
-type binds struct {
-	podDir string
-	// jail is the jailed hypervisor's namespaces, or nil; binds are
-	// id-mapped with its user namespace when it has one (ADR 022).
-	jail *vmm.JailNS
-}
-
-func (m *podMember) binds() (*binds, error) {
-	j, err := vmm.OpenJailNS(m.vm.h.Pid)
-	if err != nil {
-		return nil, fmt.Errorf("pod VM %s: %w", m.vm.name, err)
-	}
-	return &binds{podDir: m.vm.podDir, jail: j}, nil
-}
-
-// bind binds sh below rel: id-mapped for the jail's user namespace
-// unless shifted (a rootfs overlay over id-mapped layers already) or
-// id-mapped by its container's mappings (bound with those); a
-// read-only share on an overlay (a CRI image volume, which cannot be
-// id-mapped) is shifted like a rootfs; a propagated bind is mirrored (the Mirror it
-// returns, else nil).
-func (b *binds) bind(rel string, sh mounts.Share, shifted bool, scratch string, logf func(string, ...any)) (*mounts.Mirror, error) {
-	if b.jail == nil {
-		return nil, mounts.BindBeneath(b.podDir, rel, sh.HostPath, sh.Access(), sh.IDMap)
-	}
-	idmap := sh.IDMap
-	if b.jail.User != nil && sh.IDMappedFile != "" {
-		return nil, mounts.BindStagedIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.IDMappedFile, sh.Access(), &mounts.IDMap{NS: b.jail.User})
-	}
-	if b.jail.User != nil && idmap != nil {
-		// Already id-mapped by its container's mappings, whose host ids
-		// qemu's namespace keeps as they are: bound so, with the
-		// hypervisor's own id (its namespace's root) mapped for 9p.
-		if !b.jail.Kept.Covers(idmap.UIDs, idmap.GIDs) {
-			return nil, fmt.Errorf("%s: an id-mapped bind (a container user namespace, %s) whose host ids the pod VM's hypervisor does not keep: give the pod's sandbox the same user namespace", sh.HostPath, idmap.Key())
-		}
-		idmap = &mounts.IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, Hypervisor: b.jail.IDBase}
-		if sh.Propagated {
-			return mounts.MirrorBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap, logf)
-		}
-	} else if idmap != nil && b.jail.Hypervisor != 0 {
-		// qemu's namespace has the host's ids (ADR 022): plain binds, but
-		// an id-mapped one maps qemu's own host id for 9p.
-		idmap = &mounts.IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, Hypervisor: b.jail.Hypervisor}
-	} else if b.jail.User != nil && !shifted {
-		ov, err := mounts.OverlayOf(sh.HostPath)
-		if err != nil {
-			return nil, fmt.Errorf("%s cannot be id-mapped for the pod VM's unprivileged hypervisor: %w", sh.HostPath, err)
-		}
-		if ov != nil {
-			return nil, mounts.BindShiftedOverlayIn(b.jail.Mnt, b.podDir, rel, ov, scratch, sh.Access(), b.jail.IDBase)
-		}
-		idmap = &mounts.IDMap{NS: b.jail.User}
-		if sh.Propagated {
-			return mounts.MirrorBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap, logf)
-		}
-	}
-	return nil, mounts.BindBeneathIn(b.jail.Mnt, b.podDir, rel, sh.HostPath, sh.Access(), idmap)
-}
-
-func (b *binds) unmount(rel string) error {
-	if b.jail == nil {
-		return mounts.UnmountBeneath(b.podDir, rel)
-	}
-	return mounts.UnmountBeneathIn(b.jail.Mnt, b.podDir, rel)
-}
-
-func (b *binds) close() { b.jail.Close() }
-
-// expose binds the member's shares below the pod dir, unless the pod VM
-// is going (its state dir is about to be removed).
+// expose binds the member's shares below the pod dir (launch.PodBinds),
+// unless the pod VM is going (its state dir is about to be removed).
 func (m *podMember) expose(mem *launch.Member) error {
 	m.vm.podMu.Lock()
 	defer m.vm.podMu.Unlock()
 	if m.vm.podClosed {
 		return fmt.Errorf("pod VM %s is stopping: %w", m.vm.name, errdefs.ErrFailedPrecondition)
 	}
-	// The pod dir is the guest's to write: every step below it goes
-	// through mounts' *Beneath calls, which follow no symlink.
-	d, err := mounts.MkdirBeneath(m.vm.podDir, m.id())
+	b, err := launch.OpenPodBinds(m.vm.podDir, m.vm.h.Pid)
 	if err != nil {
-		return fmt.Errorf("pod dir: %w", err)
+		return fmt.Errorf("pod VM %s: %w", m.vm.name, err)
 	}
-	d.Close()
-	b, err := m.binds()
-	if err != nil {
-		return err
-	}
-	defer b.close()
-	logf := log.L.WithField("container", m.id()).Warnf
-	for _, sh := range mem.Shares {
-		mi, err := b.bind(m.id()+"/"+sh.Tag, sh, sh.HostPath == m.shifted, m.scratch, logf)
-		if err != nil {
-			return fmt.Errorf("expose %s in the pod share: %w", sh.HostPath, err)
-		}
-		if mi != nil {
-			m.mirrors = append(m.mirrors, mi)
-		}
-	}
-	return nil
+	defer b.Close()
+	m.mirrors, err = b.Expose(m.id(), mem.Shares, m.shifted, m.scratch, log.L.WithField("container", m.id()).Warnf)
+	return err
 }
 
 // jailIDs are the first host id v's jailed qemu's user namespace maps and
@@ -339,29 +249,22 @@ func (m *podMember) leave(ctx context.Context) {
 		mi.Stop()
 	}
 	m.mirrors = nil
-	if m.member != nil {
-		b, err := m.binds()
-		if err != nil {
-			// The VM is gone, and its jail's mounts with it.
-			log.G(ctx).WithError(err).Debugf("pod member %s", m.dir)
-			b = &binds{podDir: m.vm.podDir}
-		}
-		for _, sh := range m.member.Shares {
-			if err := b.unmount(m.id() + "/" + sh.Tag); err != nil {
-				log.G(ctx).WithError(err).Warnf("pod member %s", m.dir)
-			}
-		}
-		b.close()
+	b, err := launch.OpenPodBinds(m.vm.podDir, m.vm.h.Pid)
+	if err != nil {
+		// The VM is gone, and its jail's mounts with it.
+		log.G(ctx).WithError(err).Debugf("pod member %s", m.dir)
+		b = launch.HostPodBinds(m.vm.podDir)
 	}
-	// The guest may have moved or swapped anything below the pod dir:
-	// the member dir is reached, its host mounts found and removed
-	// without following a symlink; a member dir the guest swapped for a
-	// symlink or special file is refused and left for the VM's teardown,
-	// as is one with mounts left. Removing it on the host also detaches
-	// what a jail still mounts on it.
-	if err := mounts.RemoveAllUnmountedBeneath(m.vm.podDir, m.id()); err != nil {
+	var tags []string
+	if m.member != nil {
+		for _, sh := range m.member.Shares {
+			tags = append(tags, sh.Tag)
+		}
+	}
+	if err := b.Withdraw(m.id(), tags, log.G(ctx).Warnf); err != nil {
 		log.G(ctx).WithError(err).Errorf("pod member %s: keeping it for the VM's teardown", m.dir)
 	}
+	b.Close()
 	if err := os.Remove(m.scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warnf("remove %s", m.scratch)
 	}

@@ -29,6 +29,9 @@ const podmanImage = "msb.local/busybox:latest"
 type podmanEnv struct {
 	dir, netns string
 	driver     string // storage driver: vfs (a plain directory rootfs), overlay
+	// conf, when set, is the containers.conf podman reads
+	// (CONTAINERS_CONF).
+	conf string
 }
 
 // startPodman skips without podman unless MSB_TEST_PODMAN=1 asks for it.
@@ -72,6 +75,9 @@ func (p *podmanEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
 	}
 	cmd := exec.CommandContext(ctx, "podman", append(global, args...)...)
 	cmd.Env = append(os.Environ(), "MSB_CONFIG="+configFile)
+	if p.conf != "" {
+		cmd.Env = append(cmd.Env, "CONTAINERS_CONF="+p.conf)
+	}
 	return cmd
 }
 
@@ -181,10 +187,13 @@ func writeBusyboxTar(path string) error {
 		"www/index.html":  []byte("msb-web\n"),
 		"etc/hostname":    []byte("busybox\n"),
 		"etc/resolv.conf": nil,
+		// A pod's infra command (podman pod create --infra-command takes
+		// one word).
+		"bin/pause": []byte("#!/bin/sh\nexec sleep 2147483647\n"),
 	}
-	for _, name := range []string{"bin/busybox", "etc/passwd", "etc/group", "www/index.html", "etc/hostname", "etc/resolv.conf"} {
+	for _, name := range []string{"bin/busybox", "etc/passwd", "etc/group", "www/index.html", "etc/hostname", "etc/resolv.conf", "bin/pause"} {
 		mode := int64(0o644)
-		if name == "bin/busybox" {
+		if name == "bin/busybox" || name == "bin/pause" {
 			mode = 0o755
 		}
 		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(files[name]))}); err != nil {
@@ -195,7 +204,7 @@ func writeBusyboxTar(path string) error {
 		}
 	}
 	for _, app := range strings.Fields(string(list)) {
-		if app == "busybox" {
+		if app == "busybox" || app == "pause" {
 			continue
 		}
 		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + app, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}); err != nil {
