@@ -78,10 +78,12 @@ func App() *cli.App {
 				Usage:     "holds a claimed pool VM's container's network namespace and view of its rootfs until its stdin closes (started by the shim)",
 				Hidden:    true,
 				Action: func(c *cli.Context) error {
-					if err := vmm.EnterView(c.Args().First()); err != nil {
-						return err
+					if code := vmm.InView(c.Args().First(), func() int {
+						_, _ = io.Copy(io.Discard, os.Stdin)
+						return 0
+					}); code != 0 {
+						return exitError{code: code}
 					}
-					_, _ = io.Copy(io.Discard, os.Stdin)
 					return nil
 				},
 			},

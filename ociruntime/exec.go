@@ -59,6 +59,8 @@ type relayPlan struct {
 	// Socket is its owner's agent socket.
 	Tokens [3]string `json:"tokens,omitzero"`
 	Socket string    `json:"socket,omitempty"`
+	// View is the member's rootfs, the relay's root for clients (ADR 027).
+	View string `json:"view,omitempty"`
 }
 
 // relayStatus is the relay's one line on fd 4: its pid once the process

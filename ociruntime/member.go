@@ -99,7 +99,7 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 	defer done()
 	tokens := newTokens()
 	terminal := mem.GuestSpec.Process.Terminal
-	p, err := startMemberRelay(o, c, owner, relayPlan{Root: o.Root, ID: id, Tokens: tokens, Socket: owner.rec.AgentSocket, Tty: terminal}, files)
+	p, err := startMemberRelay(o, c, owner, relayPlan{Root: o.Root, ID: id, Tokens: tokens, Socket: owner.rec.AgentSocket, Tty: terminal, View: b.rootfs}, files)
 	if err != nil {
 		return err
 	}
@@ -302,6 +302,12 @@ func MemberRelay(ctx context.Context) int {
 	if err != nil {
 		return 1
 	}
+	// Its pid is the member's for clients: its main thread shows them the
+	// member's rootfs (ADR 027); the relay works on other threads.
+	return vmm.InView(plan.View, func() int { return relayMember(ctx, plan, report) })
+}
+
+func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", plan.ID))
 	var stdio Stdio
 	var tty *os.File

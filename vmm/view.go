@@ -22,16 +22,26 @@ import (
 // comes after its host cgroup is redone in the claimer's, which the
 // cgroup library does through /proc/self).
 
-// EnterView moves the calling thread, the main one, locked to it since
-// the binary's init, into the view of rootfs (the shim's anchor process).
-func EnterView(rootfs string) error {
+// InView moves the calling thread, the main one (locked to it since the
+// binary's init), into the view of rootfs and runs fn on another
+// goroutine, in the host's mount namespace, returning what it returns:
+// the shim's anchor and a pod member's relay, pids clients see.
+func InView(rootfs string, fn func() int) int {
 	if rootfs == "" || !filepath.IsAbs(rootfs) {
-		return fmt.Errorf("the container's view: rootfs %q must be an absolute path", rootfs)
+		fmt.Fprintf(os.Stderr, "the container's view: rootfs %q must be an absolute path\n", rootfs)
+		return 1
 	}
 	if unix.Gettid() != unix.Getpid() {
-		return fmt.Errorf("the container's view: not on the main thread (lock it in the binary's init)")
+		fmt.Fprintln(os.Stderr, "the container's view: not on the main thread (lock it in the binary's init)")
+		return 1
 	}
-	return enterView(rootfs, "")
+	if err := enterView(rootfs, ""); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	done := make(chan int)
+	go func() { done <- fn() }()
+	return <-done
 }
 
 // viewDir is the mount point, in the VM's state dir, of the empty view

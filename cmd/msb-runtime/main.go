@@ -9,12 +9,16 @@ import (
 	"github.com/msb-dev/msb/ociruntime"
 )
 
-// The VMM's and the anchor's main thread moves into the container's view
-// (vmm/view.go): keep the main goroutine on it, from before anything else
-// starts a thread.
+// The main thread of the VMM, the anchor and a pod member's relay moves
+// into the container's view (vmm/view.go): keep the main goroutine on it,
+// from before anything else starts a thread. (An argument that only looks
+// like one of them pins a CLI call's goroutine, which is harmless.)
 func init() {
-	if len(os.Args) > 1 && (os.Args[1] == "vmm" || os.Args[1] == "anchor") {
-		runtime.LockOSThread()
+	for _, a := range os.Args[1:] {
+		if a == "vmm" || a == "anchor" || a == "member-relay" {
+			runtime.LockOSThread()
+			return
+		}
 	}
 }
 

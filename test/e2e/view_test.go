@@ -86,3 +86,27 @@ func TestShimTaskPidView(t *testing.T) {
 		t.Errorf("%s/etc/shadow exists: the host's root, not the container's", root)
 	}
 }
+
+// TestPodmanPodMemberCp: a Podman pod member's pid (its relay, ADR 024)
+// shows the member's rootfs, not the infra's nor the host's.
+func TestPodmanPodMemberCp(t *testing.T) {
+	p := startPodman(t)
+	p.mustPodman(t, "pod", "create", "--name", "cpp", "--infra-image", podmanImage, "--infra-command", "/bin/pause")
+	p.mustPodman(t, "run", "-d", "--pod", "cpp", "--name", "member", podmanImage,
+		"sh", "-c", "echo member > /whoami && echo ready && exec sleep 600")
+	waitLogs(t, p, "member", "ready", 60*time.Second)
+	name := fmt.Sprintf("msb-cpm-%d", os.Getpid())
+	in := filepath.Join(t.TempDir(), "in")
+	if err := os.WriteFile(in, []byte("to-member\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join("/", name)) })
+	p.mustPodman(t, "cp", in, "member:/"+name)
+	if _, err := os.Stat(filepath.Join("/", name)); err == nil {
+		t.Fatalf("podman cp into a pod member wrote the host's /%s", name)
+	}
+	if out, errOut, code := p.podman(t, "exec", "member", "cat", "/"+name, "/whoami"); code != 0 || out != "to-member\nmember\n" {
+		t.Errorf("in the member: exit %d, %q, %q", code, out, errOut)
+	}
+	p.mustPodman(t, "pod", "rm", "-f", "cpp")
+}
