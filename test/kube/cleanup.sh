@@ -3,7 +3,7 @@
 # nothing more), kube-apiserver and etcd; then critest's cleanup.sh removes the CRI pods, stops
 # containerd, its shims and VMs, unmounts what is under containerd's root and state and deletes
 # the netns; then kubelet's mounts under its root dir (volumes: tmpfs, binds) are unmounted and
-# its root dir, the pod logs, the /var/log/containers links to them and the cgroups below
+# its root dir, its device plugin socket, the pod logs, the /var/log/containers links to them and the cgroups below
 # /$CG_ROOT are removed. Safe to run any time, also with nothing set up. Exits 1 when something
 # could not be removed (it says what).
 set -uo pipefail
@@ -33,6 +33,9 @@ for m in $(findmnt -rn -o TARGET | grep -E "^$KUBELET_ROOT(/|$)" | sort -r); do
 	umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || { log "cannot unmount $m"; problems=1; }
 done
 rm -rf "$KUBELET_ROOT" "$POD_LOGS" || problems=1
+# kubelet's device plugin socket has a fixed path: remove it, and the directories if empty
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null
 for l in /var/log/containers/*; do
 	[[ -L $l && $(readlink "$l") == "$POD_LOGS"/* ]] && rm -f "$l"
 done

@@ -4,11 +4,13 @@
 # etcd, kube-apiserver and kubelet (the binaries of build.sh), with certificates and
 # service-account keys made here by openssl. Undo it with cleanup.sh.
 #
-# - The netns gets a dummy interface with $NODE_IP: kubelet refuses a loopback node IP, and the
+# - The netns gets an interface (msbk0, a veth pair in it) with $NODE_IP: kubelet refuses a loopback node IP, and the
 #   API server reaches the kubelet at that InternalIP (and advertises it, so its endpoint
 #   reconciler is not needed: --endpoint-reconciler-type=none all the same, nothing else runs).
 # - kubelet: cgroupfs driver like the test's containerd, failCgroupV1: false (these hosts are
-#   cgroup v1), cgroupRoot /$CG_ROOT, its own root dir and pod log dir, syncFrequency 10s.
+#   cgroup v1), cgroupRoot /$CG_ROOT, its own root dir, cert dir and pod log dir, syncFrequency
+#   10s. Its device plugin socket stays /var/lib/kubelet/device-plugins/kubelet.sock (a fixed
+#   path; cleanup.sh removes it).
 # - No scheduler or controller manager: pods are bound with nodeName; the default
 #   ServiceAccount and the kube-root-ca.crt ConfigMap (which the controller manager would make)
 #   are made here.
@@ -42,9 +44,11 @@ waitfor() {
 	die "$what not ready after ${secs}s; see its log in $LOGDIR"
 }
 
-log "node address $NODE_IP (dummy interface in $CRITEST_NETNS)"
-ip -n "$CRITEST_NETNS" link add msbk0 type dummy
+log "node address $NODE_IP (interface msbk0 in $CRITEST_NETNS)"
+# (a veth pair with both ends in the netns: the kernel here has no dummy links)
+ip -n "$CRITEST_NETNS" link add msbk0 type veth peer name msbk1
 ip -n "$CRITEST_NETNS" addr add "$NODE_IP/24" dev msbk0
+ip -n "$CRITEST_NETNS" link set msbk1 up
 ip -n "$CRITEST_NETNS" link set msbk0 up
 
 log "certificates and service-account keys"
@@ -129,7 +133,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 Y
 start kubelet "$KBIN/kubelet" --config "$KRUN/kubelet.yaml" --kubeconfig "$KUBECONFIG_" \
-	--root-dir "$KUBELET_ROOT" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2
+	--root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2
 waitfor "kubelet (node $NODE Ready)" 180 "$KRUN/kubelet.pid" \
 	innetns "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_" wait --for condition=Ready "node/$NODE" --timeout 2s
 

@@ -12,15 +12,16 @@
 #   exec           kubectl exec (a command; stdin with -i; a shell on a tty with -it)
 #   cp             kubectl cp into the pod and out of it
 #   port-forward   kubectl port-forward to busybox httpd in the pod, fetched through it
-#   configmap      a ConfigMap update reaches the file mounted in the running pod within 90 s
-#                  (kubelet's syncFrequency is 10 s here)
+#   configmap, secret  an update of a ConfigMap and of a Secret reaches the file mounted in the
+#                  running pod within 90 s (kubelet's syncFrequency is 10 s here)
 #   delete         kubectl delete pod leaves no qemu of the pod
 #
 # Each check prints "PASS name" or "FAIL name: what happened"; the last line is
 # "kube: N passed, N failed (run S s)". Exit status 0 when all passed. Everything is torn down
 # at the end (cleanup.sh; also on failure or interrupt) unless KUBE_KEEP=1.
 # Logs: $KUBE_WORK/out/DATE/ (etcd.log, apiserver.log, kubelet.log, containerd.log, results.txt).
-# Env: see common.sh; KUBE_KEEP.
+# Env: see common.sh; KUBE_KEEP; KUBE_HANDLER (default msb): the RuntimeClass's handler;
+# runc is the baseline, where one-vm fails (no VM) and every other check passes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 [[ $(id -u) == 0 ]] || die "run as root (network namespaces, mounts, cgroups, containerd)"
@@ -67,18 +68,20 @@ qemus() {
 log "versions: $(kc version 2>&1 | tr '\n' ' ')node: $(kc get node "$NODE" -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}')"
 
 # ---- RuntimeClass with overhead
+HANDLER=${KUBE_HANDLER:-msb}
 kc apply -f - >/dev/null <<Y
 apiVersion: node.k8s.io/v1
 kind: RuntimeClass
 metadata: {name: msb}
-handler: msb
+handler: $HANDLER
 overhead:
   podFixed: {memory: "360Mi", cpu: "100m"}
 Y
-check runtimeclass "msb 360Mi 100m" "$(kc get runtimeclass msb -o jsonpath='{.handler} {.overhead.podFixed.memory} {.overhead.podFixed.cpu}')"
+check runtimeclass "$HANDLER 360Mi 100m" "$(kc get runtimeclass msb -o jsonpath='{.handler} {.overhead.podFixed.memory} {.overhead.podFixed.cpu}')"
 
-# ---- a pod: init container, two containers, an emptyDir they share, a ConfigMap
+# ---- a pod: init container, two containers, an emptyDir they share, a ConfigMap, a Secret
 kc create configmap cfg --from-literal msg=v1 >/dev/null
+kc create secret generic sec --from-literal msg=v1 >/dev/null
 kc apply -f - >/dev/null <<Y
 apiVersion: v1
 kind: Pod
@@ -103,10 +106,11 @@ spec:
     image: $IMAGE
     imagePullPolicy: Never
     command: [sh, -c, 'echo side-started; while true; do sleep 5; done']
-    volumeMounts: [{name: shared, mountPath: /shared}, {name: cfg, mountPath: /cfg}]
+    volumeMounts: [{name: shared, mountPath: /shared}, {name: cfg, mountPath: /cfg}, {name: sec, mountPath: /sec}]
   volumes:
   - {name: shared, emptyDir: {}}
   - {name: cfg, configMap: {name: cfg}}
+  - {name: sec, secret: {secretName: sec}}
 Y
 check overhead "360Mi 100m" "$(kc get pod multi -o jsonpath='{.spec.overhead.memory} {.spec.overhead.cpu}')"
 t=$(date +%s)
@@ -147,29 +151,37 @@ kill "$pf" 2>/dev/null
 wait "$pf" 2>/dev/null || true
 check port-forward hello-from-init "$got"
 
-# ---- a ConfigMap update reaches the running pod
-check configmap-v1 v1 "$(kc exec multi -c side -- cat /cfg/msg 2>&1)"
-kc create configmap cfg --from-literal msg=v2 --dry-run=client -o yaml | kc replace -f - >/dev/null
-t=$(date +%s)
-hostfile=$KUBELET_ROOT/pods/$uid/volumes/kubernetes.io~configmap/cfg/msg
-host_t= guest=
-while (($(date +%s) - t < 90)); do
-	[[ -z $host_t && $(cat "$hostfile" 2>/dev/null) == v2 ]] && host_t=$(($(date +%s) - t))
-	guest=$(kc exec multi -c side -- cat /cfg/msg 2>&1) || true
-	[[ $guest == v2 ]] && break
-	sleep 2
-done
-if [[ $guest == v2 ]]; then
-	pass "configmap-update (in the pod after $(($(date +%s) - t)) s)"
-else
-	fail configmap-update "after 90 s the pod reads '$guest'; kubelet's file on the host: '$(cat "$hostfile" 2>&1)' (v2 after ${host_t:-never} s)"
+# ---- ConfigMap and Secret updates reach the running pod
+# update NAME KIND VOLUME-PLUGIN DIR: KIND (configmap or secret) NAME, mounted at DIR in the pod
+# (msg=v1), is set to msg=v2; the pod must read v2 within 90 s. Where it does not, the host's
+# file (kubelet's) and both listings go to OUT/NAME-diag.txt.
+update() {
+	local name=$1 kind=$2 plugin=$3 dir=$4 t host_t= guest= hostdir
+	check "$kind-v1" v1 "$(kc exec multi -c side -- cat "$dir/msg" 2>&1)"
+	kc create "$kind" $([[ $kind == secret ]] && echo generic) "$name" --from-literal msg=v2 --dry-run=client -o yaml |
+		kc replace -f - >/dev/null
+	t=$(date +%s)
+	hostdir=$KUBELET_ROOT/pods/$uid/volumes/kubernetes.io~$plugin/$name
+	while (($(date +%s) - t < 90)); do
+		[[ -z $host_t && $(cat "$hostdir/msg" 2>/dev/null) == v2 ]] && host_t=$(($(date +%s) - t))
+		guest=$(kc exec multi -c side -- cat "$dir/msg" 2>&1) || true
+		[[ $guest == v2 ]] && break
+		sleep 2
+	done
+	if [[ $guest == v2 ]]; then
+		pass "$kind-update (in the pod after $(($(date +%s) - t)) s)"
+		return
+	fi
+	fail "$kind-update" "after 90 s the pod reads '$guest'; kubelet's file on the host: '$(cat "$hostdir/msg" 2>&1)' (v2 after ${host_t:-never} s)"
 	{
-		echo "# host: ls -la ${hostfile%/msg}"
-		ls -la "${hostfile%/msg}"
-		echo "# pod: ls -la /cfg/ /cfg/..data/"
-		kc exec multi -c side -- ls -la /cfg/ /cfg/..data/
-	} >"$OUT/configmap-diag.txt" 2>&1
-fi
+		echo "# host: ls -la $hostdir $hostdir/..data/"
+		ls -la "$hostdir" "$hostdir/..data/"
+		echo "# pod: ls -la $dir/ $dir/..data/"
+		kc exec multi -c side -- ls -la "$dir/" "$dir/..data/"
+	} >"$OUT/$name-diag.txt" 2>&1
+}
+update cfg configmap configmap /cfg
+update sec secret secret /sec
 
 # ---- delete: the VM goes
 kc delete pod multi --timeout 120s >/dev/null 2>&1 || true
