@@ -17,7 +17,8 @@
 #   delete         kubectl delete pod leaves no qemu of the pod
 #
 # Each check prints "PASS name" or "FAIL name: what happened"; the last line is
-# "kube: N passed, N failed (run S s)". Exit status 0 when all passed. Everything is torn down
+# "kube: N passed, N failed (run S s)". Exit status 0 when all passed and cleanup.sh left
+# nothing behind. Everything is torn down
 # at the end (cleanup.sh; also on failure or interrupt) unless KUBE_KEEP=1.
 # Logs: $KUBE_WORK/out/DATE/ (etcd.log, apiserver.log, kubelet.log, containerd.log, results.txt).
 # Env: see common.sh; KUBE_KEEP; KUBE_HANDLER (default msb): the RuntimeClass's handler;
@@ -43,7 +44,7 @@ cleanup() {
 	cp "$RUN/config.toml" "$OUT/containerd-config.toml" 2>/dev/null
 	"$KUBE_DIR/cleanup.sh" || { log "cleanup left something behind"; return 1; }
 }
-trap 'cleanup' EXIT
+trap 'cleanup || exit 1' EXIT
 trap 'exit 130' INT TERM
 
 CRITEST_LOGDIR=$OUT "$CRITEST_DIR/setup.sh"
