@@ -184,6 +184,58 @@ update() {
 update cfg configmap configmap /cfg
 update sec secret secret /sec
 
+# ---- probes: a failing liveness probe restarts the container in the same VM; logs --previous;
+# an OOM kill shows as the reason
+kc apply -f - >/dev/null <<Y
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  nodeName: $NODE
+  runtimeClassName: msb
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: live
+    image: $IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo run-\$(cat /shared/n 2>/dev/null || echo 0); echo 1 >/shared/n; touch /tmp/alive; httpd -p 8081 -h /shared; while true; do sleep 1; done']
+    volumeMounts: [{name: shared, mountPath: /shared}]
+    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 2, timeoutSeconds: 10, failureThreshold: 1}
+    readinessProbe: {httpGet: {path: /n, port: 8081}, periodSeconds: 2, timeoutSeconds: 10}
+    startupProbe: {tcpSocket: {port: 8081}, periodSeconds: 1, failureThreshold: 30}
+  - name: oom
+    image: $IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo filling; sleep 3; head -c 200m /dev/zero | tail >/dev/null']
+    resources: {limits: {memory: 64Mi}}
+  volumes:
+  - {name: shared, emptyDir: {}}
+Y
+if kc wait --for condition=Ready pod/probed --timeout 300s >/dev/null 2>&1; then
+	pass "probes-ready (startup TCP, readiness HTTP)"
+else
+	fail probes-ready "not Ready in 300 s: $(kc get pod probed -o jsonpath='{.status.containerStatuses[*].state}')"
+fi
+puid=$(kc get pod probed -o jsonpath='{.metadata.uid}')
+vm_before=$(qemus "/pod$puid/")
+kc exec probed -c live -- rm /tmp/alive >/dev/null 2>&1 || true
+restarts=
+for _ in $(seq 60); do
+	restarts=$(kc get pod probed -o jsonpath='{.status.containerStatuses[?(@.name=="live")].restartCount}')
+	[[ ${restarts:-0} -ge 1 ]] && break
+	sleep 2
+done
+check liveness-restart "1 same-vm" "$restarts $([[ -n $vm_before && $(qemus "/pod$puid/") == "$vm_before" ]] && echo same-vm || echo "vm '$vm_before' now '$(qemus "/pod$puid/")'")"
+check logs-previous run-0 "$(kc logs probed -c live --previous 2>&1)"
+reason=
+for _ in $(seq 60); do
+	reason=$(kc get pod probed -o jsonpath='{.status.containerStatuses[?(@.name=="oom")].lastState.terminated.reason}')
+	[[ -n $reason ]] && break
+	sleep 2
+done
+check oom-killed OOMKilled "$reason"
+kc delete pod probed --timeout 120s >/dev/null 2>&1 || true
+
 # ---- delete: the VM goes
 kc delete pod multi --timeout 120s >/dev/null 2>&1 || true
 for _ in $(seq 60); do
