@@ -77,9 +77,10 @@ func ksmSettle(ctx context.Context, scans int64, max time.Duration) string {
 	}
 	el := time.Since(t0)
 	cpu := float64(cpuTicks(ksmdPid())-cpu0) / clkTck
-	return fmt.Sprintf("KSM: %d full scans in %.0f s, ksmd CPU %.1f s (%.0f %% of one CPU); pages_shared %d, pages_sharing %d (%.1f MiB saved)",
+	return fmt.Sprintf("KSM: %d full scans in %.0f s, ksmd CPU %.1f s (%.0f %% of one CPU); pages_shared %d, pages_sharing %d (%.1f MiB saved; general_profit %.1f MiB)",
 		ksmStat("full_scans")-start, el.Seconds(), cpu, 100*cpu/el.Seconds(),
-		ksmStat("pages_shared"), ksmStat("pages_sharing"), float64(ksmStat("pages_sharing"))*4/1024)
+		ksmStat("pages_shared"), ksmStat("pages_sharing"), float64(ksmStat("pages_sharing"))*4/1024,
+		float64(ksmStat("general_profit"))/(1<<20))
 }
 
 // ksmdPid finds the ksmd kernel thread; 0 if none.

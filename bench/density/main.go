@@ -308,8 +308,8 @@ func printSummary(rs []result) {
 			if b.handler == "runc" && b.n == r.n && b.mode == r.mode {
 				// runc's MemAvailable delta is a few MiB per pod: at small N
 				// it is within what other work on the node moves.
-				memRatio := "n/a (runc's delta under 1 MiB/pod: noise)"
-				if b.memAvailKiB >= 1024*int64(b.n) {
+				memRatio := "n/a (a delta under 1 MiB/pod: noise)"
+				if b.memAvailKiB >= 1024*int64(b.n) && r.memAvailKiB >= 1024*int64(r.n) {
 					memRatio = fmt.Sprintf("%.1fx", float64(r.memAvailKiB)/float64(b.memAvailKiB))
 				}
 				fmt.Printf("ratio msb/runc %-4s N=%-3d first %.1fx last %.1fx p50 %.1fx, PSS/pod %.1fx, MemAvailable/pod %s\n",
