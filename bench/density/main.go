@@ -82,6 +82,11 @@ func main() {
 			o.ns = append(o.ns, n)
 		}
 		o.handlers = strings.Split(*handlers, ",")
+		for _, h := range o.handlers {
+			if h != "msb" && h != "runc" { // the handlers test/critest/setup.sh configures
+				return fmt.Errorf("-handlers %q: want msb, runc or msb,runc", *handlers)
+			}
+		}
 		o.modes = strings.Split(*modes, ",")
 		for _, m := range o.modes {
 			if m != "seq" && m != "par" {
