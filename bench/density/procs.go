@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -159,19 +160,24 @@ var qemuParts = []string{partRAM, partTCG, partAnon, partFile}
 func qemuSplit(pid int, args []string) map[string]int64 {
 	ramKiB := int64(-1)
 	if i := slices.Index(args, "-m"); i >= 0 && i+1 < len(args) {
-		if m, err := strconv.ParseInt(strings.TrimSuffix(args[i+1], "M"), 10, 64); err == nil {
-			ramKiB = m * 1024
+		m, _, _ := strings.Cut(args[i+1], ",") // -m 256[,slots=…]
+		if n, err := strconv.ParseInt(strings.TrimSuffix(m, "M"), 10, 64); err == nil {
+			ramKiB = n * 1024
 		}
 	}
-	out := map[string]int64{}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
-		return out
+		return map[string]int64{}
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return splitSmaps(f, ramKiB)
+}
+
+// splitSmaps sums the Pss of smaps' mappings by part (qemuSplit).
+func splitSmaps(r io.Reader, ramKiB int64) map[string]int64 {
+	out := map[string]int64{}
+	sc := bufio.NewScanner(r)
 	part := partAnon
-	var size int64
 	for sc.Scan() {
 		fl := strings.Fields(sc.Text())
 		if len(fl) == 0 {
@@ -201,8 +207,7 @@ func qemuSplit(pid int, args []string) map[string]int64 {
 		n, _ := strconv.ParseInt(fl[1], 10, 64)
 		switch fl[0] {
 		case "Size:":
-			size = n
-			if part == partAnon && ramKiB > 0 && size >= ramKiB && size <= ramKiB+8*1024 {
+			if part == partAnon && ramKiB > 0 && n >= ramKiB && n <= ramKiB+8*1024 {
 				part = partRAM
 			}
 		case "Pss:":
