@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"time"
@@ -227,3 +228,17 @@ func (c Config) validate() error {
 	}
 	return nil
 }
+
+// ShimStateRoot is where the containerd shim keeps its VMs' state dirs,
+// sockets and pool: /run/msb/shim, or $MSB_SHIM_STATE_ROOT (tests,
+// side-by-side installs).
+func ShimStateRoot() string {
+	if r := os.Getenv("MSB_SHIM_STATE_ROOT"); r != "" {
+		return filepath.Clean(r)
+	}
+	return "/run/msb/shim"
+}
+
+// PoolRoot is the shim's pool of booted VMs (ADR 020), which
+// msb-runtime's pool commands manage too.
+func PoolRoot() string { return filepath.Join(ShimStateRoot(), "pool") }

@@ -2,7 +2,6 @@ package ociruntime
 
 import (
 	"bytes"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,24 +30,6 @@ func TestParseSize(t *testing.T) {
 	}
 	if _, err := parseSize("lots"); err == nil {
 		t.Error("parseSize(lots) accepted")
-	}
-}
-
-func TestProcStart(t *testing.T) {
-	st, ok := procStart(os.Getpid())
-	if !ok || st == 0 {
-		t.Fatalf("procStart(self) = %d, %v", st, ok)
-	}
-	c := &container{rec: record{Pid: os.Getpid(), PidStart: st}}
-	if !c.vmmAlive() {
-		t.Error("own process not alive")
-	}
-	c.rec.PidStart++ // a reused pid
-	if c.vmmAlive() {
-		t.Error("a pid with another start time taken for the VMM")
-	}
-	if _, ok := procStart(1 << 30); ok {
-		t.Error("a missing pid is alive")
 	}
 }
 

@@ -76,22 +76,20 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		return err
 	}
 	if err := createInVM(ctx, sb, h, tokens, terminal); err != nil {
-		return sb.abandon(h, 10*time.Second, err)
+		return sb.abandon(h, err)
 	}
-	start, ok := procStart(h.Pid)
-	if !ok {
-		return fmt.Errorf("VMM process %d exited during create: see %s", h.Pid, sb.prep.VMMLog())
+	vr, err := launch.RecordVM(sb.prep.Launch, h)
+	if err != nil {
+		return sb.abandon(h, err)
 	}
 	c := &container{dir: sb.stateDir, rec: record{
 		ID: id, Bundle: sb.bundle, Rootfs: sb.prep.GuestSpec.Root.Path, Created: time.Now().UTC(),
-		Spec:        specs.Spec{Version: sb.spec.Version, Hooks: sb.spec.Hooks, Annotations: sb.spec.Annotations},
-		Pid:         h.Pid,
-		PidStart:    start,
-		AgentSocket: sb.prep.Launch.AgentSocket,
-		NetNS:       sb.prep.Launch.NetNS,
-		NICs:        sb.prep.Launch.NICs,
-		VM:          specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB},
-		Pod:         true,
+		Spec:     specs.Spec{Version: sb.spec.Version, Hooks: sb.spec.Hooks, Annotations: sb.spec.Annotations},
+		VMRecord: vr,
+		NetNS:    sb.prep.Launch.NetNS,
+		NICs:     sb.prep.Launch.NICs,
+		VM:       specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB},
+		Pod:      true,
 	}}
 	if rootfs, err := rootfsPath(sb.bundle, sb.spec); err == nil {
 		c.rec.Rootfs = rootfs
@@ -134,34 +132,22 @@ func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]strin
 	if err := hooks.Create(ctx, sb.spec, hooks.State(sb.spec, sb.id, sb.bundle, specs.StateCreating, h.Pid)); err != nil {
 		return err
 	}
-	bootCtx, cancel := sb.bootContext(ctx)
-	defer cancel()
-	a, err := dialReady(bootCtx, sb, h)
+	a, err := dialReady(ctx, sb, h)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	return createTask(bootCtx, a.task, sb.id, sb.prep.GuestSpec, tokens, terminal)
+	cctx, cancel := sb.callContext(ctx)
+	defer cancel()
+	return createTask(cctx, a.task, sb.id, sb.prep.GuestSpec, tokens, terminal)
 }
 
 // dialReady connects to the agent of a booting VM and waits until it
-// answers, or the VMM dies.
+// answers (launch.WaitAgent).
 func dialReady(ctx context.Context, sb *sandbox, h *vmm.Handle) (*agentConn, error) {
-	cl, err := vmm.DialTTRPC(ctx, sb.prep.Launch.AgentSocket)
+	cl, err := launch.WaitAgent(ctx, sb.prep.Launch, h)
 	if err != nil {
 		return nil, err
-	}
-	ready := make(chan error, 1)
-	go func() { ready <- vmm.WaitReady(ctx, cl) }()
-	select {
-	case err := <-ready:
-		if err != nil {
-			cl.Close()
-			return nil, fmt.Errorf("%w (VMM log: %s)", err, sb.prep.VMMLog())
-		}
-	case <-h.Done():
-		cl.Close()
-		return nil, fmt.Errorf("VM exited during boot: see %s and %s", sb.prep.VMMLog(), sb.prep.Launch.ConsoleLog)
 	}
 	return &agentConn{client: cl, task: task.NewTTRPCTaskClient(cl), agent: protocol.NewAgentClient(cl)}, nil
 }

@@ -139,25 +139,25 @@ func prepare(o Options, b bundleSpec, id string, pod bool) (_ *sandbox, retErr e
 	return &sandbox{id: id, bundle: b.dir, spec: b.spec, stateDir: stateDir, prep: p}, nil
 }
 
-// destroy releases locks and removes the state dir.
+// destroy unwires the network, releases the staged files and disks, and
+// removes the host cgroup, the state dir and the sockets (what a VMM
+// that was killed leaves).
 func (s *sandbox) destroy() {
 	if err := s.net.Close(); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
 	if err := s.prep.Release(); err != nil {
-		log.L.WithError(err).Warn("release the VM's disks, files and host cgroup")
+		log.L.WithError(err).Warn("release the VM's disks and files")
 	}
-	// The guest wrote below it (staged files' shares).
-	if err := mounts.RemoveAllUnmounted(s.stateDir); err != nil {
-		log.L.WithError(err).Warn("remove the state dir")
+	rec := launch.VMRecord{StateDir: s.stateDir, AgentSocket: s.prep.Launch.AgentSocket}
+	if err := rec.Remove(); err != nil {
+		log.L.WithError(err).Warn("remove the VM's state")
 	}
-	// The VMM removes its sockets; this covers a VMM that was SIGKILLed.
-	vmm.RemoveSockets(s.prep.Launch.AgentSocket)
 }
 
-// bootContext bounds a wait for the VM's agent: the boot timeout and a
-// margin.
-func (s *sandbox) bootContext(ctx context.Context) (context.Context, context.CancelFunc) {
+// callContext bounds the calls that create a container in its VM once
+// its agent answers (stdio, Create): as long as a boot may take.
+func (s *sandbox) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, time.Duration(s.prep.Launch.BootTimeout)+10*time.Second)
 }
 
@@ -182,15 +182,13 @@ func createTask(ctx context.Context, tc task.TTRPCTaskService, id string, guestS
 	return nil
 }
 
-// abandon ends a VMM whose launch failed: it sees its creator go and shuts
-// the guest down, or is killed after grace. The returned error is err with
-// the logs' last lines, which the state dir's removal would lose.
-func (s *sandbox) abandon(h *vmm.Handle, grace time.Duration, err error) error {
-	_ = h.Release()
-	select {
-	case <-h.Done():
-	case <-time.After(grace):
-		_ = h.Kill()
+// abandon ends a VMM whose launch failed (vmm.Handle.Stop: it sees its
+// creator go and shuts the guest down, or is killed). The returned error
+// is err with the logs' last lines, which the state dir's removal would
+// lose.
+func (s *sandbox) abandon(h *vmm.Handle, err error) error {
+	if serr := h.Stop(nil); serr != nil {
+		log.L.WithError(serr).Warn("abandon the VM")
 	}
 	_, _ = h.Wait()
 	return fmt.Errorf("%w%s%s", err, launch.LogTail(s.prep.VMMLog()), launch.LogTail(s.prep.Launch.ConsoleLog))

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/msb-dev/msb/hooks"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // State is `msb-runtime state`.
@@ -55,36 +56,23 @@ func Kill(ctx context.Context, o Options, id string, sig syscall.Signal, all boo
 }
 
 // stopVM makes the VMM power the guest off (SIGTERM; it exits 137) and
-// kills it if it has not gone after the shutdown grace.
+// kills it if it has not gone after a step (launch.VMRecord.Stop).
 func (c *container) stopVM(ctx context.Context) error {
-	if !c.vmmAlive() {
-		return nil
-	}
-	_ = syscall.Kill(c.rec.Pid, syscall.SIGTERM)
-	if c.waitVMM(15 * time.Second) {
-		return nil
-	}
-	log.G(ctx).Warnf("VMM process %d did not end after SIGTERM: killing it", c.rec.Pid)
-	if c.vmmAlive() {
-		_ = syscall.Kill(c.rec.Pid, syscall.SIGKILL)
-	}
-	if !c.waitVMM(5 * time.Second) {
-		return fmt.Errorf("VMM process %d of %q does not end", c.rec.Pid, c.rec.ID)
+	if err := c.rec.Stop(nil); err != nil {
+		return fmt.Errorf("container %q: %w", c.rec.ID, err)
 	}
 	return nil
 }
 
-// waitVMM polls until the VMM process has exited (a zombie counts: its
-// parent, the caller's monitor, reaps it).
+// waitVMM waits up to d until the container's pid process has exited (a
+// zombie counts: its parent, the caller's monitor, reaps it).
 func (c *container) waitVMM(d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for c.vmmAlive() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
+	p, err := vmm.OpenProc(c.rec.Pid, c.rec.PidStart)
+	if p == nil || err != nil {
+		return true
 	}
-	return true
+	defer p.Close()
+	return p.Wait(d)
 }
 
 // Delete is `msb-runtime delete`: a created or stopped container goes, a

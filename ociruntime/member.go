@@ -48,8 +48,8 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 	}
 	c := &container{dir: stateDir, rec: record{
 		ID: id, Bundle: b.dir, Rootfs: b.rootfs, Created: time.Now().UTC(),
-		Spec:        specs.Spec{Version: b.spec.Version, Hooks: b.spec.Hooks, Annotations: b.spec.Annotations},
-		AgentSocket: owner.rec.AgentSocket, NetNS: owner.rec.NetNS, VM: owner.rec.VM, Owner: owner.rec.ID,
+		Spec:     specs.Spec{Version: b.spec.Version, Hooks: b.spec.Hooks, Annotations: b.spec.Annotations},
+		VMRecord: launch.VMRecord{AgentSocket: owner.rec.AgentSocket}, NetNS: owner.rec.NetNS, VM: owner.rec.VM, Owner: owner.rec.ID,
 	}}
 	var mem *launch.Member
 	defer func() {
@@ -120,7 +120,7 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 	if err := createTask(gctx, a.task, id, mem.GuestSpec, tokens, terminal); err != nil {
 		return err
 	}
-	start, ok := procStart(p.pid)
+	start, ok := vmm.ProcStart(p.pid)
 	if !ok {
 		return fmt.Errorf("pid process %d of %q exited during create", p.pid, id)
 	}
@@ -231,9 +231,12 @@ func (c *container) deleteMember(ctx context.Context, o Options, force bool) err
 		}
 		// Its pid process exits once the task has; a guest that does not
 		// answer leaves it to SIGKILL.
-		if !c.waitVMM(10 * time.Second) {
-			_ = syscall.Kill(c.rec.Pid, syscall.SIGKILL)
-			c.waitVMM(5 * time.Second)
+		if p, err := vmm.OpenProc(c.rec.Pid, c.rec.PidStart); p != nil && err == nil {
+			if !p.Wait(10 * time.Second) {
+				_ = p.Signal(syscall.SIGKILL)
+				p.Wait(vmm.StopStep)
+			}
+			p.Close()
 		}
 	}
 	c.removeMember(ctx, o)

@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -27,11 +28,11 @@ func fakeContainer(t *testing.T, root, id string, args ...string) *container {
 		t.Skipf("%v: %v", cmd.Args, err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	start, ok := procStart(cmd.Process.Pid)
+	start, ok := vmm.ProcStart(cmd.Process.Pid)
 	if !ok {
 		t.Fatal("no start time")
 	}
-	c := &container{dir: vmm.StateDirPath(root, id), rec: record{ID: id, Pid: cmd.Process.Pid, PidStart: start, Pod: true}}
+	c := &container{dir: vmm.StateDirPath(root, id), rec: record{ID: id, VMRecord: launch.VMRecord{Pid: cmd.Process.Pid, PidStart: start}, Pod: true}}
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}

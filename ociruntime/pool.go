@@ -13,16 +13,12 @@ import (
 	"github.com/msb-dev/msb/pool"
 )
 
-// DefaultPoolRoot is where the containerd shim keeps its pool of booted
-// VMs (under its state root, /run/msb/shim).
-const DefaultPoolRoot = "/run/msb/shim/pool"
-
 // poolCommand manages the shim's pool of booted VMs (ADR 020). The shim
 // runs `pool fill` itself after each Create; an operator runs it to warm
 // the pool up ahead of the first container, and `pool drain` to stop the
 // idle VMs (before an uninstall, or after lowering pool_size).
 func poolCommand() *cli.Command {
-	rootFlag := &cli.StringFlag{Name: "pool-root", Value: DefaultPoolRoot, Usage: "the pool's directory (the shim's state root + /pool)"}
+	rootFlag := &cli.StringFlag{Name: "pool-root", Value: config.PoolRoot(), Usage: "the pool's directory (the shim's state root + /pool: $MSB_SHIM_STATE_ROOT/pool or /run/msb/shim/pool)"}
 	return &cli.Command{
 		Name:  "pool",
 		Usage: "the containerd shim's pool of booted VMs (warm start; pool_size in the config)",

@@ -63,7 +63,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		if ee := (exitError{}); errors.As(err, &ee) {
 			code = ee.code
 		}
-		return code, sb.abandon(h, 5*time.Second, err)
+		return code, sb.abandon(h, err)
 	}
 	ph.mark("exit")
 	ph.write(log.G(ctx))
@@ -76,14 +76,14 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 }
 
 func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
-	bootCtx, cancel := sb.bootContext(ctx)
-	defer cancel()
-	a, err := dialReady(bootCtx, sb, h)
+	a, err := dialReady(ctx, sb, h)
 	if err != nil {
 		return 0, err
 	}
 	defer a.Close()
 	ph.mark("ready")
+	bootCtx, cancel := sb.callContext(ctx)
+	defer cancel()
 
 	tokens := newTokens()
 	streams, err := openStdio(bootCtx, sb.prep.Launch.AgentSocket, tokens, stdio, func() { ph.mark("first-output") })

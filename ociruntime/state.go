@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
@@ -17,7 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/specconv"
@@ -37,15 +35,14 @@ type record struct {
 	// Spec keeps what later commands need of the bundle's spec, which may
 	// be gone by then: the hooks and the annotations.
 	Spec specs.Spec `json:"spec"`
-	// Pid is the VMM process, the container's pid; PidStart its start
-	// time in clock ticks (/proc/<pid>/stat), so a reused pid is not taken
-	// for it.
-	Pid         int           `json:"pid"`
-	PidStart    uint64        `json:"pidStart"`
-	AgentSocket string        `json:"agentSocket"`
-	NetNS       string        `json:"netns,omitempty"`
-	NICs        []network.NIC `json:"nics,omitempty"`
-	Started     bool          `json:"started,omitempty"`
+	// VMRecord is the container's VM: Pid, the VMM process, is the
+	// container's pid. A pod member's (Owner) names its relay process as
+	// Pid and its owner's VM's AgentSocket; its VM is the owner's to stop
+	// and remove.
+	launch.VMRecord
+	NetNS   string        `json:"netns,omitempty"`
+	NICs    []network.NIC `json:"nics,omitempty"`
+	Started bool          `json:"started,omitempty"`
 	// VM is its VM's size, which update checks against (zero in a record
 	// from before it was kept: not checked).
 	VM specconv.VMSize `json:"vm"`
@@ -106,32 +103,9 @@ func (c *container) save() error {
 	return os.Rename(tmp, filepath.Join(c.dir, recordFile))
 }
 
-// procStart is pid's start time in clock ticks since boot, and whether it
-// runs at all (a zombie has exited).
-func procStart(pid int) (uint64, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, false
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state), so starttime (field 22) is f[19].
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return 0, false
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
-	return st, err == nil
-}
-
-// vmmAlive says whether the container's VMM process still runs.
-func (c *container) vmmAlive() bool {
-	st, ok := procStart(c.rec.Pid)
-	return ok && st == c.rec.PidStart
-}
+// vmmAlive says whether the container's pid process (its VMM, a
+// member's relay) still runs.
+func (c *container) vmmAlive() bool { return c.rec.Alive() }
 
 // agentConn is a connection to the container's guest agent.
 type agentConn struct {
@@ -224,8 +198,8 @@ func (c *container) state(ctx context.Context) ociState {
 }
 
 // remove undoes what create left once the VM is gone: the network
-// wiring (the VMM undoes it itself unless it was killed), staged binds,
-// sockets and the state dir.
+// wiring, the host cgroup (the VMM undoes both itself unless it was
+// killed), staged binds, sockets and the state dir.
 func (c *container) remove(ctx context.Context) error {
 	if wires, err := network.LoadWires(c.dir); err == nil && len(wires) > 0 && c.rec.NetNS != "" {
 		if ns, err := network.OpenNS(c.rec.NetNS); err == nil {
@@ -235,8 +209,9 @@ func (c *container) remove(ctx context.Context) error {
 			ns.Close()
 		}
 	}
-	vmm.RemoveSockets(c.rec.AgentSocket)
-	if err := mounts.RemoveAllUnmounted(c.dir); err != nil {
+	vr := c.rec.VMRecord
+	vr.StateDir = c.dir
+	if err := vr.Remove(); err != nil {
 		return fmt.Errorf("remove state of %q: %w", c.rec.ID, err)
 	}
 	return nil

@@ -52,8 +52,9 @@ type Pool struct {
 
 // Entry is one parked VM.
 type Entry struct {
-	ID     string            `json:"id"`
-	Pid    int               `json:"pid"`
+	ID string `json:"id"`
+	// VMRecord names its VMM process and what its removal needs.
+	launch.VMRecord
 	Launch *vmm.LaunchConfig `json:"launch"`
 }
 
@@ -223,7 +224,7 @@ func (p Pool) Fill(ctx context.Context, c config.Config) error {
 	}
 	have := 0
 	for _, e := range list {
-		if alive(e) {
+		if e.Alive() {
 			have++
 		} else if b.take(e) {
 			p.logf("pool VM %s died: clearing it", e.ID)
@@ -280,41 +281,21 @@ func (p bucket) drain() error {
 	return nil
 }
 
-// discard stops a taken VM (through h, when adopted: closing its
-// lifeline shuts the guest down and the VMM removes its state) and
-// removes what is left of it.
+// discard stops a taken VM (through h when adopted: the VMM sees its
+// lifeline go and shuts the guest down) and removes what is left of it.
 func (p Pool) discard(e *Entry, h *vmm.Handle) {
+	var err error
 	if h != nil {
-		_ = h.Release()
-		select {
-		case <-h.Done():
-		case <-time.After(10 * time.Second):
-			_ = h.Kill()
-			<-h.Done()
-		}
-	} else if alive(e) {
-		_ = unix.Kill(e.Pid, unix.SIGKILL)
+		err = h.Stop(nil)
+	} else {
+		err = e.Stop(nil)
 	}
-	if err := mounts.RemoveAllUnmounted(e.Launch.RuntimeDir); err != nil {
+	if err == nil {
+		err = e.Remove()
+	}
+	if err != nil {
 		p.logf("pool VM %s: %v", e.ID, err)
 	}
-	vmm.RemoveSockets(e.Launch.AgentSocket)
-	_ = vmm.RemoveHostCgroup(e.Launch.Host)
-}
-
-// alive says whether e's VMM process still runs: its pid exists and names
-// e's state dir on its argv (the VMM's, not a reused pid's).
-func alive(e *Entry) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.Pid))
-	if err != nil {
-		return false
-	}
-	for _, a := range strings.Split(string(b), "\x00") {
-		if a == e.Launch.RuntimeDir {
-			return true
-		}
-	}
-	return false
 }
 
 // boot starts one pool VM, waits for its agent, parks it and writes its
@@ -369,21 +350,19 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 	if h, err = prep.Spawn(p.Binary); err != nil {
 		return fmt.Errorf("pool VM: %w", err)
 	}
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(prep.Launch.BootTimeout)+10*time.Second)
-	defer cancel()
-	client, err := vmm.DialTTRPC(bootCtx, sock)
+	client, err := launch.WaitAgent(ctx, prep.Launch, h)
 	if err != nil {
 		return fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
 	}
-	err = vmm.WaitReady(bootCtx, client)
 	client.Close()
+	rec, err := launch.RecordVM(prep.Launch, h)
 	if err != nil {
-		return fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
+		return fmt.Errorf("pool VM %s: %w", id, err)
 	}
 	if err := h.Park(); err != nil {
 		return fmt.Errorf("pool VM %s: park: %w", id, err)
 	}
-	e := &Entry{ID: id, Pid: h.Pid, Launch: prep.Launch}
+	e := &Entry{ID: id, VMRecord: rec, Launch: prep.Launch}
 	if err := p.write(e); err != nil {
 		return err
 	}

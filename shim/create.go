@@ -86,7 +86,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	podDir := ""
 	var hostNS map[specs.LinuxNamespaceType]string
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
-		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(StateRoot(), s.namespace), r.ID), "containers")
+		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(config.ShimStateRoot(), s.namespace), r.ID), "containers")
 		hostNS = takeHostNamespaces(spec)
 	}
 	// Whatever this Create takes, the pool is topped up after it.
@@ -94,7 +94,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if v := s.claimVM(ctx, c, rootfsDir(bundle, r, spec), cfg, binary); v != nil {
 		c.vm = v // from here c owns v: teardown destroys it
 		v.podHostNS = hostNS
-		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
+		// Recorded with the container's host cgroup the VM now stands in
+		// (claimVM), which a crashed shim's cleanup must remove.
+		if rec.VMRecord, err = launch.RecordVM(v.launch, v.h); err != nil {
+			return nil, err
+		}
 		if err := writeRecord(bundle, rec); err != nil {
 			return nil, err
 		}
@@ -126,10 +130,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		id: r.ID, namespace: s.namespace, bundle: bundle, rootfs: rootfs,
 		spec: spec, cfg: cfg, binary: binary, podDir: podDir, jailIDBase: jailIDBase,
 	}, func(v *vm) error {
-		rec.VMMPid, rec.StateDir, rec.AgentSocket = v.h.Pid, v.stateDir, v.launch.AgentSocket
-		if v.launch.Host != nil {
-			rec.Cgroup = v.launch.Host.Cgroup
+		vr, err := launch.RecordVM(v.launch, v.h)
+		if err != nil {
+			return err
 		}
+		rec.VMRecord = vr
 		if err := writeRecord(bundle, rec); err != nil {
 			return err
 		}

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/msb-dev/msb/launch"
+	vmmpkg "github.com/msb-dev/msb/vmm"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -15,8 +18,8 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatalf("missing record: %v, %v", r, err)
 	}
 	at := time.Now().UTC().Truncate(time.Millisecond)
-	in := &record{ID: "c1", StateDir: "/run/msb/shim/ns/c1", AgentSocket: "/run/msb/shim/ns/agent/x.sock",
-		VMMPid: 42, Rootfs: filepath.Join(dir, "rootfs"), Exit: &exitRecord{Pid: 42, Status: 3, At: at}}
+	in := &record{ID: "c1", VMRecord: launch.VMRecord{StateDir: "/run/msb/shim/ns/c1", AgentSocket: "/run/msb/shim/ns/agent/x.sock",
+		Pid: 42, PidStart: 9, Cgroup: "/ns/c1"}, Rootfs: filepath.Join(dir, "rootfs"), Exit: &exitRecord{Pid: 42, Status: 3, At: at}}
 	if err := writeRecord(dir, in); err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +27,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.ID != in.ID || out.StateDir != in.StateDir || out.VMMPid != 42 || out.Exit == nil || out.Exit.Status != 3 || !out.Exit.At.Equal(at) {
+	if out.ID != in.ID || out.StateDir != in.StateDir || out.VMRecord != in.VMRecord || out.Exit == nil || out.Exit.Status != 3 || !out.Exit.At.Equal(at) {
 		t.Fatalf("round trip: %+v", out)
 	}
 	if err := os.WriteFile(filepath.Join(dir, recordFile), []byte("{"), 0o600); err != nil {
@@ -53,7 +56,7 @@ func TestOwnStateDir(t *testing.T) {
 }
 
 // TestCleanupBundle: the delete path stops a VMM left running (recognised
-// by its command line), removes the state dir, the socket and the record,
+// by its pid and start time), removes the state dir, the socket and the record,
 // and reports the recorded exit.
 func TestCleanupBundle(t *testing.T) {
 	root := t.TempDir()
@@ -70,8 +73,7 @@ func TestCleanupBundle(t *testing.T) {
 	if err := os.WriteFile(sock, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// A stand-in VMM: its command line names the state dir, as the real
-	// one's does (msb-runtime vmm STATEDIR).
+	// A stand-in VMM.
 	vmm := exec.Command("/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done", "vmm", stateDir)
 	if err := vmm.Start(); err != nil {
 		t.Fatal(err)
@@ -79,14 +81,36 @@ func TestCleanupBundle(t *testing.T) {
 	exited := make(chan struct{})
 	go func() { _ = vmm.Wait(); close(exited) }()
 	time.Sleep(100 * time.Millisecond)
-	// An unrelated process with the same pid must never be signalled: a
-	// record naming another state dir leaves it alone.
-	if isVMM(vmm.Process.Pid, filepath.Join(root, "ns", "other")) {
-		t.Fatal("isVMM matched a process of another state dir")
+	start, ok := vmmpkg.ProcStart(vmm.Process.Pid)
+	if !ok {
+		t.Fatal("no start time")
+	}
+	rec := launch.VMRecord{StateDir: stateDir, AgentSocket: sock, Pid: vmm.Process.Pid, PidStart: start}
+
+	// A process that only has the recorded pid (another start time) is
+	// never signalled.
+	other := rec
+	other.PidStart++
+	if err := writeRecord(bundle, &record{ID: "c1", VMRecord: other}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cleanupBundle(context.Background(), bundle); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		t.Fatal("cleanup stopped a process whose start time is not the record's")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 
 	at := time.Now().UTC().Truncate(time.Second)
-	if err := writeRecord(bundle, &record{ID: "c1", StateDir: stateDir, AgentSocket: sock, VMMPid: vmm.Process.Pid,
+	if err := writeRecord(bundle, &record{ID: "c1", VMRecord: rec,
 		Exit: &exitRecord{Pid: uint32(vmm.Process.Pid), Status: 7, At: at}}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
@@ -25,21 +24,12 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// StateRoot is where the shim keeps per-VM state dirs and agent sockets:
-// /run/msb/shim, or $MSB_SHIM_STATE_ROOT (tests, side-by-side installs).
-func StateRoot() string {
-	if r := os.Getenv("MSB_SHIM_STATE_ROOT"); r != "" {
-		return filepath.Clean(r)
-	}
-	return "/run/msb/shim"
-}
-
 // socketDir holds the sockets of every namespace's VMs, keyed by
 // namespace and id (vmm.AgentSocketPath): a containerd namespace can be
 // long enough (containerd allows 76 bytes) that no socket path would fit
-// below StateRoot()/<namespace>. A namespace named sock shares the dir
+// below config.ShimStateRoot()/<namespace>. A namespace named sock shares the dir
 // with no name: its state dirs are below sock/vms, sockets are hashes.
-func socketDir() string { return filepath.Join(StateRoot(), "sock") }
+func socketDir() string { return filepath.Join(config.ShimStateRoot(), "sock") }
 
 // vmmBinary finds msb-runtime, whose hidden `vmm` command is the VMM
 // process: next to the shim's own executable, else on PATH, else in
@@ -127,7 +117,7 @@ type vmRequest struct {
 // guest agent answers. On error nothing it made is left behind and the
 // error names the logs.
 func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, retErr error) {
-	root := filepath.Join(StateRoot(), r.namespace)
+	root := filepath.Join(config.ShimStateRoot(), r.namespace)
 	sock, err := vmm.AgentSocketPath(socketDir(), r.namespace+"/"+r.id)
 	if err != nil {
 		return nil, err
@@ -189,24 +179,11 @@ func (v *vm) size() specconv.VMSize {
 
 func (v *vm) vmmLog() string { return filepath.Join(v.stateDir, "vmm.log") }
 
-// connect dials the agent through the relay and waits until it answers.
+// connect waits until the VM's agent answers (launch.WaitAgent).
 func (v *vm) connect(ctx context.Context) error {
-	bootCtx, cancel := context.WithTimeout(ctx, time.Duration(v.launch.BootTimeout)+10*time.Second)
-	defer cancel()
-	go func() {
-		select {
-		case <-v.dead:
-			cancel()
-		case <-bootCtx.Done():
-		}
-	}()
-	c, err := vmm.DialTTRPC(bootCtx, v.launch.AgentSocket)
+	c, err := launch.WaitAgent(ctx, v.launch, v.h)
 	if err != nil {
-		return v.bootError(err)
-	}
-	if err := vmm.WaitReady(bootCtx, c); err != nil {
-		c.Close()
-		return v.bootError(err)
+		return err
 	}
 	v.client = c
 	v.task = task.NewTTRPCTaskClient(c)
@@ -217,15 +194,6 @@ func (v *vm) connect(ctx context.Context) error {
 		c.Close()
 	}()
 	return nil
-}
-
-func (v *vm) bootError(err error) error {
-	select {
-	case <-v.dead:
-		return fmt.Errorf("VM exited during boot (VMM log %s, guest console %s): %w", v.vmmLog(), v.launch.ConsoleLog, err)
-	default:
-		return fmt.Errorf("guest agent did not come up (VMM log %s, guest console %s): %w", v.vmmLog(), v.launch.ConsoleLog, err)
-	}
 }
 
 // ended says why the VM, which died unasked, ended and the exit status
@@ -261,38 +229,31 @@ func (v *vm) kill() {
 	_ = v.h.Kill()
 }
 
-// stop powers the VM off: the agent is asked to shut down with code; a VM
-// that does not stop within the grace is released (the VMM's watchdog
-// stops it) and finally killed. It returns once the VMM process is gone.
+// stop powers the VM off (vmm.Handle.Stop): the agent is asked to shut
+// down with code, then the VMM, then it is killed. It returns once the
+// VMM process is gone.
 func (v *vm) stop(ctx context.Context, code int32) {
 	v.stopOnce.Do(func() {
 		if v.h == nil {
 			return
 		}
-		// Each step gives the VM 5 s to go: the guest's own power-off,
-		// then the VMM's watchdog (creator gone), then SIGKILL.
-		steps := []func() error{v.h.Release, v.h.Kill}
-		if v.agent != nil && !v.isDead() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			err := v.agent.Shutdown(sctx, code)
-			cancel()
-			if err == nil {
-				steps = append([]func() error{func() error { return nil }}, steps...)
-			} else if !v.isDead() {
-				log.G(ctx).WithError(err).Warnf("VM %s: guest shutdown request failed", v.name)
+		var shutdown func() error
+		if v.agent != nil {
+			shutdown = func() error {
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), vmm.StopStep)
+				defer cancel()
+				err := v.agent.Shutdown(sctx, code)
+				if err != nil && !v.isDead() {
+					log.G(ctx).WithError(err).Warnf("VM %s: guest shutdown request failed", v.name)
+				}
+				return err
 			}
 		}
-		for _, step := range steps {
-			_ = step()
-			select {
-			case <-v.dead:
-				_ = v.h.Release()
-				_, _ = v.h.Wait()
-				return
-			case <-time.After(5 * time.Second):
-			}
+		if err := v.h.Stop(shutdown); err != nil {
+			log.G(ctx).WithError(err).Errorf("VM %s", v.name)
+			return
 		}
-		log.G(ctx).Errorf("VM %s: VMM process %d did not exit after SIGKILL", v.name, v.h.Pid)
+		_, _ = v.h.Wait()
 	})
 }
 
@@ -306,15 +267,10 @@ func (v *vm) destroy(ctx context.Context) {
 		log.G(ctx).WithError(err).Warnf("VM %s: unwire network", v.name)
 	}
 	v.anchor.stop()
-	if v.prep != nil {
-		if err := v.prep.Release(); err != nil {
-			log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
-		}
-	} else if v.launch != nil {
-		// A pool VM's: its cgroup, if its killed VMM could not remove it.
-		if err := vmm.RemoveHostCgroup(v.launch.Host); err != nil {
-			log.G(ctx).WithError(err).Warnf("VM %s: remove host cgroup", v.name)
-		}
+	// A pool VM has nothing staged (prep is nil); its host cgroup is
+	// removed below with every VM's.
+	if err := v.prep.Release(); err != nil {
+		log.G(ctx).WithError(err).Warnf("VM %s: release staged files and disks", v.name)
 	}
 	if v.podDir != "" {
 		// No member binds below the pod dir from here on (an expose in
@@ -325,12 +281,15 @@ func (v *vm) destroy(ctx context.Context) {
 	}
 	// Members' binds go before the state dir (the guest's pod dir and
 	// shares below it), found by mount ID and never through a symlink;
-	// with mounts left, nothing is removed.
-	if err := mounts.RemoveAllUnmounted(v.stateDir); err != nil {
-		log.G(ctx).WithError(err).Errorf("VM %s: keeping state dir %s", v.name, v.stateDir)
-		return
-	}
+	// with mounts left, the state dir is kept.
+	rec := launch.VMRecord{StateDir: v.stateDir}
 	if v.launch != nil {
-		vmm.RemoveSockets(v.launch.AgentSocket)
+		rec.AgentSocket = v.launch.AgentSocket
+		if v.launch.Host != nil {
+			rec.Cgroup = v.launch.Host.Cgroup
+		}
+	}
+	if err := rec.Remove(); err != nil {
+		log.G(ctx).WithError(err).Errorf("VM %s: keeping what could not be removed", v.name)
 	}
 }

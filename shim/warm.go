@@ -27,9 +27,6 @@ import (
 // the pool instead of booting one, and every Create has the pool topped
 // up again in the background.
 
-// poolRoot is the shim's pool, below its state root.
-func poolRoot() string { return filepath.Join(StateRoot(), "pool") }
-
 // poolMisfit says why a container with spec takes a cold start although
 // the config keeps a pool; "" when it can claim a pool VM, with the
 // network namespace the spec names ("" for a new one). A pool VM has the
@@ -83,7 +80,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		log.G(ctx).WithError(err).Infof("container %s: cold start", c.id)
 		return nil
 	}
-	p := pool.Pool{Root: poolRoot(), Binary: binary, Logf: log.G(ctx).Infof}
+	p := pool.Pool{Root: config.PoolRoot(), Binary: binary, Logf: log.G(ctx).Infof}
 	e, h, err := p.Claim(cfg, vmm.Claim{Host: host, NetNS: netns})
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool: cold start", c.id)
@@ -136,17 +133,17 @@ func refillPool(ctx context.Context, cfg config.Config, binary string) {
 		log.G(ctx).WithError(err).Warn("pool: encode config")
 		return
 	}
-	if err := os.MkdirAll(poolRoot(), 0o700); err != nil {
+	if err := os.MkdirAll(config.PoolRoot(), 0o700); err != nil {
 		log.G(ctx).WithError(err).Warn("pool root")
 		return
 	}
-	logf, err := os.OpenFile(filepath.Join(poolRoot(), "fill.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(filepath.Join(config.PoolRoot(), "fill.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("pool: fill log")
 		return
 	}
 	defer logf.Close()
-	cmd := exec.Command(binary, "--config", "-", "pool", "fill", "--pool-root", poolRoot())
+	cmd := exec.Command(binary, "--config", "-", "pool", "fill", "--pool-root", config.PoolRoot())
 	cmd.Stdin = bytes.NewReader(body)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -156,7 +153,7 @@ func refillPool(ctx context.Context, cfg config.Config, binary string) {
 	}
 	go func() {
 		if err := cmd.Wait(); err != nil {
-			log.L.WithError(err).Warnf("pool fill failed (log %s)", filepath.Join(poolRoot(), "fill.log"))
+			log.L.WithError(err).Warnf("pool fill failed (log %s)", filepath.Join(config.PoolRoot(), "fill.log"))
 		}
 	}()
 }

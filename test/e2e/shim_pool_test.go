@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -49,6 +50,23 @@ func poolConfig(t *testing.T, e *shimEnv) ([]byte, string, string) {
 		t.Fatal(err)
 	}
 	return cfg, path, filepath.Join(e.stateRoot, "pool")
+}
+
+// filledPool fills a pool of one VM for the shim env, drained and removed
+// at the test's end, and returns the config's path, the pool root and the
+// parked VM's id and VMM pid.
+func filledPool(t *testing.T, e *shimEnv) (cfgPath, poolRoot, id string, pid int) {
+	t.Helper()
+	cfg, cfgPath, poolRoot := poolConfig(t, e)
+	t.Cleanup(func() {
+		poolCmd(t, e, cfg, "drain")
+		os.RemoveAll(poolRoot)
+	})
+	poolCmd(t, e, cfg, "fill")
+	for i, p := range poolEntries(t, poolRoot) {
+		id, pid = i, p
+	}
+	return cfgPath, poolRoot, id, pid
 }
 
 // poolCmd runs msb-runtime pool SUB on the shim env's pool with the
@@ -203,6 +221,29 @@ func TestShimWarmPool(t *testing.T) {
 	}
 }
 
+// TestShimWarmPoolShimKilled: a claimed VM's record names the host
+// cgroup it now stands in (the container's): after SIGKILL of its VMM and
+// its shim, containerd's delete (the shim's cleanup path) removes that
+// cgroup, as a cold VM's (TestShimHostCgroup).
+func TestShimWarmPoolShimKilled(t *testing.T) {
+	e := startShimEnv(t)
+	cfgPath, _, _, parkedPid := filledPool(t, e)
+	const id = "warm-killed"
+	cg := hostCgroupParent(t) + "/" + id
+	e.MustCtr("run", "-d", "--runtime", msbRuntimeType, "--cgroup", cg, "--runtime-config-path", cfgPath, e.image, id, "sleep", "1000")
+	e.waitStatus(t, id, "RUNNING", time.Minute)
+	checkHostPlace(t, "claimed VMM process", parkedPid, cg, 0)
+	if err := syscall.Kill(parkedPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	e.killShim(t, id)
+	_, _, _ = e.Ctr("task", "delete", id)
+	e.MustCtr("container", "delete", id)
+	e.waitShimDeletes()
+	waitCgroupGone(t, cg, "after SIGKILL of the claimed VM's VMM and shim, and its delete")
+	e.assertClean(t)
+}
+
 // procNice is the nice value of process pid's main thread (-100 if gone).
 func procNice(pid int) int {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -251,17 +292,7 @@ func sameKeys(a, b map[string]int) bool {
 // and port-forward reach the app's httpd, nothing stays wired.
 func TestNetPodWarm(t *testing.T) {
 	e := startShimEnv(t)
-	cfg, cfgPath, poolRoot := poolConfig(t, e)
-	t.Cleanup(func() {
-		poolCmd(t, e, cfg, "drain")
-		os.RemoveAll(poolRoot)
-	})
-	poolCmd(t, e, cfg, "fill")
-	var parkedPid int
-	var parkedID string
-	for id, pid := range poolEntries(t, poolRoot) {
-		parkedID, parkedPid = id, pid
-	}
+	cfgPath, poolRoot, parkedID, parkedPid := filledPool(t, e)
 
 	host := newNetNS(t)
 	cni := newCNI(t, host, "10.88.7.0/24")
