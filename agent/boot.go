@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/agent/modprobe"
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/protocol"
 )
@@ -59,15 +60,7 @@ func (a *Agent) Status() string {
 	if !a.booted {
 		return "waiting for boot"
 	}
-	return "booted " + kernelRelease()
-}
-
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "unknown"
-	}
-	return unix.ByteSliceToString(u.Release[:])
+	return "booted " + modprobe.KernelRelease()
 }
 
 // Boot applies the MSB_* boot env: mounts, hostname, rlimits, and the

@@ -20,13 +20,14 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/msb-dev/msb/agent"
+	"github.com/msb-dev/msb/agent/modprobe"
 )
 
 func main() {
 	switch {
-	case filepath.Base(os.Args[0]) == agent.ModprobeName:
+	case filepath.Base(os.Args[0]) == modprobe.Name:
 		// /sbin/modprobe → /init: the kernel's request_module helper.
-		os.Exit(agent.Modprobe(os.Args[1:], os.Stderr))
+		os.Exit(modprobe.Main(os.Args[1:], os.Stderr))
 	case os.Getenv(agent.OOMExecEnv) != "":
 		// The agent runs its OCI runtime through itself (crun exec).
 		os.Exit(agent.OOMExec(os.Args[1:]))
