@@ -166,7 +166,7 @@ func (s *Service) update(ctx context.Context, r *task.UpdateTaskRequest) error {
 	return nil
 }
 
-// taskService adapts the Agent to containerd's task API v3.
+// taskService adapts the Service to containerd's task API v3.
 type taskService struct{ svc *Service }
 
 var _ task.TTRPCTaskService = (*taskService)(nil)
@@ -251,6 +251,6 @@ func (s *taskService) Connect(ctx context.Context, r *task.ConnectRequest) (*tas
 }
 
 func (s *taskService) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	// The VM's lifetime is the host's business (Agent.Shutdown).
+	// The VM's lifetime is the host's business (the Agent service's Shutdown).
 	return &emptypb.Empty{}, nil
 }

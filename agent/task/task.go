@@ -43,7 +43,7 @@ type container struct {
 	paused  bool
 	execs   map[string]*process
 	// oomKills is the last oom_kill count seen in memory.events (guarded
-	// by Agent.ooms.mu).
+	// by Service.ooms.mu).
 	oomKills uint64
 }
 
