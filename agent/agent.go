@@ -6,15 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"time"
 
-	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
 
+	"github.com/msb-dev/msb/agent/task"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -26,90 +25,35 @@ const (
 	ChannelVsock        = "vsock"
 )
 
-// Defaults of Options.
-const (
-	DefaultRuncPath       = "/sbin/runc"
-	DefaultRuncRoot       = "/run/runc"
-	DefaultBundleRoot     = "/run/msb/bundles"
-	DefaultStdioWait      = 10 * time.Second
-	DefaultIODrainTimeout = 5 * time.Second
-)
-
-// Version is reported by the task API's Connect.
-var Version = "dev"
-
 // Options configure an Agent. Zero values take the defaults.
 type Options struct {
-	// RuncPath is the OCI runtime binary, runc or crun (DefaultRuncPath;
-	// in the guest what RuntimeFile names).
-	RuncPath string
-	// RuncRoot is runc's --root (DefaultRuncRoot).
-	RuncRoot string
-	// BundleRoot holds one bundle directory per container (DefaultBundleRoot).
-	BundleRoot string
+	// Options are the task service's: the OCI runtime, bundles, stdio.
+	task.Options
 	// Channel is ChannelVirtioSerial (default) or ChannelVsock.
 	Channel string
 	// Guest says the agent runs in a VM's guest, whose machine it owns:
 	// Shutdown powers it off (and deletes nothing from the OCI runtime,
 	// whose state goes with it), SetClock steps its clock.
 	Guest bool
-	// NoPivot runs runc create with --no-pivot (needed when the agent's
-	// root is the initramfs itself and could not be switched).
-	NoPivot bool
-	// StdioWait bounds how long a task request waits for a stdio stream it
-	// names (DefaultStdioWait).
-	StdioWait time.Duration
-	// IODrainTimeout is how long after a process exited its output pipes
-	// may stay silent without EOF before the agent stops waiting for them
-	// (DefaultIODrainTimeout). It never cuts output that is still flowing.
-	IODrainTimeout time.Duration
 	// Handoff, when set, asks the init supervisor to hand PID 1 to the user
 	// init of the boot env. Without it a boot env with MSB_HANDOFF_INIT is
 	// refused.
 	Handoff func(HandoffRequest) error
 }
 
-func (o *Options) setDefaults() {
-	if o.RuncPath == "" {
-		o.RuncPath = DefaultRuncPath
-	}
-	if o.RuncRoot == "" {
-		o.RuncRoot = DefaultRuncRoot
-	}
-	if o.BundleRoot == "" {
-		o.BundleRoot = DefaultBundleRoot
-	}
-	if o.Channel == "" {
-		o.Channel = ChannelVirtioSerial
-	}
-	if o.StdioWait <= 0 {
-		o.StdioWait = DefaultStdioWait
-	}
-	if o.IODrainTimeout <= 0 {
-		o.IODrainTimeout = DefaultIODrainTimeout
-	}
-}
-
-// Agent holds the guest's containers and serves the agent protocol over one
-// channel connection at a time (Serve may be called again after the channel
-// was lost; containers survive).
+// Agent serves the agent protocol over one channel connection at a time
+// (Serve may be called again after the channel was lost; the task
+// service's containers survive): the task service, and the msb Agent
+// service (boot, status, clock, shutdown).
 type Agent struct {
 	opts  Options
 	srv   *ttrpc.Server
 	lis   *chanListener
-	stdio *stdioRegistry
-	exits *exitTracker
-	ooms  *oomLog // also guards container.oomKills
-
-	mu         sync.Mutex
-	containers map[string]*container
-	reserved   map[string]bool
+	tasks *task.Service
 
 	bootMu  sync.Mutex
 	booted  bool
 	mounted []string // boot mounts, in mount order
-	// prepared are the mounts Prepare made, by container, in mount order.
-	prepared map[string][]string
 
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
@@ -118,31 +62,29 @@ type Agent struct {
 	closeOnce sync.Once
 }
 
-// New creates an agent: it starts the reaper (this process reaps its
-// children from now on) and the ttrpc server.
+// New creates an agent: it starts the task service (whose reaper reaps
+// this process's children from now on) and the ttrpc server.
 func New(opts Options) (*Agent, error) {
-	opts.setDefaults()
-	for _, d := range []string{opts.RuncRoot, opts.BundleRoot} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, err
-		}
+	if opts.Channel == "" {
+		opts.Channel = ChannelVirtioSerial
+	}
+	tasks, err := task.New(opts.Options)
+	if err != nil {
+		return nil, err
 	}
 	srv, err := ttrpc.NewServer()
 	if err != nil {
+		tasks.Close()
 		return nil, err
 	}
 	a := &Agent{
 		opts:       opts,
 		srv:        srv,
 		lis:        newChanListener(),
-		stdio:      newStdioRegistry(time.Minute),
-		exits:      newExitTracker(),
-		ooms:       newOOMLog(),
-		containers: map[string]*container{},
-		reserved:   map[string]bool{},
+		tasks:      tasks,
 		shutdownCh: make(chan struct{}),
 	}
-	task.RegisterTTRPCTaskService(srv, &taskService{a: a})
+	tasks.Register(srv)
 	protocol.RegisterAgent(srv, &agentService{a: a})
 	go func() {
 		if err := srv.Serve(context.Background(), a.lis); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
@@ -199,9 +141,9 @@ func (a *Agent) dispatch(st *yamux.Stream) {
 			st.Close()
 			return
 		}
-		a.stdio.register(arg, st)
+		a.tasks.AddStdio(arg, st)
 	case protocol.KindPort:
-		a.forwardPort(st, arg)
+		a.tasks.ForwardPort(st, arg)
 	default:
 		log.L.Warnf("stream of unknown kind %q: closing it", kind)
 		st.Close()
@@ -214,8 +156,7 @@ func (a *Agent) Close() error {
 	a.closeOnce.Do(func() {
 		a.lis.Close()
 		a.srv.Close()
-		a.stdio.closeAll()
-		a.exits.close()
+		a.tasks.Close()
 	})
 	return nil
 }
@@ -232,3 +173,6 @@ func Serve(ctx context.Context, conn net.Conn, opts Options) error {
 	defer a.KillAll()
 	return a.Serve(ctx, conn)
 }
+
+// KillAll kills and deletes every container (end of Serve).
+func (a *Agent) KillAll() { a.tasks.KillAll() }

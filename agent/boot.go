@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,15 +16,25 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/agent/modprobe"
+	"github.com/msb-dev/msb/agent/task"
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/protocol"
 )
 
-// agentService implements protocol.Agent.
+// agentService implements protocol.Agent and its optional parts; the
+// container-bound ones (OOM events, Prepare, Network) go to the task
+// service.
 type agentService struct{ a *Agent }
 
+var (
+	_ protocol.OOMWatcher = (*agentService)(nil)
+	_ protocol.Preparer   = (*agentService)(nil)
+	_ protocol.Networker  = (*agentService)(nil)
+)
+
 func (s *agentService) Boot(ctx context.Context, env []string) error {
-	return toStatus(s.a.Boot(env))
+	return task.ToStatus(s.a.Boot(env))
 }
 
 func (s *agentService) Status(ctx context.Context) (string, error) {
@@ -33,13 +42,23 @@ func (s *agentService) Status(ctx context.Context) (string, error) {
 }
 
 func (s *agentService) Shutdown(ctx context.Context, code int32) error {
-	return toStatus(s.a.Shutdown(code))
+	return task.ToStatus(s.a.Shutdown(code))
 }
 
 // OOMEvents implements protocol.OOMWatcher.
 func (s *agentService) OOMEvents(ctx context.Context, after uint64, wait bool) ([]protocol.OOMEvent, error) {
-	evs, err := s.a.oomEvents(ctx, after, wait)
-	return evs, toStatus(err)
+	evs, err := s.a.tasks.OOMEvents(ctx, after, wait)
+	return evs, task.ToStatus(err)
+}
+
+// Prepare implements protocol.Preparer.
+func (s *agentService) Prepare(ctx context.Context, id string, env []string) error {
+	return task.ToStatus(s.a.tasks.Prepare(id, env))
+}
+
+// Network implements protocol.Networker.
+func (s *agentService) Network(ctx context.Context, id string, nics []protocol.NetInterface) error {
+	return task.ToStatus(s.a.tasks.Network(id, nics))
 }
 
 func (s *agentService) WaitShutdown(ctx context.Context) (int32, error) {
@@ -47,7 +66,7 @@ func (s *agentService) WaitShutdown(ctx context.Context) (int32, error) {
 	case <-s.a.shutdownCh:
 		return s.a.shutdownCode, nil
 	case <-ctx.Done():
-		return 0, toStatus(ctx.Err())
+		return 0, task.ToStatus(ctx.Err())
 	}
 }
 
@@ -59,15 +78,7 @@ func (a *Agent) Status() string {
 	if !a.booted {
 		return "waiting for boot"
 	}
-	return "booted " + kernelRelease()
-}
-
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "unknown"
-	}
-	return unix.ByteSliceToString(u.Release[:])
+	return "booted " + modprobe.KernelRelease()
 }
 
 // Boot applies the MSB_* boot env: mounts, hostname, rlimits, and the
@@ -172,36 +183,12 @@ func (a *Agent) mountShare(tag, path string, ro bool) error {
 	return a.mount(tag, path, "9p", flags, ninePOptions)
 }
 
-var tmpfsFlags = map[string]uintptr{
-	"ro": unix.MS_RDONLY, "noexec": unix.MS_NOEXEC, "nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV,
-}
-
 func (a *Agent) mountTmpfs(t bootenv.Tmpfs) error {
-	flags, data, err := tmpfsArgs(t)
+	flags, data, err := task.TmpfsArgs(t)
 	if err != nil {
 		return err
 	}
 	return a.mount("tmpfs", t.GuestPath, "tmpfs", flags, data)
-}
-
-// tmpfsArgs returns the mount flags and data of t.
-func tmpfsArgs(t bootenv.Tmpfs) (uintptr, string, error) {
-	var flags uintptr
-	var data []string
-	if t.SizeBytes > 0 {
-		data = append(data, "size="+strconv.FormatInt(t.SizeBytes, 10))
-	}
-	if t.Mode != 0 {
-		data = append(data, "mode="+strconv.FormatUint(uint64(t.Mode), 8))
-	}
-	for _, o := range t.Options {
-		f, ok := tmpfsFlags[o]
-		if !ok {
-			return 0, "", fmt.Errorf("boot: tmpfs %s: unknown option %q", t.GuestPath, o)
-		}
-		flags |= f
-	}
-	return flags, strings.Join(data, ","), nil
 }
 
 // diskFlags are mount options that are flags, not filesystem data.
@@ -329,13 +316,8 @@ func (a *Agent) Shutdown(code int32) error {
 	a.shutdownOnce.Do(func() {
 		first = true
 		log.L.Infof("shutdown requested (exit code %d)", code)
-		a.killAll(a.opts.Guest)
-		unix.Sync()
+		a.tasks.Shutdown(a.opts.Guest)
 		a.bootMu.Lock()
-		for id, l := range a.prepared {
-			unmountAll(l)
-			delete(a.prepared, id)
-		}
 		for i := len(a.mounted) - 1; i >= 0; i-- {
 			if err := unix.Unmount(a.mounted[i], unix.MNT_DETACH); err != nil {
 				log.L.WithError(err).Warnf("unmount %s", a.mounted[i])

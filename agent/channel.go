@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/agent/task"
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/protocol"
 )
@@ -24,10 +25,10 @@ func RunGuest() int {
 	opts := Options{
 		Guest:   true,
 		Channel: channel,
-		NoPivot: os.Getenv(noPivotEnv) != "",
 	}
-	if p, err := RuntimeFromImage(RuntimeFile); err != nil {
-		log.L.WithError(err).Errorf("OCI runtime: using %s", DefaultRuncPath)
+	opts.NoPivot = os.Getenv(noPivotEnv) != ""
+	if p, err := task.RuntimeFromImage(task.RuntimeFile); err != nil {
+		log.L.WithError(err).Errorf("OCI runtime: using %s", task.DefaultRuncPath)
 	} else {
 		opts.RuncPath = p
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/agent/task"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -20,7 +21,7 @@ const clockSlack = 20 * time.Millisecond
 var _ protocol.Clocker = (*agentService)(nil)
 
 func (s *agentService) SetClock(ctx context.Context, unixNano int64) error {
-	return toStatus(s.a.SetClock(unixNano))
+	return task.ToStatus(s.a.SetClock(unixNano))
 }
 
 // SetClock steps the guest's wall clock to the host's (Unix nanoseconds)

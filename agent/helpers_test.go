@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/msb-dev/msb/agent"
+	agenttask "github.com/msb-dev/msb/agent/task"
 	"github.com/msb-dev/msb/protocol"
 )
 
@@ -62,13 +63,13 @@ func helperMain() int {
 		return 1
 	}
 	f.Close()
-	err = agent.Serve(context.Background(), conn, agent.Options{
+	err = agent.Serve(context.Background(), conn, agent.Options{Options: agenttask.Options{
 		RuncPath:       os.Getenv(helperRunc),
 		RuncRoot:       os.Getenv(helperRuncRoot),
 		BundleRoot:     os.Getenv(helperBundles),
 		StdioWait:      2 * time.Second,
 		IODrainTimeout: 2 * time.Second,
-	})
+	}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 1

@@ -19,6 +19,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/agent/modprobe"
 )
 
 // Process roles: PID 1 starts the agent proper with RoleEnv=RoleGuest.
@@ -83,10 +85,16 @@ func RunInit() {
 		log.L.WithError(rootErr).Warn("root stays on the initramfs: runc will use --no-pivot")
 	}
 	_ = os.Setenv("PATH", guestPath)
-	if err := LoadModules(ModulesList); err != nil {
+	if err := modprobe.LoadModules(ModulesList); err != nil {
 		log.L.WithError(err).Error("loading kernel modules")
 	}
-	SetupModprobe()
+	moduleShare := ninePOptions
+	if channelKind() == ChannelVsock {
+		// libkrun boots libkrunfw's kernel, whose drivers are built in:
+		// the image's module tree is for another kernel.
+		moduleShare = ""
+	}
+	modprobe.Setup(moduleShare)
 
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -21,7 +21,7 @@ const (
 )
 
 // GuestRuntimeFile names the OCI runtime binary the agent runs (one guest
-// path and a newline); the agent reads it at start (agent.RuntimeFile).
+// path and a newline); the agent reads it at start (task.RuntimeFile in package agent/task).
 const GuestRuntimeFile = "/etc/msb/oci-runtime"
 
 // libDirs are where the loader looks for a library without an

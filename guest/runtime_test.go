@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/msb-dev/msb/agent"
+	"github.com/msb-dev/msb/agent/task"
 )
 
 const hostCrun = "/usr/bin/crun"
@@ -103,7 +103,7 @@ func TestRuntimeOptions(t *testing.T) {
 }
 
 func TestRuntimeFileIsTheAgents(t *testing.T) {
-	if GuestRuntimeFile != agent.RuntimeFile {
-		t.Fatalf("guest.GuestRuntimeFile %q, agent.RuntimeFile %q: the agent reads the other name", GuestRuntimeFile, agent.RuntimeFile)
+	if GuestRuntimeFile != task.RuntimeFile {
+		t.Fatalf("guest.GuestRuntimeFile %q, task.RuntimeFile %q: the agent reads the other name", GuestRuntimeFile, task.RuntimeFile)
 	}
 }

@@ -2,7 +2,7 @@
 // 1 it is the init supervisor, which starts itself again as the agent
 // proper. Started as "modprobe" (/sbin/modprobe links to /init) it is the
 // kernel's module helper; with MSB_OOM_EXEC set it launches the OCI
-// runtime with a container's OOM score (agent.OOMExec). Run by hand (not
+// runtime with a container's OOM score (task.OOMExec). Run by hand (not
 // PID 1) it serves the agent protocol on a Unix socket, one channel per
 // connection, for development.
 package main
@@ -20,16 +20,18 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/msb-dev/msb/agent"
+	"github.com/msb-dev/msb/agent/modprobe"
+	"github.com/msb-dev/msb/agent/task"
 )
 
 func main() {
 	switch {
-	case filepath.Base(os.Args[0]) == agent.ModprobeName:
+	case filepath.Base(os.Args[0]) == modprobe.Name:
 		// /sbin/modprobe → /init: the kernel's request_module helper.
-		os.Exit(agent.Modprobe(os.Args[1:], os.Stderr))
-	case os.Getenv(agent.OOMExecEnv) != "":
+		os.Exit(modprobe.Main(os.Args[1:], os.Stderr))
+	case os.Getenv(task.OOMExecEnv) != "":
 		// The agent runs its OCI runtime through itself (crun exec).
-		os.Exit(agent.OOMExec(os.Args[1:]))
+		os.Exit(task.OOMExec(os.Args[1:]))
 	case os.Getpid() == 1:
 		agent.RunInit()
 	case os.Getenv(agent.RoleEnv) == agent.RoleGuest:
@@ -41,9 +43,9 @@ func main() {
 func dev() int {
 	var opts agent.Options
 	listen := flag.String("listen", "", "serve the agent protocol on this Unix socket (one yamux channel per connection)")
-	flag.StringVar(&opts.RuncPath, "runc", agent.DefaultRuncPath, "runc binary")
-	flag.StringVar(&opts.RuncRoot, "runc-root", agent.DefaultRuncRoot, "runc --root")
-	flag.StringVar(&opts.BundleRoot, "bundle-root", agent.DefaultBundleRoot, "directory of the container bundles")
+	flag.StringVar(&opts.RuncPath, "runc", task.DefaultRuncPath, "runc binary")
+	flag.StringVar(&opts.RuncRoot, "runc-root", task.DefaultRuncRoot, "runc --root")
+	flag.StringVar(&opts.BundleRoot, "bundle-root", task.DefaultBundleRoot, "directory of the container bundles")
 	flag.Parse()
 	if *listen == "" {
 		fmt.Fprintln(os.Stderr, "msb-agent is the msb guest init; outside a VM run it with -listen SOCKET")

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"bufio"
@@ -43,7 +43,7 @@ type container struct {
 	paused  bool
 	execs   map[string]*process
 	// oomKills is the last oom_kill count seen in memory.events (guarded
-	// by Agent.ooms.mu).
+	// by Service.ooms.mu).
 	oomKills uint64
 }
 
@@ -53,8 +53,8 @@ var validID = regexp.MustCompile(`^[\w+\-.]+$`)
 // runc returns a client of the OCI runtime (runc, or crun: the same
 // command line) that logs to the bundle's log.json, so the reason of a
 // failure can be reported.
-func (a *Agent) runc(bundle string) *runc.Runc {
-	r := &runc.Runc{Command: a.opts.RuncPath, Root: a.opts.RuncRoot}
+func (s *Service) runc(bundle string) *runc.Runc {
+	r := &runc.Runc{Command: s.opts.RuncPath, Root: s.opts.RuncRoot}
 	if bundle != "" {
 		r.Log = filepath.Join(bundle, "log.json")
 		r.LogFormat = runc.JSON
@@ -74,7 +74,7 @@ func logMark(bundle string) int64 {
 
 // runtimeError adds the runtime's name and its last error message (from
 // its JSON log: runc and crun write the same "level" and "msg") to err.
-func (a *Agent) runtimeError(bundle string, mark int64, what string, err error) error {
+func (s *Service) runtimeError(bundle string, mark int64, what string, err error) error {
 	msg := ""
 	if f, ferr := os.Open(filepath.Join(bundle, "log.json")); ferr == nil {
 		if _, ferr := f.Seek(mark, io.SeekStart); ferr == nil {
@@ -90,9 +90,9 @@ func (a *Agent) runtimeError(bundle string, mark int64, what string, err error) 
 		f.Close()
 	}
 	if msg == "" {
-		return fmt.Errorf("%s: %s: %w", what, a.runtimeName(), err)
+		return fmt.Errorf("%s: %s: %w", what, s.runtimeName(), err)
 	}
-	return fmt.Errorf("%s: %s: %s: %w", what, a.runtimeName(), strings.TrimSpace(msg), err)
+	return fmt.Errorf("%s: %s: %s: %w", what, s.runtimeName(), strings.TrimSpace(msg), err)
 }
 
 // ioOwner is the host-side uid/gid of a process's user: the owner of its
@@ -119,10 +119,10 @@ func mapID(ms []specs.LinuxIDMapping, id uint32) uint32 {
 }
 
 // getContainer returns the container or NotFound.
-func (a *Agent) getContainer(id string) (*container, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	c, ok := a.containers[id]
+func (s *Service) getContainer(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
 	if !ok {
 		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
 	}
@@ -130,8 +130,8 @@ func (a *Agent) getContainer(id string) (*container, error) {
 }
 
 // getProcess returns the init process (execID "") or an exec process.
-func (a *Agent) getProcess(id, execID string) (*container, *process, error) {
-	c, err := a.getContainer(id)
+func (s *Service) getProcess(id, execID string) (*container, *process, error) {
+	c, err := s.getContainer(id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -147,7 +147,7 @@ func (a *Agent) getProcess(id, execID string) (*container, *process, error) {
 	return c, p, nil
 }
 
-func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.CreateTaskResponse, retErr error) {
+func (s *Service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.CreateTaskResponse, retErr error) {
 	switch {
 	case r.Checkpoint != "":
 		return nil, fmt.Errorf("create %q: restore from checkpoint is not supported in msb VMs: %w", r.ID, errdefs.ErrNotImplemented)
@@ -173,23 +173,23 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		return nil, err
 	}
 
-	a.mu.Lock()
-	if _, ok := a.containers[r.ID]; ok || a.reserved[r.ID] {
-		a.mu.Unlock()
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok || s.reserved[r.ID] {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	a.reserved[r.ID] = true
-	a.mu.Unlock()
+	s.reserved[r.ID] = true
+	s.mu.Unlock()
 	defer func() {
-		a.mu.Lock()
-		delete(a.reserved, r.ID)
-		a.mu.Unlock()
+		s.mu.Lock()
+		delete(s.reserved, r.ID)
+		s.mu.Unlock()
 		if retErr != nil {
-			a.unprepare(r.ID) // a pod container's Prepare mounts
+			s.unprepare(r.ID) // a pod container's Prepare mounts
 		}
 	}()
 
-	bundle := filepath.Join(a.opts.BundleRoot, r.ID)
+	bundle := filepath.Join(s.opts.BundleRoot, r.ID)
 	_ = os.RemoveAll(bundle) // stale, from a container this agent does not know
 	if err := os.MkdirAll(bundle, 0o711); err != nil {
 		return nil, err
@@ -200,7 +200,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		}
 	}()
 	config := r.Options.Value
-	adapted, err := a.runtimeSpec(&spec)
+	adapted, err := s.runtimeSpec(&spec)
 	if err != nil {
 		return nil, fmt.Errorf("create %q: %w", r.ID, err)
 	}
@@ -215,7 +215,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		return nil, err
 	}
 
-	p := newProcess(a, r.ID, "")
+	p := newProcess(s, r.ID, "")
 	p.tty = r.Terminal
 	if err := p.openStreams(ctx, r.Stdin, r.Stdout, r.Stderr); err != nil {
 		return nil, fmt.Errorf("create %q: %w", r.ID, err)
@@ -236,20 +236,20 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		defer sock.Close()
 	}
 
-	a.exits.begin()
-	defer a.exits.end()
-	rc := a.runc(bundle)
+	s.exits.begin()
+	defer s.exits.end()
+	rc := s.runc(bundle)
 	pidFile := filepath.Join(bundle, "init.pid")
 	mark := logMark(bundle)
 	// Not the request's context: a runc killed half-way leaves a mess.
-	copts := &runc.CreateOpts{IO: pio, PidFile: pidFile, NoPivot: a.opts.NoPivot}
+	copts := &runc.CreateOpts{IO: pio, PidFile: pidFile, NoPivot: s.opts.NoPivot}
 	if sock != nil {
 		copts.ConsoleSocket = sock
 	}
 	if err := rc.Create(context.Background(), r.ID, bundle, copts); err != nil {
 		pio.Close()
 		p.abandonIO()
-		rerr := a.runtimeError(bundle, mark, "OCI runtime create failed", err)
+		rerr := s.runtimeError(bundle, mark, "OCI runtime create failed", err)
 		_ = rc.Delete(context.Background(), r.ID, &runc.DeleteOpts{Force: true})
 		return nil, rerr
 	}
@@ -266,7 +266,7 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 	}
 	p.pid = pid
 	c := &container{id: r.ID, bundle: bundle, spec: &spec, init: p, execs: map[string]*process{}}
-	if err := a.setInitOOMScore(c); err != nil {
+	if err := s.setInitOOMScore(c); err != nil {
 		if master != nil {
 			master.Close()
 		}
@@ -276,23 +276,23 @@ func (a *Agent) create(ctx context.Context, r *task.CreateTaskRequest) (_ *task.
 		return nil, err
 	}
 	c.cgroup = cgroupOf(pid)
-	a.mu.Lock()
-	a.containers[r.ID] = c
-	a.mu.Unlock()
-	a.watchOOM(c)
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	s.watchOOM(c)
 	p.startCopy(pio, master)
-	a.exits.watch(pid, p)
+	s.exits.watch(pid, p)
 	log.L.Infof("container %s created (pid %d)", r.ID, pid)
 	return &task.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
-func (a *Agent) start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
-	c, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if r.ExecID != "" {
-		return a.startExec(c, p)
+		return s.startExec(c, p)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -303,8 +303,8 @@ func (a *Agent) start(ctx context.Context, r *task.StartRequest) (*task.StartRes
 		return nil, fmt.Errorf("container %q: init process already exited: %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
 	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Start(context.Background(), r.ID); err != nil {
-		return nil, a.runtimeError(c.bundle, mark, "OCI runtime start failed", err)
+	if err := s.runc(c.bundle).Start(context.Background(), r.ID); err != nil {
+		return nil, s.runtimeError(c.bundle, mark, "OCI runtime start failed", err)
 	}
 	c.started = true
 	p.mu.Lock()
@@ -321,8 +321,8 @@ func (p *process) exitSeenLocked() bool {
 	return p.exitSeen
 }
 
-func (a *Agent) kill(ctx context.Context, r *task.KillRequest) error {
-	c, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) kill(ctx context.Context, r *task.KillRequest) error {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return err
 	}
@@ -345,17 +345,17 @@ func (a *Agent) kill(ctx context.Context, r *task.KillRequest) error {
 		return nil
 	}
 	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Kill(context.Background(), r.ID, int(r.Signal), &runc.KillOpts{All: r.All}); err != nil {
+	if err := s.runc(c.bundle).Kill(context.Background(), r.ID, int(r.Signal), &runc.KillOpts{All: r.All}); err != nil {
 		if p.exitSeenLocked() {
 			return fmt.Errorf("%s: process already finished: %w", p.name(), errdefs.ErrNotFound)
 		}
-		return a.runtimeError(c.bundle, mark, "OCI runtime kill failed", err)
+		return s.runtimeError(c.bundle, mark, "OCI runtime kill failed", err)
 	}
 	return nil
 }
 
-func (a *Agent) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
-	c, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -382,10 +382,10 @@ func (a *Agent) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.De
 	if started && !p.isDone() {
 		return nil, fmt.Errorf("container %q: cannot delete a running task: %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := a.destroy(c, 10*time.Second, false); err != nil {
+	if err := s.destroy(c, 10*time.Second, false); err != nil {
 		return nil, err
 	}
-	a.unprepare(r.ID)
+	s.unprepare(r.ID)
 	_, pid, code, at := p.status()
 	return &task.DeleteResponse{Pid: uint32(pid), ExitStatus: uint32(code), ExitedAt: ts(at)}, nil
 }
@@ -395,8 +395,8 @@ func (a *Agent) deleteTask(ctx context.Context, r *task.DeleteRequest) (*task.De
 // goes with the VM, and what still runs is killed through its cgroup
 // where it can be: each runc command is a process start, which costs a
 // tenth of a second under TCG.
-func (a *Agent) destroy(c *container, grace time.Duration, powerOff bool) error {
-	rc := a.runc(c.bundle)
+func (s *Service) destroy(c *container, grace time.Duration, powerOff bool) error {
+	rc := s.runc(c.bundle)
 	if !c.init.isDone() && !(powerOff && killCgroup(c.cgroup)) {
 		_ = rc.Kill(context.Background(), c.id, int(unix.SIGKILL), &runc.KillOpts{All: true})
 	}
@@ -404,7 +404,7 @@ func (a *Agent) destroy(c *container, grace time.Duration, powerOff bool) error 
 		mark := logMark(c.bundle)
 		if err := rc.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true}); err != nil {
 			if _, serr := rc.State(context.Background(), c.id); serr == nil {
-				return a.runtimeError(c.bundle, mark, "OCI runtime delete failed", err)
+				return s.runtimeError(c.bundle, mark, "OCI runtime delete failed", err)
 			}
 			// Gone already.
 		}
@@ -428,27 +428,27 @@ func (a *Agent) destroy(c *container, grace time.Duration, powerOff bool) error 
 		}
 	}
 	_ = os.RemoveAll(c.bundle)
-	a.mu.Lock()
-	delete(a.containers, c.id)
-	a.mu.Unlock()
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
 	log.L.Infof("container %s deleted", c.id)
 	return nil
 }
 
 // KillAll kills and deletes every container (shutdown, end of Serve).
-func (a *Agent) KillAll() { a.killAll(false) }
+func (s *Service) KillAll() { s.killAll(false) }
 
 // killAll stops every container; powerOff: for a power-off (destroy).
-func (a *Agent) killAll(powerOff bool) {
-	a.mu.Lock()
-	cs := slices.Collect(maps.Values(a.containers))
-	a.mu.Unlock()
+func (s *Service) killAll(powerOff bool) {
+	s.mu.Lock()
+	cs := slices.Collect(maps.Values(s.containers))
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.destroy(c, 5*time.Second, powerOff); err != nil {
+			if err := s.destroy(c, 5*time.Second, powerOff); err != nil {
 				log.L.WithError(err).Warnf("container %s", c.id)
 			}
 		}()

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -40,7 +40,7 @@ func RuntimeFromImage(file string) (string, error) {
 
 // runtimeName is the OCI runtime's name for messages and quirks ("runc",
 // "crun").
-func (a *Agent) runtimeName() string { return filepath.Base(a.opts.RuncPath) }
+func (s *Service) runtimeName() string { return filepath.Base(s.opts.RuncPath) }
 
 // crunSpecVersion is the ociVersion a bundle gets for crun: crun 1.8
 // (Debian 12) refuses any config.json whose ociVersion is not 1.0.x
@@ -56,8 +56,8 @@ const crunSpecVersion = "1.0.2"
 // one in every container), and one without offsets shows the container
 // nothing but its own /proc/self/ns/time (the clocks are the VM's either
 // way). A time namespace with offsets is refused, naming the fix.
-func (a *Agent) runtimeSpec(spec *specs.Spec) (bool, error) {
-	if a.runtimeName() != "crun" {
+func (s *Service) runtimeSpec(spec *specs.Spec) (bool, error) {
+	if s.runtimeName() != "crun" {
 		return false, nil
 	}
 	changed := false
@@ -120,10 +120,10 @@ func oomScore(c *container) int {
 
 // execRuntime returns the client and context for an exec in c: for crun,
 // the runtime goes through OOMExec so the process gets c's OOM score.
-func (a *Agent) execRuntime(c *container) (*runc.Runc, context.Context) {
-	rc := a.runc(c.bundle)
+func (s *Service) execRuntime(c *container) (*runc.Runc, context.Context) {
+	rc := s.runc(c.bundle)
 	ctx := context.Background()
-	if a.runtimeName() != "crun" {
+	if s.runtimeName() != "crun" {
 		return rc, ctx
 	}
 	self, err := os.Executable()
@@ -139,13 +139,13 @@ func (a *Agent) execRuntime(c *container) (*runc.Runc, context.Context) {
 // start, so it has no children yet) its OOM score: crun 1.8 writes
 // process.oomScoreAdj only when it is not 0, and init would keep the
 // agent's -1000 (see OOMExec).
-func (a *Agent) setInitOOMScore(c *container) error {
-	if a.runtimeName() != "crun" {
+func (s *Service) setInitOOMScore(c *container) error {
+	if s.runtimeName() != "crun" {
 		return nil
 	}
-	s := oomScore(c)
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.init.pid), []byte(strconv.Itoa(s)), 0); err != nil {
-		return fmt.Errorf("create %q: oom_score_adj %d of init (pid %d): %w", c.id, s, c.init.pid, err)
+	score := oomScore(c)
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", c.init.pid), []byte(strconv.Itoa(score)), 0); err != nil {
+		return fmt.Errorf("create %q: oom_score_adj %d of init (pid %d): %w", c.id, score, c.init.pid, err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"github.com/containerd/errdefs"
@@ -6,10 +6,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// toStatus turns an errdefs-classified error into a gRPC status error, which
+// ToStatus turns an errdefs-classified error into a gRPC status error, which
 // ttrpc carries to the host with its code (containerd's clients map the code
 // back to errdefs). Errors that already carry a status pass through.
-func toStatus(err error) error {
+func ToStatus(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -28,8 +28,8 @@ func ts(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-func (a *Agent) state(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	c, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) state(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -37,23 +37,23 @@ func (a *Agent) state(ctx context.Context, r *task.StateRequest) (*task.StateRes
 	c.mu.Lock()
 	paused := c.paused
 	c.mu.Unlock()
-	var s tasktypes.Status
+	var status tasktypes.Status
 	switch {
 	case st == stateStopped:
-		s = tasktypes.Status_STOPPED
+		status = tasktypes.Status_STOPPED
 	case paused:
-		s = tasktypes.Status_PAUSED
+		status = tasktypes.Status_PAUSED
 	case st == stateRunning:
-		s = tasktypes.Status_RUNNING
+		status = tasktypes.Status_RUNNING
 	default:
-		s = tasktypes.Status_CREATED
+		status = tasktypes.Status_CREATED
 	}
 	resp := &task.StateResponse{
 		ID:     r.ID,
 		ExecID: r.ExecID,
 		Bundle: c.bundle,
 		Pid:    uint32(pid),
-		Status: s,
+		Status: status,
 		Stdin:  p.stdinURI,
 		Stdout: p.stdoutURI,
 		Stderr: p.stderrURI,
@@ -65,8 +65,8 @@ func (a *Agent) state(ctx context.Context, r *task.StateRequest) (*task.StateRes
 	return resp, nil
 }
 
-func (a *Agent) wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	_, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -77,15 +77,15 @@ func (a *Agent) wait(ctx context.Context, r *task.WaitRequest) (*task.WaitRespon
 	return &task.WaitResponse{ExitStatus: uint32(code), ExitedAt: ts(at)}, nil
 }
 
-func (a *Agent) pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	c, err := a.getContainer(r.ID)
+func (s *Service) pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
+	c, err := s.getContainer(r.ID)
 	if err != nil {
 		return nil, err
 	}
 	mark := logMark(c.bundle)
-	pids, err := a.runc(c.bundle).Ps(context.Background(), r.ID)
+	pids, err := s.runc(c.bundle).Ps(context.Background(), r.ID)
 	if err != nil {
-		return nil, a.runtimeError(c.bundle, mark, "OCI runtime ps failed", err)
+		return nil, s.runtimeError(c.bundle, mark, "OCI runtime ps failed", err)
 	}
 	byPid := map[int]string{}
 	c.mu.Lock()
@@ -111,8 +111,8 @@ func (a *Agent) pids(ctx context.Context, r *task.PidsRequest) (*task.PidsRespon
 	return resp, nil
 }
 
-func (a *Agent) closeIO(ctx context.Context, r *task.CloseIORequest) error {
-	_, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) closeIO(ctx context.Context, r *task.CloseIORequest) error {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return err
 	}
@@ -122,14 +122,14 @@ func (a *Agent) closeIO(ctx context.Context, r *task.CloseIORequest) error {
 	return nil
 }
 
-func (a *Agent) pauseResume(id string, pause bool) error {
-	c, err := a.getContainer(id)
+func (s *Service) pauseResume(id string, pause bool) error {
+	c, err := s.getContainer(id)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	rc := a.runc(c.bundle)
+	rc := s.runc(c.bundle)
 	mark := logMark(c.bundle)
 	if pause {
 		err = rc.Pause(context.Background(), id)
@@ -141,14 +141,14 @@ func (a *Agent) pauseResume(id string, pause bool) error {
 		if pause {
 			what = "OCI runtime pause failed"
 		}
-		return a.runtimeError(c.bundle, mark, what, err)
+		return s.runtimeError(c.bundle, mark, what, err)
 	}
 	c.paused = pause
 	return nil
 }
 
-func (a *Agent) update(ctx context.Context, r *task.UpdateTaskRequest) error {
-	c, err := a.getContainer(r.ID)
+func (s *Service) update(ctx context.Context, r *task.UpdateTaskRequest) error {
+	c, err := s.getContainer(r.ID)
 	if err != nil {
 		return err
 	}
@@ -160,52 +160,52 @@ func (a *Agent) update(ctx context.Context, r *task.UpdateTaskRequest) error {
 		return fmt.Errorf("update %q: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
 	}
 	mark := logMark(c.bundle)
-	if err := a.runc(c.bundle).Update(context.Background(), r.ID, &res); err != nil {
-		return a.runtimeError(c.bundle, mark, "OCI runtime update failed", err)
+	if err := s.runc(c.bundle).Update(context.Background(), r.ID, &res); err != nil {
+		return s.runtimeError(c.bundle, mark, "OCI runtime update failed", err)
 	}
 	return nil
 }
 
-// taskService adapts the Agent to containerd's task API v3.
-type taskService struct{ a *Agent }
+// taskService adapts the Service to containerd's task API v3.
+type taskService struct{ svc *Service }
 
 var _ task.TTRPCTaskService = (*taskService)(nil)
 
 func unimplemented(what string) error {
-	return toStatus(fmt.Errorf("%s is not supported by the msb guest agent: %w", what, errdefs.ErrNotImplemented))
+	return ToStatus(fmt.Errorf("%s is not supported by the msb guest agent: %w", what, errdefs.ErrNotImplemented))
 }
 
 func (s *taskService) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	resp, err := s.a.state(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.state(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
-	resp, err := s.a.create(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.create(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
-	resp, err := s.a.start(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.start(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
-	resp, err := s.a.deleteTask(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.deleteTask(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	resp, err := s.a.pids(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.pids(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.pauseResume(r.ID, true))
+	return &emptypb.Empty{}, ToStatus(s.svc.pauseResume(r.ID, true))
 }
 
 func (s *taskService) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.pauseResume(r.ID, false))
+	return &emptypb.Empty{}, ToStatus(s.svc.pauseResume(r.ID, false))
 }
 
 func (s *taskService) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
@@ -213,44 +213,44 @@ func (s *taskService) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequ
 }
 
 func (s *taskService) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.kill(ctx, r))
+	return &emptypb.Empty{}, ToStatus(s.svc.kill(ctx, r))
 }
 
 func (s *taskService) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.exec(ctx, r))
+	return &emptypb.Empty{}, ToStatus(s.svc.exec(ctx, r))
 }
 
 func (s *taskService) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.resizePty(ctx, r))
+	return &emptypb.Empty{}, ToStatus(s.svc.resizePty(ctx, r))
 }
 
 func (s *taskService) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.closeIO(ctx, r))
+	return &emptypb.Empty{}, ToStatus(s.svc.closeIO(ctx, r))
 }
 
 func (s *taskService) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, toStatus(s.a.update(ctx, r))
+	return &emptypb.Empty{}, ToStatus(s.svc.update(ctx, r))
 }
 
 func (s *taskService) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	resp, err := s.a.wait(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.wait(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	resp, err := s.a.stats(ctx, r)
-	return resp, toStatus(err)
+	resp, err := s.svc.stats(ctx, r)
+	return resp, ToStatus(err)
 }
 
 func (s *taskService) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
 	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "msb-agent " + Version}
-	if c, err := s.a.getContainer(r.ID); err == nil {
+	if c, err := s.svc.getContainer(r.ID); err == nil {
 		resp.TaskPid = uint32(c.init.pid)
 	}
 	return resp, nil
 }
 
 func (s *taskService) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	// The VM's lifetime is the host's business (Agent.Shutdown).
+	// The VM's lifetime is the host's business (the Agent service's Shutdown).
 	return &emptypb.Empty{}, nil
 }

@@ -1,11 +1,11 @@
-package agent
+package task
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -16,16 +16,11 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-// Prepare implements protocol.Preparer.
-func (s *agentService) Prepare(ctx context.Context, id string, env []string) error {
-	return toStatus(s.a.Prepare(id, env))
-}
-
 // Prepare mounts a pod's later container's dir, file and tmpfs mounts
 // (ADR 007): dirs and files are bound from the pod share
 // (protocol.PodGuestDir/<id>/<tag>), where the host exposed them. On error
 // nothing it mounted is left.
-func (a *Agent) Prepare(id string, env []string) (retErr error) {
+func (s *Service) Prepare(id string, env []string) (retErr error) {
 	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 		return fmt.Errorf("prepare: bad container id %q: %w", id, errdefs.ErrInvalidArgument)
 	}
@@ -36,12 +31,12 @@ func (a *Agent) Prepare(id string, env []string) (retErr error) {
 	if len(e.DiskMounts) > 0 || e.HandoffInit != "" {
 		return fmt.Errorf("prepare %s: disks and a handoff init are the VM's, set at boot: %w", id, errdefs.ErrInvalidArgument)
 	}
-	a.bootMu.Lock()
-	defer a.bootMu.Unlock()
-	if a.prepared == nil {
-		a.prepared = map[string][]string{}
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	if s.prepared == nil {
+		s.prepared = map[string][]string{}
 	}
-	if _, ok := a.prepared[id]; ok {
+	if _, ok := s.prepared[id]; ok {
 		return fmt.Errorf("prepare %s: already prepared: %w", id, errdefs.ErrAlreadyExists)
 	}
 	src := filepath.Join(protocol.PodGuestDir, id)
@@ -62,7 +57,7 @@ func (a *Agent) Prepare(id string, env []string) (retErr error) {
 	}
 	for _, t := range e.Tmpfs {
 		ops = append(ops, op{t.GuestPath, func(l *[]string) error {
-			flags, data, err := tmpfsArgs(t)
+			flags, data, err := TmpfsArgs(t)
 			if err != nil {
 				return err
 			}
@@ -83,18 +78,28 @@ func (a *Agent) Prepare(id string, env []string) (retErr error) {
 			return fmt.Errorf("prepare %s: %w", id, err)
 		}
 	}
-	a.prepared[id] = done
+	s.prepared[id] = done
 	log.L.Infof("prepared %s: %d dir, %d file, %d tmpfs mounts", id, len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs))
 	return nil
 }
 
 // unprepare removes what Prepare mounted for id, if anything.
-func (a *Agent) unprepare(id string) {
-	a.bootMu.Lock()
-	defer a.bootMu.Unlock()
-	if l, ok := a.prepared[id]; ok {
+func (s *Service) unprepare(id string) {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	if l, ok := s.prepared[id]; ok {
 		unmountAll(l)
-		delete(a.prepared, id)
+		delete(s.prepared, id)
+	}
+}
+
+// unprepareAll removes what Prepare mounted for every container.
+func (s *Service) unprepareAll() {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	for id, l := range s.prepared {
+		unmountAll(l)
+		delete(s.prepared, id)
 	}
 }
 
@@ -130,4 +135,29 @@ func bindInto(l *[]string, source, target string, ro bool) error {
 		}
 	}
 	return nil
+}
+
+var tmpfsFlags = map[string]uintptr{
+	"ro": unix.MS_RDONLY, "noexec": unix.MS_NOEXEC, "nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV,
+}
+
+// TmpfsArgs returns the mount(2) flags and data of t (a tmpfs of the boot
+// env: Boot's and Prepare's).
+func TmpfsArgs(t bootenv.Tmpfs) (uintptr, string, error) {
+	var flags uintptr
+	var data []string
+	if t.SizeBytes > 0 {
+		data = append(data, "size="+strconv.FormatInt(t.SizeBytes, 10))
+	}
+	if t.Mode != 0 {
+		data = append(data, "mode="+strconv.FormatUint(uint64(t.Mode), 8))
+	}
+	for _, o := range t.Options {
+		f, ok := tmpfsFlags[o]
+		if !ok {
+			return 0, "", fmt.Errorf("boot: tmpfs %s: unknown option %q", t.GuestPath, o)
+		}
+		flags |= f
+	}
+	return flags, strings.Join(data, ","), nil
 }

@@ -1,7 +1,6 @@
-package agent
+package task
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -15,18 +14,13 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-// Network implements protocol.Networker.
-func (s *agentService) Network(ctx context.Context, id string, nics []protocol.NetInterface) error {
-	return toStatus(s.a.Network(id, nics))
-}
-
 // Network moves each NIC (found by its boot MAC in the agent's own
 // namespace) into the network namespace of container id's init process
 // and gives it the host interface's name, MAC, MTU, addresses and routes;
 // lo comes up there too. The container must be created, not yet started,
 // as with runc, where the network is ready before the process runs.
-func (a *Agent) Network(id string, nics []protocol.NetInterface) error {
-	c, err := a.getContainer(id)
+func (s *Service) Network(id string, nics []protocol.NetInterface) error {
+	c, err := s.getContainer(id)
 	if err != nil {
 		return err
 	}

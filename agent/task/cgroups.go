@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -60,8 +60,8 @@ func cgroupOf(pid int) string {
 
 // stats is Stats: the container's cgroup v2 metrics, typed
 // io.containerd.cgroups.v2.Metrics as containerd's runc shim sends them.
-func (a *Agent) stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	c, err := a.getContainer(r.ID)
+func (s *Service) stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
+	c, err := s.getContainer(r.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -101,8 +101,8 @@ func newOOMLog() *oomLog { return &oomLog{wake: make(chan struct{})} }
 
 // noteOOMKills records an OOM event for c when its cgroup's oom_kill
 // count went up since last seen.
-func (a *Agent) noteOOMKills(c *container, kills uint64) {
-	l := a.ooms
+func (s *Service) noteOOMKills(c *container, kills uint64) {
+	l := s.ooms
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if kills <= c.oomKills {
@@ -122,8 +122,8 @@ func (a *Agent) noteOOMKills(c *container, kills uint64) {
 // checkOOM reads the container's memory.events now. A process's exit
 // calls it before the exit is reported, so an OOM kill that caused the
 // exit is in the log first.
-func (a *Agent) checkOOM(cid string) {
-	c, err := a.getContainer(cid)
+func (s *Service) checkOOM(cid string) {
+	c, err := s.getContainer(cid)
 	if err != nil || c.cgroup == "" {
 		return
 	}
@@ -131,7 +131,7 @@ func (a *Agent) checkOOM(cid string) {
 	if err != nil {
 		return // cgroup deleted already
 	}
-	a.noteOOMKills(c, n)
+	s.noteOOMKills(c, n)
 }
 
 func readOOMKills(path string) (uint64, error) {
@@ -141,7 +141,7 @@ func readOOMKills(path string) (uint64, error) {
 
 // watchOOM follows the container's memory.events (inotify, through the
 // cgroup2 manager) until the cgroup is empty or gone.
-func (a *Agent) watchOOM(c *container) {
+func (s *Service) watchOOM(c *container) {
 	if c.cgroup == "" {
 		return
 	}
@@ -155,14 +155,14 @@ func (a *Agent) watchOOM(c *container) {
 		for {
 			select {
 			case ev := <-evc:
-				a.noteOOMKills(c, ev.OOMKill)
+				s.noteOOMKills(c, ev.OOMKill)
 			case err, ok := <-errc:
 				if ok && err != nil {
 					log.L.WithError(err).Debugf("container %s: memory events", c.id)
 				}
 				select {
 				case ev := <-evc:
-					a.noteOOMKills(c, ev.OOMKill)
+					s.noteOOMKills(c, ev.OOMKill)
 				default:
 				}
 				return
@@ -171,13 +171,13 @@ func (a *Agent) watchOOM(c *container) {
 	}()
 }
 
-// oomEvents returns the OOM events after seq after; with wait it blocks
+// OOMEvents returns the OOM events after seq after; with wait it blocks
 // until there is one (at most oomMaxWait, then none).
-func (a *Agent) oomEvents(ctx context.Context, after uint64, wait bool) ([]protocol.OOMEvent, error) {
+func (s *Service) OOMEvents(ctx context.Context, after uint64, wait bool) ([]protocol.OOMEvent, error) {
 	timeout := time.NewTimer(oomMaxWait)
 	defer timeout.Stop()
 	for {
-		l := a.ooms
+		l := s.ooms
 		l.mu.Lock()
 		var out []protocol.OOMEvent
 		for _, e := range l.events {

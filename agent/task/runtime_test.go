@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"os"
@@ -29,7 +29,7 @@ func TestRuntimeFromImage(t *testing.T) {
 // TestRuntimeSpecVersion: crun 1.8 gets a 1.0.x ociVersion, runc the
 // shim's.
 func TestRuntimeSpecVersion(t *testing.T) {
-	runtimeSpecVersion := func(a *Agent, s *specs.Spec) bool {
+	runtimeSpecVersion := func(a *Service, s *specs.Spec) bool {
 		changed, err := a.runtimeSpec(s)
 		if err != nil {
 			t.Fatal(err)
@@ -42,7 +42,7 @@ func TestRuntimeSpecVersion(t *testing.T) {
 		{"/sbin/crun", "1.0.2-dev", "1.0.2-dev"},
 		{"/sbin/runc", "1.3.0", "1.3.0"},
 	} {
-		a := &Agent{opts: Options{RuncPath: c.runtime}}
+		a := &Service{opts: Options{RuncPath: c.runtime}}
 		s := &specs.Spec{Version: c.in}
 		changed := runtimeSpecVersion(a, s)
 		if s.Version != c.want || changed != (c.in != c.want) {
@@ -63,7 +63,7 @@ func TestRuntimeSpecTimeNamespace(t *testing.T) {
 		}
 		return s
 	}
-	crun := &Agent{opts: Options{RuncPath: "/sbin/crun"}}
+	crun := &Service{opts: Options{RuncPath: "/sbin/crun"}}
 	s := spec(false)
 	changed, err := crun.runtimeSpec(s)
 	if err != nil || !changed || len(s.Linux.Namespaces) != 2 || s.Linux.Namespaces[1].Type != specs.NetworkNamespace {
@@ -72,7 +72,7 @@ func TestRuntimeSpecTimeNamespace(t *testing.T) {
 	if _, err := crun.runtimeSpec(spec(true)); err == nil || !strings.Contains(err.Error(), "MSB_GUEST_RUNTIME=runc") {
 		t.Errorf("crun, offsets: %v", err)
 	}
-	runc := &Agent{opts: Options{RuncPath: "/sbin/runc"}}
+	runc := &Service{opts: Options{RuncPath: "/sbin/runc"}}
 	s = spec(true)
 	if changed, err := runc.runtimeSpec(s); err != nil || changed || len(s.Linux.Namespaces) != 3 {
 		t.Errorf("runc: changed %v, %v, namespaces %v", changed, err, s.Linux.Namespaces)

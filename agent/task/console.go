@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -78,8 +78,8 @@ func setWinsize(f *os.File, ws unix.Winsize) error {
 // resize is ResizePty. A size given before the process has its pty (an
 // exec not started yet) is applied when the pty arrives; one given after
 // the process exited is ignored, as a late SIGWINCH is not an error.
-func (a *Agent) resizePty(ctx context.Context, r *task.ResizePtyRequest) error {
-	_, p, err := a.getProcess(r.ID, r.ExecID)
+func (s *Service) resizePty(ctx context.Context, r *task.ResizePtyRequest) error {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -30,7 +30,7 @@ const (
 
 // process is a container's init process or one exec process.
 type process struct {
-	a      *Agent
+	svc    *Service
 	cid    string
 	execID string         // "" for the init process
 	spec   *specs.Process // exec processes only
@@ -63,8 +63,8 @@ type process struct {
 	done chan struct{}
 }
 
-func newProcess(a *Agent, cid, execID string) *process {
-	return &process{a: a, cid: cid, execID: execID, done: make(chan struct{})}
+func newProcess(svc *Service, cid, execID string) *process {
+	return &process{svc: svc, cid: cid, execID: execID, done: make(chan struct{})}
 }
 
 func (p *process) name() string {
@@ -91,7 +91,7 @@ func (p *process) openStreams(ctx context.Context, stdin, stdout, stderr string)
 			p.streams.acquire(c)
 			return c, nil
 		}
-		c, err := p.a.stdio.take(ctx, tok, p.a.opts.StdioWait)
+		c, err := p.svc.stdio.take(ctx, tok, p.svc.opts.StdioWait)
 		if err != nil {
 			return nil, err
 		}
@@ -238,7 +238,7 @@ func (p *process) setExited(e runc.Exit) {
 // then makes the exit visible.
 func (p *process) finish(exitedAt time.Time) {
 	for _, c := range p.outs {
-		c.drain(exitedAt, p.a.opts.IODrainTimeout)
+		c.drain(exitedAt, p.svc.opts.IODrainTimeout)
 	}
 	for _, c := range p.outs {
 		p.streams.release(c.w)
@@ -261,7 +261,7 @@ func (p *process) finish(exitedAt time.Time) {
 		master.Close()
 	}
 	// An OOM kill that ended the process is known before its exit.
-	p.a.checkOOM(p.cid)
+	p.svc.checkOOM(p.cid)
 	p.mu.Lock()
 	p.state = stateStopped
 	p.mu.Unlock()

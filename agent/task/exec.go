@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
+func (s *Service) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 	if r.ExecID == "" {
 		return fmt.Errorf("exec in %q: empty exec id: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
@@ -34,7 +34,7 @@ func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 	if err := checkTerminal(fmt.Sprintf("exec %q in %q", r.ExecID, r.ID), r.Terminal, ps.Terminal); err != nil {
 		return err
 	}
-	c, err := a.getContainer(r.ID)
+	c, err := s.getContainer(r.ID)
 	if err != nil {
 		return err
 	}
@@ -47,7 +47,7 @@ func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 		c.mu.Unlock()
 		return fmt.Errorf("exec %q in %q: container is not running: %w", r.ExecID, r.ID, errdefs.ErrFailedPrecondition)
 	}
-	p := newProcess(a, r.ID, r.ExecID)
+	p := newProcess(s, r.ID, r.ExecID)
 	p.spec = &ps
 	p.tty = r.Terminal
 	c.execs[r.ExecID] = p // reserved; streams are claimed below
@@ -61,7 +61,7 @@ func (a *Agent) exec(ctx context.Context, r *task.ExecProcessRequest) error {
 	return nil
 }
 
-func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error) {
+func (s *Service) startExec(c *container, p *process) (*task.StartResponse, error) {
 	p.mu.Lock()
 	if p.state != stateCreated || p.pid != 0 || p.starting {
 		p.mu.Unlock()
@@ -103,15 +103,15 @@ func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error)
 		eopts.ConsoleSocket = sock
 	}
 
-	a.exits.begin()
-	defer a.exits.end()
+	s.exits.begin()
+	defer s.exits.end()
 	mark := logMark(c.bundle)
-	rc, ctx := a.execRuntime(c)
+	rc, ctx := s.execRuntime(c)
 	oom := watchExecOOM(c)
 	if err := rc.Exec(ctx, c.id, ps, eopts); err != nil {
 		pio.Close()
 		p.failStart()
-		return nil, oom.explain(a.runtimeError(c.bundle, mark, "OCI runtime exec failed", err))
+		return nil, oom.explain(s.runtimeError(c.bundle, mark, "OCI runtime exec failed", err))
 	}
 	var master *os.File
 	pid, err := runc.ReadPidFile(pidFile)
@@ -133,7 +133,7 @@ func (a *Agent) startExec(c *container, p *process) (*task.StartResponse, error)
 	p.state = stateRunning
 	p.mu.Unlock()
 	p.startCopy(pio, master)
-	a.exits.watch(pid, p)
+	s.exits.watch(pid, p)
 	return &task.StartResponse{Pid: uint32(pid)}, nil
 }
 

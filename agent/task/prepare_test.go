@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"testing"
@@ -7,7 +7,7 @@ import (
 )
 
 func TestPrepareRefuses(t *testing.T) {
-	a := &Agent{}
+	a := &Service{}
 	for _, tc := range []struct {
 		id  string
 		env []string

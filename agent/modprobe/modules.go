@@ -1,4 +1,4 @@
-package agent
+package modprobe
 
 import (
 	"bufio"
@@ -26,7 +26,7 @@ func LoadModules(list string) error {
 		return err
 	}
 	defer f.Close()
-	dir := filepath.Join("/lib/modules", kernelRelease())
+	dir := filepath.Join("/lib/modules", KernelRelease())
 	var errs []error
 	n := 0
 	sc := bufio.NewScanner(f)
@@ -67,13 +67,15 @@ func loadModule(path string) error {
 // (/proc/sys/kernel/modprobe); the initramfs links it to the agent.
 const modprobePath = "/sbin/modprobe"
 
-// SetupModprobe points the kernel's request_module at /sbin/modprobe (the
-// agent, multi-call) and mounts the kernel's whole module tree from the
-// protocol.ModulesShareTag 9p share at /lib/modules, read-only, when the
-// VM has that share. Without it only the boot-time modules are there.
-func SetupModprobe() {
+// Setup points the kernel's request_module at /sbin/modprobe (the agent,
+// multi-call) and mounts the kernel's whole module tree from the
+// protocol.ModulesShareTag 9p share at /lib/modules, read-only, with the 9p
+// mount options shareOptions, when the VM has that share. Without it only
+// the boot-time modules are there. Empty shareOptions means the guest has
+// no such share to look for (libkrun's: see the caller).
+func Setup(shareOptions string) {
 	if _, err := os.Stat("/proc/modules"); errors.Is(err, os.ErrNotExist) {
-		log.L.Debugf("kernel %s has no module support: its drivers are built in", kernelRelease())
+		log.L.Debugf("kernel %s has no module support: its drivers are built in", KernelRelease())
 		return
 	}
 	const sysctl = "/proc/sys/kernel/modprobe"
@@ -82,9 +84,7 @@ func SetupModprobe() {
 			log.L.WithError(err).Warnf("set %s", sysctl)
 		}
 	}
-	if channelKind() == ChannelVsock {
-		// libkrun boots libkrunfw's kernel, whose drivers are built in:
-		// the image's module tree is for another kernel.
+	if shareOptions == "" {
 		return
 	}
 	if !has9pTag(protocol.ModulesShareTag) {
@@ -92,11 +92,11 @@ func SetupModprobe() {
 		return
 	}
 	if err := unix.Mount(protocol.ModulesShareTag, protocol.ModulesGuestDir, "9p",
-		unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ninePOptions); err != nil {
+		unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, shareOptions); err != nil {
 		log.L.WithError(err).Errorf("mount the %s share on %s", protocol.ModulesShareTag, protocol.ModulesGuestDir)
 		return
 	}
-	rel := kernelRelease()
+	rel := KernelRelease()
 	if _, err := os.Stat(filepath.Join(protocol.ModulesGuestDir, rel, "modules.dep")); err != nil {
 		log.L.Warnf("the %s share has no module tree for kernel %s: modprobe will find nothing", protocol.ModulesShareTag, rel)
 		return
@@ -113,4 +113,14 @@ func has9pTag(tag string) bool {
 		}
 	}
 	return false
+}
+
+// KernelRelease is the running kernel's release (uname -r): the name of its
+// module tree's directory.
+func KernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

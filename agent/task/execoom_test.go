@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"errors"
@@ -52,7 +52,7 @@ func TestExecOOMExplain(t *testing.T) {
 		if !errdefs.IsResourceExhausted(err) || !errors.Is(err, runtimeErr) {
 			t.Errorf("events %q: %v is not ResourceExhausted wrapping the runtime's error", events, err)
 		}
-		if s, _ := status.FromError(toStatus(err)); s.Code() != codes.ResourceExhausted {
+		if s, _ := status.FromError(ToStatus(err)); s.Code() != codes.ResourceExhausted {
 			t.Errorf("events %q: status code %v, want ResourceExhausted", events, s.Code())
 		}
 	}

@@ -1,4 +1,4 @@
-package agent
+package task
 
 import (
 	"fmt"
@@ -13,12 +13,12 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-// forwardPort serves a "port <id>/<n>" stream: it connects to port n on
+// ForwardPort serves a "port <id>/<n>" stream: it connects to port n on
 // the loopback of container id's network namespace (the pod's, for a
 // sandbox) and copies both ways until both sides are done.
-func (a *Agent) forwardPort(st net.Conn, arg string) {
+func (s *Service) ForwardPort(st net.Conn, arg string) {
 	defer st.Close()
-	conn, err := a.dialLoopback(arg)
+	conn, err := s.dialLoopback(arg)
 	if aerr := protocol.AnswerPort(st, err); err != nil || aerr != nil {
 		if conn != nil {
 			conn.Close()
@@ -44,12 +44,12 @@ func (a *Agent) forwardPort(st net.Conn, arg string) {
 
 // dialLoopback connects to 127.0.0.1 (else ::1) port n inside container
 // id's network namespace, as containerd's CRI does on a runc host.
-func (a *Agent) dialLoopback(arg string) (net.Conn, error) {
+func (s *Service) dialLoopback(arg string) (net.Conn, error) {
 	id, port, err := protocol.ParsePortArg(arg)
 	if err != nil {
 		return nil, err
 	}
-	c, err := a.getContainer(id)
+	c, err := s.getContainer(id)
 	if err != nil {
 		return nil, err
 	}

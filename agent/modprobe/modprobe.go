@@ -1,4 +1,4 @@
-package agent
+package modprobe
 
 import (
 	"bufio"
@@ -16,19 +16,19 @@ import (
 	"github.com/msb-dev/msb/protocol"
 )
 
-// ModprobeName is the name under which the agent binary acts as modprobe:
-// the initramfs links /sbin/modprobe to /init, and the kernel runs
+// Name is the name under which the agent binary acts as modprobe: the
+// initramfs links /sbin/modprobe to /init, and the kernel runs
 // "/sbin/modprobe -q -- NAME" for request_module (in the guest's init
 // namespaces, so containers need nothing).
-const ModprobeName = "modprobe"
+const Name = "modprobe"
 
-// Modprobe is main for "modprobe [-q] [-v] [--] NAME [PARAM=VALUE ...]": it
+// Main is main for "modprobe [-q] [-v] [--] NAME [PARAM=VALUE ...]": it
 // resolves NAME (a module name, '-' and '_' alike, or an alias from
 // modules.alias, fnmatch patterns) in /lib/modules/<release>, loads the
 // module's soft "pre:" dependencies, its dependencies from modules.dep and
 // the module with finit_module. A built-in or already loaded module is
 // success. It returns the exit code: 0 on success, 1 on failure.
-func Modprobe(args []string, stderr io.Writer) int {
+func Main(args []string, stderr io.Writer) int {
 	quiet, verbose := false, false
 	var rest []string
 	for i := 0; i < len(args); i++ {
@@ -57,7 +57,7 @@ func Modprobe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "modprobe: usage: modprobe [-q] [-v] [--] NAME [PARAM=VALUE ...]")
 		return 1
 	}
-	m := newModprober(filepath.Join(protocol.ModulesGuestDir, kernelRelease()))
+	m := newModprober(filepath.Join(protocol.ModulesGuestDir, KernelRelease()))
 	if verbose {
 		m.logf = func(format string, a ...any) { fmt.Fprintf(stderr, "modprobe: "+format+"\n", a...) }
 	}

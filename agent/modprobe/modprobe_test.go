@@ -1,4 +1,4 @@
-package agent
+package modprobe
 
 import (
 	"bytes"
@@ -156,13 +156,13 @@ func TestModprobeArgs(t *testing.T) {
 		{[]string{"-q", "--"}, "usage"},
 	} {
 		var out bytes.Buffer
-		if code := Modprobe(tc.args, &out); code != 1 || !strings.Contains(out.String(), tc.want) {
-			t.Errorf("Modprobe(%q) = %d, %q; want 1 and %q", tc.args, code, out.String(), tc.want)
+		if code := Main(tc.args, &out); code != 1 || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("Main(%q) = %d, %q; want 1 and %q", tc.args, code, out.String(), tc.want)
 		}
 	}
 	// -q hides the reason; the kernel's own call shape.
 	var out bytes.Buffer
-	if code := Modprobe([]string{"-q", "--", "msb-test-no-such-module"}, &out); code != 1 || out.Len() != 0 {
+	if code := Main([]string{"-q", "--", "msb-test-no-such-module"}, &out); code != 1 || out.Len() != 0 {
 		t.Errorf("quiet failure: %d %q", code, out.String())
 	}
 }
