@@ -135,10 +135,16 @@ func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *t
 	// Not deleted in the guest: the power-off stops what is left, and
 	// runc's state goes with the VM (a runc delete is a process start).
 	code := int(w.ExitStatus)
-	shCtx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel2()
-	if err := agent.Shutdown(shCtx, int32(code)); err != nil {
-		log.G(ctx).WithError(err).Warn("guest shutdown")
+	if err := h.Stop(func() error {
+		shCtx, cancel := context.WithTimeout(ctx, vmm.StopStep)
+		defer cancel()
+		err := agent.Shutdown(shCtx, int32(code))
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("guest shutdown")
+		}
+		return err
+	}); err != nil {
+		return 0, err
 	}
 	vmCode, err := h.Wait()
 	if err != nil {
