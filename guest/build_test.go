@@ -167,7 +167,7 @@ func TestBuildDeb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := ReadCpio(bytes.NewReader(ird))
+	entries, err := readCpio(bytes.NewReader(ird))
 	if err != nil {
 		t.Fatal(err)
 	}

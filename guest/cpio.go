@@ -129,8 +129,8 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// ReadCpio lists a newc archive (as written by Build) up to its trailer.
-func ReadCpio(r io.Reader) ([]CpioEntry, error) {
+// readCpio lists a newc archive (as written by Build) up to its trailer.
+func readCpio(r io.Reader) ([]CpioEntry, error) {
 	var out []CpioEntry
 	var off int64
 	read := func(n int64) ([]byte, error) {

@@ -37,7 +37,7 @@ func TestCpioRoundTrip(t *testing.T) {
 		t.Errorf("archive length %d not padded to 512", a.Len())
 	}
 
-	got, err := ReadCpio(bytes.NewReader(a.Bytes()))
+	got, err := readCpio(bytes.NewReader(a.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestInitramfsLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadCpio(bytes.NewReader(ird.data))
+	got, err := readCpio(bytes.NewReader(ird.data))
 	if err != nil {
 		t.Fatal(err)
 	}

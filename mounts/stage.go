@@ -68,21 +68,6 @@ type Disk struct {
 	ReadOnly bool
 }
 
-// StageFile places f.Source at f.Dir/f.Name, creating f.Dir (0700) if needed:
-// the file is bind-mounted onto an empty file there, so the guest sees the
-// very file the user bound, wherever it lives (Docker and Kubernetes bind
-// /etc/hosts, resolv.conf and the like from their data roots under /var;
-// state dirs are on /run), and later changes to it. It is the mechanism
-// pod members use for their sources (ADR 007): 9p follows the bind. A
-// read-only file's share is exported read-only, so the guest cannot write
-// through it. (Copying a read-only file instead was measured no faster:
-// BenchmarkStageFile.) On error nothing it created is left behind; a bind
-// left by a killed process is found below its state dir by UnmountBelow.
-func StageFile(f FileStage) error {
-	_, err := stageFile(f)
-	return err
-}
-
 // staged records what stageFile created, so it can be undone.
 type staged struct {
 	file    string

@@ -103,7 +103,7 @@ func TestStageFileCrossDevice(t *testing.T) {
 		t.Fatalf("staged file after a write to the source: %q", b)
 	}
 	// Staging again into the same place is refused, not mounted over.
-	if err := StageFile(FileStage{Source: src, Dir: rw, Name: "cfg"}); err == nil || !strings.Contains(err.Error(), "exists") {
+	if err := stageOnce(FileStage{Source: src, Dir: rw, Name: "cfg"}); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("second rw stage: %v", err)
 	}
 	if err := st.undo(); err != nil {
@@ -131,7 +131,7 @@ func TestStagedBindUnmountBelow(t *testing.T) {
 	tmp := t.TempDir()
 	src := writeFile(t, filepath.Join(tmp, "hosts"), "keep")
 	state := filepath.Join(tmp, "state")
-	if err := StageFile(FileStage{Source: src, Dir: filepath.Join(state, "files", "t"), Name: "hosts"}); err != nil {
+	if err := stageOnce(FileStage{Source: src, Dir: filepath.Join(state, "files", "t"), Name: "hosts"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := RemoveAllUnmounted(state); err != nil {
@@ -191,9 +191,9 @@ func TestStageFileRefusals(t *testing.T) {
 		{FileStage{Source: filepath.Join(tmp, "missing"), Dir: filepath.Join(stage, "a"), Name: "f"}, "no such file"},
 		{FileStage{Source: src, Dir: filepath.Join(src, "sub"), Name: "f"}, "not a directory"},
 	} {
-		err := StageFile(c.f)
+		err := stageOnce(c.f)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("StageFile(%+v) = %v, want error with %q", c.f, err, c.want)
+			t.Errorf("stageOnce(%+v) = %v, want error with %q", c.f, err, c.want)
 		}
 	}
 	if _, err := os.Stat(stage); !os.IsNotExist(err) {
@@ -385,4 +385,10 @@ func assertClean(t *testing.T, state, img string) {
 		t.Fatalf("disk still locked: %v", err)
 	}
 	rel()
+}
+
+// stageOnce stages f and leaves it for the test's cleanup.
+func stageOnce(f FileStage) error {
+	_, err := stageFile(f)
+	return err
 }

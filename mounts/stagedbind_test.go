@@ -29,7 +29,7 @@ func TestBindStagedIn(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = UnmountBelow(dir) })
 	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: host, Size: 65536}}
-	if err := StageFile(FileStage{Source: src, Dir: stage, Name: "hosts", IDMap: &IDMap{UIDs: m, GIDs: m}}); err != nil {
+	if err := stageOnce(FileStage{Source: src, Dir: stage, Name: "hosts", IDMap: &IDMap{UIDs: m, GIDs: m}}); err != nil {
 		t.Fatal(err)
 	}
 	kept := []IDRange{{host, 65536}}

@@ -22,7 +22,6 @@
 package protocol
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -114,7 +113,3 @@ func ParseStreamURI(s string) (token string, ok bool) {
 	token, ok = strings.CutPrefix(s, streamScheme)
 	return token, ok && token != ""
 }
-
-// NewReader is a convenience for callers that want buffered reads after the
-// header (never used for stdio payloads).
-func NewReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }

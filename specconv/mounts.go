@@ -140,7 +140,7 @@ func convertMounts(sb *Sandbox, in Input) error {
 				shareIdx[tag] = len(sb.Shares)
 				sb.Files = append(sb.Files, mounts.FileStage{Source: m.Source, Dir: dir, Name: name, ReadOnly: m.ReadOnly, IDMap: m.IDMap})
 				// MultiDevs: a read-write file is staged by a bind mount
-				// from any filesystem (mounts.StageFile).
+				// from any filesystem (mounts.Prepare).
 				sh := mounts.Share{Tag: tag, HostPath: dir, ReadOnly: m.ReadOnly, MultiDevs: true}
 				if m.IDMap != nil {
 					sh.IDMappedFile = name

@@ -158,13 +158,6 @@ var rlimitIDs = map[string]int{
 	"RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
 }
 
-// RlimitID returns the Linux resource number of an OCI rlimit type such as
-// "RLIMIT_NOFILE".
-func RlimitID(name string) (int, bool) {
-	id, ok := rlimitIDs[name]
-	return id, ok
-}
-
 func rlimits(rs []specs.POSIXRlimit) ([]bootenv.Rlimit, error) {
 	var out []bootenv.Rlimit
 	seen := map[string]int{}

@@ -379,8 +379,8 @@ func TestRlimits(t *testing.T) {
 		t.Fatal("guest spec must keep rlimits for runc")
 	}
 	for name, id := range map[string]int{"RLIMIT_CPU": 0, "RLIMIT_AS": 9, "RLIMIT_NPROC": 6, "RLIMIT_MEMLOCK": 8} {
-		if got, ok := RlimitID(name); !ok || got != id {
-			t.Errorf("RlimitID(%s) = %d %v", name, got, ok)
+		if got, ok := rlimitIDs[name]; !ok || got != id {
+			t.Errorf("rlimitIDs[%s] = %d %v", name, got, ok)
 		}
 	}
 }

@@ -30,10 +30,11 @@ func TestJailIDMappedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: host, Size: 65536}}
-	if err := mounts.StageFile(mounts.FileStage{Source: src, Dir: stage, Name: "hosts", IDMap: &mounts.IDMap{UIDs: m, GIDs: m}}); err != nil {
+	unstage, err := mounts.Prepare([]mounts.FileStage{{Source: src, Dir: stage, Name: "hosts", IDMap: &mounts.IDMap{UIDs: m, GIDs: m}}}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = mounts.UnmountBelow(dir) })
+	t.Cleanup(func() { _ = unstage() })
 	ids, err := AllocJailIDs(dir)
 	if err != nil {
 		t.Fatal(err)
