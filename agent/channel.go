@@ -28,9 +28,9 @@ func RunGuest() int {
 	}
 	opts.NoPivot = os.Getenv(noPivotEnv) != ""
 	if p, err := task.RuntimeFromImage(task.RuntimeFile); err != nil {
-		log.L.WithError(err).Errorf("OCI runtime: using %s", task.DefaultRuncPath)
+		log.L.WithError(err).Errorf("OCI runtime: using %s", task.DefaultRuntimePath)
 	} else {
-		opts.RuncPath = p
+		opts.RuntimePath = p
 	}
 	if c, err := fileConn(handoffFD, "handoff"); err == nil {
 		opts.Handoff = handoffClient(c)

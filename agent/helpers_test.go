@@ -64,8 +64,8 @@ func helperMain() int {
 	}
 	f.Close()
 	err = agent.Serve(context.Background(), conn, agent.Options{Options: agenttask.Options{
-		RuncPath:       os.Getenv(helperRunc),
-		RuncRoot:       os.Getenv(helperRuncRoot),
+		RuntimePath:    os.Getenv(helperRunc),
+		RuntimeRoot:    os.Getenv(helperRuncRoot),
 		BundleRoot:     os.Getenv(helperBundles),
 		StdioWait:      2 * time.Second,
 		IODrainTimeout: 2 * time.Second,

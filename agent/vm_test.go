@@ -66,7 +66,7 @@ func vmSmoke(t *testing.T, handoff bool) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build agent: %v\n%s", err, out)
 	}
-	img, err := guest.Build(context.Background(), guest.Options{KernelDeb: deb, AgentPath: agentBin, RuncPath: runcPath, OutDir: filepath.Join(dir, "img")})
+	img, err := guest.Build(context.Background(), guest.Options{KernelDeb: deb, AgentPath: agentBin, RuntimePath: runcPath, OutDir: filepath.Join(dir, "img")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -223,7 +223,7 @@ func besideKernel(kernel, name string, dir bool) string {
 
 // convert classifies spec's mounts and converts the spec; in carries the
 // rest of the input. Errors are invalid arguments.
-func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input) (*specconv.Sandbox, error) {
+func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input) (*specconv.VM, error) {
 	ms, err := mounts.Classify(spec.Mounts, bundle)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)

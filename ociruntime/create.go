@@ -128,7 +128,7 @@ func createStdio(co CreateOptions, ps *specs.Process, stdio [3]*os.File) ([]*os.
 
 // createInVM runs the create hooks while the VM boots, then creates the
 // container in the guest with the stdio streams the VMM holds.
-func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]string, terminal bool) error {
+func createInVM(ctx context.Context, sb *launchVM, h *vmm.Handle, tokens [3]string, terminal bool) error {
 	if err := hooks.Create(ctx, sb.spec, hooks.State(sb.spec, sb.id, sb.bundle, specs.StateCreating, h.Pid)); err != nil {
 		return err
 	}
@@ -144,7 +144,7 @@ func createInVM(ctx context.Context, sb *sandbox, h *vmm.Handle, tokens [3]strin
 
 // dialReady connects to the agent of a booting VM and waits until it
 // answers (launch.WaitAgent).
-func dialReady(ctx context.Context, sb *sandbox, h *vmm.Handle) (*agentConn, error) {
+func dialReady(ctx context.Context, sb *launchVM, h *vmm.Handle) (*agentConn, error) {
 	cl, err := launch.WaitAgent(ctx, sb.prep.Launch, h)
 	if err != nil {
 		return nil, err

@@ -51,9 +51,10 @@ func SocketDir(root string) string {
 	return filepath.Join(socketBase, hex.EncodeToString(sum[:8]))
 }
 
-// sandbox is a prepared launch: state dir made, files staged, disks locked.
+// launchVM is a container's VM being launched: state dir made, files
+// staged, disks locked; the VMM once spawned.
 // destroy undoes all of it.
-type sandbox struct {
+type launchVM struct {
 	id       string
 	bundle   string
 	spec     *specs.Spec // as the bundle has it: its hooks run on the host
@@ -106,7 +107,7 @@ func makeStateDir(o Options, id string) (string, error) {
 // With pod, the VM can take members (ADR 024): it exports a pod share,
 // an empty directory until one joins. On error nothing it made is left
 // behind.
-func prepare(o Options, b bundleSpec, id string, pod bool) (_ *sandbox, retErr error) {
+func prepare(o Options, b bundleSpec, id string, pod bool) (_ *launchVM, retErr error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -136,13 +137,13 @@ func prepare(o Options, b bundleSpec, id string, pod bool) (_ *sandbox, retErr e
 	if err != nil {
 		return nil, err
 	}
-	return &sandbox{id: id, bundle: b.dir, spec: b.spec, stateDir: stateDir, prep: p}, nil
+	return &launchVM{id: id, bundle: b.dir, spec: b.spec, stateDir: stateDir, prep: p}, nil
 }
 
 // destroy unwires the network, releases the staged files and disks, and
 // removes the host cgroup, the state dir and the sockets (what a VMM
 // that was killed leaves).
-func (s *sandbox) destroy() {
+func (s *launchVM) destroy() {
 	if err := s.net.Close(); err != nil {
 		log.L.WithError(err).Warn("unwire network")
 	}
@@ -157,7 +158,7 @@ func (s *sandbox) destroy() {
 
 // callContext bounds the calls that create a container in its VM once
 // its agent answers (stdio, Create): as long as a boot may take.
-func (s *sandbox) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+func (s *launchVM) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, time.Duration(s.prep.Launch.BootTimeout)+10*time.Second)
 }
 
@@ -186,7 +187,7 @@ func createTask(ctx context.Context, tc task.TTRPCTaskService, id string, guestS
 // creator go and shuts the guest down, or is killed). The returned error
 // is err with the logs' last lines, which the state dir's removal would
 // lose.
-func (s *sandbox) abandon(h *vmm.Handle, err error) error {
+func (s *launchVM) abandon(h *vmm.Handle, err error) error {
 	if serr := h.Stop(nil); serr != nil {
 		log.L.WithError(serr).Warn("abandon the VM")
 	}

@@ -75,7 +75,7 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	return code, nil
 }
 
-func drive(ctx context.Context, sb *sandbox, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
+func drive(ctx context.Context, sb *launchVM, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
 	a, err := dialReady(ctx, sb, h)
 	if err != nil {
 		return 0, err

@@ -57,7 +57,7 @@ func (t tagger) tag(key string) (string, error) {
 // spec's root and mounts. A host directory or file used by several mounts
 // is shared once, read-only only if every use is; each container mount
 // still gets its own ro flag on its guest bind.
-func convertMounts(sb *Sandbox, in Input) error {
+func convertMounts(sb *VM, in Input) error {
 	sharesDir, filesDir, disksDir, tmpfsDir := GuestSharesDir, GuestFilesDir, GuestDisksDir, GuestTmpfsDir
 	if in.podMode() {
 		sharesDir, filesDir, tmpfsDir = path.Join(in.GuestDir, "shares"), path.Join(in.GuestDir, "files"), path.Join(in.GuestDir, "tmpfs")

@@ -19,7 +19,7 @@ const mib = 1 << 20
 // ceiling, so ceil(quota/period) vcpus can use all of it; more than MaxVCPUs
 // is capped, since fewer vcpus only reduce parallelism. The memory limit is
 // what the container may use, so the VM gets it plus the guest's overhead.
-func sizeVM(sb *Sandbox, spec *specs.Spec, d Defaults) error {
+func sizeVM(sb *VM, spec *specs.Spec, d Defaults) error {
 	sb.VCPUs, sb.MemoryMiB, sb.Backend = d.VCPUs, d.MemoryMiB, d.Backend
 	if r := spec.Linux.Resources; r != nil {
 		if c := r.CPU; c != nil && c.Quota != nil && *c.Quota > 0 && c.Period != nil && *c.Period > 0 {
@@ -44,7 +44,7 @@ const (
 // sizePod sizes a pod sandbox's VM from the pod's limits, where CRI gives
 // them; they win over the sandbox container's own (tiny) resources. A
 // value that is absent, zero or negative means no limit and is ignored.
-func sizePod(sb *Sandbox, spec *specs.Spec, d Defaults) error {
+func sizePod(sb *VM, spec *specs.Spec, d Defaults) error {
 	a := spec.Annotations
 	if a[AnnotationContainerType] != "sandbox" {
 		return nil
@@ -105,7 +105,7 @@ func mibFor(l uint64) int {
 // bigger than the limits the scheduler, ResourceQuota and the
 // RuntimeClass overhead account for. A bigger ask is refused, not clamped,
 // so that the VM is never silently other than asked.
-func applyAnnotations(sb *Sandbox, spec *specs.Spec) error {
+func applyAnnotations(sb *VM, spec *specs.Spec) error {
 	a := spec.Annotations
 	bad := func(key, v, want string) error {
 		return fmt.Errorf("annotations[%q] %q: %s", key, v, want)
@@ -207,7 +207,7 @@ func checkAnnotations(spec *specs.Spec, enable []string) error {
 }
 
 // checkBounds refuses a VM bigger than the configured bounds.
-func checkBounds(sb *Sandbox, d Defaults) error {
+func checkBounds(sb *VM, d Defaults) error {
 	if d.MaxVCPUs > 0 && sb.VCPUs > d.MaxVCPUs {
 		return fmt.Errorf("VM vcpus %d (from the CPU limit or %s): over max_vcpus %d in /etc/msb/config.toml; ask for fewer CPUs", sb.VCPUs, AnnotationVCPUs, d.MaxVCPUs)
 	}

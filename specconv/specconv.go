@@ -98,8 +98,9 @@ type Input struct {
 // podMode reports whether in describes a container joining a pod VM.
 func (in Input) podMode() bool { return in.GuestDir != "" }
 
-// Sandbox is the VM configuration for one container.
-type Sandbox struct {
+// VM is what a container's spec asks of its VM: size, backend, boot env,
+// shares, staged files, disks and the spec the guest runs.
+type VM struct {
 	VCPUs     int
 	MemoryMiB int
 	Backend   string
@@ -120,7 +121,7 @@ type Sandbox struct {
 
 // Convert checks that in.Spec can run in a VM and builds its Sandbox. It
 // does not modify in.
-func Convert(in Input) (*Sandbox, error) {
+func Convert(in Input) (*VM, error) {
 	spec := in.Spec
 	if spec == nil {
 		return nil, errors.New("spec is nil")
@@ -135,7 +136,7 @@ func Convert(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb := &Sandbox{GuestSpec: guest}
+	sb := &VM{GuestSpec: guest}
 	for i, ns := range guest.Linux.Namespaces {
 		if ns.Path == "" {
 			continue
@@ -317,7 +318,7 @@ func deepCopy(spec *specs.Spec) (*specs.Spec, error) {
 }
 
 // bootProcess fills the boot env's hostname and user from the spec.
-func bootProcess(sb *Sandbox, spec *specs.Spec) error {
+func bootProcess(sb *VM, spec *specs.Spec) error {
 	sb.Boot.Hostname = spec.Hostname
 	u := spec.Process.User
 	sb.Boot.User = fmt.Sprintf("%d:%d", u.UID, u.GID)

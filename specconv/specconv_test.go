@@ -47,7 +47,7 @@ func input(spec *specs.Spec, ms ...mounts.Mount) Input {
 	return Input{Spec: spec, Mounts: ms, RootfsHostPath: rootfs, StageDir: stage, ContainerID: cid, Defaults: defaults}
 }
 
-func mustConvert(t *testing.T, in Input) *Sandbox {
+func mustConvert(t *testing.T, in Input) *VM {
 	t.Helper()
 	sb, err := Convert(in)
 	if err != nil {
@@ -60,7 +60,7 @@ func TestConvertMinimal(t *testing.T) {
 	sb := mustConvert(t, input(baseSpec()))
 	rt := mounts.Tag("rootfs:" + cid)
 	rootGuest := GuestSharesDir + "/" + rt
-	want := &Sandbox{
+	want := &VM{
 		VCPUs: 1, MemoryMiB: 256, Backend: "auto",
 		Shares: []mounts.Share{{Tag: rt, HostPath: rootfs}},
 		Boot: bootenv.Env{
@@ -138,17 +138,17 @@ func TestAnnotations(t *testing.T) {
 	cases := []struct {
 		name  string
 		ann   map[string]string
-		check func(*Sandbox) bool
+		check func(*VM) bool
 	}{
-		{"vcpus overrides quota", map[string]string{AnnotationVCPUs: "2"}, func(s *Sandbox) bool { return s.VCPUs == 2 && s.MemoryMiB == 1024+128 }},
-		{"vcpus at the limit", map[string]string{AnnotationVCPUs: "4"}, func(s *Sandbox) bool { return s.VCPUs == 4 }},
-		{"memory at the limit plus overhead", map[string]string{AnnotationMemoryMiB: "1152"}, func(s *Sandbox) bool { return s.MemoryMiB == 1152 }},
-		{"memory overrides limit, no overhead", map[string]string{AnnotationMemoryMiB: "64"}, func(s *Sandbox) bool { return s.MemoryMiB == 64 && s.VCPUs == 4 }},
-		{"backend qemu", map[string]string{AnnotationBackend: "qemu"}, func(s *Sandbox) bool { return s.Backend == "qemu" }},
-		{"backend libkrun", map[string]string{AnnotationBackend: "libkrun"}, func(s *Sandbox) bool { return s.Backend == "libkrun" }},
-		{"backend auto", map[string]string{AnnotationBackend: "auto"}, func(s *Sandbox) bool { return s.Backend == "auto" }},
-		{"other annotations ignored", map[string]string{"io.kubernetes.cri.sandbox-id": "x", "io.msb.unknown": "y"}, func(s *Sandbox) bool { return s.VCPUs == 4 }},
-		{"handoff init", map[string]string{AnnotationHandoffInit: "/sbin/init"}, func(s *Sandbox) bool {
+		{"vcpus overrides quota", map[string]string{AnnotationVCPUs: "2"}, func(s *VM) bool { return s.VCPUs == 2 && s.MemoryMiB == 1024+128 }},
+		{"vcpus at the limit", map[string]string{AnnotationVCPUs: "4"}, func(s *VM) bool { return s.VCPUs == 4 }},
+		{"memory at the limit plus overhead", map[string]string{AnnotationMemoryMiB: "1152"}, func(s *VM) bool { return s.MemoryMiB == 1152 }},
+		{"memory overrides limit, no overhead", map[string]string{AnnotationMemoryMiB: "64"}, func(s *VM) bool { return s.MemoryMiB == 64 && s.VCPUs == 4 }},
+		{"backend qemu", map[string]string{AnnotationBackend: "qemu"}, func(s *VM) bool { return s.Backend == "qemu" }},
+		{"backend libkrun", map[string]string{AnnotationBackend: "libkrun"}, func(s *VM) bool { return s.Backend == "libkrun" }},
+		{"backend auto", map[string]string{AnnotationBackend: "auto"}, func(s *VM) bool { return s.Backend == "auto" }},
+		{"other annotations ignored", map[string]string{"io.kubernetes.cri.sandbox-id": "x", "io.msb.unknown": "y"}, func(s *VM) bool { return s.VCPUs == 4 }},
+		{"handoff init", map[string]string{AnnotationHandoffInit: "/sbin/init"}, func(s *VM) bool {
 			return s.Boot.HandoffInit == "/sbin/init" &&
 				reflect.DeepEqual(s.Boot.HandoffInitArgs, []string{"/bin/sh", "-c", "echo hi"}) &&
 				reflect.DeepEqual(s.Boot.HandoffInitEnv, []string{"PATH=/usr/bin:/bin"})

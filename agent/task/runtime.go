@@ -21,12 +21,12 @@ import (
 const RuntimeFile = "/etc/msb/oci-runtime"
 
 // RuntimeFromImage returns the OCI runtime binary file names, or
-// DefaultRuncPath when the image has no such file (one built before the
+// DefaultRuntimePath when the image has no such file (one built before the
 // runtime was a choice).
 func RuntimeFromImage(file string) (string, error) {
 	b, err := os.ReadFile(file)
 	if errors.Is(err, os.ErrNotExist) {
-		return DefaultRuncPath, nil
+		return DefaultRuntimePath, nil
 	}
 	if err != nil {
 		return "", err
@@ -40,7 +40,7 @@ func RuntimeFromImage(file string) (string, error) {
 
 // runtimeName is the OCI runtime's name for messages and quirks ("runc",
 // "crun").
-func (s *Service) runtimeName() string { return filepath.Base(s.opts.RuncPath) }
+func (s *Service) runtimeName() string { return filepath.Base(s.opts.RuntimePath) }
 
 // crunSpecVersion is the ociVersion a bundle gets for crun: crun 1.8
 // (Debian 12) refuses any config.json whose ociVersion is not 1.0.x

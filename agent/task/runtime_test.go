@@ -11,8 +11,8 @@ import (
 
 func TestRuntimeFromImage(t *testing.T) {
 	dir := t.TempDir()
-	if p, err := RuntimeFromImage(filepath.Join(dir, "none")); err != nil || p != DefaultRuncPath {
-		t.Errorf("no file: %q, %v; want %s", p, err, DefaultRuncPath)
+	if p, err := RuntimeFromImage(filepath.Join(dir, "none")); err != nil || p != DefaultRuntimePath {
+		t.Errorf("no file: %q, %v; want %s", p, err, DefaultRuntimePath)
 	}
 	f := filepath.Join(dir, "oci-runtime")
 	for content, want := range map[string]string{"/sbin/crun\n": "/sbin/crun", "/sbin/runc": "/sbin/runc", "crun\n": "", "/a\n/b\n": ""} {
@@ -42,7 +42,7 @@ func TestRuntimeSpecVersion(t *testing.T) {
 		{"/sbin/crun", "1.0.2-dev", "1.0.2-dev"},
 		{"/sbin/runc", "1.3.0", "1.3.0"},
 	} {
-		a := &Service{opts: Options{RuncPath: c.runtime}}
+		a := &Service{opts: Options{RuntimePath: c.runtime}}
 		s := &specs.Spec{Version: c.in}
 		changed := runtimeSpecVersion(a, s)
 		if s.Version != c.want || changed != (c.in != c.want) {
@@ -63,7 +63,7 @@ func TestRuntimeSpecTimeNamespace(t *testing.T) {
 		}
 		return s
 	}
-	crun := &Service{opts: Options{RuncPath: "/sbin/crun"}}
+	crun := &Service{opts: Options{RuntimePath: "/sbin/crun"}}
 	s := spec(false)
 	changed, err := crun.runtimeSpec(s)
 	if err != nil || !changed || len(s.Linux.Namespaces) != 2 || s.Linux.Namespaces[1].Type != specs.NetworkNamespace {
@@ -72,7 +72,7 @@ func TestRuntimeSpecTimeNamespace(t *testing.T) {
 	if _, err := crun.runtimeSpec(spec(true)); err == nil || !strings.Contains(err.Error(), "MSB_GUEST_RUNTIME=runc") {
 		t.Errorf("crun, offsets: %v", err)
 	}
-	runc := &Service{opts: Options{RuncPath: "/sbin/runc"}}
+	runc := &Service{opts: Options{RuntimePath: "/sbin/runc"}}
 	s = spec(true)
 	if changed, err := runc.runtimeSpec(s); err != nil || changed || len(s.Linux.Namespaces) != 3 {
 		t.Errorf("runc: changed %v, %v, namespaces %v", changed, err, s.Linux.Namespaces)

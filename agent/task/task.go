@@ -54,7 +54,7 @@ var validID = regexp.MustCompile(`^[\w+\-.]+$`)
 // command line) that logs to the bundle's log.json, so the reason of a
 // failure can be reported.
 func (s *Service) runc(bundle string) *runc.Runc {
-	r := &runc.Runc{Command: s.opts.RuncPath, Root: s.opts.RuncRoot}
+	r := &runc.Runc{Command: s.opts.RuntimePath, Root: s.opts.RuntimeRoot}
 	if bundle != "" {
 		r.Log = filepath.Join(bundle, "log.json")
 		r.LogFormat = runc.JSON

@@ -23,8 +23,8 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultRuncPath       = "/sbin/runc"
-	DefaultRuncRoot       = "/run/runc"
+	DefaultRuntimePath    = "/sbin/runc"
+	DefaultRuntimeRoot    = "/run/runc"
 	DefaultBundleRoot     = "/run/msb/bundles"
 	DefaultStdioWait      = 10 * time.Second
 	DefaultIODrainTimeout = 5 * time.Second
@@ -35,11 +35,11 @@ var Version = "dev"
 
 // Options configure a Service. Zero values take the defaults.
 type Options struct {
-	// RuncPath is the OCI runtime binary, runc or crun (DefaultRuncPath;
+	// RuntimePath is the OCI runtime binary, runc or crun (DefaultRuntimePath;
 	// in the guest what RuntimeFile names).
-	RuncPath string
-	// RuncRoot is runc's --root (DefaultRuncRoot).
-	RuncRoot string
+	RuntimePath string
+	// RuntimeRoot is the OCI runtime's --root (DefaultRuntimeRoot).
+	RuntimeRoot string
 	// BundleRoot holds one bundle directory per container (DefaultBundleRoot).
 	BundleRoot string
 	// NoPivot runs runc create with --no-pivot (needed when the agent's
@@ -55,11 +55,11 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
-	if o.RuncPath == "" {
-		o.RuncPath = DefaultRuncPath
+	if o.RuntimePath == "" {
+		o.RuntimePath = DefaultRuntimePath
 	}
-	if o.RuncRoot == "" {
-		o.RuncRoot = DefaultRuncRoot
+	if o.RuntimeRoot == "" {
+		o.RuntimeRoot = DefaultRuntimeRoot
 	}
 	if o.BundleRoot == "" {
 		o.BundleRoot = DefaultBundleRoot
@@ -95,7 +95,7 @@ type Service struct {
 // its children from now on).
 func New(opts Options) (*Service, error) {
 	opts.setDefaults()
-	for _, d := range []string{opts.RuncRoot, opts.BundleRoot} {
+	for _, d := range []string{opts.RuntimeRoot, opts.BundleRoot} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return nil, err
 		}

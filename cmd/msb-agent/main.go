@@ -43,8 +43,8 @@ func main() {
 func dev() int {
 	var opts agent.Options
 	listen := flag.String("listen", "", "serve the agent protocol on this Unix socket (one yamux channel per connection)")
-	flag.StringVar(&opts.RuncPath, "runc", task.DefaultRuncPath, "runc binary")
-	flag.StringVar(&opts.RuncRoot, "runc-root", task.DefaultRuncRoot, "runc --root")
+	flag.StringVar(&opts.RuntimePath, "runc", task.DefaultRuntimePath, "the OCI runtime binary, runc or crun (the image's runtime file names it)")
+	flag.StringVar(&opts.RuntimeRoot, "runc-root", task.DefaultRuntimeRoot, "the OCI runtime's --root")
 	flag.StringVar(&opts.BundleRoot, "bundle-root", task.DefaultBundleRoot, "directory of the container bundles")
 	flag.Parse()
 	if *listen == "" {
