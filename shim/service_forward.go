@@ -109,7 +109,7 @@ func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb
 		return nil, err
 	}
 	if r.Stdin {
-		p.io.closeStdin()
+		p.io.CloseStdin()
 	}
 	return &emptypb.Empty{}, nil
 }
