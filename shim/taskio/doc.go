@@ -3,5 +3,5 @@
 // stdio streams through the VM's agent relay (one stream each, copied with
 // backpressure). The shim opens one IO per process and waits on it before
 // it reports the process's exit; the package knows nothing of the shim's
-// containers or VMs.
+// containers or pods.
 package taskio
