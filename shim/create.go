@@ -21,6 +21,7 @@ import (
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/shim/taskio"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -173,8 +174,8 @@ func (c *container) runHooks(ctx context.Context, phase string, status specs.Con
 // createInGuest opens c's stdio and creates c in its VM's agent, from
 // the guest spec c.guest.
 func (s *service) createInGuest(ctx context.Context, c *container, r *task.CreateTaskRequest) error {
-	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
-	pio, err := openIO(ctx, c.vm.launch.AgentSocket, r.ID, s.namespace, host)
+	host := taskio.URIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	pio, err := taskio.Open(ctx, c.vm.launch.AgentSocket, r.ID, s.namespace, host)
 	if err != nil {
 		return fmt.Errorf("stdio: %w", err)
 	}
@@ -191,9 +192,9 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 		ID:       r.ID,
 		Bundle:   guestBundleRoot + "/" + r.ID,
 		Terminal: r.Terminal,
-		Stdin:    pio.guest.Stdin,
-		Stdout:   pio.guest.Stdout,
-		Stderr:   pio.guest.Stderr,
+		Stdin:    pio.Guest().Stdin,
+		Stdout:   pio.Guest().Stdout,
+		Stderr:   pio.Guest().Stderr,
 		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: guestSpec},
 	})
 	if err != nil {
@@ -312,12 +313,12 @@ func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs s
 // removed), its stdio, its rootfs mount and its record.
 func (s *service) teardown(ctx context.Context, c *container) {
 	if c.init != nil {
-		c.init.io.abort()
+		c.init.io.Abort()
 	}
 	c.mu.Lock()
 	for _, e := range c.execs {
 		if e != nil {
-			e.io.abort()
+			e.io.Abort()
 		}
 	}
 	c.mu.Unlock()

@@ -8,8 +8,8 @@
 // spawns the VMM process attached to itself through the parent watchdog
 // (vmm.Spawn), and forwards task RPCs to the guest agent, which serves the
 // same task API backed by runc inside the guest. The shim keeps what only
-// the host can do: VM lifecycle, host stdio (fifo, binary:// and file://),
-// events in runc-shim order, and cleanup after a crash.
+// the host can do: VM lifecycle, host stdio (shim/taskio), events in
+// runc-shim order, and cleanup after a crash.
 //
 // See docs/adr/005-shim-design.md for the decisions behind it.
 package shim

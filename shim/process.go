@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/msb-dev/msb/shim/taskio"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -133,8 +134,8 @@ const (
 type proc struct {
 	c      *container
 	execID string
-	host   stdioURIs // as containerd gave them
-	io     *procIO
+	host   taskio.URIs // as containerd gave them
+	io     *taskio.IO
 
 	mu         sync.Mutex
 	state      procState
@@ -155,7 +156,7 @@ type proc struct {
 	published chan struct{}
 }
 
-func newProc(c *container, execID string, host stdioURIs, pio *procIO) *proc {
+func newProc(c *container, execID string, host taskio.URIs, pio *taskio.IO) *proc {
 	return &proc{c: c, execID: execID, host: host, io: pio,
 		gate: make(chan struct{}), exited: make(chan struct{}), published: make(chan struct{})}
 }
@@ -206,7 +207,7 @@ func (s *service) watch(p *proc) {
 	switch {
 	case err == nil:
 		status = int(resp.ExitStatus)
-		p.io.finish(-1)
+		p.io.Finish(-1)
 	default:
 		p.mu.Lock()
 		killed := p.killed
@@ -225,7 +226,7 @@ func (s *service) watch(p *proc) {
 		if killed {
 			status = exitKilled
 		}
-		p.io.finish(deadVMOutputWait)
+		p.io.Finish(deadVMOutputWait)
 	}
 	p.neverStarted()
 	<-p.gate
@@ -311,7 +312,7 @@ func (p *proc) failStart() {
 	p.openGate()
 	p.setExited(exitUnknown, time.Now())
 	close(p.published)
-	p.io.abort()
+	p.io.Abort()
 }
 
 // waitPublished waits until the exit of p is queued, at most d.

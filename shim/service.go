@@ -261,7 +261,7 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 	}
 	c.running++
 	c.mu.Unlock()
-	if err := p.io.attach(ctx, r.ID, c.namespace); err != nil {
+	if err := p.io.Attach(ctx, r.ID, c.namespace); err != nil {
 		p.failStart()
 		c.execDone()
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q stdio: %w", r.ExecID, err))
@@ -300,7 +300,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		delete(c.execs, r.ExecID)
 		c.mu.Unlock()
 		p.openGate() // created, never started: no exit will come
-		p.io.abort()
+		p.io.Abort()
 		_, code, at := p.status()
 		return &task.DeleteResponse{Pid: c.hostPid(), ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
@@ -327,7 +327,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		// output copy is stuck on a client that stopped reading, or the
 		// guest is. Closing the host side and stopping the VM ends both.
 		log.G(ctx).WithError(err).Warn("delete: closing stdio and stopping the VM")
-		p.io.abort()
+		p.io.Abort()
 		if c.ownsVM() {
 			c.vm.stop(ctx, int32(exitUnknown))
 		}

@@ -9,6 +9,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/msb-dev/msb/shim/taskio"
 )
 
 // Exec adds a process to a running container.
@@ -50,18 +52,18 @@ func (s *service) exec(ctx context.Context, c *container, r *task.ExecProcessReq
 	if err != nil {
 		return nil, err
 	}
-	host := stdioURIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
+	host := taskio.URIs{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	// The host side (fifos) is opened at Start, as runc's shim does.
-	pio, err := dialIO(ctx, c.vm.launch.AgentSocket, host)
+	pio, err := taskio.Dial(ctx, c.vm.launch.AgentSocket, host)
 	if err != nil {
 		return nil, fmt.Errorf("exec %q stdio: %w", r.ExecID, err)
 	}
 	_, err = c.vm.task.Exec(ctx, &task.ExecProcessRequest{
 		ID: r.ID, ExecID: r.ExecID, Terminal: r.Terminal, Spec: spec,
-		Stdin: pio.guest.Stdin, Stdout: pio.guest.Stdout, Stderr: pio.guest.Stderr,
+		Stdin: pio.Guest().Stdin, Stdout: pio.Guest().Stdout, Stderr: pio.Guest().Stderr,
 	})
 	if err != nil {
-		pio.abort()
+		pio.Abort()
 		return nil, fromAgent(err)
 	}
 	return newProc(c, r.ExecID, host, pio), nil

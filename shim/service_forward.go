@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/msb-dev/msb/shim/cgstats"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/version"
 )
@@ -109,7 +110,7 @@ func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb
 		return nil, err
 	}
 	if r.Stdin {
-		p.io.closeStdin()
+		p.io.CloseStdin()
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -150,7 +151,7 @@ func checkUpdate(size specconv.VMSize, r *task.UpdateTaskRequest) error {
 }
 
 // Stats returns the container's cgroup metrics from inside the guest, in
-// the type for the host's cgroup mode (stats.go).
+// the type for the host's cgroup mode (cgstats).
 func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
 	c, err := s.get(r.ID)
 	if err != nil {
@@ -160,7 +161,7 @@ func (s *service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsR
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fromAgent(err))
 	}
-	if resp.Stats, err = hostStats(resp.Stats, hostUnified()); err != nil {
+	if resp.Stats, err = cgstats.ForHost(resp.Stats); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return resp, nil

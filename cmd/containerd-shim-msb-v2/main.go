@@ -1,15 +1,16 @@
 // Command containerd-shim-msb-v2 is msb's containerd shim v2 (runtime type
 // io.containerd.msb.v2): every container runs in its own microVM. All logic
-// is in package shim.
+// is in package shim and its subpackages.
 package main
 
 import (
 	"context"
 
 	"github.com/msb-dev/msb/shim"
+	"github.com/msb-dev/msb/shim/bootstrap"
 )
 
 func main() {
 	shim.RegisterPlugins()
-	shim.Run(context.Background(), shim.NewManager(shim.RuntimeName), shim.BinaryOpts()...)
+	bootstrap.Run(context.Background(), shim.NewManager(shim.RuntimeName), shim.BinaryOpts()...)
 }

@@ -1,4 +1,4 @@
-package shim
+package taskio
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package shim
+package taskio
 
 import (
 	"bytes"
@@ -105,7 +105,7 @@ func TestFifoIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := openIO(ctx, relay.sock, "c1", "test", stdioURIs{Stdin: in, Stdout: out, Stderr: errp})
+	p, err := Open(ctx, relay.sock, "c1", "test", URIs{Stdin: in, Stdout: out, Stderr: errp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,12 +147,12 @@ func TestFifoIO(t *testing.T) {
 		t.Fatalf("guest stdin before CloseIO: %v, want no EOF yet", err)
 	}
 	_ = gIn.SetReadDeadline(time.Time{})
-	p.closeStdin()
+	p.CloseStdin()
 	if rest, err := io.ReadAll(gIn); err != nil || len(rest) != 0 {
 		t.Fatalf("guest stdin after CloseIO: %q, %v", rest, err)
 	}
 
-	p.finish(-1)
+	p.Finish(-1)
 	<-readDone
 	<-errDone
 	if !bytes.Equal(got, payload) || string(gotErr) != "oops\n" {
@@ -164,7 +164,7 @@ func TestFifoIO(t *testing.T) {
 func TestFileIO(t *testing.T) {
 	relay := newFakeRelay(t)
 	log := filepath.Join(t.TempDir(), "sub", "c.log")
-	p, err := openIO(testCtx(), relay.sock, "c1", "test", stdioURIs{Stdout: "file://" + log, Stderr: "file://" + log})
+	p, err := Open(testCtx(), relay.sock, "c1", "test", URIs{Stdout: "file://" + log, Stderr: "file://" + log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestFileIO(t *testing.T) {
 	gOut.Close()
 	_, _ = gErr.Write([]byte("err\n"))
 	gErr.Close()
-	p.finish(-1)
+	p.Finish(-1)
 	b, err := os.ReadFile(log)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestFileIO(t *testing.T) {
 }
 
 // TestBinaryIO: a binary:// logger gets the streams on fds 3 and 4, and
-// finish returns after it has written them out.
+// Finish returns after it has written them out.
 func TestBinaryIO(t *testing.T) {
 	relay := newFakeRelay(t)
 	dir := t.TempDir()
@@ -195,7 +195,7 @@ func TestBinaryIO(t *testing.T) {
 	}
 	prefix := filepath.Join(dir, "x")
 	uri := "binary://" + logger + "?dest=" + prefix
-	p, err := openIO(testCtx(), relay.sock, "c1", "test", stdioURIs{Stdout: uri, Stderr: uri})
+	p, err := Open(testCtx(), relay.sock, "c1", "test", URIs{Stdout: uri, Stderr: uri})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,22 +207,22 @@ func TestBinaryIO(t *testing.T) {
 		_, _ = gErr.Write([]byte("e\n"))
 		gErr.Close()
 	}()
-	p.finish(-1)
+	p.Finish(-1)
 	out, _ := os.ReadFile(prefix + ".out")
 	errb, _ := os.ReadFile(prefix + ".err")
 	env, _ := os.ReadFile(prefix + ".env")
 	if len(out) != len(payload) || string(errb) != "e\n" || string(env) != "c1 test\n" {
 		t.Fatalf("logger wrote %d of %d bytes, stderr %q, env %q", len(out), len(payload), errb, env)
 	}
-	p.abort()
+	p.Abort()
 }
 
 func TestBadStdioURI(t *testing.T) {
 	relay := newFakeRelay(t)
-	if _, err := openIO(testCtx(), relay.sock, "c1", "test", stdioURIs{Stdout: "tcp://x"}); err == nil || !strings.Contains(err.Error(), "tcp") {
+	if _, err := Open(testCtx(), relay.sock, "c1", "test", URIs{Stdout: "tcp://x"}); err == nil || !strings.Contains(err.Error(), "tcp") {
 		t.Fatalf("want an error naming the scheme, got %v", err)
 	}
-	if _, err := openIO(testCtx(), relay.sock, "c1", "test", stdioURIs{Stdout: "binary:///nonexistent/logger"}); err == nil {
+	if _, err := Open(testCtx(), relay.sock, "c1", "test", URIs{Stdout: "binary:///nonexistent/logger"}); err == nil {
 		t.Fatal("a missing logger must fail")
 	}
 }
@@ -240,7 +240,7 @@ func TestTerminalIgnoresStderr(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "never-created-stderr")
-	p, err := openIO(ctx, relay.sock, "c1", "test", stdioURIs{Stdout: out, Stderr: missing, Terminal: true})
+	p, err := Open(ctx, relay.sock, "c1", "test", URIs{Stdout: out, Stderr: missing, Terminal: true})
 	if err != nil {
 		t.Fatalf("terminal with a stderr path that does not exist: %v", err)
 	}
@@ -250,7 +250,7 @@ func TestTerminalIgnoresStderr(t *testing.T) {
 	gOut := relay.stream(t, p.guest.Stdout)
 	_, _ = gOut.Write([]byte("pty\n"))
 	gOut.Close()
-	p.finish(-1)
+	p.Finish(-1)
 	if b, _ := io.ReadAll(outR); string(b) != "pty\n" {
 		t.Fatalf("stdout %q", b)
 	}
@@ -260,7 +260,7 @@ func TestTerminalIgnoresStderr(t *testing.T) {
 }
 
 // TestExecStdinOpenedAtAttach: an exec's stdin fifo has no reader between
-// Exec (dialIO) and Start (attach), as with runc's shim: a client's write
+// Exec (Dial) and Start (Attach), as with runc's shim: a client's write
 // blocks until Start, so nerdctl reads its stdin's EOF only once it can
 // send CloseIO.
 func TestExecStdinOpenedAtAttach(t *testing.T) {
@@ -268,11 +268,11 @@ func TestExecStdinOpenedAtAttach(t *testing.T) {
 	dir := t.TempDir()
 	in := mkfifo(t, dir, "in")
 	ctx := testCtx()
-	p, err := dialIO(ctx, relay.sock, stdioURIs{Stdin: in})
+	p, err := Dial(ctx, relay.sock, URIs{Stdin: in})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.abort()
+	defer p.Abort()
 	gIn := relay.stream(t, p.guest.Stdin) // the agent can claim it at Exec
 	if f, err := os.OpenFile(in, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 		f.Close()
@@ -280,7 +280,7 @@ func TestExecStdinOpenedAtAttach(t *testing.T) {
 	} else if !errors.Is(err, syscall.ENXIO) {
 		t.Fatalf("open stdin fifo before Start: %v, want ENXIO (no reader)", err)
 	}
-	if err := p.attach(ctx, "c1", "test"); err != nil {
+	if err := p.Attach(ctx, "c1", "test"); err != nil {
 		t.Fatal(err)
 	}
 	// containerd/fifo opens in the background: poll for the reader.
@@ -295,7 +295,7 @@ func TestExecStdinOpenedAtAttach(t *testing.T) {
 	}
 	_, _ = w.Write([]byte("x"))
 	w.Close()
-	p.closeStdin()
+	p.CloseStdin()
 	if b, err := io.ReadAll(gIn); err != nil || string(b) != "x" {
 		t.Fatalf("guest stdin %q, %v", b, err)
 	}

@@ -1,4 +1,10 @@
-package shim
+// Package cgstats puts a guest's cgroup metrics in the type the host's
+// cgroup mode calls for. The guest runs cgroup v2 and the agent answers
+// with io.containerd.cgroups.v2.Metrics; containerd and its clients expect
+// the type of the host's cgroup mode (containerd's runc shim answers v1
+// metrics on a cgroup v1 or hybrid host), so on such a host the guest's v2
+// metrics are converted to v1 ones.
+package cgstats
 
 import (
 	"fmt"
@@ -12,12 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
-
-// Stats: the guest runs cgroup v2 and the agent answers with
-// io.containerd.cgroups.v2.Metrics. containerd and its clients expect the
-// type of the host's cgroup mode (containerd's runc shim answers v1
-// metrics on a cgroup v1 or hybrid host), so on such a host the shim
-// converts the guest's v2 metrics to v1 ones.
 
 // hostUnified reports whether the host runs cgroup v2 only, as
 // containerd's cgroups.Mode() == Unified decides it.
@@ -34,6 +34,12 @@ var (
 // typeName is a type URL's message name ("type.googleapis.com/x.y" → "x.y").
 func typeName(url string) string {
 	return url[strings.LastIndexByte(url, '/')+1:]
+}
+
+// ForHost returns the agent's metrics a in the type for this host's cgroup
+// mode.
+func ForHost(a *anypb.Any) (*anypb.Any, error) {
+	return hostStats(a, hostUnified())
 }
 
 // hostStats returns the agent's metrics in the type for the host's cgroup

@@ -1,4 +1,4 @@
-package shim
+package taskio
 
 import (
 	"context"
@@ -23,13 +23,13 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// stdioURIs are a process's stdio as containerd names them.
-type stdioURIs struct {
+// URIs are a process's stdio as containerd names them.
+type URIs struct {
 	Stdin, Stdout, Stderr string
 	Terminal              bool
 }
 
-// procIO bridges a process's host stdio (fifos, a file:// log or a
+// IO bridges a process's host stdio (fifos, a file:// log or a
 // binary:// logger) to its streams to the guest: one relay connection per
 // stream, copied with backpressure (a slow reader stalls the guest process,
 // nothing is dropped). The agent closes a process's output streams after
@@ -37,13 +37,13 @@ type stdioURIs struct {
 // finish every byte has been written to the host side.
 //
 // It is set up in two steps, as containerd's runc shim opens an exec's
-// stdio only at Start: dialIO opens the relay streams (the agent claims
-// them in Create/Exec), attach opens the host side and starts copying.
+// stdio only at Start: Dial opens the relay streams (the agent claims
+// them in Create/Exec), Attach opens the host side and starts copying.
 // A client may rely on the stdin fifo having no reader before Start:
 // nerdctl `exec -i` installs its CloseIO callback only after Exec returns.
-type procIO struct {
-	host  stdioURIs // what the host side opens (a terminal's stderr dropped)
-	guest stdioURIs // the stream URIs the agent gets
+type IO struct {
+	host  URIs // what the host side opens (a terminal's stderr dropped)
+	guest URIs // the stream URIs the agent gets
 	conns []*net.UnixConn
 	// the streams' shim ends; nil for a stream the process does not have
 	stdoutC, stderrC, stdinC *net.UnixConn
@@ -67,23 +67,27 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-// openIO is dialIO and attach at once (init: its stdio is opened at
+// Open is Dial and Attach at once (init: its stdio is opened at
 // Create, as runc's shim does). ctx bounds opening the fifos.
-func openIO(ctx context.Context, sock, id, namespace string, u stdioURIs) (*procIO, error) {
-	p, err := dialIO(ctx, sock, u)
+func Open(ctx context.Context, sock, id, namespace string, u URIs) (*IO, error) {
+	p, err := Dial(ctx, sock, u)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.attach(ctx, id, namespace); err != nil {
-		p.abort()
+	if err := p.Attach(ctx, id, namespace); err != nil {
+		p.Abort()
 		return nil, err
 	}
 	return p, nil
 }
 
+// Guest is the stdio to hand the agent: a stream URI for each stream the
+// process has, and whether it has a terminal.
+func (p *IO) Guest() URIs { return p.guest }
+
 // outputURI parses the URI of a process's output (stdout's, else
 // stderr's); nil when it has none.
-func outputURI(u stdioURIs) (*url.URL, error) {
+func outputURI(u URIs) (*url.URL, error) {
 	ref := u.Stdout
 	if ref == "" {
 		ref = u.Stderr
@@ -106,7 +110,7 @@ func outputURI(u stdioURIs) (*url.URL, error) {
 // terminal has one: the pty. containerd makes no stderr fifo for it, yet
 // clients (nerdctl exec -it) still name one; runc's shim ignores it, and
 // so does msb.
-func outputs(u stdioURIs) (stdout, stderr bool, err error) {
+func outputs(u URIs) (stdout, stderr bool, err error) {
 	uri, err := outputURI(u)
 	switch {
 	case err != nil || uri == nil:
@@ -117,9 +121,9 @@ func outputs(u stdioURIs) (stdout, stderr bool, err error) {
 	return true, !u.Terminal, nil // one file or logger takes both
 }
 
-// dialIO opens one relay stream for each stdio stream the process has; the
-// host side stays closed until attach.
-func dialIO(ctx context.Context, sock string, u stdioURIs) (_ *procIO, retErr error) {
+// Dial opens one relay stream for each stdio stream the process has; the
+// host side stays closed until Attach.
+func Dial(ctx context.Context, sock string, u URIs) (_ *IO, retErr error) {
 	if u.Terminal {
 		u.Stderr = ""
 	}
@@ -127,10 +131,10 @@ func dialIO(ctx context.Context, sock string, u stdioURIs) (_ *procIO, retErr er
 	if err != nil {
 		return nil, err
 	}
-	p := &procIO{host: u, guest: stdioURIs{Terminal: u.Terminal}}
+	p := &IO{host: u, guest: URIs{Terminal: u.Terminal}}
 	defer func() {
 		if retErr != nil {
-			p.abort()
+			p.Abort()
 		}
 	}()
 	dial := func(want bool, uri *string) (*net.UnixConn, error) {
@@ -163,9 +167,9 @@ func dialIO(ctx context.Context, sock string, u stdioURIs) (_ *procIO, retErr er
 	return p, nil
 }
 
-// attach opens the host side of the process's stdio and starts copying;
+// Attach opens the host side of the process's stdio and starts copying;
 // a second call does nothing. On error the caller aborts p.
-func (p *procIO) attach(ctx context.Context, id, namespace string) error {
+func (p *IO) Attach(ctx context.Context, id, namespace string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.attached || p.closed {
@@ -214,7 +218,7 @@ func (p *procIO) attach(ctx context.Context, id, namespace string) error {
 }
 
 // openSinks opens the host side of stdout and stderr; nil means none.
-func (p *procIO) openSinks(ctx context.Context, id, namespace string, u stdioURIs) (stdout, stderr io.Writer, err error) {
+func (p *IO) openSinks(ctx context.Context, id, namespace string, u URIs) (stdout, stderr io.Writer, err error) {
 	uri, err := outputURI(u)
 	if err != nil || uri == nil {
 		return nil, nil, err
@@ -258,7 +262,7 @@ func (p *procIO) openSinks(ctx context.Context, id, namespace string, u stdioURI
 
 // openPath opens a fifo (as runc's shim does: both ends, so the write side
 // never fails for want of a reader) or a plain file for appending.
-func (p *procIO) openPath(ctx context.Context, path string) (io.Writer, error) {
+func (p *IO) openPath(ctx context.Context, path string) (io.Writer, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -285,9 +289,9 @@ func (p *procIO) openPath(ctx context.Context, path string) (io.Writer, error) {
 	return w, nil
 }
 
-// closeStdin is CloseIO: the process sees EOF once what the client wrote
+// CloseStdin is CloseIO: the process sees EOF once what the client wrote
 // has been passed on.
-func (p *procIO) closeStdin() {
+func (p *IO) CloseStdin() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stdinKeep != nil {
@@ -295,11 +299,11 @@ func (p *procIO) closeStdin() {
 	}
 }
 
-// finish waits until all output has reached the host side (at most wait;
+// Finish waits until all output has reached the host side (at most wait;
 // a negative wait means no bound), closes the host side, and gives a
 // binary logger EOF and a moment to write out what it has. It is what a
 // process's exit waits for before it is reported.
-func (p *procIO) finish(wait time.Duration) {
+func (p *IO) Finish(wait time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		p.outDone.Wait()
@@ -322,7 +326,7 @@ func (p *procIO) finish(wait time.Duration) {
 }
 
 // closeHost closes the streams and the host files and fifos.
-func (p *procIO) closeHost() {
+func (p *IO) closeHost() {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -342,9 +346,9 @@ func (p *procIO) closeHost() {
 	})
 }
 
-// abort closes everything now and ends a binary logger (process deleted,
+// Abort closes everything now and ends a binary logger (process deleted,
 // or setting up failed).
-func (p *procIO) abort() {
+func (p *IO) Abort() {
 	p.closeHost()
 	if p.logger != nil {
 		p.logger.terminate()

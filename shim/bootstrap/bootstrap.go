@@ -1,4 +1,8 @@
-package shim
+// Package bootstrap starts the shim binary for any containerd version:
+// containerd 2.3 and later speak pkg/shim's bootstrap protocol, older ones
+// the one pkg/shim v2.4 no longer speaks (ADR 005). It knows nothing of
+// msb's task service; the command passes it the shim's manager.
+package bootstrap
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package shim
+package bootstrap
 
 import (
 	"encoding/json"
