@@ -21,6 +21,7 @@ import (
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc"
 )
 
 // A pod member (ADR 024) is a container that joined another msb
@@ -307,7 +308,7 @@ func MemberRelay(ctx context.Context) int {
 	}
 	// Its pid is the member's for clients: its main thread shows them the
 	// member's rootfs (ADR 027); the relay works on other threads.
-	return vmm.InView(plan.View, func() int { return relayMember(ctx, plan, report) })
+	return vmmproc.InView(plan.View, func() int { return relayMember(ctx, plan, report) })
 }
 
 func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {
