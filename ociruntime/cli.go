@@ -15,6 +15,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/version"
+	"github.com/msb-dev/msb/view"
 	"github.com/msb-dev/msb/vmmproc"
 )
 
@@ -79,7 +80,7 @@ func App() *cli.App {
 				Usage:     "holds a claimed pool VM's container's network namespace and view of its rootfs until its stdin closes (started by the shim)",
 				Hidden:    true,
 				Action: func(c *cli.Context) error {
-					if code := vmmproc.InView(c.Args().First(), func() int {
+					if code := view.Run(c.Args().First(), func() int {
 						_, _ = io.Copy(io.Discard, os.Stdin)
 						return 0
 					}); code != 0 {

@@ -101,7 +101,7 @@ type LaunchConfig struct {
 	RuntimeDir  string `json:"runtimeDir"`
 	AgentSocket string `json:"agentSocket"`
 	ConsoleLog  string `json:"consoleLog"`
-	// ConsoleLogMax caps ConsoleLog in bytes (0: DefaultConsoleLogMax);
+	// ConsoleLogMax caps ConsoleLog in bytes (0: caplog.DefaultMax);
 	// the oldest half goes when it is reached.
 	ConsoleLogMax int64 `json:"consoleLogMax,omitempty"`
 
@@ -346,7 +346,7 @@ const maxUnixPath = 107
 func ChannelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "chan") }
 
 // ConsoleSocket is where the VMM takes the guest console from qemu
-// (vmmproc's consoleServer).
+// (caplog.ServeConsole).
 func ConsoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
 
 // LifelineSocket is where a pool VM whose relay listens on agentSocket

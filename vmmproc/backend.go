@@ -2,25 +2,11 @@ package vmmproc
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/vmm"
 )
-
-// kvmDevice is the device both backends need for hardware virtualization.
-// A variable so tests can point it at something that does not open.
-var kvmDevice = "/dev/kvm"
-
-// kvmCheck opens the KVM device read-write, which is what a hypervisor
-// needs; existence alone is not enough (permissions, nesting).
-func kvmCheck() error {
-	f, err := os.OpenFile(kvmDevice, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
 
 // selectBackend resolves cfg.Backend to qemu or libkrun. For libkrun it
 // also returns the loaded library. auto takes libkrun when a guest root is
@@ -35,8 +21,8 @@ func selectBackend(cfg *vmm.LaunchConfig, logf func(string, ...any)) (string, *l
 		if err != nil {
 			return "", nil, fmt.Errorf("backend libkrun: %w", err)
 		}
-		if err := kvmCheck(); err != nil {
-			return "", nil, fmt.Errorf("backend libkrun needs %s read-write: %w: load the kvm module, give this user access to %s, or use backend qemu (TCG)", kvmDevice, err, kvmDevice)
+		if err := kvmprobe.Check(); err != nil {
+			return "", nil, fmt.Errorf("backend libkrun needs %s read-write: %w: load the kvm module, give this user access to %s, or use backend qemu (TCG)", kvmprobe.Device, err, kvmprobe.Device)
 		}
 		logf("backend libkrun: %s, API %s", lib.path, lib.APILevel())
 		return vmm.BackendLibkrun, lib, nil
@@ -52,8 +38,8 @@ func selectBackend(cfg *vmm.LaunchConfig, logf func(string, ...any)) (string, *l
 		logf("backend auto: using qemu: accel tcg was asked for")
 		return vmm.BackendQEMU, nil, nil
 	}
-	if err := kvmCheck(); err != nil {
-		logf("backend auto: using qemu under TCG: %s is not usable read-write (%v), libkrun needs KVM", kvmDevice, err)
+	if err := kvmprobe.Check(); err != nil {
+		logf("backend auto: using qemu under TCG: %s is not usable read-write (%v), libkrun needs KVM", kvmprobe.Device, err)
 		return vmm.BackendQEMU, nil, nil
 	}
 	lib, err := loadLibkrun(libkrunPath(cfg))
@@ -81,7 +67,7 @@ type BackendStatus struct {
 // KVM probe boots (KVMUsable).
 func ProbeBackends(qemuBin, libkrunLib, kernel string) []BackendStatus {
 	kvm := "kvm"
-	if err := kvmCheck(); err != nil {
+	if err := kvmprobe.Check(); err != nil {
 		kvm = "no kvm: " + err.Error()
 	}
 	var out []BackendStatus
@@ -105,7 +91,7 @@ func ProbeBackends(qemuBin, libkrunLib, kernel string) []BackendStatus {
 		q.Detail = fmt.Sprintf("%s not found: install qemu-system-x86", qemuBin)
 	} else {
 		q.Available = true
-		if ok, why := KVMUsable(p, kernel); ok {
+		if ok, why := kvmprobe.Usable(p, kernel); ok {
 			q.Detail = p + " (kvm)"
 		} else {
 			q.Detail = fmt.Sprintf("%s (tcg: %s)", p, why)

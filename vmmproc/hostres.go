@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -283,7 +284,7 @@ func startsTCG(cfg *vmm.LaunchConfig, backend string) bool {
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
-	ok, _ := KVMUsable(bin, cfg.Kernel)
+	ok, _ := kvmprobe.Usable(bin, cfg.Kernel)
 	return !ok
 }
 

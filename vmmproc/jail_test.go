@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/jail"
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -103,10 +104,10 @@ func TestQEMUJailPlan(t *testing.T) {
 	if !libc {
 		t.Errorf("no libc among the binds: %v", m)
 	}
-	if _, ok := m[kvmDevice]; ok {
+	if _, ok := m[kvmprobe.Device]; ok {
 		t.Error("/dev/kvm in a TCG jail")
 	}
-	if _, ok := plan(true)[kvmDevice]; !ok {
+	if _, ok := plan(true)[kvmprobe.Device]; !ok {
 		t.Error("no /dev/kvm in a KVM jail")
 	}
 }

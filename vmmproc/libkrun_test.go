@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
 
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
@@ -27,7 +28,7 @@ const testKVMEnv = "MSB_TEST_KVM_DEVICE"
 // the environment, so tests choose whether KVM "works".
 func realVMM() int {
 	if d := os.Getenv(testKVMEnv); d != "" {
-		kvmDevice = d
+		kvmprobe.Device = d
 	}
 	return Main(MainOptions{})
 }
@@ -259,8 +260,8 @@ func TestAutoFallsBackWithoutKVM(t *testing.T) {
 func TestSelectBackend(t *testing.T) {
 	stub := buildStub(t)
 	noRO, withTSI := buildStub(t, "KRUNSTUB_NO_VIRTIOFS3"), buildStub(t, "KRUNSTUB_NO_NOTSI")
-	old := kvmDevice
-	t.Cleanup(func() { kvmDevice = old })
+	old := kvmprobe.Device
+	t.Cleanup(func() { kvmprobe.Device = old })
 	cases := []struct {
 		name, backend, lib, kvm, guestRoot string
 		want, log, err                     string
@@ -281,7 +282,7 @@ func TestSelectBackend(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			kvmDevice = c.kvm
+			kvmprobe.Device = c.kvm
 			var logs []string
 			logf := func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
 			cfg := &vmm.LaunchConfig{Backend: c.backend, Libkrun: c.lib, GuestRoot: c.guestRoot}

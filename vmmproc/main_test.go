@@ -11,7 +11,7 @@ import (
 )
 
 // As the real VMM, the test binary's main thread moves into the view
-// (view.go): keep the main goroutine on it, as msb-runtime does. As the
+// (package view): keep the main goroutine on it, as msb-runtime does. As the
 // jailed program, it reads its parent-death signal, the exec'ing (main)
 // thread's: a thread the runtime starts later has none.
 func init() {

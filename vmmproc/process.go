@@ -17,9 +17,11 @@ import (
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/caplog"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/network"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/view"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -32,7 +34,7 @@ const (
 )
 
 // Main is the VMM process (msb-runtime vmm), called on the main thread,
-// locked to it (view.go). It reads its launch config from
+// locked to it (package view). It reads its launch config from
 // vmm.ConfigFD, boots the VM, writes the startup line, relays agent clients, and
 // returns the exit code the process must exit with: the code the guest was
 // shut down with, or vmm.ExitGuestLost/vmm.ExitKilled.
@@ -47,11 +49,11 @@ func Main(o MainOptions) int {
 		return 1
 	}
 	if unix.Gettid() != unix.Getpid() {
-		fmt.Fprintf(os.Stderr, "msb-vmm: %s: the VMM must run on the main thread, locked to it in the binary's init (view.go)\n", cfg.Name)
+		fmt.Fprintf(os.Stderr, "msb-vmm: %s: the VMM must run on the main thread, locked to it in the binary's init (package view)\n", cfg.Name)
 		return 1
 	}
 	// The VMM itself runs on other threads, in the host's mount namespace;
-	// this one moves into the container's view when run asks (view.go)
+	// this one moves into the container's view when run asks (package view)
 	// and stays there until run returns the code.
 	views, viewed := make(chan string), make(chan error)
 	done := make(chan int)
@@ -69,7 +71,7 @@ func Main(o MainOptions) int {
 	for {
 		select {
 		case dir := <-views:
-			viewed <- enterView(dir, cfg.RuntimeDir)
+			viewed <- view.Enter(dir, cfg.RuntimeDir)
 		case code := <-done:
 			return code
 		}
@@ -102,7 +104,7 @@ func readConfig() (*vmm.LaunchConfig, error) {
 type vm struct {
 	cfg      *vmm.LaunchConfig
 	hv       *qemu
-	console  *consoleServer
+	console  *caplog.Console
 	sess     *yamux.Session
 	agent    *protocol.AgentClient
 	exitCode chan int32 // the code the guest was shut down with
@@ -131,7 +133,7 @@ type vm struct {
 }
 
 // run is the VMM; view moves the main thread into the container's view
-// (view.go).
+// (package view).
 func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watch, startup *os.File) (code int, retErr error) {
 	v := &vm{cfg: cfg, exitCode: make(chan int32, 1), superviseContainer: o.Container, detached: make(chan struct{})}
 	defer v.cleanup()
@@ -194,7 +196,11 @@ func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watc
 		return 1, err
 	}
 	defer closeAll(taps)
-	if v.console, err = startConsole(vmm.ConsoleSocket(cfg), cfg.ConsoleLog, cfg.ConsoleLogMax); err != nil {
+	consLn, err := listenUnix(vmm.ConsoleSocket(cfg))
+	if err != nil {
+		return 1, err
+	}
+	if v.console, err = caplog.ServeConsole(consLn, cfg.ConsoleLog, cfg.ConsoleLogMax); err != nil {
 		return 1, err
 	}
 	defer v.console.Close()
@@ -302,7 +308,7 @@ func (v *vm) guestCode() int {
 		return int(c)
 	case <-time.After(100 * time.Millisecond):
 	}
-	v.console.drained(time.Second)
+	v.console.Drained(time.Second)
 	if err := v.hv.err; hypervisorKilled(err) {
 		recordEndCause(v.cfg.RuntimeDir, hypervisorKilledCause(err), vmm.ExitKilled)
 		return vmm.ExitKilled

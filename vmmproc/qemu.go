@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/jail"
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
@@ -159,7 +160,7 @@ func startQEMU(c *vmm.LaunchConfig, chanSock string, logf, out *os.File, taps []
 	autoKVM := false
 	if c.Accel == "" {
 		var why string
-		autoKVM, why = KVMUsable(bin, c.Kernel)
+		autoKVM, why = kvmprobe.Usable(bin, c.Kernel)
 		if !autoKVM {
 			fmt.Fprintf(logf, "msb-vmm: KVM not usable on this host (%s): running under TCG\n", why)
 		}
@@ -198,7 +199,7 @@ func startQEMU(c *vmm.LaunchConfig, chanSock string, logf, out *os.File, taps []
 		q.givenUp = retry
 		q.mu.Unlock()
 		if retry {
-			RecordKVMBroken(bin, c.Kernel, fmt.Sprintf("a guest under KVM failed to boot (%v)", err))
+			kvmprobe.RecordBroken(bin, c.Kernel, fmt.Sprintf("a guest under KVM failed to boot (%v)", err))
 			fmt.Fprintf(logf, "msb-vmm: qemu with KVM failed (%v): falling back to TCG\n", err)
 			if lerr := q.launch(false, logf); lerr == nil {
 				err = q.wait()

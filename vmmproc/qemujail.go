@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/jail"
+	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -117,7 +118,7 @@ func qemuJailPlan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []st
 	}
 	devs := jailDevices
 	if kvm {
-		devs = append(devs[:len(devs):len(devs)], kvmDevice)
+		devs = append(devs[:len(devs):len(devs)], kvmprobe.Device)
 	}
 	for _, d := range devs {
 		add(jail.Bind{Path: d, Dev: true})

@@ -2,19 +2,16 @@ package vmmproc
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/containerd/log"
-
+	"github.com/msb-dev/msb/caplog"
 	"github.com/msb-dev/msb/vmm"
 )
 
 // qemu's stdout and stderr go to QEMULogFile in the state dir through a
-// pipe the VMM copies into a capped log (consolelog.go), not to vmm.log:
+// pipe the VMM copies into a capped log (package caplog), not to vmm.log:
 // a guest can make qemu print (device errors, 9p warnings) without end,
 // and the state dir is usually on a tmpfs (host RAM). vmm.log holds the
 // VMM's own lines only.
@@ -27,34 +24,13 @@ const QEMULogFile = "qemu.log"
 const qemuLogMax = 1 << 20
 
 // qemuOutput opens the capped qemu.log in cfg's state dir and returns the
-// pipe end qemu writes to (every qemu started, a TCG fallback's too); the
-// copy ends when the last write end is closed (the VMM's, at close).
+// pipe end qemu writes to (caplog.Pipe).
 func qemuOutput(cfg *vmm.LaunchConfig) (w *os.File, closeFn func(), err error) {
-	out, err := openCappedLog(filepath.Join(cfg.RuntimeDir, QEMULogFile), qemuLogMax)
+	w, closeFn, err = caplog.Pipe(filepath.Join(cfg.RuntimeDir, QEMULogFile), qemuLogMax)
 	if err != nil {
 		return nil, nil, fmt.Errorf("qemu log: %w", err)
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		out.Close()
-		return nil, nil, fmt.Errorf("qemu log: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer r.Close()
-		if _, err := io.Copy(out, r); err != nil {
-			log.L.WithError(err).Warn("qemu log")
-		}
-	}()
-	return w, func() {
-		w.Close()
-		select { // a process qemu left behind may hold the pipe open
-		case <-done:
-			out.Close()
-		case <-time.After(2 * time.Second):
-		}
-	}, nil
+	return w, closeFn, nil
 }
 
 // qemuSaid is the last lines qemu wrote, for an error about its exit

@@ -1,15 +1,6 @@
-package vmmproc
-
-import (
-	"fmt"
-	"os"
-	"path/filepath"
-
-	"golang.org/x/sys/unix"
-)
-
-// Clients take the pid msb reports for a container — the VMM process's —
-// for the container's, and go into its mount namespace or read its
+// Package view shows the processes whose pids msb reports for a container
+// the container's rootfs as their root (ADR 027). Clients take the pid msb
+// reports for a container — the VMM process's — for the container's, and go into its mount namespace or read its
 // /proc/<pid>/root: Podman copies `podman cp` of a running container at
 // "/" in that namespace, and `nsenter -t <pid> -m` is the usual way in.
 // Those are the namespace and root of the process's main thread. So the
@@ -21,12 +12,21 @@ import (
 // never the host's "/". Not yet: a pool VM's VMM (its claimer's rootfs
 // comes after its host cgroup is redone in the claimer's, which the
 // cgroup library does through /proc/self).
+package view
 
-// InView moves the calling thread, the main one (locked to it since the
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Run moves the calling thread, the main one (locked to it since the
 // binary's init), into the view of rootfs and runs fn on another
 // goroutine, in the host's mount namespace, returning what it returns:
 // the shim's anchor and a pod member's relay, pids clients see.
-func InView(rootfs string, fn func() int) int {
+func Run(rootfs string, fn func() int) int {
 	if rootfs == "" || !filepath.IsAbs(rootfs) {
 		fmt.Fprintf(os.Stderr, "the container's view: rootfs %q must be an absolute path\n", rootfs)
 		return 1
@@ -35,7 +35,7 @@ func InView(rootfs string, fn func() int) int {
 		fmt.Fprintln(os.Stderr, "the container's view: not on the main thread (lock it in the binary's init)")
 		return 1
 	}
-	if err := enterView(rootfs, ""); err != nil {
+	if err := Enter(rootfs, ""); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -48,10 +48,11 @@ func InView(rootfs string, fn func() int) int {
 // of a VM without a rootfs (only in the main thread's namespace).
 const viewDir = "view"
 
-// enterView moves this thread, the main one, into a mount namespace of
-// its own rooted at dir (empty: an empty read-only tmpfs), with nothing
-// of the host's mounts left there.
-func enterView(dir, runtimeDir string) error {
+// Enter moves this thread, the main one, into a mount namespace of its
+// own rooted at dir (empty: an empty read-only tmpfs in runtimeDir), with
+// nothing of the host's mounts left there: the VMM process's main thread
+// (vmmproc.Main).
+func Enter(dir, runtimeDir string) error {
 	if dir == "" {
 		dir = filepath.Join(runtimeDir, viewDir)
 		if err := os.Mkdir(dir, 0o700); err != nil {

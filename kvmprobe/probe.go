@@ -1,4 +1,7 @@
-package vmmproc
+// Package kvmprobe says whether this host runs guests under KVM: its device
+// opens read-write (Check), and a guest kernel boots under it (Usable, a
+// probe cached per host boot).
+package kvmprobe
 
 import (
 	"bytes"
@@ -17,6 +20,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Device is the device both backends need for hardware virtualization.
+// A variable so tests can point it at something that does not open.
+var Device = "/dev/kvm"
+
+// Check opens the KVM device read-write, which is what a hypervisor
+// needs; existence alone is not enough (permissions, nesting).
+func Check() error {
+	f, err := os.OpenFile(Device, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // A /dev/kvm that opens read-write can still be unable to run a guest:
 // nested KVM here aborts qemu ("failed to set MSR") or hangs it before the
 // kernel prints a line. The probe boots the guest kernel under KVM once per
@@ -34,12 +51,12 @@ var kvmProbeTimeout = 5 * time.Second
 // kvmBanner is what the kernel prints first on its early console.
 var kvmBanner = []byte("Linux version")
 
-// KVMUsable reports whether qemu runs guests under KVM on this host boot,
+// Usable reports whether qemu runs guests under KVM on this host boot,
 // and why not. The first caller per boot probes (booting kernel until it
 // prints its banner) and caches the answer; concurrent callers wait for it.
-func KVMUsable(qemuBin, kernel string) (bool, string) {
-	if err := kvmCheck(); err != nil {
-		return false, fmt.Sprintf("%s: %v", kvmDevice, err)
+func Usable(qemuBin, kernel string) (bool, string) {
+	if err := Check(); err != nil {
+		return false, fmt.Sprintf("%s: %v", Device, err)
 	}
 	if kernel == "" {
 		return false, "no guest kernel configured to probe KVM with"
@@ -72,9 +89,9 @@ func KVMUsable(qemuBin, kernel string) (bool, string) {
 	return ok, why
 }
 
-// RecordKVMBroken caches that KVM failed a real boot, so later starts on
+// RecordBroken caches that KVM failed a real boot, so later starts on
 // this host boot go straight to TCG even if the probe passed.
-func RecordKVMBroken(qemuBin, kernel, why string) {
+func RecordBroken(qemuBin, kernel, why string) {
 	if p, err := exec.LookPath(qemuBin); err == nil {
 		qemuBin = p
 	}

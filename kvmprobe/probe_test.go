@@ -1,4 +1,4 @@
-package vmmproc
+package kvmprobe
 
 import (
 	"os"
@@ -18,9 +18,9 @@ func fakeKVMHost(t *testing.T, body string) (qemu, runs string) {
 	if err := os.WriteFile(dev, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	oldDev, oldDir, oldTimeout := kvmDevice, kvmProbeDir, kvmProbeTimeout
-	kvmDevice, kvmProbeDir, kvmProbeTimeout = dev, filepath.Join(dir, "run", "kvm-probe"), 2*time.Second
-	t.Cleanup(func() { kvmDevice, kvmProbeDir, kvmProbeTimeout = oldDev, oldDir, oldTimeout })
+	oldDev, oldDir, oldTimeout := Device, kvmProbeDir, kvmProbeTimeout
+	Device, kvmProbeDir, kvmProbeTimeout = dev, filepath.Join(dir, "run", "kvm-probe"), 2*time.Second
+	t.Cleanup(func() { Device, kvmProbeDir, kvmProbeTimeout = oldDev, oldDir, oldTimeout })
 	testKernel = filepath.Join(dir, "vmlinux")
 	if err := os.WriteFile(testKernel, []byte("kernel"), 0o644); err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func countRuns(t *testing.T, runs string) int {
 func TestKVMProbeCachesPerBoot(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "[    0.000000] Linux version 6.1"; exec sleep 60`)
 	for i := 0; i < 3; i++ {
-		if ok, why := KVMUsable(qemu, testKernel); !ok {
+		if ok, why := Usable(qemu, testKernel); !ok {
 			t.Fatalf("call %d: KVM not usable: %s", i, why)
 		}
 	}
@@ -61,12 +61,12 @@ func TestKVMProbeCachesPerBoot(t *testing.T) {
 	if err := os.WriteFile(v.path, []byte("another-boot "+qemu+" "+testKernel+" "+fileIdentity(testKernel)+"\nbroken\nold\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
+	if ok, _ := Usable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
 		t.Fatalf("stale verdict used: ok=%v runs=%d", ok, countRuns(t, runs))
 	}
 	// A real boot that failed under KVM overrides a passed probe.
-	RecordKVMBroken(qemu, testKernel, "guest hung")
-	if ok, why := KVMUsable(qemu, testKernel); ok || why != "guest hung" || countRuns(t, runs) != 2 {
+	RecordBroken(qemu, testKernel, "guest hung")
+	if ok, why := Usable(qemu, testKernel); ok || why != "guest hung" || countRuns(t, runs) != 2 {
 		t.Fatalf("after RecordKVMBroken: ok=%v why=%q runs=%d", ok, why, countRuns(t, runs))
 	}
 }
@@ -74,7 +74,7 @@ func TestKVMProbeCachesPerBoot(t *testing.T) {
 func TestKVMProbeHangingGuest(t *testing.T) {
 	qemu, _ := fakeKVMHost(t, `exec sleep 60`)
 	start := time.Now()
-	ok, why := KVMUsable(qemu, testKernel)
+	ok, why := Usable(qemu, testKernel)
 	if ok || !strings.Contains(why, "printed nothing") {
 		t.Fatalf("hanging guest: ok=%v why=%q", ok, why)
 	}
@@ -88,7 +88,7 @@ func TestKVMProbeHangingGuest(t *testing.T) {
 
 func TestKVMProbeAbortingQEMU(t *testing.T) {
 	qemu, _ := fakeKVMHost(t, `echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x0" >&2; exit 1`)
-	ok, why := KVMUsable(qemu, testKernel)
+	ok, why := Usable(qemu, testKernel)
 	if ok || !strings.Contains(why, "failed to set MSR") {
 		t.Fatalf("aborting qemu: ok=%v why=%q", ok, why)
 	}
@@ -96,8 +96,8 @@ func TestKVMProbeAbortingQEMU(t *testing.T) {
 
 func TestKVMProbeNoDevice(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "Linux version"`)
-	kvmDevice = filepath.Join(t.TempDir(), "none")
-	if ok, why := KVMUsable(qemu, testKernel); ok || !strings.Contains(why, "no such file") {
+	Device = filepath.Join(t.TempDir(), "none")
+	if ok, why := Usable(qemu, testKernel); ok || !strings.Contains(why, "no such file") {
 		t.Fatalf("missing device: ok=%v why=%q", ok, why)
 	}
 	if countRuns(t, runs) != 0 {
@@ -107,9 +107,9 @@ func TestKVMProbeNoDevice(t *testing.T) {
 
 func TestKVMProbePerBinaryAndKernel(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "Linux version 6.1"`)
-	RecordKVMBroken("/other/qemu", testKernel, "other binary")
-	RecordKVMBroken(qemu, "/other/vmlinux", "other kernel")
-	if ok, why := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
+	RecordBroken("/other/qemu", testKernel, "other binary")
+	RecordBroken(qemu, "/other/vmlinux", "other kernel")
+	if ok, why := Usable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
 		t.Fatalf("another binary's or kernel's verdict used: ok=%v why=%q", ok, why)
 	}
 }
@@ -120,13 +120,13 @@ func TestKVMProbePerBinaryAndKernel(t *testing.T) {
 func TestKVMProbeKernelFile(t *testing.T) {
 	qemu, runs := fakeKVMHost(t, `echo "Linux version 6.1"`)
 	missing := filepath.Join(filepath.Dir(testKernel), "later", "vmlinux")
-	if ok, why := KVMUsable(qemu, missing); ok || !strings.Contains(why, "no such file") || countRuns(t, runs) != 0 {
+	if ok, why := Usable(qemu, missing); ok || !strings.Contains(why, "no such file") || countRuns(t, runs) != 0 {
 		t.Fatalf("missing kernel: ok=%v why=%q runs=%d", ok, why, countRuns(t, runs))
 	}
 	if _, _, found := newKVMVerdict(qemu, missing).read(); found {
 		t.Fatal("a verdict was cached for a missing kernel")
 	}
-	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
+	if ok, _ := Usable(qemu, testKernel); !ok || countRuns(t, runs) != 1 {
 		t.Fatalf("first probe: ok=%v runs=%d", ok, countRuns(t, runs))
 	}
 	tmp := testKernel + ".new"
@@ -136,7 +136,7 @@ func TestKVMProbeKernelFile(t *testing.T) {
 	if err := os.Rename(tmp, testKernel); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := KVMUsable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
+	if ok, _ := Usable(qemu, testKernel); !ok || countRuns(t, runs) != 2 {
 		t.Fatalf("rebuilt kernel not probed again: ok=%v runs=%d", ok, countRuns(t, runs))
 	}
 }

@@ -1,4 +1,4 @@
-package vmmproc
+package caplog
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 func TestCappedLog(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "console.log")
 	const max = 64 << 10
-	c, err := openCappedLog(p, max)
+	c, err := Open(p, max)
 	if err != nil {
 		t.Fatal(err)
 	}
