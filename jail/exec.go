@@ -18,7 +18,7 @@ import (
 // plan from fd, builds the jail, drops privileges and execs the plan's
 // program. With a user namespace in the plan it execs itself once more
 // after the jail is built: that second stage joins the namespace before
-// its runtime starts (jailuserns_cgo.go) and then drops privileges and
+// its runtime starts (userns_cgo.go) and then drops privileges and
 // execs the program. It returns (an exit code) only when it failed.
 func Main(fdArg string) int {
 	// Capabilities and no_new_privs are per thread: set them on the thread

@@ -119,7 +119,7 @@ func Command(plan *Plan, taps []*os.File, userns, built *os.File) (*exec.Cmd, *o
 	if err != nil {
 		return nil, nil, fmt.Errorf("jail: find this binary: %w", err)
 	}
-	// This thread's: the VMM's main thread is in another (view.go).
+	// This thread's: the VMM's main thread is in another (package view).
 	if plan.HostMountNS, err = os.Readlink("/proc/thread-self/ns/mnt"); err != nil {
 		return nil, nil, fmt.Errorf("jail: %w", err)
 	}

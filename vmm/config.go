@@ -95,7 +95,7 @@ type LaunchConfig struct {
 	Name    string `json:"name"`
 	Backend string `json:"backend"`
 	// View is the host directory the VMM process shows clients as its
-	// root (vmmproc/view.go): the container's rootfs; "" for none (a pool VM).
+	// root (package view): the container's rootfs; "" for none (a pool VM).
 	View string `json:"view,omitempty"`
 	// RuntimeDir holds the VMM's logs and private sockets.
 	RuntimeDir  string `json:"runtimeDir"`

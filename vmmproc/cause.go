@@ -20,7 +20,7 @@ import (
 )
 
 // Why a guest stopped by itself, from the tail of its console, for the
-// cause the VMM records (endcause.go).
+// cause the VMM records (recordEndCause, vmm.EndCause).
 
 // endedPrefix starts the VMM log line naming why a VM stopped.
 const endedPrefix = "VM ended: "
@@ -86,7 +86,7 @@ func hypervisorKilled(err error) bool {
 }
 
 // hypervisorKilledCause names the hypervisor's death by signal; SIGSYS
-// is a seccomp filter's kill (qemu's own or msb's allow-list, seccomp.go),
+// is a seccomp filter's kill (qemu's own or msb's allow-list, jail/seccomp.go),
 // whose syscall only the kernel log names.
 func hypervisorKilledCause(err error) string {
 	var ee *exec.ExitError
