@@ -1,3 +1,9 @@
+// Package vmmproc is the VMM process (`msb-runtime vmm`, Main): one per
+// VM, started by its creator through package vmm (Spawn), with which it
+// shares the launch config and the fd contract. It boots the VM with the
+// qemu backend (jailed through package jail) or libkrun, brings the agent
+// up, relays clients to it, enters the VM's host cgroup, and stops the VM
+// when its creator dies, recording why a VM that stopped unasked ended.
 package vmmproc
 
 import (
