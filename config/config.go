@@ -77,7 +77,7 @@ type Config struct {
 	AllowDiskBackingFiles bool `toml:"allow_disk_backing_files"`
 	// HostOverheadMiB is what a VM's host cgroup allows beyond the VM's
 	// memory for the VMM process and hypervisor; 0: the built-in
-	// estimate (vmm.HostOverheadMiB).
+	// estimate (vmmproc.HostOverheadMiB).
 	HostOverheadMiB int `toml:"host_overhead_mib"`
 	// PoolSize is how many booted VMs of the default size the shim keeps
 	// ready for containers to claim at Create (warm start, ADR 020); 0

@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/network"
@@ -155,7 +156,7 @@ func jailIDs(spec *specs.Spec) (kept *mounts.KeptIDs, hostIDs, hostRoot bool) {
 	}
 	below := func(ms []specs.LinuxIDMapping) bool {
 		for _, m := range ms {
-			if uint64(m.HostID)+uint64(m.Size) > vmm.JailIDBase {
+			if uint64(m.HostID)+uint64(m.Size) > jail.IDBase {
 				return false
 			}
 		}

@@ -3,8 +3,8 @@ package launch
 import (
 	"fmt"
 
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/mounts"
-	"github.com/msb-dev/msb/vmm"
 )
 
 // PodBinds makes and undoes pod members' binds below a pod VM's pod dir
@@ -17,13 +17,13 @@ type PodBinds struct {
 	podDir string
 	// jail is the jailed hypervisor's namespaces, or nil; binds are
 	// id-mapped with its user namespace when it has one (ADR 022).
-	jail *vmm.JailNS
+	jail *jail.NS
 }
 
 // OpenPodBinds opens the binds of the pod VM whose VMM process is vmmPid
 // and whose pod dir (on the host) is podDir.
 func OpenPodBinds(podDir string, vmmPid int) (*PodBinds, error) {
-	j, err := vmm.OpenJailNS(vmmPid)
+	j, err := jail.OpenNS(vmmPid)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ type KeptIDs struct {
 	GIDs []IDRange `json:"gids"`
 }
 
-// jailIDLimit is where the jail's own ranges start (vmm.JailIDBase): kept
+// jailIDLimit is where the jail's own ranges start (jail.IDBase): kept
 // ranges end below it.
 const jailIDLimit = 1 << 31
 

@@ -128,7 +128,7 @@ func newMirror(ns *os.File, root, rel, source string, access Access, idmap *IDMa
 		m.idmap = &IDMap{UIDs: idmap.UIDs, GIDs: idmap.GIDs, NS: userns}
 	}
 	// This thread's namespace: the VMM's main thread is in another
-	// (vmm/view.go).
+	// (view/view.go).
 	if m.mountinfoFile, err = os.Open("/proc/thread-self/mountinfo"); err != nil {
 		return fail(err)
 	}

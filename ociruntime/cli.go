@@ -13,8 +13,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/version"
-	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/view"
+	"github.com/msb-dev/msb/vmmproc"
 )
 
 // exitError carries a container's exit code out of a command, and err
@@ -66,7 +68,7 @@ func App() *cli.App {
 				Usage:     "the VMM process (started by msb, reads its config from fd 3)",
 				Hidden:    true,
 				Action: func(*cli.Context) error {
-					if code := vmm.Main(vmm.MainOptions{Container: superviseContainer}); code != 0 {
+					if code := vmmproc.Main(vmmproc.MainOptions{Container: superviseContainer}); code != 0 {
 						return exitError{code: code}
 					}
 					return nil
@@ -78,7 +80,7 @@ func App() *cli.App {
 				Usage:     "holds a claimed pool VM's container's network namespace and view of its rootfs until its stdin closes (started by the shim)",
 				Hidden:    true,
 				Action: func(c *cli.Context) error {
-					if code := vmm.InView(c.Args().First(), func() int {
+					if code := view.Run(c.Args().First(), func() int {
 						_, _ = io.Copy(io.Discard, os.Stdin)
 						return 0
 					}); code != 0 {
@@ -93,7 +95,7 @@ func App() *cli.App {
 				Usage:     "jails and execs the hypervisor (started by the VMM process, reads its plan from the fd)",
 				Hidden:    true,
 				Action: func(c *cli.Context) error {
-					return exitError{code: vmm.JailMain(c.Args().First())}
+					return exitError{code: jail.Main(c.Args().First())}
 				},
 			},
 		}, lifecycleCommands()...),

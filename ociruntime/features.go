@@ -14,7 +14,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/version"
-	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc"
 )
 
 // Annotations of `msb-runtime features`.
@@ -62,7 +62,7 @@ func loadConfigOrDefault(c *cli.Context) config.Config {
 var idmapEnabled = true
 
 func writeFeatures(w io.Writer, cfg config.Config) error {
-	backends := vmm.ProbeBackends(cfg.QEMU, "", cfg.Kernel)
+	backends := vmmproc.ProbeBackends(cfg.QEMU, "", cfg.Kernel)
 	ann := map[string]string{
 		FeatureVersion:        version.Version,
 		FeatureDefaultBackend: cfg.Backend,
@@ -89,7 +89,7 @@ func writeFeatures(w io.Writer, cfg config.Config) error {
 	return enc.Encode(f)
 }
 
-func availableBackends(bs []vmm.BackendStatus) []string {
+func availableBackends(bs []vmmproc.BackendStatus) []string {
 	var out []string
 	for _, b := range bs {
 		if b.Available {
@@ -107,7 +107,7 @@ func printVersion(c *cli.Context) {
 	fmt.Fprintf(w, "spec: %s\n", specs.Version)
 	fmt.Fprintf(w, "go: %s\n", runtime.Version())
 	cfg := loadConfigOrDefault(c)
-	for _, b := range vmm.ProbeBackends(cfg.QEMU, "", cfg.Kernel) {
+	for _, b := range vmmproc.ProbeBackends(cfg.QEMU, "", cfg.Kernel) {
 		state := "available"
 		if !b.Available {
 			state = "not available"

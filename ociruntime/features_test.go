@@ -11,17 +11,17 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 
 	"github.com/msb-dev/msb/config"
-	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc"
 )
 
-// stubLibkrun builds vmm's libkrun stub, so the probe finds a libkrun.
+// stubLibkrun builds vmmproc's libkrun stub, so the probe finds a libkrun.
 func stubLibkrun(t *testing.T) string {
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
 		t.Skip("gcc not found: the libkrun stub cannot be built")
 	}
-	out := filepath.Join(t.TempDir(), vmm.LibkrunSoname)
-	src := filepath.Join("..", "vmm", "testdata", "krunstub", "krunstub.c")
+	out := filepath.Join(t.TempDir(), vmmproc.LibkrunSoname)
+	src := filepath.Join("..", "vmmproc", "testdata", "krunstub", "krunstub.c")
 	if b, err := exec.Command(gcc, "-shared", "-fPIC", "-o", out, src).CombinedOutput(); err != nil {
 		t.Fatalf("build krunstub: %v\n%s", err, b)
 	}
@@ -30,7 +30,7 @@ func stubLibkrun(t *testing.T) string {
 
 func TestFeaturesReportBackends(t *testing.T) {
 	lib := stubLibkrun(t)
-	t.Setenv(vmm.LibkrunEnv, lib)
+	t.Setenv(vmmproc.LibkrunEnv, lib)
 	cfg := config.Default()
 	cfg.QEMU = "true" // any binary on PATH stands for qemu
 	cfg.Kernel = ""   // no KVM probe (and no cached verdict for "true")
@@ -56,7 +56,7 @@ func TestFeaturesReportBackends(t *testing.T) {
 		t.Errorf("annotations %v", a)
 	}
 
-	t.Setenv(vmm.LibkrunEnv, filepath.Join(t.TempDir(), "missing.so"))
+	t.Setenv(vmmproc.LibkrunEnv, filepath.Join(t.TempDir(), "missing.so"))
 	buf.Reset()
 	if err := writeFeatures(&buf, cfg); err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func TestFeaturesReportBackends(t *testing.T) {
 }
 
 func TestVersionReportsBackends(t *testing.T) {
-	t.Setenv(vmm.LibkrunEnv, stubLibkrun(t))
+	t.Setenv(vmmproc.LibkrunEnv, stubLibkrun(t))
 	t.Setenv("MSB_CONFIG", filepath.Join(t.TempDir(), "none.toml"))
 	app := App()
 	var buf bytes.Buffer

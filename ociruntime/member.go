@@ -20,6 +20,7 @@ import (
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/specconv"
+	"github.com/msb-dev/msb/view"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -307,7 +308,7 @@ func MemberRelay(ctx context.Context) int {
 	}
 	// Its pid is the member's for clients: its main thread shows them the
 	// member's rootfs (ADR 027); the relay works on other threads.
-	return vmm.InView(plan.View, func() int { return relayMember(ctx, plan, report) })
+	return view.Run(plan.View, func() int { return relayMember(ctx, plan, report) })
 }
 
 func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/hooks"
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
@@ -282,10 +283,10 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 // c's own then runs qemu as root of the host, and vmm.log says why; a pod
 // member's binds then fail, naming the rootfs).
 func (c *container) mountShifted(ctx context.Context, ms []mount.Mount, rootfs string, base uint32, kept *mounts.KeptIDs) error {
-	ids := &vmm.JailIDs{}
+	ids := &jail.IDs{}
 	if base == 0 {
 		var err error
-		if ids, err = vmm.AllocJailIDs(c.bundle); err != nil {
+		if ids, err = jail.AllocIDs(c.bundle); err != nil {
 			log.G(ctx).WithError(err).Warn("rootfs for an unprivileged qemu")
 			return err
 		}

@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
-	"github.com/msb-dev/msb/vmm"
 )
 
 // One VM per pod (ADR 007). CRI marks a pod's containers with these
@@ -231,7 +231,7 @@ func (v *vm) jailIDs() (uint32, *mounts.KeptIDs) {
 	if v.jailIDBase != 0 {
 		return v.jailIDBase, v.launch.JailKeptIDs
 	}
-	j, err := vmm.OpenJailNS(v.h.Pid)
+	j, err := jail.OpenNS(v.h.Pid)
 	if err != nil || j == nil {
 		return 0, nil
 	}

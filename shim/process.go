@@ -19,8 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/shim/taskio"
-	"github.com/msb-dev/msb/vmm"
 )
 
 // Exit statuses the shim reports when the guest cannot say.
@@ -49,7 +49,7 @@ type container struct {
 	rootfs     string // where the shim mounted the rootfs; "" if it did not
 	// jailIDs are the host ids its rootfs is shifted to for its VM's qemu
 	// (ADR 022), held until the VM is gone; nil when not shifted.
-	jailIDs *vmm.JailIDs
+	jailIDs *jail.IDs
 	// rootfsShifted: its rootfs is mounted over id-mapped layers (its
 	// VM's, or its pod VM's, ids): bound into a pod VM as it is.
 	rootfsShifted bool

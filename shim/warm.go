@@ -184,7 +184,7 @@ func (v *vm) moveTo(netns string) error {
 // 020): no pid the shim reports may point a client at another namespace
 // than the container's, and the VMM stays in the network namespace it was
 // booted in and in the host's mount namespace (a pool VM's main thread
-// never moves into a view, vmm/view.go). It is msb-runtime's anchor
+// never moves into a view, view/view.go). It is msb-runtime's anchor
 // command started in the container's network namespace, its main thread
 // in the container's view (rootfs), and lives until the shim closes its
 // stdin, or dies.

@@ -9,8 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/containerd/log"
-
 	"golang.org/x/sys/unix"
 )
 
@@ -156,36 +154,4 @@ func readLine(r io.Reader) ([]byte, error) {
 		line = append(line, b[0])
 	}
 	return nil, errors.New("line too long")
-}
-
-// serveClaim is the VMM's side of claimExchange on a newly accepted
-// lifeline connection.
-func (v *vm) serveClaim(conn net.Conn) error {
-	if err := conn.SetDeadline(time.Now().Add(claimTimeout)); err != nil {
-		return err
-	}
-	defer conn.SetDeadline(time.Time{})
-	line, err := readLine(conn)
-	if err != nil {
-		return fmt.Errorf("claim request: %w", err)
-	}
-	var req Claim
-	err = json.Unmarshal(line, &req)
-	if err == nil {
-		v.mu.Lock()
-		v.claimedNetNS = req.NetNS
-		if req.Host != nil {
-			err = v.rehome(req.Host, v.hv.pid(), log.L.Infof)
-		}
-		v.mu.Unlock()
-	}
-	rep := claimReply{}
-	if err != nil {
-		rep.Error = err.Error()
-	}
-	b, _ := json.Marshal(rep)
-	if _, werr := conn.Write(append(b, '\n')); werr != nil && err == nil {
-		err = werr
-	}
-	return err
 }

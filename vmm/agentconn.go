@@ -21,7 +21,7 @@ import (
 // is read.
 type agentConn struct {
 	net.Conn
-	frameFilter
+	FrameFilter
 
 	mu    sync.Mutex
 	calls map[uint32]bool // stream ids of requests sent, not yet answered
@@ -42,9 +42,12 @@ const (
 	ttrpcTypeData     = 3
 )
 
-func newAgentConn(c net.Conn) *agentConn {
-	a := &agentConn{Conn: c, calls: map[uint32]bool{}, logs: protocol.NewLimiter(guestFrameLogsPerSec, guestFrameLogsBurst)}
-	a.frameFilter = frameFilter{r: bufio.NewReader(c), hdrSize: ttrpcHeaderSize, judge: a.judge}
+// NewAgentConn wraps c, a stream to the agent's ttrpc server, for a
+// ttrpc client (agentConn): the creator's through the relay, the VMM
+// process's own on the guest channel.
+func NewAgentConn(c net.Conn) net.Conn {
+	a := &agentConn{Conn: c, calls: map[uint32]bool{}, logs: NewGuestLogLimiter()}
+	a.FrameFilter = NewFrameFilter(bufio.NewReader(c), ttrpcHeaderSize, a.judge)
 	return a
 }
 
@@ -74,7 +77,7 @@ func (a *agentConn) Write(p []byte) (int, error) {
 }
 
 // Read passes on the messages that answer a call and drops the others.
-func (a *agentConn) Read(p []byte) (int, error) { return a.frameFilter.Read(p) }
+func (a *agentConn) Read(p []byte) (int, error) { return a.FrameFilter.Read(p) }
 
 func (a *agentConn) judge(hdr []byte) (uint32, bool, error) {
 	length, id, typ := binary.BigEndian.Uint32(hdr[0:4]), binary.BigEndian.Uint32(hdr[4:8]), hdr[8]

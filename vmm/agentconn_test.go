@@ -37,7 +37,7 @@ func TestAgentConnDropsUnaskedMessages(t *testing.T) {
 
 	host, guest := net.Pipe()
 	defer guest.Close()
-	c := ttrpc.NewClient(newAgentConn(host))
+	c := ttrpc.NewClient(NewAgentConn(host))
 	defer c.Close()
 	go func() {
 		hdr := make([]byte, ttrpcHeaderSize)
@@ -72,7 +72,7 @@ func TestAgentConnOversizeMessage(t *testing.T) {
 	h := ttrpcMessage(1, ttrpcTypeResponse, nil)
 	binary.BigEndian.PutUint32(h[0:4], 1<<31)
 	go func() { _, _ = guest.Write(h) }()
-	if _, err := newAgentConn(host).Read(make([]byte, 64)); err == nil || !strings.Contains(err.Error(), "over ttrpc's") {
+	if _, err := NewAgentConn(host).Read(make([]byte, 64)); err == nil || !strings.Contains(err.Error(), "over ttrpc's") {
 		t.Fatalf("read of a 2 GiB message: %v", err)
 	}
 }

@@ -34,7 +34,7 @@ func DialTTRPC(ctx context.Context, socket string) (*ttrpc.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ttrpc.NewClient(newAgentConn(c)), nil
+	return ttrpc.NewClient(NewAgentConn(c)), nil
 }
 
 // WaitReady blocks until the agent answers Status through the relay. The

@@ -1,6 +1,9 @@
-// Package vmm owns the VMM process: its versioned launch config, spawning it
-// with remapped file descriptors, the process itself (backend supervision and
-// the agent relay), and the handle its creator keeps.
+// Package vmm is the creator's side of a VMM process: its versioned launch
+// config, spawning it with remapped file descriptors (Spawn) or adopting a
+// parked pool VM (Adopt), the handle its creator keeps, dialing its agent
+// relay, and the paths, exit codes and records both sides share. The VMM
+// process itself is package vmmproc; this package imports neither it nor
+// the jail.
 package vmm
 
 import (
@@ -92,13 +95,13 @@ type LaunchConfig struct {
 	Name    string `json:"name"`
 	Backend string `json:"backend"`
 	// View is the host directory the VMM process shows clients as its
-	// root (view.go): the container's rootfs; "" for none (a pool VM).
+	// root (package view): the container's rootfs; "" for none (a pool VM).
 	View string `json:"view,omitempty"`
 	// RuntimeDir holds the VMM's logs and private sockets.
 	RuntimeDir  string `json:"runtimeDir"`
 	AgentSocket string `json:"agentSocket"`
 	ConsoleLog  string `json:"consoleLog"`
-	// ConsoleLogMax caps ConsoleLog in bytes (0: DefaultConsoleLogMax);
+	// ConsoleLogMax caps ConsoleLog in bytes (0: caplog.DefaultMax);
 	// the oldest half goes when it is reached.
 	ConsoleLogMax int64 `json:"consoleLogMax,omitempty"`
 
@@ -233,7 +236,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func (d Duration) or(def time.Duration) time.Duration {
+// Or is d, or def when d is not set.
+func (d Duration) Or(def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
 	}
@@ -296,7 +300,7 @@ func (c *LaunchConfig) Validate() error {
 			return fmt.Errorf("launch config: nics[%d].mac %q: %w", i, n.MAC, err)
 		}
 	}
-	if err := c.Host.validate(); err != nil {
+	if err := c.Host.Validate(); err != nil {
 		return err
 	}
 	if c.JailHostIDs && (c.JailHostRoot || c.JailIDBase != 0 || c.JailKeptIDs != nil) {
@@ -338,12 +342,12 @@ const maxUnixPath = 107
 // a socket path's length (sun_path holds 108 bytes). State dirs keep
 // their names (StateDirPath): they are no sockets.
 
-// channelSocket is where the hypervisor connects the guest's agent channel.
-func channelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "chan") }
+// ChannelSocket is where the hypervisor connects the guest's agent channel.
+func ChannelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "chan") }
 
-// consoleSocket is where the VMM takes the guest console from qemu
-// (consoleServer).
-func consoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
+// ConsoleSocket is where the VMM takes the guest console from qemu
+// (caplog.ServeConsole).
+func ConsoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
 
 // LifelineSocket is where a pool VM whose relay listens on agentSocket
 // waits for its next creator (LaunchConfig.Lifeline).

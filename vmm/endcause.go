@@ -2,13 +2,9 @@ package vmm
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
-	"unicode"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,37 +21,19 @@ import (
 // (panic, power-off, the agent lost). docs/configuration.md lists the
 // causes.
 
+// Exit codes of the VMM process when the guest did not report one.
+const (
+	ExitGuestLost = 255 // the VM stopped without a shutdown request
+	ExitKilled    = 137 // the creator died or the VMM was signalled
+)
+
 // EndCauseFile is the VMM's record of why its VM ended, in its state dir.
 const EndCauseFile = "end-cause"
 
-// endCause is EndCauseFile's content.
-type endCause struct {
+// EndCauseRecord is EndCauseFile's content.
+type EndCauseRecord struct {
 	Cause  string `json:"cause"`
 	Status int    `json:"status"`
-}
-
-// maxCauseDetail bounds what a cause quotes from guest-written text.
-const maxCauseDetail = 200
-
-// recordEndCause writes the cause and the VMM's exit status to the state
-// dir, and logs them (vmm.log is for people, not read back).
-func recordEndCause(stateDir, cause string, status int) {
-	b, _ := json.Marshal(endCause{Cause: cause, Status: status})
-	err := writeHostFile(filepath.Join(stateDir, EndCauseFile), b)
-	if err != nil {
-		err = fmt.Errorf("record why the VM ended: %w", err)
-	}
-	logEnded(cause, status, err)
-}
-
-// writeHostFile writes b to path anew, without following a link there.
-func writeHostFile(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(b)
-	return errors.Join(werr, f.Close())
 }
 
 // EndCause returns the cause the VMM recorded in stateDir when its VM
@@ -66,24 +44,24 @@ func EndCause(stateDir string) (string, bool) {
 		return "", false
 	}
 	defer f.Close()
-	var c endCause
+	var c EndCauseRecord
 	if err := json.NewDecoder(io.LimitReader(f, 4<<10)).Decode(&c); err != nil || c.Cause == "" {
 		return "", false
 	}
 	return c.Cause, true
 }
 
-// quoteGuest bounds text a guest wrote for a cause: printable, one line,
-// at most maxCauseDetail bytes.
-func quoteGuest(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if !unicode.IsPrint(r) {
-			return ' '
-		}
-		return r
-	}, strings.TrimSpace(s))
-	if len(s) > maxCauseDetail {
-		s = s[:maxCauseDetail] + "…"
+// ReadTail reads at most n bytes from the end of the file at path (nil
+// when it cannot): logs a guest writes to can be of any size.
+func ReadTail(path string, n int64) []byte {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
 	}
-	return s
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return b
 }

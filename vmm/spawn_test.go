@@ -6,39 +6,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// As the real VMM, the test binary's main thread moves into the view
-// (view.go): keep the main goroutine on it, as msb-runtime does. As the
-// jailed program, it reads its parent-death signal, the exec'ing (main)
-// thread's: a thread the runtime starts later has none.
-func init() {
-	if os.Getenv("MSB_FAKE_VMM") == "real" || os.Getenv("MSB_JAIL_TEST_CHILD") == "1" {
-		runtime.LockOSThread()
-	}
-}
-
 // The test binary doubles as a fake VMM process when MSB_FAKE_VMM is set, so
 // Spawn's fd and startup contract is checked against a real child.
 func TestMain(m *testing.M) {
-	if len(os.Args) == 3 && os.Args[1] == "jail" { // the VMM's jail helper (jail_test.go)
-		os.Exit(JailMain(os.Args[2]))
-	}
-	if os.Getenv("MSB_JAIL_TEST_CHILD") == "1" { // the program jailed (jail_test.go)
-		os.Exit(jailTestChild())
-	}
-	if mode := os.Getenv(seccompChildEnv); mode != "" { // a program under qemu's filter (seccomp_test.go)
-		os.Exit(seccompTestChild(mode))
-	}
 	if mode := os.Getenv("MSB_FAKE_VMM"); mode != "" {
-		if mode == "real" { // the real VMM process (libkrun_test.go)
-			os.Exit(realVMM())
-		}
 		os.Exit(fakeVMM(mode))
 	}
 	os.Exit(m.Run())

@@ -10,7 +10,7 @@ import (
 )
 
 // The main thread of the VMM, the anchor and a pod member's relay moves
-// into the container's view (vmm/view.go): keep the main goroutine on it,
+// into the container's view (view/view.go): keep the main goroutine on it,
 // from before anything else starts a thread. (An argument that only looks
 // like one of them pins a CLI call's goroutine, which is harmless.)
 func init() {

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc"
 )
 
 // hostCgroupParent is a cgroup parent of this test process's own, removed
@@ -135,8 +136,8 @@ func TestHostCgroup(t *testing.T) {
 
 		// VM: 192 MiB limit + 128 MiB guest overhead, 2 vCPUs (1.5 CPUs).
 		mem, _ := strconv.ParseInt(hostCgroupFile(t, cg, "memory", "memory.limit_in_bytes", "memory.max"), 10, 64)
-		tcg := *vmm.HostLimits(2, 320, &vmm.HostResources{}, vmm.BackendQEMU, true).Memory.Limit
-		kvm := *vmm.HostLimits(2, 320, &vmm.HostResources{}, vmm.BackendQEMU, false).Memory.Limit
+		tcg := *vmmproc.HostLimits(2, 320, &vmm.HostResources{}, vmm.BackendQEMU, true).Memory.Limit
+		kvm := *vmmproc.HostLimits(2, 320, &vmm.HostResources{}, vmm.BackendQEMU, false).Memory.Limit
 		t.Logf("VMM %d, qemu %d in %s: memory limit %d MiB, oom_score_adj %d", vmmPid, qemuPid, cg, mem>>20, adj)
 		if mem != tcg && mem != kvm {
 			t.Errorf("memory limit %d MiB, want %d (TCG) or %d (KVM)", mem>>20, tcg>>20, kvm>>20)

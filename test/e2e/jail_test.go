@@ -18,6 +18,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/ociruntime"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -201,8 +202,8 @@ func checkQEMUUnprivileged(t *testing.T, qemu int, status string, plain ...strin
 			}
 		}
 	}
-	if uid < vmm.JailIDBase {
-		t.Errorf("qemu runs as host uid %d, want one of msb's ranges (from %d)", uid, vmm.JailIDBase)
+	if uid < jail.IDBase {
+		t.Errorf("qemu runs as host uid %d, want one of msb's ranges (from %d)", uid, jail.IDBase)
 	}
 	for _, ns := range []string{"user", "net", "mnt", "pid", "ipc"} {
 		mine, _ := os.Readlink("/proc/self/ns/" + ns)

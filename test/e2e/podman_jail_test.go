@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/ociruntime"
-	"github.com/msb-dev/msb/vmm"
 )
 
 // TestPodmanOverlayQEMUUnprivileged: Podman on its usual overlay driver
@@ -63,7 +63,7 @@ func TestPodmanOverlayQEMUUnprivileged(t *testing.T) {
 		}
 	}
 	umap, _ := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", qemu))
-	if f := strings.Fields(string(umap)); len(f) != 6 || f[0] != "0" || f[1] != "0" || f[3] != strconv.Itoa(vmm.JailIDBase) {
+	if f := strings.Fields(string(umap)); len(f) != 6 || f[0] != "0" || f[1] != "0" || f[3] != strconv.Itoa(jail.IDBase) {
 		t.Errorf("qemu's uid_map %q: want the host's ids and its own range", umap)
 	}
 	id := strings.TrimSpace(p.mustPodman(t, "inspect", "-f", "{{.Id}}", "ov"))

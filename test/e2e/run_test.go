@@ -376,7 +376,7 @@ func forgetKVMVerdicts(t *testing.T, qemu string) {
 	}
 }
 
-// kvmProbeDir is where msb caches its KVM verdicts (vmm.KVMUsable).
+// kvmProbeDir is where msb caches its KVM verdicts (kvmprobe.Usable).
 const kvmProbeDir = "/run/msb/kvm-probe"
 
 // rro (what containerd's CRI asks for a recursive read-only volume) makes

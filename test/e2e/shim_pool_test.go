@@ -121,7 +121,7 @@ func TestShimWarmPool(t *testing.T) {
 	// Claimed: the parked VM's VMM moved with its qemu into the
 	// container's cgroup (ctr's --cgroup) at the spec's OOM score; the
 	// pool's cgroup is gone. The task pid is an anchor in the VM's network
-	// namespace whose root is the container's rootfs (vmm/view.go).
+	// namespace whose root is the container's rootfs (view/view.go).
 	opts := []string{"--runtime-config-path", cfgPath}
 	cg := hostCgroupParent(t) + "/warm"
 	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType, "--cgroup", cg}, opts...), e.image, "warm", "sh", "-c",

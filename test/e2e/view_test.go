@@ -13,7 +13,7 @@ import (
 
 // The pid msb reports for a container is the VMM process's; clients go
 // into its mount namespace or read its /proc/<pid>/root as a container's
-// (vmm/view.go). There they must find the container's rootfs, never the
+// (view/view.go). There they must find the container's rootfs, never the
 // host's "/".
 
 // TestPodmanCpRunning: `podman cp` of a running container (Podman 4.3

@@ -1,0 +1,141 @@
+package vmmproc
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// TestRelayHalfClose runs the relay against a guest-side yamux server that
+// reads each stream's header and echoes the payload after the client's EOF,
+// the way stdin→stdout flows through a container.
+func TestRelayHalfClose(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	sess, err := yamux.Client(hostEnd, protocol.MuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := yamux.Server(guestEnd, protocol.MuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			s, err := guest.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer s.Close()
+				kind, arg, err := protocol.ReadHeader(s)
+				if err != nil {
+					return
+				}
+				b, _ := io.ReadAll(s) // until the client's half-close
+				_, _ = io.WriteString(s, kind+" "+arg+"\n")
+				_, _ = s.Write(b)
+			}()
+		}
+	}()
+	sock := filepath.Join(t.TempDir(), "agent", "x.sock")
+	l, err := listenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { relay(l, sess); close(done) }()
+
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 3<<20)
+			_, _ = rand.Read(payload)
+			c, err := vmm.DialAgent(t.Context(), sock, protocol.KindStdio, "tok")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			go func() {
+				_, _ = c.Write(payload)
+				_ = c.CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			want := append([]byte("stdio tok\n"), payload...)
+			if !bytes.Equal(got, want) {
+				t.Errorf("echo mismatch: got %d bytes, want %d", len(got), len(want))
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := listenUnix(sock); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second listener on a live socket: %v", err)
+	}
+	l.Close()
+	<-done
+	sess.Close()
+}
+
+func TestQEMUArgs(t *testing.T) {
+	c := &vmm.LaunchConfig{
+		Version: vmm.ConfigVersion, Name: "n", MemoryMiB: 300, VCPUs: 2, Kernel: "/k/vmlinux", Initrd: "/k/initrd",
+		ConsoleLog: "/s/console.log",
+		Shares:     []vmm.Share{{Tag: "root-1", Path: "/b/a,b", ReadOnly: true}, {Tag: "p", Path: "/p", MultiDevs: true}},
+		Disks:      []vmm.Disk{{Tag: "d1", Path: "/i.qcow2", Format: "qcow2"}},
+		Modules:    "/k/modules",
+	}
+	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
+	for _, want := range []string{
+		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=64 -cpu max", "tsc_early_khz=2500000",
+		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
+		`-blockdev {"backing":null,"cache":{"direct":true},"driver":"qcow2","file":{"aio":"threads","cache":{"direct":true},"driver":"file","filename":"/i.qcow2"},"node-name":"disk0"} -device virtio-blk-device,drive=disk0,serial=d1`, "name=" + protocol.PortName, "-no-reboot",
+		"-fsdev local,id=fsmod,path=/k/modules,security_model=none,readonly=on -device virtio-9p-device,fsdev=fsmod,mount_tag=" + protocol.ModulesShareTag,
+	} {
+		if !strings.Contains(tcg, want) {
+			t.Errorf("missing %q in %s", want, tcg)
+		}
+	}
+	if n := strings.Count(tcg, "multidevs=remap"); n != 1 || !strings.Contains(tcg, "path=/p,security_model=none,multidevs=remap") {
+		t.Errorf("want multidevs=remap on the MultiDevs share only: %s", tcg)
+	}
+	kvm := strings.Join(qemuArgs(c, "/s/ch.sock", true, 2500000), " ")
+	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") {
+		t.Errorf("kvm args: %s", kvm)
+	}
+}
+
+// A root disk replaces the initramfs and is the guest's first virtio device,
+// so the guest names it /dev/vda.
+func TestQEMUArgsRootDisk(t *testing.T) {
+	c := &vmm.LaunchConfig{
+		Version: vmm.ConfigVersion, Name: "n", MemoryMiB: 256, VCPUs: 1, Kernel: "/k/vmlinux", RootDisk: "/k/rootfs.img",
+		ConsoleLog: "/s/console.log",
+		Disks:      []vmm.Disk{{Tag: "d1", Path: "/i.raw", Format: "raw"}},
+	}
+	args := qemuArgs(c, "/s/ch.sock", false, 0)
+	all := strings.Join(args, " ")
+	root := `-blockdev {"driver":"raw","file":{"aio":"threads","driver":"file","filename":"/k/rootfs.img","read-only":true},"node-name":"root","read-only":true} -device virtio-blk-device,drive=root,serial=msb-root`
+	first := strings.Index(all, "-device ")
+	if !strings.Contains(all, root) || first != strings.Index(all, "-device virtio-blk-device,drive=root") {
+		t.Errorf("want the root disk as the first device: %s", all)
+	}
+	if strings.Contains(all, "-initrd") || !strings.Contains(all, "root=/dev/vda ro rootfstype=ext4 init=/init") {
+		t.Errorf("root disk boot args: %s", all)
+	}
+}
