@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"errors"
 	"fmt"
@@ -13,10 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/msb-dev/msb/config"
-	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/version"
-	"github.com/msb-dev/msb/view"
-	"github.com/msb-dev/msb/vmmproc"
 )
 
 // exitError carries a container's exit code out of a command, and err
@@ -61,54 +60,23 @@ func App() *cli.App {
 				Action: runCommand,
 			},
 			featuresCommand(),
-			poolCommand(),
-			{
-				Name:      "vmm",
-				ArgsUsage: "[runtime-dir (informational)]",
-				Usage:     "the VMM process (started by msb, reads its config from fd 3)",
-				Hidden:    true,
-				Action: func(*cli.Context) error {
-					if code := vmmproc.Main(vmmproc.MainOptions{Container: superviseContainer}); code != 0 {
-						return exitError{code: code}
-					}
-					return nil
-				},
-			},
-			{
-				Name:      "anchor",
-				ArgsUsage: "<rootfs>",
-				Usage:     "holds a claimed pool VM's container's network namespace and view of its rootfs until its stdin closes (started by the shim)",
-				Hidden:    true,
-				Action: func(c *cli.Context) error {
-					if code := view.Run(c.Args().First(), func() int {
-						_, _ = io.Copy(io.Discard, os.Stdin)
-						return 0
-					}); code != 0 {
-						return exitError{code: code}
-					}
-					return nil
-				},
-			},
-			{
-				Name:      "jail",
-				ArgsUsage: "<plan-fd>",
-				Usage:     "jails and execs the hypervisor (started by the VMM process, reads its plan from the fd)",
-				Hidden:    true,
-				Action: func(c *cli.Context) error {
-					return exitError{code: jail.Main(c.Args().First())}
-				},
-			},
 		}, lifecycleCommands()...),
 	}
 }
 
-// Main runs the CLI and returns the process exit code.
-func Main(args []string) int {
-	err := App().Run(args)
+// Main runs the CLI with more commands (msb-runtime's own, vmmcmd) and
+// returns the process exit code.
+func Main(args []string, more ...*cli.Command) int {
+	app := App()
+	app.Commands = append(app.Commands, more...)
+	err := app.Run(args)
 	var ee exitError
+	var ec cli.ExitCoder
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &ec) && ec.Error() == "":
+		return ec.ExitCode()
 	case errors.As(err, &ee):
 		if ee.err != nil {
 			fmt.Fprintf(os.Stderr, "msb-runtime: %v\n", err)
@@ -185,7 +153,7 @@ func runCommand(c *cli.Context) error {
 	}
 	if c.Bool("detach") {
 		id := c.Args().First()
-		if err := Create(ctx, o, id, co, stdioFiles()); err != nil {
+		if err := Create(ctx, o, id, co, relayio.Files()); err != nil {
 			return err
 		}
 		if err := Start(ctx, o, id); err != nil {
@@ -197,7 +165,7 @@ func runCommand(c *cli.Context) error {
 		return nil
 	}
 	var in io.Reader = os.Stdin
-	code, err := Run(ctx, o, c.String("bundle"), c.Args().First(), Stdio{In: in, Out: os.Stdout, Err: os.Stderr})
+	code, err := Run(ctx, o, c.String("bundle"), c.Args().First(), relayio.Stdio{In: in, Out: os.Stdout, Err: os.Stderr})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,7 +36,7 @@ func lifecycleCommands() []*cli.Command {
 				if err != nil {
 					return err
 				}
-				return Create(ctxOf(c), o, id, createOptions(c), stdioFiles())
+				return Create(ctxOf(c), o, id, createOptions(c), relayio.Files())
 			},
 		},
 		{
@@ -206,7 +208,7 @@ func execCommand() *cli.Command {
 				Cwd: c.String("cwd"), User: c.String("user"), Tty: c.Bool("tty"), Detach: c.Bool("detach"),
 				PidFile: c.String("pid-file"), ConsoleSocket: c.String("console-socket"),
 			}
-			code, err := Exec(ctxOf(c), o, c.Args().First(), eo, stdioFiles())
+			code, err := Exec(ctxOf(c), o, c.Args().First(), eo, relayio.Files())
 			if err != nil {
 				return exitError{code: max(code, 1), err: err}
 			}

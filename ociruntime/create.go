@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"errors"
 	"fmt"
@@ -68,7 +70,7 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		return err
 	}
 	defer done()
-	tokens := newTokens()
+	tokens := relayio.NewTokens()
 	sb.prep.Launch.Container = &vmm.ContainerMode{ID: id, Tokens: tokens, Terminal: terminal,
 		Unstage: []string{launch.StageDir(sb.stateDir)}}
 	h, err := sb.prep.Spawn(o.Self, files...)
@@ -119,7 +121,7 @@ func createStdio(co CreateOptions, ps *specs.Process, stdio [3]*os.File) ([]*os.
 	if co.ConsoleSocket == "" {
 		return nil, nil, errors.New("process.terminal is true: --console-socket is required to receive the pty master (as with runc create)")
 	}
-	slave, err := hostPty(co.ConsoleSocket, ps.ConsoleSize)
+	slave, err := relayio.HostPty(co.ConsoleSocket, ps.ConsoleSize)
 	if err != nil {
 		return nil, nil, err
 	}

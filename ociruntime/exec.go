@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -93,7 +95,7 @@ func Exec(ctx context.Context, o Options, id string, eo ExecOptions, stdio [3]*o
 			}
 			return execOwnTerminal(ctx, c, plan, stdio)
 		}
-		slave, err := hostPty(eo.ConsoleSocket, ps.ConsoleSize)
+		slave, err := relayio.HostPty(eo.ConsoleSocket, ps.ConsoleSize)
 		if err != nil {
 			return 1, err
 		}
@@ -115,7 +117,7 @@ func Exec(ctx context.Context, o Options, id string, eo ExecOptions, stdio [3]*o
 			return 1, err
 		}
 	}
-	fg := Stdio{In: files[0], Out: files[1], Err: files[2]}
+	fg := relayio.Stdio{In: files[0], Out: files[1], Err: files[2]}
 	if ps.Terminal {
 		fg.Err = nil // the pty carries both
 	}
@@ -186,14 +188,14 @@ func newExecID() string {
 // relay runs plan's process in the guest with stdio and returns its exit
 // status; started is told once it runs, with the task client it runs
 // through (or why it does not, with nil).
-func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, started func(taskapi, error)) (int, error) {
+func relay(ctx context.Context, c *container, plan relayPlan, stdio relayio.Stdio, started func(taskapi, error)) (int, error) {
 	code, err := func() (int, error) {
-		tokens := newTokens()
-		streams, err := openStdio(ctx, c.rec.AgentSocket, tokens, stdio, nil)
+		tokens := relayio.NewTokens()
+		streams, err := relayio.Open(ctx, c.rec.AgentSocket, tokens, stdio, nil)
 		if err != nil {
 			return 1, err
 		}
-		defer streams.close()
+		defer streams.Close()
 		a, err := c.dial(ctx)
 		if err != nil {
 			return 1, err
@@ -222,7 +224,7 @@ func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, start
 		started = func(taskapi, error) {}
 		if plan.Tty {
 			if f, ok := stdio.In.(*os.File); ok {
-				holdPty(ctx, f, a.task, plan.ID, plan.ExecID)
+				relayio.HoldPty(ctx, f, a.task, plan.ID, plan.ExecID)
 			}
 		}
 		w, err := a.task.Wait(ctx, &task.WaitRequest{ID: plan.ID, ExecID: plan.ExecID})
@@ -230,7 +232,7 @@ func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, start
 			// The VM went under the process.
 			return 137, fmt.Errorf("wait for exec: %w", err)
 		}
-		streams.wait()
+		streams.Wait()
 		return int(w.ExitStatus), nil
 	}()
 	started(nil, err)
@@ -240,25 +242,25 @@ func relay(ctx context.Context, c *container, plan relayPlan, stdio Stdio, start
 // execOwnTerminal runs an exec with a terminal in the foreground on
 // msb-runtime's own terminal, as runc exec -t does.
 func execOwnTerminal(ctx context.Context, c *container, plan relayPlan, stdio [3]*os.File) (int, error) {
-	term, err := openTerminal(stdio[0])
+	term, err := relayio.OpenTerminal(stdio[0])
 	if err != nil {
 		return 1, err
 	}
-	plan.Process.ConsoleSize = term.box()
+	plan.Process.ConsoleSize = term.Box()
 	plan.Tty = false // the terminal is the caller's: raw mode and resizes below
-	if err := term.raw(); err != nil {
+	if err := term.Raw(); err != nil {
 		return 1, fmt.Errorf("terminal raw mode: %w", err)
 	}
-	defer term.restore()
+	defer term.Restore()
 	var stop func()
 	defer func() {
 		if stop != nil {
 			stop()
 		}
 	}()
-	return relay(ctx, c, plan, Stdio{In: stdio[0], Out: stdio[1]}, func(tc taskapi, err error) {
+	return relay(ctx, c, plan, relayio.Stdio{In: stdio[0], Out: stdio[1]}, func(tc taskapi, err error) {
 		if err == nil {
-			stop = term.forwardResize(ctx, tc, plan.ID, plan.ExecID)
+			stop = term.ForwardResize(ctx, tc, plan.ID, plan.ExecID)
 		}
 	})
 }
@@ -376,7 +378,7 @@ func ExecRelay(ctx context.Context) int {
 		report(err)
 		return 1
 	}
-	stdio := Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}
+	stdio := relayio.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}
 	if plan.Tty {
 		stdio.Err = nil
 	}

@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"errors"
 	"fmt"
@@ -98,7 +100,7 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 		return err
 	}
 	defer done()
-	tokens := newTokens()
+	tokens := relayio.NewTokens()
 	terminal := mem.GuestSpec.Process.Terminal
 	p, err := startMemberRelay(o, c, owner, relayPlan{Root: o.Root, ID: id, Tokens: tokens, Socket: owner.rec.AgentSocket, Tty: terminal, View: b.rootfs}, files)
 	if err != nil {
@@ -313,18 +315,18 @@ func MemberRelay(ctx context.Context) int {
 
 func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("container", plan.ID))
-	var stdio Stdio
+	var stdio relayio.Stdio
 	var tty *os.File
 	if plan.Tty {
 		tty = os.Stdin
-		stdio = Stdio{In: tty, Out: tty}
+		stdio = relayio.Stdio{In: tty, Out: tty}
 	} else {
 		// A SIGHUP (someone's kill -HUP) must not end the container by
 		// default action; this process leads its own session.
 		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
-		stdio = Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}
+		stdio = relayio.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}
 	}
-	streams, err := openStdio(ctx, plan.Socket, plan.Tokens, stdio, nil)
+	streams, err := relayio.Open(ctx, plan.Socket, plan.Tokens, stdio, nil)
 	report(err)
 	if err != nil {
 		return 1
@@ -341,7 +343,7 @@ func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {
 	defer cl.Close()
 	tc := task.NewTTRPCTaskClient(cl)
 	if tty != nil {
-		holdPty(ctx, tty, tc, plan.ID, "")
+		relayio.HoldPty(ctx, tty, tc, plan.ID, "")
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -358,6 +360,6 @@ func relayMember(ctx context.Context, plan relayPlan, report func(error)) int {
 		log.G(ctx).WithError(err).Warn("wait for the container")
 		return 137
 	}
-	streams.wait()
+	streams.Wait()
 	return int(w.ExitStatus)
 }

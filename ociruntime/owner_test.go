@@ -1,6 +1,8 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -149,7 +151,7 @@ func TestCreateRefusesHostNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := Options{Root: root, Config: config.Default()}
-	err := Create(context.Background(), o, "member", CreateOptions{Bundle: bundle}, stdioFiles())
+	err := Create(context.Background(), o, "member", CreateOptions{Bundle: bundle}, relayio.Files())
 	if err == nil || !strings.Contains(err.Error(), `"/proc/1/ns/ipc": a VM cannot join a host namespace`) {
 		t.Fatalf("create: %v, want the host namespace refused", err)
 	}

@@ -1,6 +1,10 @@
 package ociruntime
 
 import (
+	"github.com/msb-dev/msb/ociruntime/phases"
+
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"errors"
 	"fmt"
@@ -22,8 +26,8 @@ import (
 // Run is `msb-runtime run`: create, start and wait for the container in its
 // own VM, wiring stdio through, and return the container's exit code. The VM
 // is gone and the state removed when Run returns.
-func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, error) {
-	ph := newPhases()
+func Run(ctx context.Context, o Options, bundle, id string, stdio relayio.Stdio) (int, error) {
+	ph := phases.New()
 	b, err := readBundle(bundle)
 	if err != nil {
 		return 1, err
@@ -34,19 +38,19 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		return 1, err
 	}
 	defer sb.destroy()
-	var term *terminal
+	var term *relayio.Terminal
 	if sb.prep.GuestSpec.Process.Terminal {
-		if term, err = openTerminal(stdio.In); err != nil {
+		if term, err = relayio.OpenTerminal(stdio.In); err != nil {
 			return 1, err
 		}
-		sb.prep.GuestSpec.Process.ConsoleSize = term.box()
+		sb.prep.GuestSpec.Process.ConsoleSize = term.Box()
 	}
-	ph.mark("spawn")
+	ph.Mark("spawn")
 	h, err := sb.prep.Spawn(o.Self)
 	if err != nil {
 		return 1, err
 	}
-	ph.mark("startup")
+	ph.Mark("startup")
 	code, err := func() (int, error) {
 		if sb.net, err = launch.OpenNet(sb.prep.Launch, h.Pid); err != nil {
 			return 0, err
@@ -65,8 +69,8 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 		}
 		return code, sb.abandon(h, err)
 	}
-	ph.mark("exit")
-	ph.write(log.G(ctx))
+	ph.Mark("exit")
+	ph.Write(log.G(ctx))
 	sb.destroy()
 	st := hooks.State(sb.spec, id, sb.bundle, specs.StateStopped, h.Pid)
 	if err := hooks.Run(ctx, sb.spec, hooks.Poststop, st); err != nil {
@@ -75,32 +79,32 @@ func Run(ctx context.Context, o Options, bundle, id string, stdio Stdio) (int, e
 	return code, nil
 }
 
-func drive(ctx context.Context, sb *launchVM, h *vmm.Handle, stdio Stdio, term *terminal, ph *phases) (int, error) {
+func drive(ctx context.Context, sb *launchVM, h *vmm.Handle, stdio relayio.Stdio, term *relayio.Terminal, ph *phases.Phases) (int, error) {
 	a, err := dialReady(ctx, sb, h)
 	if err != nil {
 		return 0, err
 	}
 	defer a.Close()
-	ph.mark("ready")
+	ph.Mark("ready")
 	bootCtx, cancel := sb.callContext(ctx)
 	defer cancel()
 
-	tokens := newTokens()
-	streams, err := openStdio(bootCtx, sb.prep.Launch.AgentSocket, tokens, stdio, func() { ph.mark("first-output") })
+	tokens := relayio.NewTokens()
+	streams, err := relayio.Open(bootCtx, sb.prep.Launch.AgentSocket, tokens, stdio, func() { ph.Mark("first-output") })
 	if err != nil {
 		return 0, err
 	}
-	defer streams.close()
+	defer streams.Close()
 	tc, agent := a.task, a.agent
 	if err := createTask(ctx, tc, sb.id, sb.prep.GuestSpec, tokens, term != nil); err != nil {
 		return 0, err
 	}
 	if term != nil {
-		if err := term.raw(); err != nil {
+		if err := term.Raw(); err != nil {
 			return 0, fmt.Errorf("terminal raw mode: %w", err)
 		}
-		defer term.restore()
-		defer term.forwardResize(ctx, tc, sb.id, "")()
+		defer term.Restore()
+		defer term.ForwardResize(ctx, tc, sb.id, "")()
 	}
 	if err := sb.net.Attach(ctx, agent, sb.id); err != nil {
 		return 0, err
@@ -126,12 +130,12 @@ func drive(ctx context.Context, sb *launchVM, h *vmm.Handle, stdio Stdio, term *
 		}
 		vmCode, werr := h.Wait()
 		code, cause := launch.VMEnded(sb.prep.Launch.RuntimeDir, vmCode, werr)
-		streams.wait()
+		streams.Wait()
 		return code, exitError{code, fmt.Errorf("VM ended: %s: exit status %d", cause, code)}
 	}
 	// The agent closes output streams before it reports the exit; wait for
 	// our side of the copy too, so every byte is written before we return.
-	streams.wait()
+	streams.Wait()
 	// Not deleted in the guest: the power-off stops what is left, and
 	// runc's state goes with the VM (a runc delete is a process start).
 	code := int(w.ExitStatus)

@@ -7,6 +7,7 @@ import (
 	"runtime"
 
 	"github.com/msb-dev/msb/ociruntime"
+	"github.com/msb-dev/msb/vmmcmd"
 )
 
 // The main thread of the VMM, the anchor and a pod member's relay moves
@@ -22,4 +23,4 @@ func init() {
 	}
 }
 
-func main() { os.Exit(ociruntime.Main(os.Args)) }
+func main() { os.Exit(ociruntime.Main(os.Args, vmmcmd.Commands()...)) }

@@ -1,4 +1,4 @@
-package ociruntime
+package relayio
 
 import (
 	"context"
@@ -19,23 +19,23 @@ type Stdio struct {
 	Out, Err io.Writer
 }
 
-// stdioStreams are the three relay connections of a guest process's stdio,
+// Streams are the three relay connections of a guest process's stdio,
 // each copied to or from the host side with backpressure: nothing is
 // dropped, a slow host reader stalls the guest process.
-type stdioStreams struct {
+type Streams struct {
 	conns [3]*net.UnixConn
 	out   sync.WaitGroup
 }
 
-// openStdio dials the streams named by tokens (the agent pairs them with
+// Open dials the streams named by tokens (the agent pairs them with
 // the create or exec request that names the same tokens, whichever comes
 // first) and starts copying. first, if set, runs at the first output byte.
-func openStdio(ctx context.Context, sock string, tokens [3]string, stdio Stdio, first func()) (*stdioStreams, error) {
-	s := &stdioStreams{}
+func Open(ctx context.Context, sock string, tokens [3]string, stdio Stdio, first func()) (*Streams, error) {
+	s := &Streams{}
 	for i := range s.conns {
 		c, err := vmm.DialAgent(ctx, sock, protocol.KindStdio, tokens[i])
 		if err != nil {
-			s.close()
+			s.Close()
 			return nil, err
 		}
 		s.conns[i] = c
@@ -69,12 +69,12 @@ func openStdio(ctx context.Context, sock string, tokens [3]string, stdio Stdio, 
 	return s, nil
 }
 
-// wait returns once both output streams have reached EOF and every byte
+// Wait returns once both output streams have reached EOF and every byte
 // is written to the host side. The agent closes them before it reports the
 // process's exit.
-func (s *stdioStreams) wait() { s.out.Wait() }
+func (s *Streams) Wait() { s.out.Wait() }
 
-func (s *stdioStreams) close() {
+func (s *Streams) Close() {
 	for _, c := range s.conns {
 		if c != nil {
 			c.Close()
@@ -96,10 +96,12 @@ func (m *markReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// stdioFiles are this process's fds 0–2, which create and exec hand on.
-func stdioFiles() [3]*os.File { return [3]*os.File{os.Stdin, os.Stdout, os.Stderr} }
+// Files are this process's fds 0–2, which create and exec hand on.
+func Files() [3]*os.File { return [3]*os.File{os.Stdin, os.Stdout, os.Stderr} }
 
-func newTokens() [3]string {
+// NewTokens names the three stdio streams of a guest process (the agent
+// pairs them with the request that names the same tokens).
+func NewTokens() [3]string {
 	var t [3]string
 	for i := range t {
 		b := make([]byte, 16)

@@ -1,4 +1,4 @@
-package ociruntime
+package vmmcmd
 
 import (
 	"context"

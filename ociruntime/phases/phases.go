@@ -1,4 +1,6 @@
-package ociruntime
+// Package phases records when `msb-runtime run` reached each step, for
+// bench/.
+package phases
 
 import (
 	"encoding/json"
@@ -9,18 +11,20 @@ import (
 	"github.com/containerd/log"
 )
 
-// phases records when a run reached each step, for bench/. It is written
+// Phases are the steps a run reached. They are written
 // only when MSB_TIMINGS names a file, as one JSON line of milliseconds since
 // the run began.
-type phases struct {
+type Phases struct {
 	mu    sync.Mutex
 	start time.Time
 	at    map[string]float64
 }
 
-func newPhases() *phases { return &phases{start: time.Now(), at: map[string]float64{}} }
+// New starts the clock.
+func New() *Phases { return &Phases{start: time.Now(), at: map[string]float64{}} }
 
-func (p *phases) mark(name string) {
+// Mark records the first time name is reached.
+func (p *Phases) Mark(name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.at[name]; !ok {
@@ -28,7 +32,8 @@ func (p *phases) mark(name string) {
 	}
 }
 
-func (p *phases) write(l *log.Entry) {
+// Write appends the marks to $MSB_TIMINGS, if set.
+func (p *Phases) Write(l *log.Entry) {
 	path := os.Getenv("MSB_TIMINGS")
 	if path == "" {
 		return

@@ -1,4 +1,4 @@
-package ociruntime
+package relayio
 
 import (
 	"context"
@@ -22,9 +22,9 @@ import (
 // the guest's pty. Resizes of the master reach the holder as SIGWINCH (the
 // slave is its controlling terminal) and are passed on to the guest's pty.
 
-// hostPty opens a pty sized like box and sends its master to the Unix
+// HostPty opens a pty sized like box and sends its master to the Unix
 // socket at consoleSocket; it returns the slave end.
-func hostPty(consoleSocket string, box *specs.Box) (*os.File, error) {
+func HostPty(consoleSocket string, box *specs.Box) (*os.File, error) {
 	master, slavePath, err := console.NewPty()
 	if err != nil {
 		return nil, fmt.Errorf("open a pty: %w", err)
@@ -58,10 +58,10 @@ func sendMaster(path string, master console.Console) error {
 	return nil
 }
 
-// holdPty makes the pty slave this process's raw controlling terminal
+// HoldPty makes the pty slave this process's raw controlling terminal
 // (the process must lead its own session) and passes resizes and hangups
 // on to guest process id/execID until ctx ends.
-func holdPty(ctx context.Context, slave *os.File, tc task.TTRPCTaskService, id, execID string) {
+func HoldPty(ctx context.Context, slave *os.File, tc task.TTRPCTaskService, id, execID string) {
 	if con, err := console.ConsoleFromFile(slave); err == nil {
 		if err := con.SetRaw(); err != nil {
 			log.G(ctx).WithError(err).Warn("pty raw mode")

@@ -1,4 +1,4 @@
-package ociruntime
+package relayio
 
 import (
 	"context"
@@ -14,26 +14,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// terminal is msb-runtime run's own terminal, which a container with
+// Terminal is msb-runtime run's own terminal, which a container with
 // process.terminal uses as runc run does: raw mode while the container
 // runs, the container's pty sized like it and resized with it (SIGWINCH).
-type terminal struct {
+type Terminal struct {
 	con console.Console
 }
 
-// openTerminal returns stdin as a terminal, or an error if it is not one.
-func openTerminal(in io.Reader) (*terminal, error) {
+// OpenTerminal returns stdin as a terminal, or an error if it is not one.
+func OpenTerminal(in io.Reader) (*Terminal, error) {
 	f, ok := in.(*os.File)
 	if ok {
 		if con, err := console.ConsoleFromFile(f); err == nil {
-			return &terminal{con: con}, nil
+			return &Terminal{con: con}, nil
 		}
 	}
 	return nil, fmt.Errorf("process.terminal is true but msb-runtime's stdin is not a terminal: run it from a terminal or set process.terminal to false")
 }
 
-// box is the terminal's size as an OCI console size (nil if unknown).
-func (t *terminal) box() *specs.Box {
+// Box is the terminal's size as an OCI console size (nil if unknown).
+func (t *Terminal) Box() *specs.Box {
 	ws, err := t.con.Size()
 	if err != nil || ws.Height == 0 || ws.Width == 0 {
 		return nil
@@ -41,19 +41,19 @@ func (t *terminal) box() *specs.Box {
 	return &specs.Box{Height: uint(ws.Height), Width: uint(ws.Width)}
 }
 
-// raw puts the terminal in raw mode: keys go to the container as typed.
-func (t *terminal) raw() error { return t.con.SetRaw() }
+// Raw puts the terminal in raw mode: keys go to the container as typed.
+func (t *Terminal) Raw() error { return t.con.SetRaw() }
 
-// restore undoes raw.
-func (t *terminal) restore() {
+// Restore undoes Raw.
+func (t *Terminal) Restore() {
 	if err := t.con.Reset(); err != nil {
 		log.L.WithError(err).Warn("restore the terminal")
 	}
 }
 
-// forwardResize passes the terminal's size changes to the pty of process
+// ForwardResize passes the terminal's size changes to the pty of process
 // id/execID until stop is called.
-func (t *terminal) forwardResize(ctx context.Context, tc task.TTRPCTaskService, id, execID string) (stop func()) {
+func (t *Terminal) ForwardResize(ctx context.Context, tc task.TTRPCTaskService, id, execID string) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, unix.SIGWINCH)
 	done := make(chan struct{})

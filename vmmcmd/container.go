@@ -1,6 +1,8 @@
-package ociruntime
+package vmmcmd
 
 import (
+	"github.com/msb-dev/msb/ociruntime/relayio"
+
 	"context"
 	"os"
 	"os/signal"
@@ -25,22 +27,22 @@ import (
 func superviseContainer(cfg *vmm.LaunchConfig, detached <-chan struct{}) {
 	m := cfg.Container
 	ctx := log.WithLogger(context.Background(), log.L.WithField("container", m.ID))
-	var stdio Stdio
+	var stdio relayio.Stdio
 	var tty *os.File
 	if m.Terminal {
 		tty = os.NewFile(vmm.ContainerStdioFD, "pty")
-		stdio = Stdio{In: tty, Out: tty}
+		stdio = relayio.Stdio{In: tty, Out: tty}
 	} else {
 		// No terminal: a SIGHUP (someone's kill -HUP) must not end the VM
 		// by default action; the VMM leads its own session.
 		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
-		stdio = Stdio{
+		stdio = relayio.Stdio{
 			In:  os.NewFile(vmm.ContainerStdioFD, "stdin"),
 			Out: os.NewFile(vmm.ContainerStdioFD+1, "stdout"),
 			Err: os.NewFile(vmm.ContainerStdioFD+2, "stderr"),
 		}
 	}
-	streams, err := openStdio(ctx, cfg.AgentSocket, m.Tokens, stdio, nil)
+	streams, err := relayio.Open(ctx, cfg.AgentSocket, m.Tokens, stdio, nil)
 	if err != nil {
 		log.G(ctx).WithError(err).Error("container stdio")
 		return
@@ -53,14 +55,14 @@ func superviseContainer(cfg *vmm.LaunchConfig, detached <-chan struct{}) {
 	}
 	tc := task.NewTTRPCTaskClient(cl)
 	if tty != nil {
-		holdPty(ctx, tty, tc, m.ID, "")
+		relayio.HoldPty(ctx, tty, tc, m.ID, "")
 	}
 	w, err := tc.Wait(ctx, &task.WaitRequest{ID: m.ID})
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("wait for the container (the VM is going)")
 		return
 	}
-	streams.wait()
+	streams.Wait()
 	code := int32(w.ExitStatus)
 	log.G(ctx).Infof("container exited %d: shutting the guest down", code)
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
