@@ -280,31 +280,25 @@ func (p *Prepared) Spawn(binary string, stdio ...*os.File) (*vmm.Handle, error) 
 	return h, nil
 }
 
-// Exit statuses of a VM's processes when the VM died under them.
-const (
-	ExitVMKilled  = 137 // something killed the VM (a signal to the VMM or hypervisor)
-	ExitGuestDied = 255 // the guest stopped by itself (panic, power-off, agent lost)
-)
-
 // VMEnded says why a VM that died unasked ended and the exit status its
-// processes get (ExitVMKilled or ExitGuestDied), from its VMM process's
+// processes get (vmm.ExitKilled or vmm.ExitGuestLost), from its VMM process's
 // exit (code and waitErr from vmm.Handle.Wait) and the cause the VMM
 // recorded in its state dir (vmm.EndCause). docs/configuration.md lists
 // the causes.
 func VMEnded(stateDir string, code int, waitErr error) (int, string) {
 	if cause, ok := vmm.EndCause(stateDir); ok {
 		if code == vmm.ExitKilled {
-			return ExitVMKilled, cause
+			return vmm.ExitKilled, cause
 		}
-		return ExitGuestDied, cause
+		return vmm.ExitGuestLost, cause
 	}
 	switch {
 	case waitErr != nil:
-		return ExitGuestDied, "the VMM process: " + waitErr.Error()
+		return vmm.ExitGuestLost, "the VMM process: " + waitErr.Error()
 	case code > 128 && code < 128+65:
-		return ExitVMKilled, fmt.Sprintf("the VMM process was killed (signal %d)", code-128)
+		return vmm.ExitKilled, fmt.Sprintf("the VMM process was killed (signal %d)", code-128)
 	}
-	return ExitGuestDied, fmt.Sprintf("the VMM process exited with status %d", code)
+	return vmm.ExitGuestLost, fmt.Sprintf("the VMM process exited with status %d", code)
 }
 
 // lastLines is the last n lines of the file at path, read from its last

@@ -15,18 +15,12 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/shim/taskio"
-)
-
-// Exit statuses the shim reports when the guest cannot say.
-const (
-	exitUnknown = 255                     // the VM or agent died under the process
-	exitKilled  = 128 + int(unix.SIGKILL) // the process (or its VM) was SIGKILLed
+	"github.com/msb-dev/msb/vmm"
 )
 
 // How long exit handling waits for things that should be quick.
@@ -203,7 +197,7 @@ func (s *service) watch(p *proc) {
 	// guest's clock is its own (it drifts under TCG, a hostile guest sets
 	// any), and clients compare the time with their own clock (after
 	// Start, containerd's TestContainerExitedAtSet).
-	status, at := exitUnknown, time.Now()
+	status, at := vmm.ExitGuestLost, time.Now()
 	switch {
 	case err == nil:
 		status = int(resp.ExitStatus)
@@ -224,7 +218,7 @@ func (s *service) watch(p *proc) {
 			log.G(ctx).WithError(err).Warnf("lost the guest agent: reporting exit status %d", status)
 		}
 		if killed {
-			status = exitKilled
+			status = vmm.ExitKilled
 		}
 		p.io.Finish(deadVMOutputWait)
 	}
@@ -310,7 +304,7 @@ func (p *proc) exitKnown(status uint32, at time.Time) {
 // the agent does), without an exit event: runc's shim publishes none.
 func (p *proc) failStart() {
 	p.openGate()
-	p.setExited(exitUnknown, time.Now())
+	p.setExited(vmm.ExitGuestLost, time.Now())
 	close(p.published)
 	p.io.Abort()
 }
@@ -354,7 +348,7 @@ func (p *proc) localState() *task.StateResponse {
 	if p.c.vm.isDead() && st != stateStopped {
 		// The exit is on its way (watch); the process is gone either way.
 		resp.Status = tasktypes.Status_STOPPED
-		resp.ExitStatus = uint32(exitUnknown)
+		resp.ExitStatus = uint32(vmm.ExitGuestLost)
 	}
 	return resp
 }

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/msb-dev/msb/hooks"
+	"github.com/msb-dev/msb/vmm"
 )
 
 var errClosed = ttrpc.ErrClosed
@@ -329,7 +330,7 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 		log.G(ctx).WithError(err).Warn("delete: closing stdio and stopping the VM")
 		p.io.Abort()
 		if c.ownsVM() {
-			c.vm.stop(ctx, int32(exitUnknown))
+			c.vm.stop(ctx, int32(vmm.ExitGuestLost))
 		}
 		if err := p.waitPublished(ctx, 5*time.Second); err != nil {
 			log.G(ctx).WithError(err).Error("delete: init exit never published")

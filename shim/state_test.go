@@ -135,7 +135,7 @@ func TestCleanupBundle(t *testing.T) {
 	// Nothing recorded (the shim died before Create wrote anything):
 	// killed, and no error.
 	st, err = cleanupBundle(context.Background(), t.TempDir())
-	if err != nil || st.ExitStatus != exitKilled {
+	if err != nil || st.ExitStatus != vmmpkg.ExitKilled {
 		t.Fatalf("empty bundle: %+v, %v", st, err)
 	}
 }

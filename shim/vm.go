@@ -203,7 +203,7 @@ func (v *vm) ended(ctx context.Context) (int, string) {
 	code, err := v.h.Wait()
 	status, cause := launch.VMEnded(v.stateDir, code, err)
 	if v.killed.Load() {
-		status, cause = exitKilled, "the shim killed it"
+		status, cause = vmm.ExitKilled, "the shim killed it"
 	}
 	v.endOnce.Do(func() {
 		log.G(ctx).Errorf("VM %s ended: %s: exit status %d (VMM log %s); guest console: %s",
