@@ -189,7 +189,9 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 	if err != nil {
 		return err
 	}
-	resp, err := c.vm.task.Create(ctx, &task.CreateTaskRequest{
+	gctx, explain, cancel := guestCallContext(ctx, guestStartTimeout)
+	defer cancel()
+	resp, err := c.vm.task.Create(gctx, &task.CreateTaskRequest{
 		ID:       r.ID,
 		Bundle:   guestBundleRoot + "/" + r.ID,
 		Terminal: r.Terminal,
@@ -199,7 +201,7 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: guestSpec},
 	})
 	if err != nil {
-		return fmt.Errorf("create container in the guest: %w", fromAgent(err))
+		return fmt.Errorf("create container in the guest: %w", explain(fromAgent(err)))
 	}
 	c.init.guestPid = resp.Pid
 	return nil
