@@ -189,9 +189,7 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 	if err != nil {
 		return err
 	}
-	gctx, explain, cancel := guestCallContext(ctx, guestStartTimeout)
-	defer cancel()
-	resp, err := c.vm.task.Create(gctx, &task.CreateTaskRequest{
+	resp, err := c.vm.task.Create(ctx, &task.CreateTaskRequest{
 		ID:       r.ID,
 		Bundle:   guestBundleRoot + "/" + r.ID,
 		Terminal: r.Terminal,
@@ -201,7 +199,7 @@ func (s *service) createInGuest(ctx context.Context, c *container, r *task.Creat
 		Options:  &anypb.Any{TypeUrl: protocol.GuestSpecTypeURL, Value: guestSpec},
 	})
 	if err != nil {
-		return fmt.Errorf("create container in the guest: %w", explain(fromAgent(err)))
+		return fmt.Errorf("create container in the guest: %w", fromAgent(err))
 	}
 	c.init.guestPid = resp.Pid
 	return nil

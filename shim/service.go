@@ -51,26 +51,6 @@ const killExitWait = 30 * time.Second
 // must not keep a container from being deleted.
 const guestDeleteTimeout = time.Minute
 
-// guestStartTimeout bounds the guest's part of a Create or Start (runc
-// create, the NICs' setup, runc start in the guest: seconds under TCG): a guest that stops
-// answering (seen with many VMs booting at once under TCG: its channel
-// goes quiet between create and start) fails the Start, which the client
-// retries or deletes, instead of hanging it.
-const guestStartTimeout = time.Minute
-
-// guestCallContext bounds one call to the guest by d, and says so when
-// the guest's silence, not the caller, ended it.
-func guestCallContext(ctx context.Context, d time.Duration) (context.Context, func(error) error, context.CancelFunc) {
-	gctx, cancel := context.WithTimeout(ctx, d)
-	explain := func(err error) error {
-		if err != nil && ctx.Err() == nil && errors.Is(gctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("the guest did not answer within %s (VM stuck or overloaded): %w", d, err)
-		}
-		return err
-	}
-	return gctx, explain, cancel
-}
-
 // service is the task service (task API v3) of one shim: it serves every
 // container of its group, each in its own VM.
 type service struct {
@@ -252,11 +232,9 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		p.starting = true // watch now leaves the gate to us
 		p.mu.Unlock()
 		defer p.openGate()
-		gctx, explain, cancel := guestCallContext(ctx, guestStartTimeout)
-		defer cancel()
 		if c.ownsVM() {
-			if err := c.vm.net.Attach(gctx, c.vm.agent, c.id); err != nil {
-				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, explain(err)))
+			if err := c.vm.net.Attach(ctx, c.vm.agent, c.id); err != nil {
+				return nil, errgrpc.ToGRPC(fmt.Errorf("VM %s: %w", c.vm.name, err))
 			}
 			if c.isSandbox() {
 				// For CRI's port-forward; without it the pod still runs.
@@ -265,9 +243,9 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 				}
 			}
 		}
-		resp, err := c.vm.task.Start(gctx, &task.StartRequest{ID: r.ID})
+		resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID})
 		if err != nil {
-			return nil, errgrpc.ToGRPC(explain(fromAgent(err)))
+			return nil, errgrpc.ToGRPC(fromAgent(err))
 		}
 		p.mu.Lock()
 		p.guestPid, p.state = resp.Pid, stateRunning
@@ -289,13 +267,11 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		c.execDone()
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %q stdio: %w", r.ExecID, err))
 	}
-	gctx, explain, cancel := guestCallContext(ctx, guestStartTimeout)
-	defer cancel()
-	resp, err := c.vm.task.Start(gctx, &task.StartRequest{ID: r.ID, ExecID: r.ExecID})
+	resp, err := c.vm.task.Start(ctx, &task.StartRequest{ID: r.ID, ExecID: r.ExecID})
 	if err != nil {
 		p.failStart()
 		c.execDone()
-		return nil, errgrpc.ToGRPC(explain(fromAgent(err)))
+		return nil, errgrpc.ToGRPC(fromAgent(err))
 	}
 	p.mu.Lock()
 	p.guestPid, p.state = resp.Pid, stateRunning
