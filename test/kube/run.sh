@@ -266,10 +266,10 @@ if [[ $HANDLER == msb ]]; then
 		ev=$(kc describe pod hostnet 2>&1 | grep FailedCreatePodSandBox) && break
 		sleep 1
 	done
-	if grep -qi 'host network' <<<"$ev"; then
-		pass "refuse-hostnetwork ($(grep -o 'no network namespace[^;]*' <<<"$ev" | head -1))"
+	if grep -qi 'host network' <<<"$ev" && grep -q hostNetwork <<<"$ev"; then
+		pass "refuse-hostnetwork ($(grep -o 'no network namespace[^:]*' <<<"$ev" | head -1))"
 	else
-		fail refuse-hostnetwork "no FailedCreatePodSandBox event naming host networking in kubectl describe pod hostnet: '$(head -c 400 <<<"$ev")'"
+		fail refuse-hostnetwork "no FailedCreatePodSandBox event naming host networking and hostNetwork in kubectl describe pod hostnet: '$(head -c 400 <<<"$ev")'"
 		kc describe pod hostnet >"$OUT/describe-hostnet.txt" 2>&1
 	fi
 	kc delete pod hostnet --timeout 60s >/dev/null 2>&1 || true
