@@ -33,7 +33,7 @@ func TestRefusals(t *testing.T) {
 		}, []string{`linux.namespaces[2].path "/proc/1/ns/mnt"`, "a VM cannot join a host namespace"}},
 		{"host network", func(in *Input) {
 			in.Spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
-		}, []string{"linux.namespaces", "host networking", `{"type": "network"}`}},
+		}, []string{"linux.namespaces", "host networking", "hostNetwork, --network host", `{"type": "network"}`}},
 		{"uid -1", func(in *Input) {
 			in.Spec.Process.User.UID = 4294967295
 		}, []string{"process.user.uid 4294967295", "0..4294967294"}},

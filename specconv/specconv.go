@@ -260,7 +260,7 @@ func refuseUnsupported(spec *specs.Spec, in Input) error {
 		}
 	}
 	if !has[specs.NetworkNamespace] {
-		return errors.New(`linux.namespaces: no network namespace means host networking, which a VM cannot share; add {"type": "network"}`)
+		return errors.New(`linux.namespaces: no network namespace means host networking, which a VM cannot share (hostNetwork, --network host): the guest has its own network stack; add {"type": "network"} (drop hostNetwork / --network host)`)
 	}
 	// The host's IPC and PID namespaces are the host kernel's; the guest
 	// has its own kernel, so a VM cannot share them (ADR 011).

@@ -9,8 +9,12 @@
 #   reconciler is not needed: --endpoint-reconciler-type=none all the same, nothing else runs).
 # - kubelet: cgroupfs driver like the test's containerd, failCgroupV1: false (these hosts are
 #   cgroup v1), cgroupRoot /$CG_ROOT, its own root dir, cert dir and pod log dir, syncFrequency
-#   10s. Its device plugin socket stays /var/lib/kubelet/device-plugins/kubelet.sock (a fixed
-#   path; cleanup.sh removes it).
+#   10s, 2 dead containers kept per container (not 1): kubelet's container GC (every minute)
+#   counts a restarted container that is created but not yet started as dead, and with 1 it can
+#   remove the previous instance in that window, so `kubectl logs --previous` finds nothing (msb
+#   starts a container in its pod VM in about a second, which widens the window). Its device
+#   plugin socket stays /var/lib/kubelet/device-plugins/kubelet.sock (a fixed path; cleanup.sh
+#   removes it).
 # - No scheduler or controller manager: pods are bound with nodeName; the default
 #   ServiceAccount and the kube-root-ca.crt ConfigMap (which the controller manager would make)
 #   are made here.
@@ -133,7 +137,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 Y
 start kubelet "$KBIN/kubelet" --config "$KRUN/kubelet.yaml" --kubeconfig "$KUBECONFIG_" \
-	--root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2
+	--root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" --hostname-override "$NODE" --node-ip "$NODE_IP" --v 2 \
+	--maximum-dead-containers-per-container 2
 waitfor "kubelet (node $NODE Ready)" 180 "$KRUN/kubelet.pid" \
 	innetns "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_" wait --for condition=Ready "node/$NODE" --timeout 2s
 

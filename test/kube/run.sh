@@ -5,24 +5,42 @@
 #
 #   runtimeclass   RuntimeClass msb with overhead.podFixed is admitted, and a pod naming it gets
 #                  that overhead in its spec
-#   pod-ready      a pod with an init container and two containers (runtimeClassName msb,
+#   pod-ready      a pod with an init container and four containers (runtimeClassName msb,
 #                  bound with nodeName) gets Ready
 #   one-vm         ...in one VM: one qemu, in the pod's cgroup below kubelet's
 #   logs           kubectl logs of the init container and of a container
 #   exec           kubectl exec (a command; stdin with -i; a shell on a tty with -it)
 #   cp             kubectl cp into the pod and out of it
 #   port-forward   kubectl port-forward to busybox httpd in the pod, fetched through it
+#   attach         kubectl attach -i: a line reaches a running container's stdin (stdin: true)
+#   emptydir-memory  an emptyDir of medium Memory is a tmpfs in the container; a write there is
+#                  read by a second container of the pod
+#   hostpath       a hostPath directory: a file written on the host is read in the pod, and a
+#                  file written in the pod lands on the host
+#   downward-volume, downward-env  a downwardAPI volume (metadata.name, metadata.labels) and
+#                  env from fieldRef (metadata.name, status.podIP)
+#   refuse-hostnetwork  a hostNetwork pod on msb fails its sandbox, and kubectl describe pod
+#                  shows an event naming host networking (skipped under runc)
 #   configmap, secret  an update of a ConfigMap and of a Secret reaches the file mounted in the
 #                  running pod within 90 s (kubelet's syncFrequency is 10 s here)
+#   probes, liveness-restart, logs-previous, oom-killed  (the pod "probed")
+#   resize-within-vm  kubectl patch --subresource resize (CPU up, memory down, NotRequired):
+#                  the new limits reach the container's cgroup and the pod's status
+#   resize-past-vm-memory, resize-past-vm-cpu  a resize past the pod VM's size (memory, then CPU)
+#                  is refused: kubelet's PodResizeInProgress condition has reason Error and msb's
+#                  message naming the field, the old limits stay in the cgroup and the status
+#                  (skipped under runc)
 #   delete         kubectl delete pod leaves no qemu of the pod
 #
-# Each check prints "PASS name" or "FAIL name: what happened"; the last line is
-# "kube: N passed, N failed (run S s)". Exit status 0 when all passed and cleanup.sh left
+# Each check prints "PASS name" or "FAIL name: what happened" ("SKIP name: why" for one that
+# cannot hold on the handler by nature); the last line is
+# "kube: N passed, N failed, N skipped (run S s)". Exit status 0 when all passed and cleanup.sh left
 # nothing behind. Everything is torn down
 # at the end (cleanup.sh; also on failure or interrupt) unless KUBE_KEEP=1.
 # Logs: $KUBE_WORK/out/DATE/ (etcd.log, apiserver.log, kubelet.log, containerd.log, results.txt).
 # Env: see common.sh; KUBE_KEEP; KUBE_HANDLER (default msb): the RuntimeClass's handler;
-# runc is the baseline, where one-vm fails (no VM) and every other check passes.
+# runc is the baseline, where the VM checks (one-vm, refuse-hostnetwork, resize-past-vm) are
+# skipped and every other check passes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 [[ $(id -u) == 0 ]] || die "run as root (network namespaces, mounts, cgroups, containerd)"
@@ -54,6 +72,9 @@ passed=0
 failed=0
 pass() { echo "PASS $1" | tee -a "$OUT/results.txt"; passed=$((passed + 1)); }
 fail() { echo "FAIL $1: $2" | tee -a "$OUT/results.txt"; failed=$((failed + 1)); }
+skipped=0
+# skip NAME WHY: a check that cannot hold on this handler by nature (no VM under runc)
+skip() { echo "SKIP $1: $2" | tee -a "$OUT/results.txt"; skipped=$((skipped + 1)); }
 # check NAME WANT GOT: pass when GOT is WANT
 check() { if [[ $3 == "$2" ]]; then pass "$1"; else fail "$1" "want '$2', got '$3'"; fi; }
 # qemus CGROUP-PART: the pids of qemu processes whose memory cgroup path holds CGROUP-PART
@@ -80,13 +101,19 @@ overhead:
 Y
 check runtimeclass "$HANDLER 360Mi 100m" "$(kc get runtimeclass msb -o jsonpath='{.handler} {.overhead.podFixed.memory} {.overhead.podFixed.cpu}')"
 
-# ---- a pod: init container, two containers, an emptyDir they share, a ConfigMap, a Secret
+# ---- a pod: init container, four containers, an emptyDir they share, a ConfigMap, a Secret, a
+# Memory emptyDir, a hostPath, a downward API volume and env; "att" reads its stdin (attach),
+# "sized" has limits to resize in place
 kc create configmap cfg --from-literal msg=v1 >/dev/null
 kc create secret generic sec --from-literal msg=v1 >/dev/null
+HOSTDIR=$KRUN/hostpath
+mkdir -p "$HOSTDIR"
+hin=from-host-$RANDOM
+echo "$hin" >"$HOSTDIR/in.txt"
 kc apply -f - >/dev/null <<Y
 apiVersion: v1
 kind: Pod
-metadata: {name: multi}
+metadata: {name: multi, labels: {app: kube-test}}
 spec:
   nodeName: $NODE
   runtimeClassName: msb
@@ -102,17 +129,59 @@ spec:
     image: $IMAGE
     imagePullPolicy: Never
     command: [httpd, -f, -p, "8080", -h, /shared]
-    volumeMounts: [{name: shared, mountPath: /shared}]
+    volumeMounts: [{name: shared, mountPath: /shared}, {name: mem, mountPath: /mem}]
   - name: side
     image: $IMAGE
     imagePullPolicy: Never
     command: [sh, -c, 'echo side-started; while true; do sleep 5; done']
-    volumeMounts: [{name: shared, mountPath: /shared}, {name: cfg, mountPath: /cfg}, {name: sec, mountPath: /sec}]
+    env:
+    - {name: MY_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: MY_POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+    - {name: cfg, mountPath: /cfg}
+    - {name: sec, mountPath: /sec}
+    - {name: mem, mountPath: /mem}
+    - {name: host, mountPath: /host}
+    - {name: podinfo, mountPath: /podinfo}
+  - name: att
+    image: $IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'while read l; do echo "got:\$l"; done']
+    stdin: true
+  - name: sized
+    image: $IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'while true; do sleep 5; done']
+    resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: 500m, memory: 128Mi}}
+    resizePolicy: [{resourceName: cpu, restartPolicy: NotRequired}, {resourceName: memory, restartPolicy: NotRequired}]
   volumes:
   - {name: shared, emptyDir: {}}
   - {name: cfg, configMap: {name: cfg}}
   - {name: sec, secret: {secretName: sec}}
+  - {name: mem, emptyDir: {medium: Memory}}
+  - {name: host, hostPath: {path: "$HOSTDIR", type: Directory}}
+  - name: podinfo
+    downwardAPI:
+      items:
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
 Y
+# A hostNetwork pod on msb must be refused (checked below, while multi's VM boots meanwhile).
+if [[ $HANDLER == msb ]]; then
+	kc apply -f - >/dev/null <<Y
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  nodeName: $NODE
+  runtimeClassName: msb
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: $IMAGE, imagePullPolicy: Never, command: [sleep, "3600"]}
+Y
+fi
 check overhead "360Mi 100m" "$(kc get pod multi -o jsonpath='{.spec.overhead.memory} {.spec.overhead.cpu}')"
 t=$(date +%s)
 if kc wait --for condition=Ready pod/multi --timeout 300s >/dev/null 2>&1; then
@@ -123,7 +192,11 @@ else
 	exit 1
 fi
 uid=$(kc get pod multi -o jsonpath='{.metadata.uid}')
-check one-vm "1 1" "$(qemus "/pod$uid/" | wc -l) $(qemus "/$CG_ROOT/" | wc -l)"
+if [[ $HANDLER == msb ]]; then
+	check one-vm "1 1" "$(qemus "/pod$uid/" | wc -l) $(qemus "/$CG_ROOT/" | wc -l)"
+else
+	skip one-vm "handler $HANDLER runs no VM"
+fi
 
 # ---- logs, exec, cp
 check logs "init-ran side-started" "$(kc logs multi -c init) $(kc logs multi -c side)"
@@ -151,6 +224,58 @@ done
 kill "$pf" 2>/dev/null
 wait "$pf" 2>/dev/null || true
 check port-forward hello-from-init "$got"
+
+# ---- attach: a line sent through kubectl attach -i reaches the container's stdin; it answers
+# in its log ("got:LINE"). kubectl is stopped once the answer is there.
+line=attach-$RANDOM
+{
+	echo "$line"
+	sleep 15
+} | timeout 60 nsenter --net="$NETNS_PATH" -- "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_" attach -i multi -c att >"$OUT/attach.log" 2>&1 &
+at=$!
+got=
+for _ in $(seq 60); do
+	got=$(kc logs multi -c att 2>/dev/null | grep -x "got:$line") && break
+	sleep 0.5
+done
+kill "$at" 2>/dev/null
+wait "$at" 2>/dev/null || true
+check attach "got:$line" "$got"
+
+# ---- volumes: emptyDir medium Memory shared by two containers, hostPath both ways, downward API
+# (kubelet mounts a tmpfs on the host; msb shares that directory into the VM, so the container
+# sees the share's filesystem, 9p, not a tmpfs of the guest: the PASS line names it)
+memfs=$(kc exec multi -c side -- sh -c 'echo mem-shared >/mem/f && awk "\$2 == \"/mem\" {print \$3}" /proc/mounts' 2>&1) || true
+memhost=$(findmnt -n -o FSTYPE --target "$KUBELET_ROOT/pods/$uid/volumes/kubernetes.io~empty-dir/mem" 2>&1) || true
+got=$(kc exec multi -c web -- cat /mem/f 2>&1) || true
+if [[ $got == mem-shared && $memhost == tmpfs ]]; then
+	pass "emptydir-memory (a tmpfs on the host, read by a second container; in the container: $memfs)"
+else
+	fail emptydir-memory "want mem-shared read by the second container and a tmpfs on the host; got '$got', host '$memhost'"
+fi
+hout=from-pod-$RANDOM
+kc exec multi -c side -- sh -c "echo $hout >/host/out.txt" >/dev/null 2>&1 || true
+check hostpath "$hin $hout" "$(kc exec multi -c side -- cat /host/in.txt 2>&1) $(cat "$HOSTDIR/out.txt" 2>&1)"
+check downward-volume 'multi app="kube-test"' "$(kc exec multi -c side -- sh -c 'cat /podinfo/name; echo " $(cat /podinfo/labels)"' 2>&1)"
+check downward-env "multi $(kc get pod multi -o jsonpath='{.status.podIP}')" "$(kc exec multi -c side -- sh -c 'echo $MY_POD_NAME $MY_POD_IP' 2>&1)"
+
+# ---- refusals: the hostNetwork pod made above fails its sandbox, and kubectl describe says why
+if [[ $HANDLER == msb ]]; then
+	ev=
+	for _ in $(seq 60); do
+		ev=$(kc describe pod hostnet 2>&1 | grep FailedCreatePodSandBox) && break
+		sleep 1
+	done
+	if grep -qi 'host network' <<<"$ev" && grep -q hostNetwork <<<"$ev"; then
+		pass "refuse-hostnetwork ($(grep -o 'no network namespace[^:]*' <<<"$ev" | head -1))"
+	else
+		fail refuse-hostnetwork "no FailedCreatePodSandBox event naming host networking and hostNetwork in kubectl describe pod hostnet: '$(head -c 400 <<<"$ev")'"
+		kc describe pod hostnet >"$OUT/describe-hostnet.txt" 2>&1
+	fi
+	kc delete pod hostnet --timeout 60s >/dev/null 2>&1 || true
+else
+	skip refuse-hostnetwork "handler $HANDLER runs host-network pods"
+fi
 
 # ---- ConfigMap and Secret updates reach the running pod
 # update NAME KIND VOLUME-PLUGIN DIR: KIND (configmap or secret) NAME, mounted at DIR in the pod
@@ -225,7 +350,11 @@ for _ in $(seq 60); do
 	[[ ${restarts:-0} -ge 1 ]] && break
 	sleep 2
 done
-check liveness-restart "1 same-vm" "$restarts $([[ -n $vm_before && $(qemus "/pod$puid/") == "$vm_before" ]] && echo same-vm || echo "vm '$vm_before' now '$(qemus "/pod$puid/")'")"
+if [[ $HANDLER == msb ]]; then
+	check liveness-restart "1 same-vm" "$restarts $([[ -n $vm_before && $(qemus "/pod$puid/") == "$vm_before" ]] && echo same-vm || echo "vm '$vm_before' now '$(qemus "/pod$puid/")'")"
+else
+	check liveness-restart 1 "$restarts" # no VM to stay the same
+fi
 check logs-previous run-0 "$(kc logs probed -c live --previous 2>&1)"
 reason=
 for _ in $(seq 60); do
@@ -236,6 +365,61 @@ done
 check oom-killed OOMKilled "$reason"
 kc delete pod probed --timeout 120s >/dev/null 2>&1 || true
 
+# ---- in-place resize of "sized" (limits 500m, 128Mi; its VM: 1 vCPU, 256 MiB of which 128 MiB
+# the guest's own, overhead_mib): within the VM the new limits reach the container's cgroup and its
+# status; past the VM msb refuses the update and kubelet shows the resize as failed (condition
+# PodResizeInProgress, reason Error, the runtime's message), the old limits staying.
+# cg: the memory limit and the CPU quota in the container's cgroup: v2 in msb's guest (at the
+# container's path below /sys/fs/cgroup where the container has no cgroup namespace, as on a v1
+# host's containerd), v1 under runc on these hosts; lim: the limits in the pod's status; rcond:
+# the resize conditions
+cg() {
+	kc exec multi -c sized -- sh -c '
+		d=/sys/fs/cgroup; p=$(sed -n "s/^0:://p" /proc/self/cgroup)
+		[ -e $d/memory.max ] || d=$d$p
+		if [ -e $d/memory.max ]; then echo $(cat $d/memory.max) $(cut -d" " -f1 $d/cpu.max)
+		elif [ -e /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+			echo $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)
+		else echo "no cgroup files: $(cat /proc/self/cgroup | tr "\n" " ") $(ls /sys/fs/cgroup | tr "\n" " ")"; fi' 2>&1
+}
+lim() { kc get pod multi -o jsonpath='{.status.containerStatuses[?(@.name=="sized")].resources.limits.memory} {.status.containerStatuses[?(@.name=="sized")].resources.limits.cpu}'; }
+rcond() { kc get pod multi -o jsonpath='{range .status.conditions[?(@.type=="PodResizePending")]}{.type}/{.reason}: {.message}{end}{range .status.conditions[?(@.type=="PodResizeInProgress")]}{.type}/{.reason}: {.message}{end}'; }
+resize() {
+	kc patch pod multi --subresource resize -p "{\"spec\":{\"containers\":[{\"name\":\"sized\",\"resources\":{\"limits\":{\"cpu\":\"$1\",\"memory\":\"$2\"}}}]}}" >/dev/null 2>&1
+}
+kc exec multi -c sized -- cat /proc/self/cgroup >"$OUT/sized-cgroup.txt" 2>&1 || true
+check resize-start "128Mi 500m 134217728 50000" "$(lim) $(cg)"
+resize 800m 96Mi
+for _ in $(seq 60); do
+	[[ $(lim) == "96Mi 800m" && -z $(rcond) ]] && break
+	sleep 1
+done
+check resize-within-vm "96Mi 800m 100663296 80000 ''" "$(lim) $(cg) '$(rcond)'"
+# past_vm NAME CPU MEMORY FIELD: a resize to CPU/MEMORY is refused naming FIELD (the memory
+# refusal comes first: kubelet resizes memory before CPU and stops at an error), the old limits stay
+past_vm() {
+	local rc=
+	resize "$2" "$3"
+	for _ in $(seq 60); do
+		rc=$(rcond | tr '\n' ' ') || true
+		[[ $rc == */Error:*"$4"* ]] && break
+		sleep 1
+	done
+	echo "$1: $rc" >>"$OUT/resize-past-vm.txt"
+	if [[ $rc == PodResizeInProgress/Error:*"$4"*exceeds* || $rc == PodResizeInProgress/Error:*"$4"*"more than the VM"* ]] &&
+		[[ "$(lim) $(cg)" == "96Mi 800m 100663296 80000" ]]; then
+		pass "$1 (PodResizeInProgress/Error: $(grep -o "$4[^:]*" <<<"$rc" | head -1))"
+	else
+		fail "$1" "want condition PodResizeInProgress/Error naming $4, old limits kept; got '$rc', status and cgroup '$(lim) $(cg)'"
+	fi
+}
+if [[ $HANDLER == msb ]]; then
+	past_vm resize-past-vm-memory 2 512Mi linux.resources.memory.limit
+	past_vm resize-past-vm-cpu 2 96Mi linux.resources.cpu.quota
+else
+	skip resize-past-vm "handler $HANDLER has no VM size"
+fi
+
 # ---- delete: the VM goes
 kc delete pod multi --timeout 120s >/dev/null 2>&1 || true
 for _ in $(seq 60); do
@@ -244,5 +428,5 @@ for _ in $(seq 60); do
 done
 check delete "0 qemu" "$(qemus "/pod$uid/" | wc -l) qemu"
 
-echo "kube: $passed passed, $failed failed (run $(($(date +%s) - t0)) s)" | tee -a "$OUT/results.txt"
+echo "kube: $passed passed, $failed failed, $skipped skipped (run $(($(date +%s) - t0)) s)" | tee -a "$OUT/results.txt"
 ((failed == 0))
