@@ -2,6 +2,8 @@ package vmm
 
 import (
 	"errors"
+	"io"
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -78,3 +80,33 @@ func TestProcStop(t *testing.T) {
 }
 
 var errNoShutdown = errors.New("no agent")
+
+// TestParkDetachRelease: what the creator tells its VMM on the
+// parent-watch pipe: Park is ParkByte then EOF (the VMM waits for a
+// claimer), Detach is DetachByte then EOF (it outlives its creator),
+// Release is EOF alone (it shuts the guest down).
+func TestParkDetachRelease(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		do   func(*Handle) error
+		want string
+	}{
+		{"park", (*Handle).Park, string(ParkByte)},
+		{"detach", (*Handle).Detach, string(DetachByte)},
+		{"release", (*Handle).Release, ""},
+	} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &Handle{watch: w}
+		if err := c.do(h); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got, err := io.ReadAll(r) // EOF: the creator's end is closed
+		r.Close()
+		if err != nil || string(got) != c.want {
+			t.Errorf("%s: the VMM read %q, %v; want %q then EOF", c.name, got, err, c.want)
+		}
+	}
+}
