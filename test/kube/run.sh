@@ -420,6 +420,28 @@ else
 	skip resize-past-vm "handler $HANDLER has no VM size"
 fi
 
+# ---- a kubelet restart: kubelet finds its running pod again (the same VM,
+# no container restarted) and serves exec and logs for it
+kpid=$(cat "$KRUN/kubelet.pid")
+mapfile -d '' kargs <"/proc/$kpid/cmdline"
+vm_before=$(qemus "/pod$uid/")
+rc_before=$(kc get pod multi -o jsonpath='{.status.containerStatuses[*].restartCount}')
+kill "$kpid"
+for _ in $(seq 60); do
+	kill -0 "$kpid" 2>/dev/null || break
+	sleep 0.5
+done
+nsenter --net="$NETNS_PATH" -- setsid "${kargs[@]}" >>"$OUT/kubelet.log" 2>&1 </dev/null &
+echo $! >"$KRUN/kubelet.pid"
+got=""
+for _ in $(seq 90); do
+	got=$(kc exec multi -c side -- cat /shared/index.html 2>/dev/null) && [[ -n $got ]] && break
+	sleep 1
+done
+rc_after=$(kc get pod multi -o jsonpath='{.status.containerStatuses[*].restartCount}')
+check kubelet-restart "hello-from-init same-vm $rc_before side-started" \
+	"$got $([[ $(qemus "/pod$uid/") == "$vm_before" ]] && echo same-vm || echo "vm '$vm_before' now '$(qemus "/pod$uid/")'") $rc_after $(kc logs multi -c side 2>&1 | grep -o side-started | head -1)"
+
 # ---- delete: the VM goes
 kc delete pod multi --timeout 120s >/dev/null 2>&1 || true
 for _ in $(seq 60); do
