@@ -21,7 +21,6 @@ import (
 	"github.com/msb-dev/msb/hooks"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
-	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/view"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -42,7 +41,7 @@ const guestCreateTimeout = time.Minute
 // the owner's guest namespaces of the types in joined. On error nothing
 // is left behind.
 func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner *container, joined []specs.LinuxNamespaceType, co CreateOptions, stdio [3]*os.File) (retErr error) {
-	if err := checkMemberSpec(b.spec, owner); err != nil {
+	if err := launch.CheckMember(b.spec, owner.rec.ID, owner.rec.Spec.Annotations, owner.rec.VM); err != nil {
 		return err
 	}
 	stateDir, err := makeStateDir(o, id)
@@ -77,10 +76,7 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 	if st.Pid == 0 {
 		return fmt.Errorf("container %q, whose VM %q joins, has no process in its VM", owner.rec.ID, id)
 	}
-	ns := map[specs.LinuxNamespaceType]string{}
-	for _, t := range joined {
-		ns[t] = fmt.Sprintf("/proc/%d/ns/%s", st.Pid, memberNamespaces[t])
-	}
+	ns := launch.GuestNamespaces(joined, st.Pid)
 	mem, err = launch.PrepareMember(launch.MemberRequest{
 		ID: id, Spec: b.spec, Bundle: b.dir, Rootfs: b.rootfs,
 		StageDir: launch.StageDir(stateDir), GuestDir: "/run/msb/c/" + id,
@@ -137,25 +133,6 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 		}
 	}
 	return p.detach()
-}
-
-// checkMemberSpec refuses what a member cannot have in owner's running
-// VM: a VM size of its own (ADR 024: a member joins within its owner's
-// size; limits past it are refused as an update past it is).
-func checkMemberSpec(spec *specs.Spec, owner *container) error {
-	for _, k := range []string{specconv.AnnotationVCPUs, specconv.AnnotationMemoryMiB, specconv.AnnotationBackend} {
-		if v, ok := spec.Annotations[k]; ok && v != owner.rec.Spec.Annotations[k] {
-			return fmt.Errorf("annotations %s=%q: the container joins the running VM of %q (%d vCPUs, %d MiB), which keeps its own size and backend: drop the annotation, or give it to %q (a Podman pod's infra container)",
-				k, v, owner.rec.ID, owner.rec.VM.VCPUs, owner.rec.VM.MemoryMiB, owner.rec.ID)
-		}
-	}
-	if spec.Linux == nil {
-		return nil
-	}
-	if err := owner.rec.VM.CheckUpdate(spec.Linux.Resources); err != nil {
-		return fmt.Errorf("the container joins the running VM of %q, which keeps its size: %w", owner.rec.ID, err)
-	}
-	return nil
 }
 
 // expose binds the member's shares below the owner's pod dir, in its

@@ -68,7 +68,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	// A container's rootfs is shifted to the ids of its VM's qemu when that
 	// qemu has ids of its own (ADR 022): a pod member's to its pod VM's, a
 	// claimed VM's to that VM's, a cold VM's to a range taken for it.
-	if sb := s.podSandbox(spec); sb != nil {
+	sb, joined, err := s.podOwner(spec)
+	if err != nil {
+		return nil, err
+	}
+	if sb != nil {
 		base, kept := sb.vm.jailIDs()
 		if base != 0 && spec.Linux != nil && !kept.Covers(spec.Linux.UIDMappings, spec.Linux.GIDMappings) {
 			return nil, fmt.Errorf("linux.uidMappings/gidMappings: host ids the pod VM's hypervisor does not keep (its user namespace maps its sandbox's, ADR 022): give the pod's sandbox the same user namespace: %w", errdefs.ErrInvalidArgument)
@@ -77,7 +81,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		if err != nil {
 			return nil, err
 		}
-		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg); err != nil {
+		if err := s.joinPod(ctx, c, sb, spec, rootfs, cfg, joined); err != nil {
 			return nil, err
 		}
 		if err := c.createHooks(ctx); err != nil {
@@ -85,10 +89,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		return c, s.createInGuest(ctx, c, r)
 	}
-	podDir := ""
+	// Every VM has a pod share: any container's namespaces may be joined
+	// (CRI's sandbox, Docker's and nerdctl's container: modes, ADR 030).
+	podDir := filepath.Join(vmm.StateDirPath(filepath.Join(config.ShimStateRoot(), s.namespace), r.ID), "containers")
 	var hostNS map[specs.LinuxNamespaceType]string
 	if spec.Annotations[annotationContainerType] == containerTypeSandbox {
-		podDir = filepath.Join(vmm.StateDirPath(filepath.Join(config.ShimStateRoot(), s.namespace), r.ID), "containers")
 		hostNS = takeHostNamespaces(spec)
 	}
 	// Whatever this Create takes, the pool is topped up after it.
@@ -109,6 +114,11 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 			return nil, err
 		}
 		if v.anchor, err = startAnchor(binary, v.claimNetNS, rootfs); err != nil {
+			return nil, err
+		}
+		rec.Anchor = v.anchor.cmd.Process.Pid
+		rec.AnchorStart, _ = vmm.ProcStart(rec.Anchor)
+		if err := writeRecord(bundle, rec); err != nil {
 			return nil, err
 		}
 		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {

@@ -20,9 +20,12 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/version"
+	"github.com/msb-dev/msb/vmm"
 )
 
 // RuntimeName is the containerd runtime type msb's shim serves.
@@ -157,27 +160,92 @@ func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeIn
 	return info, nil
 }
 
-// groupOf reads the bundle's annotations (the start command runs in the
-// bundle) for the group the container belongs to; without one the
-// container is its own group.
+// groupOf returns the group of the container id whose bundle is the
+// current directory (the start command runs in it): the group its
+// annotations name; else, when its spec names the namespaces of another
+// running msb container of this containerd namespace (Docker's and
+// nerdctl's container: modes), that container's group, whose shim makes
+// it a member of its VM (ADR 030); else its own.
 func groupOf(id string) (string, error) {
-	f, err := os.Open("config.json")
+	bundle, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	var spec struct {
-		Annotations map[string]string `json:"annotations,omitempty"`
+	spec, err := readSpec(bundle)
+	if err != nil {
+		return "", err
 	}
-	if err := json.NewDecoder(f).Decode(&spec); err != nil {
-		return "", fmt.Errorf("config.json: %w", err)
+	if g := labelGroup(spec); g != "" {
+		return g, nil
 	}
+	owner, err := joinedBundle(spec, bundle)
+	if err != nil || owner == "" {
+		return id, err
+	}
+	ospec, err := readSpec(owner)
+	if err != nil {
+		return "", fmt.Errorf("container %s, whose namespaces the spec joins: %w", filepath.Base(owner), err)
+	}
+	if g := labelGroup(ospec); g != "" {
+		return g, nil
+	}
+	return filepath.Base(owner), nil
+}
+
+// labelGroup is the group spec's annotations name, or "".
+func labelGroup(spec *specs.Spec) string {
 	for _, l := range groupLabels {
-		if g, ok := spec.Annotations[l]; ok && g != "" {
-			return g, nil
+		if g := spec.Annotations[l]; g != "" {
+			return g
 		}
 	}
-	return id, nil
+	return ""
+}
+
+// joinedBundle returns the bundle of the running msb container whose
+// namespaces spec names (launch.FindJoin), "" when none: candidates are
+// the containers beside bundle (containerd keeps a namespace's bundles in
+// one directory) whose shim record names a task pid that still runs.
+// Only containerd's bundles and the shims' records are read, never
+// anything a guest can write.
+func joinedBundle(spec *specs.Spec, bundle string) (string, error) {
+	dir := filepath.Dir(bundle)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	var cands []launch.JoinCandidate
+	for _, e := range entries {
+		b := filepath.Join(dir, e.Name())
+		if !e.IsDir() || b == bundle {
+			continue
+		}
+		rec, err := readRecord(b)
+		if err != nil || rec == nil {
+			continue
+		}
+		if pid, start := rec.taskPid(); vmm.Alive(pid, start) {
+			cands = append(cands, launch.JoinCandidate{ID: e.Name(), VM: e.Name(), Pid: pid})
+		}
+	}
+	id, _, err := launch.FindJoin(spec, cands)
+	if id == "" || err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, id), nil
+}
+
+// readSpec reads the OCI spec of bundle.
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(bundle, "config.json"), err)
+	}
+	return &spec, nil
 }
 
 func newCommand(ctx context.Context, id, containerdAddress string, debug bool) (*exec.Cmd, error) {

@@ -65,24 +65,20 @@ func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 	return out
 }
 
-// joinedNamespaces maps the namespace paths of a pod container's spec
-// that name the sandbox's namespace to the guest paths of the sandbox
-// init's (guestPid) namespaces. A path names the sandbox's namespace when
-// it is the one the sandbox's own spec had (hostNS), or
-// /proc/<sandbox task pid>/ns/<type> (taskPid: the VMM's, or a claimed
-// pool VM's anchor). Other paths are left out, so specconv refuses them.
-func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, taskPid, guestPid int) map[specs.LinuxNamespaceType]string {
-	out := map[specs.LinuxNamespaceType]string{}
+// joinedNamespaces maps the namespace paths of a member's spec that name
+// its owner's namespaces to the guest paths of the owner init's (guestPid)
+// namespaces: the types in joined (launch.FindJoin), and those whose path
+// is the one the sandbox's own spec had (hostNS: CRI pins a pod's user
+// namespace on the host). Other paths are left out, so specconv refuses
+// them.
+func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, joined []specs.LinuxNamespaceType, guestPid uint32) map[specs.LinuxNamespaceType]string {
+	out := launch.GuestNamespaces(joined, guestPid)
 	if spec.Linux == nil {
 		return out
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		name, ok := podNamespaces[ns.Type]
-		if !ok || ns.Path == "" {
-			continue
-		}
-		p := filepath.Clean(ns.Path)
-		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", taskPid, name) {
+		if ok && ns.Path != "" && hostNS[ns.Type] != "" && filepath.Clean(ns.Path) == filepath.Clean(hostNS[ns.Type]) {
 			out[ns.Type] = fmt.Sprintf("/proc/%d/ns/%s", guestPid, name)
 		}
 	}
@@ -139,11 +135,47 @@ func (s *service) podSandbox(spec *specs.Spec) *container {
 	return sb
 }
 
+// podOwner returns the container whose VM a container with spec joins,
+// and the namespace types its spec names there (launch.FindJoin): its CRI
+// pod's sandbox, or the container of this shim whose namespaces the spec
+// names by its task pid (Docker's and nerdctl's container: modes, ADR
+// 030; the manager sent the container to this shim for it). nil when it
+// boots its own VM.
+func (s *service) podOwner(spec *specs.Spec) (*container, []specs.LinuxNamespaceType, error) {
+	var cands []launch.JoinCandidate
+	if sb := s.podSandbox(spec); sb != nil {
+		cands = []launch.JoinCandidate{{ID: sb.id, VM: sb.id, Pid: int(sb.hostPid())}}
+		_, joined, err := launch.FindJoin(spec, cands)
+		return sb, joined, err
+	}
+	if spec.Annotations[annotationContainerType] != "" {
+		return nil, nil, nil // CRI's: its pod's sandbox or none
+	}
+	byID := map[string]*container{}
+	s.mu.Lock()
+	for _, c := range s.containers {
+		if c.ownsVM() && c.vm != nil && c.vm.podDir != "" && !c.vm.isDead() {
+			byID[c.id] = c
+			cands = append(cands, launch.JoinCandidate{ID: c.id, VM: c.id, Pid: int(c.hostPid())})
+		}
+	}
+	s.mu.Unlock()
+	id, joined, err := launch.FindJoin(spec, cands)
+	if id == "" || err != nil {
+		return nil, nil, err
+	}
+	owner := byID[id]
+	if err := launch.CheckMember(spec, id, owner.spec.Annotations, owner.vm.size()); err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return owner, joined, nil
+}
+
 // joinPod makes c a member of sb's VM: its rootfs and bind sources are
 // bound below the pod dir (9p resolves them lazily), its guest spec joins
 // the sandbox's namespaces, and the agent prepares its mounts. teardown
 // undoes it (c.pod.leave).
-func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spec, rootfs string, cfg config.Config) error {
+func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spec, rootfs string, cfg config.Config, joined []specs.LinuxNamespaceType) error {
 	v := sb.vm
 	st, err := v.task.State(ctx, &task.StateRequest{ID: sb.id})
 	if err != nil {
@@ -152,7 +184,7 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	if st.Pid == 0 {
 		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
-	ns := joinedNamespaces(spec, v.podHostNS, int(sb.hostPid()), int(st.Pid))
+	ns := joinedNamespaces(spec, v.podHostNS, joined, st.Pid)
 	c.oom = sb.oom
 	if err := c.joinVM(ctx, v, spec, rootfs, cfg, ns, false); err != nil {
 		return err

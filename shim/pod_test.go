@@ -85,7 +85,9 @@ func TestPodNamespaces(t *testing.T) {
 		{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}, // not the sandbox's
 		{Type: specs.MountNamespace},
 	}}}
-	got := joinedNamespaces(app, host, 42, 7)
+	// launch.FindJoin found the ipc path the sandbox task pid's; the
+	// network path is the sandbox spec's own.
+	got := joinedNamespaces(app, host, []specs.LinuxNamespaceType{specs.IPCNamespace}, 7)
 	want := map[specs.LinuxNamespaceType]string{
 		specs.NetworkNamespace: "/proc/7/ns/net",
 		specs.IPCNamespace:     "/proc/7/ns/ipc",

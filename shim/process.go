@@ -214,6 +214,11 @@ func (s *service) watch(p *proc) {
 		}
 		if c.vm.isDead() {
 			status, _ = c.vm.ended(ctx)
+			if !c.ownsVM() {
+				// A member's VM went under it (its owner exited or was
+				// removed): killed, whatever the owner's status (ADR 030).
+				status = vmm.ExitKilled
+			}
 		} else {
 			log.G(ctx).WithError(err).Warnf("lost the guest agent: reporting exit status %d", status)
 		}

@@ -31,6 +31,11 @@ type record struct {
 	// VMRecord is the container's VM, once it has one of its own (a cold
 	// or a claimed one; a pod member's is its sandbox's).
 	launch.VMRecord
+	// Anchor is the task pid of a container that claimed a pool VM
+	// (warm.go), AnchorStart its start time; 0 when the task pid is the
+	// VMM's. Another container's spec names the VM by it (ADR 030).
+	Anchor      int    `json:"anchor,omitempty"`
+	AnchorStart uint64 `json:"anchorStart,omitempty"`
 	// Rootfs is the directory the shim mounted the request's rootfs on.
 	Rootfs string      `json:"rootfs,omitempty"`
 	Exit   *exitRecord `json:"exit,omitempty"`
@@ -56,6 +61,15 @@ func writeRecord(bundle string, r *record) error {
 		return fmt.Errorf("write shim record: %w", err)
 	}
 	return nil
+}
+
+// taskPid is the pid and start time the container's task reports: its
+// anchor's, else its VMM's (0 for a pod member, whose VM is another's).
+func (r *record) taskPid() (int, uint64) {
+	if r.Anchor > 0 {
+		return r.Anchor, r.AnchorStart
+	}
+	return r.Pid, r.PidStart
 }
 
 // readRecord returns the bundle's record; a missing one is (nil, nil).

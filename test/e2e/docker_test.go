@@ -6,8 +6,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,7 +170,6 @@ func TestDockerRefused(t *testing.T) {
 		{[]string{"--network", "host"}, "host networking, which a VM cannot share"},
 		{[]string{"--device", "/dev/loop-control"}, "cannot use the host's device nodes"},
 		{[]string{"--privileged"}, "cannot use the host's device nodes"},
-		{[]string{"--network", "container:other"}, "another msb VM"},
 		{[]string{"--ipc", "host"}, "hostIPC, --ipc host"},
 		{[]string{"--pid", "host"}, "hostPID, --pid host"},
 	} {
@@ -181,5 +182,60 @@ func TestDockerRefused(t *testing.T) {
 	d.mustDocker(t, "rm", "-f", "other")
 	if out := d.mustDocker(t, "ps", "-aq"); strings.TrimSpace(out) != "" {
 		t.Errorf("containers left: %s", out)
+	}
+}
+
+// TestDockerNetworkContainer: Docker's --network, --ipc and --pid
+// container:<id> (Compose's network_mode: service:x) through the shim
+// joins the other container's VM (ADR 030): the loopback, IPC namespace,
+// processes and guest kernel are shared, one qemu runs, and the joiner
+// reports the VM's pid. Removing the owner ends the joiner (137).
+func TestDockerNetworkContainer(t *testing.T) {
+	d := startDocker(t)
+	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "web", "--network", "none", "--ipc", "shareable",
+		d.image, "sh", "-c", "mkdir -p /www; echo msb-web > /www/index.html; exec httpd -f -p 127.0.0.1:80 -h /www")
+	web := fields(d.mustDocker(t, "exec", "web", "sh", "-c", "echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc)"))
+	out := d.mustDocker(t, "run", "--rm", "--runtime", "msb", "--network", "container:web", "--ipc", "container:web", "--pid", "container:web", d.image,
+		"sh", "-c", `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done;
+echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc); ps -o args | grep -q "^httpd -f" && echo sees=httpd`)
+	if f := fields(out); !strings.Contains(out, "msb-web") || f["boot"] != web["boot"] || f["ipc"] != web["ipc"] || f["sees"] != "httpd" {
+		t.Fatalf("--network/--ipc/--pid container:web: %q, want web's page, its guest kernel (boot id %s), its IPC namespace (%s) and its processes", out, web["boot"], web["ipc"])
+	}
+	d.mustDocker(t, "run", "-d", "--runtime", "msb", "--name", "side", "--network", "container:web", d.image, "sleep", "600")
+	pid := func(name string) int {
+		n, err := strconv.Atoi(strings.TrimSpace(d.mustDocker(t, "inspect", "-f", "{{.State.Pid}}", name)))
+		if err != nil || n <= 0 {
+			t.Fatalf("pid of %s: %v", name, err)
+		}
+		return n
+	}
+	webPid := pid("web")
+	if p := pid("side"); p != webPid || qemuBelow(webPid) != 1 {
+		t.Errorf("side's pid %d, web's %d with %d qemu; want one VM, whose pid both report", p, webPid, qemuBelow(webPid))
+	}
+	d.mustDocker(t, "rm", "-f", "web")
+	waitNoQEMU(t, webPid)
+	d.waitExited(t, "side", 137)
+	d.mustDocker(t, "rm", "side")
+	if out := d.mustDocker(t, "ps", "-aq"); strings.TrimSpace(out) != "" {
+		t.Errorf("containers left: %s", out)
+	}
+}
+
+// waitExited waits up to 30 s for docker inspect to show container name
+// exited with code.
+func (d *dockerEnv) waitExited(t *testing.T, name string, code int) {
+	t.Helper()
+	want := fmt.Sprintf("exited %d", code)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := strings.TrimSpace(d.mustDocker(t, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name))
+		if st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %q, want %s", name, st, want)
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }

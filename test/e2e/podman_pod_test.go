@@ -278,17 +278,7 @@ echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ip
 	// in web's network namespace (ADR 024).
 	d.mustDocker(t, "rm", "-f", "web")
 	waitNoQEMU(t, webPid)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st := strings.TrimSpace(d.mustDocker(t, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "side"))
-		if st == "exited 137" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("side after web's removal: %q, want exited 137", st)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	d.waitExited(t, "side", 137)
 	d.mustDocker(t, "rm", "side")
 	if procs := processesNaming("member-relay"); len(procs) > 0 {
 		t.Errorf("member relays left: %v", procs)

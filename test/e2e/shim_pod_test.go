@@ -261,3 +261,53 @@ func TestShimPodShimKilled(t *testing.T) {
 	}
 	e.waitShimDeletes()
 }
+
+// TestShimNamespaceJoin: nerdctl's --net/--ipc/--pid container:<id> (its
+// spec names the other task's /proc/<pid>/ns/<type>, as ctr --with-ns
+// does here) through the shim joins that container's VM (ADR 030): the
+// loopback, IPC namespace, processes and guest kernel are shared, one
+// qemu runs, the member reports the VM's pid; removing the owner ends
+// the member with 137, and nothing is left.
+func TestShimNamespaceJoin(t *testing.T) {
+	e := startShimEnv(t)
+	e.startDetached(t, "web", "sh", "-c", "mkdir -p /www; echo msb-web > /www/index.html; exec httpd -f -p 127.0.0.1:80 -h /www")
+	e.waitStatus(t, "web", "RUNNING", 2*time.Minute)
+	pid := e.taskPid(t, "web")
+	web := fields(e.MustCtr("task", "exec", "--exec-id", "info", "web", "sh", "-c", "echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc)"))
+	join := func(types ...string) []string {
+		var flags []string
+		for _, typ := range types {
+			name := map[string]string{"network": "net", "ipc": "ipc", "pid": "pid"}[typ]
+			flags = append(flags, "--with-ns", fmt.Sprintf("%s:/proc/%d/ns/%s", typ, pid, name))
+		}
+		return flags
+	}
+	out, stderr, code, err := e.run("once", join("network", "ipc", "pid"), "sh", "-c", `for i in $(seq 1 100); do wget -qO- http://127.0.0.1:80/ && break; sleep 0.3; done;
+echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc); ps -o args | grep -q "^httpd -f" && echo sees=httpd`)
+	if f := fields(out); err != nil || code != 0 || !strings.Contains(out, "msb-web") || f["boot"] != web["boot"] || f["ipc"] != web["ipc"] || f["sees"] != "httpd" {
+		t.Fatalf("joined web's namespaces: exit %d %v, %q %s; want web's page, its guest kernel (boot id %s), its IPC namespace (%s) and its processes", code, err, out, stderr, web["boot"], web["ipc"])
+	}
+	e.MustCtr(append(append([]string{"run", "-d", "--runtime", msbRuntimeType}, join("network")...), e.image, "side", "sleep", "600")...)
+	e.waitStatus(t, "side", "RUNNING", 2*time.Minute)
+	if p := e.taskPid(t, "side"); p != pid {
+		t.Errorf("side's task pid %d, want web's VM's %d", p, pid)
+	}
+	n := 0
+	for _, p := range e.vmProcesses() {
+		if strings.Contains(p, "qemu-system") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("qemu processes: %d, want 1 (web's VM)", n)
+	}
+	// Removing web while side runs in its VM ends side (ADR 024, 030).
+	e.MustCtr("task", "kill", "-s", "SIGKILL", "web")
+	e.waitStatus(t, "side", "STOPPED", time.Minute)
+	if code := e.deleteTask(t, "side"); code != 137 {
+		t.Errorf("side's exit status after web's VM went: %d, want 137", code)
+	}
+	e.MustCtr("container", "delete", "side")
+	e.remove(t, "web")
+	e.assertClean(t)
+}
