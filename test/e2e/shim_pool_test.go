@@ -162,6 +162,18 @@ func TestShimWarmPool(t *testing.T) {
 			t.Errorf("ownership in the claimed VM: %q", out)
 		}
 	}
+	// nerdctl's --net and --ipc container:warm name the anchor's
+	// namespaces: the joiner runs in the claimed VM (ADR 030), not in a
+	// pool VM of its own. (ipc alone: only the anchor's pid names it.)
+	const show = "echo boot=$(cat /proc/sys/kernel/random/boot_id) ipc=$(readlink /proc/self/ns/ipc)"
+	warm := fields(e.MustCtr("task", "exec", "--exec-id", "boot", "warm", "sh", "-c", show))
+	for _, ns := range []string{"network:/proc/%d/ns/net", "ipc:/proc/%d/ns/ipc"} {
+		out, stderr, code, err := e.run("joiner", []string{"--with-ns", fmt.Sprintf(ns, anchorPid)}, "sh", "-c", show)
+		f := fields(out)
+		if err != nil || code != 0 || f["boot"] != warm["boot"] || (ns[0] == 'i' && f["ipc"] != warm["ipc"]) {
+			t.Errorf("a container joining the claimed VM (%s): exit %d %v, %q %s; want its boot id and IPC namespace %v", ns, code, err, out, stderr, warm)
+		}
+	}
 	before := time.Now()
 	out := e.MustCtr("task", "exec", "--exec-id", "clock", "warm", "adjtimex")
 	checkGuestClock(t, "claimed VM", adjtimexTime(t, out), before, time.Now())
