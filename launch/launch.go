@@ -5,7 +5,6 @@
 package launch
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -250,14 +249,13 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 	return sb, nil
 }
 
-// Release unstages files, unlocks disks and removes the VM's host cgroup
-// if its VMM could not (it was killed); call it once the VMM process has
-// exited. Safe to call twice.
+// Release unstages files and unlocks disks; call it once the VMM process
+// has exited. The host cgroup is VMRecord.Remove's. Safe to call twice.
 func (p *Prepared) Release() error {
 	if p == nil || p.release == nil {
 		return nil
 	}
-	return errors.Join(p.release(), vmm.RemoveHostCgroup(p.Launch.Host))
+	return p.release()
 }
 
 // VMMLog is the VMM process's own log in the state dir.

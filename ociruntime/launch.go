@@ -151,6 +151,9 @@ func (s *launchVM) destroy() {
 		log.L.WithError(err).Warn("release the VM's disks and files")
 	}
 	rec := launch.VMRecord{StateDir: s.stateDir, AgentSocket: s.prep.Launch.AgentSocket}
+	if s.prep.Launch.Host != nil {
+		rec.Cgroup = s.prep.Launch.Host.Cgroup
+	}
 	if err := rec.Remove(); err != nil {
 		log.L.WithError(err).Warn("remove the VM's state")
 	}
