@@ -106,6 +106,7 @@ func TestQEMUArgs(t *testing.T) {
 		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
 		`-blockdev {"backing":null,"cache":{"direct":true},"driver":"qcow2","file":{"aio":"threads","cache":{"direct":true},"driver":"file","filename":"/i.qcow2"},"node-name":"disk0"} -device virtio-blk-device,drive=disk0,serial=d1`, "name=" + protocol.PortName, "-no-reboot",
 		"-fsdev local,id=fsmod,path=/k/modules,security_model=none,readonly=on -device virtio-9p-device,fsdev=fsmod,mount_tag=" + protocol.ModulesShareTag,
+		"-device virtio-balloon-device,free-page-reporting=on",
 	} {
 		if !strings.Contains(tcg, want) {
 			t.Errorf("missing %q in %s", want, tcg)
