@@ -19,8 +19,9 @@
 #                  file written in the pod lands on the host
 #   downward-volume, downward-env  a downwardAPI volume (metadata.name, metadata.labels) and
 #                  env from fieldRef (metadata.name, status.podIP)
-#   refuse-hostnetwork  a hostNetwork pod on msb fails its sandbox, and kubectl describe pod
-#                  shows an event naming host networking (skipped under runc)
+#   refuse-hostnetwork, refuse-hostpid, refuse-hostipc  a hostNetwork, hostPID or hostIPC pod on
+#                  msb fails its sandbox, and kubectl describe pod shows an event naming the host's
+#                  namespace and the field (skipped under runc)
 #   configmap, secret  an update of a ConfigMap and of a Secret reaches the file mounted in the
 #                  running pod within 90 s (kubelet's syncFrequency is 10 s here)
 #   probes, liveness-restart, logs-previous, oom-killed  (the pod "probed")
@@ -39,7 +40,7 @@
 # at the end (cleanup.sh; also on failure or interrupt) unless KUBE_KEEP=1.
 # Logs: $KUBE_WORK/out/DATE/ (etcd.log, apiserver.log, kubelet.log, containerd.log, results.txt).
 # Env: see common.sh; KUBE_KEEP; KUBE_HANDLER (default msb): the RuntimeClass's handler;
-# runc is the baseline, where the VM checks (one-vm, refuse-hostnetwork, resize-past-vm) are
+# runc is the baseline, where the VM checks (one-vm, refuse-host*, resize-past-vm) are
 # skipped and every other check passes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -167,20 +168,23 @@ spec:
       - {path: name, fieldRef: {fieldPath: metadata.name}}
       - {path: labels, fieldRef: {fieldPath: metadata.labels}}
 Y
-# A hostNetwork pod on msb must be refused (checked below, while multi's VM boots meanwhile).
+# hostNetwork, hostPID and hostIPC pods on msb must be refused (checked below, while multi's VM
+# boots meanwhile).
 if [[ $HANDLER == msb ]]; then
-	kc apply -f - >/dev/null <<Y
+	for host in hostNetwork hostPID hostIPC; do
+		kc apply -f - >/dev/null <<Y
 apiVersion: v1
 kind: Pod
-metadata: {name: hostnet}
+metadata: {name: ${host,,}}
 spec:
   nodeName: $NODE
   runtimeClassName: msb
-  hostNetwork: true
+  $host: true
   terminationGracePeriodSeconds: 1
   containers:
   - {name: c, image: $IMAGE, imagePullPolicy: Never, command: [sleep, "3600"]}
 Y
+	done
 fi
 check overhead "360Mi 100m" "$(kc get pod multi -o jsonpath='{.spec.overhead.memory} {.spec.overhead.cpu}')"
 t=$(date +%s)
@@ -259,22 +263,28 @@ check hostpath "$hin $hout" "$(kc exec multi -c side -- cat /host/in.txt 2>&1) $
 check downward-volume 'multi app="kube-test"' "$(kc exec multi -c side -- sh -c 'cat /podinfo/name; echo " $(cat /podinfo/labels)"' 2>&1)"
 check downward-env "multi $(kc get pod multi -o jsonpath='{.status.podIP}')" "$(kc exec multi -c side -- sh -c 'echo $MY_POD_NAME $MY_POD_IP' 2>&1)"
 
-# ---- refusals: the hostNetwork pod made above fails its sandbox, and kubectl describe says why
+# ---- refusals: the hostNetwork, hostPID and hostIPC pods made above fail their sandbox, and
+# kubectl describe says why (the field to drop and what the host's namespace would mean)
 if [[ $HANDLER == msb ]]; then
-	ev=
-	for _ in $(seq 60); do
-		ev=$(kc describe pod hostnet 2>&1 | grep FailedCreatePodSandBox) && break
-		sleep 1
+	for want in "hostnetwork|host network|hostNetwork" "hostpid|host's PID namespace|hostPID" "hostipc|host's IPC namespace|hostIPC"; do
+		IFS='|' read -r pod what field <<<"$want"
+		ev=
+		for _ in $(seq 60); do
+			ev=$(kc describe pod "$pod" 2>&1 | grep FailedCreatePodSandBox) && break
+			sleep 1
+		done
+		if grep -qi "$what" <<<"$ev" && grep -q "$field" <<<"$ev"; then
+			pass "refuse-$pod ($(grep -o "$what[^:]*" <<<"$ev" | head -1))"
+		else
+			fail "refuse-$pod" "no FailedCreatePodSandBox event naming $what and $field in kubectl describe pod $pod: '$(head -c 400 <<<"$ev")'"
+			kc describe pod "$pod" >"$OUT/describe-$pod.txt" 2>&1
+		fi
+		kc delete pod "$pod" --timeout 60s >/dev/null 2>&1 || true
 	done
-	if grep -qi 'host network' <<<"$ev" && grep -q hostNetwork <<<"$ev"; then
-		pass "refuse-hostnetwork ($(grep -o 'no network namespace[^:]*' <<<"$ev" | head -1))"
-	else
-		fail refuse-hostnetwork "no FailedCreatePodSandBox event naming host networking and hostNetwork in kubectl describe pod hostnet: '$(head -c 400 <<<"$ev")'"
-		kc describe pod hostnet >"$OUT/describe-hostnet.txt" 2>&1
-	fi
-	kc delete pod hostnet --timeout 60s >/dev/null 2>&1 || true
 else
 	skip refuse-hostnetwork "handler $HANDLER runs host-network pods"
+	skip refuse-hostpid "handler $HANDLER runs hostPID pods"
+	skip refuse-hostipc "handler $HANDLER runs hostIPC pods"
 fi
 
 # ---- ConfigMap and Secret updates reach the running pod
