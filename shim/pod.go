@@ -67,18 +67,24 @@ func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 
 // joinedNamespaces maps the namespace paths of a member's spec that name
 // its owner's namespaces to the guest paths of the owner init's (guestPid)
-// namespaces: the types in joined (launch.FindJoin), and those whose path
-// is the one the sandbox's own spec had (hostNS: CRI pins a pod's user
-// namespace on the host). Other paths are left out, so specconv refuses
-// them.
-func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, joined []specs.LinuxNamespaceType, guestPid uint32) map[specs.LinuxNamespaceType]string {
+// namespaces: the types in joined (launch.FindJoin), and, of the types a
+// CRI pod shares, those whose path is the one the sandbox's own spec had
+// (hostNS: CRI pins a pod's user namespace on the host) or
+// /proc/<taskPid>/ns/<type> of the sandbox's task pid (the user
+// namespace, which FindJoin leaves out). Other paths are left out, so
+// specconv refuses them.
+func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, joined []specs.LinuxNamespaceType, taskPid int, guestPid uint32) map[specs.LinuxNamespaceType]string {
 	out := launch.GuestNamespaces(joined, guestPid)
 	if spec.Linux == nil {
 		return out
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		name, ok := podNamespaces[ns.Type]
-		if ok && ns.Path != "" && hostNS[ns.Type] != "" && filepath.Clean(ns.Path) == filepath.Clean(hostNS[ns.Type]) {
+		if !ok || ns.Path == "" {
+			continue
+		}
+		p := filepath.Clean(ns.Path)
+		if (hostNS[ns.Type] != "" && p == filepath.Clean(hostNS[ns.Type])) || p == fmt.Sprintf("/proc/%d/ns/%s", taskPid, name) {
 			out[ns.Type] = fmt.Sprintf("/proc/%d/ns/%s", guestPid, name)
 		}
 	}
@@ -184,7 +190,7 @@ func (s *service) joinPod(ctx context.Context, c, sb *container, spec *specs.Spe
 	if st.Pid == 0 {
 		return fmt.Errorf("pod sandbox %s has no init process in its VM: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
-	ns := joinedNamespaces(spec, v.podHostNS, joined, st.Pid)
+	ns := joinedNamespaces(spec, v.podHostNS, joined, int(sb.hostPid()), st.Pid)
 	c.oom = sb.oom
 	if err := c.joinVM(ctx, v, spec, rootfs, cfg, ns, false); err != nil {
 		return err

@@ -85,9 +85,9 @@ func TestPodNamespaces(t *testing.T) {
 		{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}, // not the sandbox's
 		{Type: specs.MountNamespace},
 	}}}
-	// launch.FindJoin found the ipc path the sandbox task pid's; the
-	// network path is the sandbox spec's own.
-	got := joinedNamespaces(app, host, []specs.LinuxNamespaceType{specs.IPCNamespace}, 7)
+	// The network path is the sandbox spec's own, the ipc path the
+	// sandbox task pid's (FindJoin finds it too).
+	got := joinedNamespaces(app, host, nil, 42, 7)
 	want := map[specs.LinuxNamespaceType]string{
 		specs.NetworkNamespace: "/proc/7/ns/net",
 		specs.IPCNamespace:     "/proc/7/ns/ipc",
