@@ -39,14 +39,18 @@ type NIC struct {
 	MAC string `json:"mac"`
 	MTU int    `json:"mtu,omitempty"`
 	// Spare NICs wait for an interface that appears after the VM booted
-	// (Docker moves its veth in between create and start).
+	// (Docker moves its veth in between create and start, a network
+	// connected after start comes later still).
 	Spare bool `json:"spare,omitempty"`
 }
 
-// Wire is one interface joined to a NIC's tap by Attach.
+// Wire is one interface joined to a NIC's tap by Attach or Sync.
 type Wire struct {
 	Iface string `json:"iface"`
 	Tap   string `json:"tap"`
+	// Index is the interface's: a name can come back on another
+	// interface (disconnect and connect again).
+	Index int `json:"index,omitempty"`
 }
 
 // OpenNS opens a network namespace by path for Handle, Attach and Detach.
@@ -79,9 +83,10 @@ func eligible(l netlink.Link) bool {
 }
 
 // Plan returns the NICs of a VM whose VMM runs in the namespace at nsPath
-// ("" for a new, empty one): one per Ethernet interface there now, or
-// spares NICs when there is none. A namespace already wired to another msb
-// VM is refused: two VMs cannot share one interface.
+// ("" for a new, empty one): one per Ethernet interface there now, then
+// spares spare NICs for interfaces that arrive later (Docker's veth after
+// create, docker network connect after start). A namespace already wired
+// to another msb VM is refused: two VMs cannot share one interface.
 func Plan(nsPath string, spares int) ([]NIC, error) {
 	var links []netlink.Link
 	if nsPath != "" {
@@ -112,15 +117,12 @@ func Plan(nsPath string, spares int) ([]NIC, error) {
 			nics = append(nics, NIC{Tap: tapName(len(nics)), MAC: a.HardwareAddr.String(), MTU: a.MTU})
 		}
 	}
-	if len(nics) > 0 {
-		return nics, nil
-	}
 	for i := 0; i < spares; i++ {
 		mac, err := randomMAC()
 		if err != nil {
 			return nil, err
 		}
-		nics = append(nics, NIC{Tap: tapName(i), MAC: mac, Spare: true})
+		nics = append(nics, NIC{Tap: tapName(len(nics)), MAC: mac, Spare: true})
 	}
 	return nics, nil
 }

@@ -96,8 +96,9 @@ func TestWire(t *testing.T) {
 		}
 		l, _ := netlink.LinkByName("eth0")
 		nics, err := Plan(path, 1)
-		if err != nil || len(nics) != 1 || nics[0].MAC != l.Attrs().HardwareAddr.String() || nics[0].MTU != 1450 || nics[0].Spare {
-			t.Fatalf("Plan = %+v, %v", nics, err)
+		if err != nil || len(nics) != 2 || nics[0].MAC != l.Attrs().HardwareAddr.String() || nics[0].MTU != 1450 || nics[0].Spare ||
+			!nics[1].Spare || nics[1].Tap != "msbtap1" {
+			t.Fatalf("Plan = %+v, %v; want eth0's NIC and a spare", nics, err)
 		}
 		fds, err := CreateTaps(nics)
 		if err != nil {
@@ -119,7 +120,7 @@ func TestWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(wires) != 1 || wires[0] != (Wire{Iface: "eth0", Tap: "msbtap0"}) {
+		if len(wires) != 1 || wires[0] != (Wire{Iface: "eth0", Tap: "msbtap0", Index: l.Attrs().Index}) {
 			t.Fatalf("wires = %v", wires)
 		}
 		c := cfg[0]
@@ -151,12 +152,14 @@ func TestWire(t *testing.T) {
 		if w, _, err := Attach(ns, nics, wires); err != nil || len(w) != 0 {
 			t.Errorf("second Attach = %v, %v", w, err)
 		}
-		// An interface with no NIC left fails Attach.
-		if err := veth("eth1", 0); err != nil {
-			t.Fatal(err)
+		// An interface with no NIC left fails Attach (eth1 takes the spare).
+		for _, name := range []string{"eth1", "eth2"} {
+			if err := veth(name, 0); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if _, _, err := Attach(ns, nics, wires); err == nil || !strings.Contains(err.Error(), "spare_nics") {
-			t.Errorf("Attach with eth1 = %v", err)
+		if _, _, err := Attach(ns, nics, wires); err == nil || !strings.Contains(err.Error(), "spare_nics") || !strings.Contains(err.Error(), "eth2") {
+			t.Errorf("Attach with eth1 and eth2 = %v", err)
 		}
 		dir := t.TempDir()
 		if err := SaveWires(dir, wires); err != nil {

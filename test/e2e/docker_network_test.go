@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDockerNetworkConnect connects a running msb container to a new
+// network (ADR 029): another container on that network reaches it there,
+// its guest has the interface; after disconnect it is unreachable there
+// and the guest's interface is gone; a second connect reuses the freed
+// NIC; a connect past the spare NICs is refused in the shim's log, naming
+// spare_nics.
+func TestDockerNetworkConnect(t *testing.T) {
+	d := startDocker(t)
+	serveHTTP(t, d.netns, "0.0.0.0:9091", "bridge-ok")
+	d.mustDocker(t, "network", "create", "--subnet", "10.90.0.0/24", "side")
+	d.mustDocker(t, "network", "create", "--subnet", "10.91.0.0/24", "third")
+	d.mustDocker(t, "run", "-d", "--name", "web", "--runtime", "msb", d.image,
+		"sh", "-c", "mkdir -p /www; echo side-ok > /www/index.html; exec httpd -f -p 8000 -h /www")
+	d.mustDocker(t, "run", "-d", "--name", "client", "--runtime", "msb", "--network", "side", "--ip", "10.90.0.20", d.image, "sleep", "600")
+	fetch := func(url string) (string, error) {
+		return d.docker("exec", "client", "wget", "-q", "-T", "3", "-O-", url)
+	}
+	const url = "http://10.90.0.10:8000/"
+	if out, err := fetch(url); err == nil {
+		t.Fatalf("web reachable on side before connect: %q", out)
+	}
+
+	d.mustDocker(t, "network", "connect", "--ip", "10.90.0.10", "side", "web")
+	waitFetch(t, fetch, url, true)
+	if addrs := d.mustDocker(t, "exec", "web", "ip", "-o", "addr"); !strings.Contains(addrs, "inet 10.90.0.10/24") {
+		t.Errorf("web's guest after connect:\n%s\nwant 10.90.0.10/24", addrs)
+	}
+	// The first network still works.
+	if out := d.mustDocker(t, "exec", "web", "wget", "-q", "-T", "3", "-O-", "http://"+dockerBridgeGW+":9091/"); out != "bridge-ok" {
+		t.Errorf("web to the bridge's gateway after connect: %q", out)
+	}
+
+	d.mustDocker(t, "network", "disconnect", "side", "web")
+	waitFetch(t, fetch, url, false)
+	if addrs := d.mustDocker(t, "exec", "web", "ip", "-o", "addr"); strings.Contains(addrs, "10.90.0.10") {
+		t.Errorf("web's guest after disconnect:\n%s\nwant no 10.90.0.10", addrs)
+	}
+
+	// The NIC is free again: a second connect takes it.
+	d.mustDocker(t, "network", "connect", "--ip", "10.90.0.11", "side", "web")
+	waitFetch(t, fetch, "http://10.90.0.11:8000/", true)
+
+	// web has 2 NICs (spare_nics 2): bridge and side; a third network has
+	// none left, and the shim's log (containerd's) says so.
+	d.mustDocker(t, "network", "connect", "third", "web")
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(d.Log(), "no spare NIC is left") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no spare NIC error in the shim's log after a third network:\n%s", tail(d.Log(), 30))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if line := lineWith(d.Log(), "no spare NIC is left"); !strings.Contains(line, "spare_nics") {
+		t.Errorf("shim log line %q does not name spare_nics", line)
+	}
+	// side still works.
+	waitFetch(t, fetch, "http://10.90.0.11:8000/", true)
+	d.mustDocker(t, "rm", "-f", "web", "client")
+}
+
+// waitFetch waits (1 min) until fetch(url) serves side-ok (reach) or
+// fails (!reach).
+func waitFetch(t *testing.T, fetch func(string) (string, error), url string, reach bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := fetch(url)
+		if reach && err == nil && out == "side-ok\n" || !reach && err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s reachable = %v after 1m, want %v: %q, %v", url, !reach, reach, out, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func lineWith(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
