@@ -28,9 +28,9 @@ import (
 type agentService struct{ a *Agent }
 
 var (
-	_ protocol.OOMWatcher = (*agentService)(nil)
-	_ protocol.Preparer   = (*agentService)(nil)
-	_ protocol.Networker  = (*agentService)(nil)
+	_ protocol.OOMWatcher     = (*agentService)(nil)
+	_ protocol.Preparer       = (*agentService)(nil)
+	_ protocol.Networker      = (*agentService)(nil)
 	_ protocol.NetworkRemover = (*agentService)(nil)
 )
 
