@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +23,14 @@ func TestDockerNetworkConnect(t *testing.T) {
 		"sh", "-c", "mkdir -p /www; echo side-ok > /www/index.html; exec httpd -f -p 8000 -h /www")
 	d.mustDocker(t, "run", "-d", "--name", "client", "--runtime", "msb", "--network", "side", "--ip", "10.90.0.20", d.image, "sleep", "600")
 	fetch := func(url string) (string, error) {
-		return d.docker("exec", "client", "wget", "-q", "-T", "3", "-O-", url)
+		return d.docker("exec", "client", "timeout", "5", "wget", "-q", "-O-", url)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			d.netDiag(t, "web")
+			d.netDiag(t, "client")
+		}
+	})
 	const url = "http://10.90.0.10:8000/"
 	if out, err := fetch(url); err == nil {
 		t.Fatalf("web reachable on side before connect: %q", out)
@@ -34,7 +42,7 @@ func TestDockerNetworkConnect(t *testing.T) {
 		t.Errorf("web's guest after connect:\n%s\nwant 10.90.0.10/24", addrs)
 	}
 	// The first network still works.
-	if out := d.mustDocker(t, "exec", "web", "wget", "-q", "-T", "3", "-O-", "http://"+dockerBridgeGW+":9091/"); out != "bridge-ok" {
+	if out := d.mustDocker(t, "exec", "web", "timeout", "5", "wget", "-q", "-O-", "http://"+dockerBridgeGW+":9091/"); out != "bridge-ok" {
 		t.Errorf("web to the bridge's gateway after connect: %q", out)
 	}
 
@@ -81,6 +89,24 @@ func waitFetch(t *testing.T, fetch func(string) (string, error), url string, rea
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// netDiag logs what the guest and the host side of container name's
+// network look like, and its VM's logs.
+func (d *dockerEnv) netDiag(t *testing.T, name string) {
+	for _, args := range [][]string{{"exec", name, "ip", "addr"}, {"exec", name, "ip", "route"}} {
+		out, err := d.docker(args...)
+		t.Logf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	id, _ := d.docker("inspect", "-f", "{{.Id}}", name)
+	dirs, _ := filepath.Glob(filepath.Join(d.stateRoot, "*", "vms", strings.TrimSpace(id)))
+	for _, dir := range dirs {
+		for _, f := range []string{"network.json", "vmm.log", "console.log"} {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			t.Logf("%s %s:\n%s", name, f, tail(string(b), 40))
+		}
+	}
+	t.Logf("shim log:\n%s", tail(d.Log(), 40))
 }
 
 func lineWith(s, sub string) string {
