@@ -9,19 +9,41 @@ import (
 )
 
 // TestDockerNetworkConnect connects a running msb container to a new
-// network (ADR 029): another container on that network reaches it there,
-// its guest has the interface; after disconnect it is unreachable there
-// and the guest's interface is gone; a second connect reuses the freed
-// NIC; a connect past the spare NICs is refused in the shim's log, naming
-// spare_nics.
+// network through the shim (Docker v29; ADR 029); see networkConnect.
 func TestDockerNetworkConnect(t *testing.T) {
 	d := startDocker(t)
+	networkConnect(t, d, d.image, func(string) string { return d.Log() })
+}
+
+// TestDocker20NetworkConnect is the same through msb-runtime (Docker
+// 20.10): the VMM process follows the namespace and logs to its vmm.log.
+func TestDocker20NetworkConnect(t *testing.T) {
+	d := startDocker20(t)
+	networkConnect(t, d, "msb.local/busybox", func(id string) string {
+		logs, _ := filepath.Glob(filepath.Join(d.dir, "*", "*", "vms", id, "vmm.log"))
+		more, _ := filepath.Glob(filepath.Join(d.dir, "*", "*", "*", "vms", id, "vmm.log"))
+		var all string
+		for _, l := range append(logs, more...) {
+			b, _ := os.ReadFile(l)
+			all += string(b)
+		}
+		return all
+	})
+}
+
+// networkConnect connects a running msb container, web, to a new network:
+// another container on that network reaches it there, its guest has the
+// interface and keeps its first network; after disconnect it is
+// unreachable there and the guest's interface is gone; a second connect
+// reuses the freed NIC; a connect past the spare NICs is refused in
+// msbLog(web's id), naming spare_nics, and the rest keeps working.
+func networkConnect(t *testing.T, d *dockerEnv, image string, msbLog func(id string) string) {
 	serveHTTP(t, d.netns, "0.0.0.0:9091", "bridge-ok")
 	d.mustDocker(t, "network", "create", "--subnet", "10.90.0.0/24", "side")
 	d.mustDocker(t, "network", "create", "--subnet", "10.91.0.0/24", "third")
-	d.mustDocker(t, "run", "-d", "--name", "web", "--runtime", "msb", d.image,
-		"sh", "-c", "mkdir -p /www; echo side-ok > /www/index.html; exec httpd -f -p 8000 -h /www")
-	d.mustDocker(t, "run", "-d", "--name", "client", "--runtime", "msb", "--network", "side", "--ip", "10.90.0.20", d.image, "sleep", "600")
+	id := strings.TrimSpace(d.mustDocker(t, "run", "-d", "--name", "web", "--runtime", "msb", image,
+		"sh", "-c", "mkdir -p /www; echo side-ok > /www/index.html; exec httpd -f -p 8000 -h /www"))
+	d.mustDocker(t, "run", "-d", "--name", "client", "--runtime", "msb", "--network", "side", "--ip", "10.90.0.20", image, "sleep", "600")
 	fetch := func(url string) (string, error) {
 		return d.docker("exec", "client", "timeout", "5", "wget", "-q", "-O-", url)
 	}
@@ -60,14 +82,14 @@ func TestDockerNetworkConnect(t *testing.T) {
 	// none left, and the shim's log (containerd's) says so.
 	d.mustDocker(t, "network", "connect", "third", "web")
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(d.Log(), "no spare NIC is left") {
+	for !strings.Contains(msbLog(id), "no spare NIC is left") {
 		if time.Now().After(deadline) {
-			t.Fatalf("no spare NIC error in the shim's log after a third network:\n%s", tail(d.Log(), 30))
+			t.Fatalf("no spare NIC error in msb's log after a third network:\n%s", tail(msbLog(id), 30))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if line := lineWith(d.Log(), "no spare NIC is left"); !strings.Contains(line, "spare_nics") {
-		t.Errorf("shim log line %q does not name spare_nics", line)
+	if line := lineWith(msbLog(id), "no spare NIC is left"); !strings.Contains(line, "spare_nics") {
+		t.Errorf("msb's log line %q does not name spare_nics", line)
 	}
 	// side still works.
 	waitFetch(t, fetch, "http://10.90.0.11:8000/", true)
@@ -99,7 +121,10 @@ func (d *dockerEnv) netDiag(t *testing.T, name string) {
 		t.Logf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	id, _ := d.docker("inspect", "-f", "{{.Id}}", name)
-	dirs, _ := filepath.Glob(filepath.Join(d.stateRoot, "*", "vms", strings.TrimSpace(id)))
+	id = strings.TrimSpace(id)
+	dirs, _ := filepath.Glob(filepath.Join(d.stateRoot, "*", "vms", id))
+	more, _ := filepath.Glob(filepath.Join(d.dir, "*", "*", "vms", id))
+	dirs = append(dirs, more...)
 	for _, dir := range dirs {
 		for _, f := range []string{"network.json", "vmm.log", "console.log"} {
 			b, _ := os.ReadFile(filepath.Join(dir, f))
