@@ -15,26 +15,6 @@ import (
 // ingressHandle is the handle of the ingress qdisc (ffff:).
 var ingressHandle = netlink.MakeHandle(0xffff, 0)
 
-// Attach wires every Ethernet interface of the namespace ns that is not in
-// wired yet to a free NIC of nics: the interface's own NIC when it was
-// there at boot (same MAC), else a spare. It returns the new wires and,
-// for each, what the guest agent sets on the NIC. An interface left
-// without a NIC fails Attach, after undoing what it wired.
-func Attach(ns *os.File, nics []NIC, wired []Wire) ([]Wire, []protocol.NetInterface, error) {
-	h, err := handle(ns)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer h.Close()
-	s, err := syncWires(h, nics, wired, false)
-	added := len(s.Wires) - s.Added
-	if err != nil {
-		detach(h, s.Wires[added:])
-		return nil, nil, err
-	}
-	return s.Wires[added:], s.Configs[added:], nil
-}
-
 // pick returns the unused NIC made for mac, else the first unused spare,
 // else an unused NIC whose own interface is not in the namespace (claimed
 // holds the MACs of those that are): it left, and its NIC is free again.
@@ -141,7 +121,7 @@ func guestRoute(r netlink.Route) protocol.Route {
 }
 
 // Detach removes the ingress qdiscs (and so the redirect filters) that
-// Attach put on the wired interfaces of ns. A tap's go with the tap.
+// Sync put on the wired interfaces of ns. A tap's go with the tap.
 // Interfaces already gone are skipped.
 func Detach(ns *os.File, wires []Wire) error {
 	if len(wires) == 0 {

@@ -6,8 +6,9 @@
 // MAC, MTU, addresses and routes (docs/networking.md).
 //
 // Plan decides the NICs before the VM boots, CreateTaps (in the VMM
-// process, inside the namespace) makes their taps, Attach wires the
-// interfaces present when the container starts and returns what the guest
+// process, inside the namespace) makes their taps, Sync wires the
+// interfaces present when the container starts (and, after it, those
+// that come and go: Subscribe tells when) and returns what the guest
 // agent configures, Detach removes the wiring.
 package network
 
@@ -44,7 +45,7 @@ type NIC struct {
 	Spare bool `json:"spare,omitempty"`
 }
 
-// Wire is one interface joined to a NIC's tap by Attach or Sync.
+// Wire is one interface joined to a NIC's tap by Sync.
 type Wire struct {
 	Iface string `json:"iface"`
 	Tap   string `json:"tap"`
@@ -53,7 +54,7 @@ type Wire struct {
 	Index int `json:"index,omitempty"`
 }
 
-// OpenNS opens a network namespace by path for Handle, Attach and Detach.
+// OpenNS opens a network namespace by path for Sync, Subscribe and Detach.
 func OpenNS(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -116,10 +116,11 @@ func TestWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ns.Close()
-		wires, cfg, err := Attach(ns, nics, nil)
+		s, err := Sync(ns, nics, nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
+		wires, cfg := s.Wires, s.Configs
 		if len(wires) != 1 || wires[0] != (Wire{Iface: "eth0", Tap: "msbtap0", Index: l.Attrs().Index}) {
 			t.Fatalf("wires = %v", wires)
 		}
@@ -148,24 +149,29 @@ func TestWire(t *testing.T) {
 				t.Errorf("%s: action %+v, want a redirect to %s", name, u.Actions[0], other)
 			}
 		}
-		// Nothing new to wire: Attach again wires nothing.
-		if w, _, err := Attach(ns, nics, wires); err != nil || len(w) != 0 {
-			t.Errorf("second Attach = %v, %v", w, err)
+		// Nothing new to wire: Sync again wires nothing.
+		if s, err := Sync(ns, nics, wires, false); err != nil || s.Added != 0 || len(s.Wires) != 1 || s.Wires[0] != wires[0] {
+			t.Errorf("second Sync = %+v, %v", s, err)
 		}
-		// An interface with no NIC left fails Attach (eth1 takes the spare).
+		// An interface with no NIC left fails Sync (eth1 takes the spare).
 		for _, name := range []string{"eth1", "eth2"} {
 			if err := veth(name, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, _, err := Attach(ns, nics, wires); err == nil || !strings.Contains(err.Error(), "spare_nics") || !strings.Contains(err.Error(), "eth2") {
-			t.Errorf("Attach with eth1 and eth2 = %v", err)
+		s, err = Sync(ns, nics, wires, false)
+		if err == nil || !strings.Contains(err.Error(), "spare_nics") || !strings.Contains(err.Error(), "eth2") {
+			t.Errorf("Sync with eth1 and eth2 = %v", err)
 		}
+		if len(s.Wires) != 2 || s.Wires[1].Iface != "eth1" || s.Wires[1].Tap != "msbtap1" {
+			t.Errorf("wires after Sync with eth1 and eth2 = %+v; want eth0's, and eth1 on the spare", s.Wires)
+		}
+		wires = s.Wires
 		dir := t.TempDir()
 		if err := SaveWires(dir, wires); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := LoadWires(dir); err != nil || len(got) != 1 || got[0] != wires[0] {
+		if got, err := LoadWires(dir); err != nil || len(got) != 2 || got[0] != wires[0] || got[1] != wires[1] {
 			t.Errorf("LoadWires = %v, %v", got, err)
 		}
 		if err := Detach(ns, wires); err != nil {
