@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/network/nstest"
 )
 
 // peerNS is where inNewNS's veth peers go (an fd).
@@ -22,32 +22,14 @@ func veth(name string, mtu int) error {
 	return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: name + "p", PeerNamespace: netlink.NsFd(peerNS)})
 }
 
-// inNewNS runs fn on a thread in a new network namespace, whose path
-// (/proc/<pid>/task/<tid>/ns/net) it gets. The thread is thrown away.
+// inNewNS runs fn in a new network namespace (nstest.Run), whose path it
+// gets; veth puts peers in a second one.
 func inNewNS(t *testing.T, fn func(path string)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		// The first namespace holds veth peers, the second is fn's.
-		peers, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		defer peers.Close()
+	nstest.Run(t, func(path string, peers netns.NsHandle) {
 		peerNS = int(peers)
-		if _, err := netns.New(); err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		fn(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
-	}()
-	<-done
+		fn(path)
+	})
 }
 
 func TestPlanSpares(t *testing.T) {

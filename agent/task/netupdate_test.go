@@ -2,8 +2,6 @@ package task
 
 import (
 	"net"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -11,53 +9,43 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/network/nstest"
 	"github.com/msb-dev/msb/protocol"
 )
 
-// inNICNS runs fn on a thread in a new namespace (the agent's, self) with
+// inNICNS runs fn in a new namespace (the agent's, self; nstest.Run) with
 // a veth nic0 (a stand-in for a virtio NIC) and a second, empty namespace
-// (a container's, ctr, with th a handle there). The thread is thrown away.
+// (a container's, ctr, with th a handle there).
 func inNICNS(t *testing.T, fn func(self, ctr netns.NsHandle, th *netlink.Handle, nic netlink.Link)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends in a new namespace
-		peers, err := netns.New()
+	nstest.Run(t, func(path string, peers netns.NsHandle) {
+		self, err := netns.GetFromPath(path)
 		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		defer peers.Close()
-		ctr, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		defer ctr.Close()
-		self, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
+			t.Fatal(err)
 		}
 		defer self.Close()
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}, PeerName: "nic0p", PeerNamespace: netlink.NsFd(peers)}); err != nil {
-			t.Errorf("veth: %v", err)
-			return
+		ctr, err := netns.New()
+		if err != nil {
+			t.Fatal(err)
 		}
-		nic, _ := netlink.LinkByName("nic0")
+		defer ctr.Close()
+		if err := netns.Set(self); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nic0"}, PeerName: "nic0p", PeerNamespace: netlink.NsFd(peers)}); err != nil {
+			t.Fatal(err)
+		}
+		nic, err := netlink.LinkByName("nic0")
+		if err != nil {
+			t.Fatal(err)
+		}
 		th, err := netlink.NewHandleAt(ctr, unix.NETLINK_ROUTE)
 		if err != nil {
-			t.Errorf("handle: %v", err)
-			return
+			t.Fatal(err)
 		}
 		defer th.Close()
 		fn(self, ctr, th, nic)
-	}()
-	<-done
+	})
 }
 
 func addrsOf(t *testing.T, h *netlink.Handle, l netlink.Link) string {
