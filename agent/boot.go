@@ -28,9 +28,10 @@ import (
 type agentService struct{ a *Agent }
 
 var (
-	_ protocol.OOMWatcher = (*agentService)(nil)
-	_ protocol.Preparer   = (*agentService)(nil)
-	_ protocol.Networker  = (*agentService)(nil)
+	_ protocol.OOMWatcher     = (*agentService)(nil)
+	_ protocol.Preparer       = (*agentService)(nil)
+	_ protocol.Networker      = (*agentService)(nil)
+	_ protocol.NetworkRemover = (*agentService)(nil)
 )
 
 func (s *agentService) Boot(ctx context.Context, env []string) error {
@@ -59,6 +60,11 @@ func (s *agentService) Prepare(ctx context.Context, id string, env []string) err
 // Network implements protocol.Networker.
 func (s *agentService) Network(ctx context.Context, id string, nics []protocol.NetInterface) error {
 	return task.ToStatus(s.a.tasks.Network(id, nics))
+}
+
+// NetworkRemove implements protocol.NetworkRemover.
+func (s *agentService) NetworkRemove(ctx context.Context, id string, nics []protocol.NetInterface) error {
+	return task.ToStatus(s.a.tasks.NetworkRemove(id, nics))
 }
 
 func (s *agentService) WaitShutdown(ctx context.Context) (int32, error) {

@@ -55,9 +55,10 @@ type Config struct {
 	// KVMBootTimeout: with accel left to msb, a KVM boot not done by then
 	// is retried under TCG (broken nested KVM can hang); empty = 15s.
 	KVMBootTimeout string `toml:"kvm_boot_timeout"`
-	// SpareNICs is how many NICs a VM gets when its network namespace has
-	// no interface yet at boot, for interfaces that arrive before the
-	// container starts (Docker, nerdctl's hook): a VM cannot hot-plug NICs.
+	// SpareNICs is how many NICs a VM gets beyond one per interface its
+	// network namespace has at boot, for interfaces that arrive later:
+	// before the container starts (Docker's veth, nerdctl's hook) and after
+	// (docker network connect; ADR 029). A VM cannot hot-plug NICs.
 	SpareNICs int `toml:"spare_nics"`
 	// ConsoleLogMaxKiB caps each VM's guest console log (0: 4096 KiB);
 	// the oldest half goes when it is reached.
@@ -99,7 +100,7 @@ func Default() Config {
 		MemoryMiB:   256,
 		OverheadMiB: 128,
 		BootTimeout: "2m",
-		SpareNICs:   1,
+		SpareNICs:   2, // Docker's first network and one connected later
 	}
 }
 

@@ -2,11 +2,13 @@ package launch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -26,8 +28,16 @@ type Net struct {
 	ns       *os.File
 	nics     []network.NIC
 	stateDir string
-	wires    []network.Wire
 	loopback *network.LoopbackForwarder
+
+	// mu serializes syncs in this process (the watcher's and Attach);
+	// the state dir's lock serializes them with other processes.
+	mu    sync.Mutex
+	wires []network.Wire
+	// sent is the guest configuration last sent for each wired
+	// interface, by index.
+	sent  map[int]string
+	watch *watcher
 }
 
 // OpenNet opens the network namespace of the VMM process pid started
@@ -53,24 +63,77 @@ func (n *Net) Attach(ctx context.Context, agent *protocol.AgentClient, id string
 	if n == nil || len(n.nics) == 0 {
 		return nil
 	}
-	wires, nics, err := network.Attach(n.ns, n.nics, n.wires)
-	if err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if len(wires) == 0 {
+	return n.sync(ctx, agent, id, false)
+}
+
+// sync brings the wiring and the guest's NICs to the namespace's
+// interfaces now (network.Sync), under the state dir's lock: the CLI's
+// start and the VMM's watcher are two processes. It tells the agent of
+// the NICs whose interface left and of those new or changed.
+func (n *Net) sync(ctx context.Context, agent *protocol.AgentClient, id string, upOnly bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ns == nil {
 		return nil
 	}
-	n.wires = append(n.wires, wires...)
-	if err := network.SaveWires(n.stateDir, n.wires); err != nil {
+	unlock, err := lockState(n.stateDir)
+	if err != nil {
 		return err
 	}
-	if err := agent.Network(ctx, id, nics); err != nil {
-		if status.Code(err) == codes.Unimplemented {
-			return fmt.Errorf("the guest agent cannot configure NICs (guest image older than networking): rebuild the guest image: %w", errdefs.ErrFailedPrecondition)
+	defer unlock()
+	wires := n.wires
+	if n.stateDir != "" {
+		if wires, err = network.LoadWires(n.stateDir); err != nil {
+			return fmt.Errorf("network: %w", err)
 		}
-		return fmt.Errorf("configure the guest network: %w", errgrpc.ToNative(err))
 	}
+	s, serr := network.Sync(n.ns, n.nics, wires, upOnly)
+	if serr != nil {
+		serr = fmt.Errorf("network: %w", serr)
+	}
+	n.wires = s.Wires
+	if n.stateDir != "" {
+		if err := network.SaveWires(n.stateDir, n.wires); err != nil {
+			return errors.Join(serr, err)
+		}
+	}
+	return errors.Join(serr, n.tellGuest(ctx, agent, id, s))
+}
+
+// tellGuest has the agent give back the NICs of s.Removed and configure
+// those of s whose configuration it has not been sent yet.
+func (n *Net) tellGuest(ctx context.Context, agent *protocol.AgentClient, id string, s network.Synced) error {
+	if len(s.Removed) > 0 {
+		if err := agent.NetworkRemove(ctx, id, s.Removed); err != nil {
+			return guestNetErr("remove NICs in the guest", err)
+		}
+	}
+	sent := map[int]string{}
+	var changed []protocol.NetInterface
+	for i, c := range s.Configs {
+		b, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		idx := s.Wires[i].Index
+		if sent[idx] = string(b); n.sent[idx] != sent[idx] {
+			changed = append(changed, c)
+		}
+	}
+	if len(changed) > 0 {
+		if err := agent.Network(ctx, id, changed); err != nil {
+			return guestNetErr("configure the guest network", err)
+		}
+	}
+	n.sent = sent
 	return nil
+}
+
+func guestNetErr(what string, err error) error {
+	if status.Code(err) == codes.Unimplemented {
+		return fmt.Errorf("the guest agent cannot %s (guest image older than msb): rebuild the guest image: %w", what, errdefs.ErrFailedPrecondition)
+	}
+	return fmt.Errorf("%s: %w", what, errgrpc.ToNative(err))
 }
 
 // portOpenTimeout bounds the agent's answer to a port-forward open: it
@@ -114,7 +177,13 @@ func (n *Net) ForwardLoopback(agentSocket, id string) error {
 // creator that hands the VM over (the VMM then undoes it when it ends);
 // safe on nil.
 func (n *Net) Release() {
-	if n == nil || n.ns == nil {
+	if n == nil {
+		return
+	}
+	n.StopWatch()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ns == nil {
 		return
 	}
 	n.ns.Close()
@@ -124,7 +193,13 @@ func (n *Net) Release() {
 // Close stops loopback forwarding, undoes the wiring (the taps go with the
 // VMM) and closes the namespace; safe on nil.
 func (n *Net) Close() error {
-	if n == nil || n.ns == nil {
+	if n == nil {
+		return nil
+	}
+	n.StopWatch()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ns == nil {
 		return nil
 	}
 	ferr := n.loopback.Close()

@@ -15,62 +15,10 @@ import (
 // ingressHandle is the handle of the ingress qdisc (ffff:).
 var ingressHandle = netlink.MakeHandle(0xffff, 0)
 
-// Attach wires every Ethernet interface of the namespace ns that is not in
-// wired yet to a free NIC of nics: the interface's own NIC when it was
-// there at boot (same MAC), else a spare. It returns the new wires and,
-// for each, what the guest agent sets on the NIC. An interface left
-// without a NIC fails Attach, after undoing what it wired.
-func Attach(ns *os.File, nics []NIC, wired []Wire) (_ []Wire, _ []protocol.NetInterface, retErr error) {
-	h, err := handle(ns)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return nil, nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	used := map[string]bool{}
-	done := map[string]bool{}
-	for _, w := range wired {
-		used[w.Tap], done[w.Iface] = true, true
-	}
-	var wires []Wire
-	var cfg []protocol.NetInterface
-	defer func() {
-		if retErr != nil {
-			detach(h, wires)
-		}
-	}()
-	for _, l := range links {
-		a := l.Attrs()
-		if !eligible(l) || done[a.Name] {
-			continue
-		}
-		nic, ok := pick(nics, used, a.HardwareAddr.String())
-		if !ok {
-			return nil, nil, fmt.Errorf("interface %s appeared after the VM booted and no spare NIC is left for it: raise spare_nics in the msb config (a VM cannot hot-plug NICs)", a.Name)
-		}
-		used[nic.Tap] = true
-		tap, err := h.LinkByName(nic.Tap)
-		if err != nil {
-			return nil, nil, fmt.Errorf("tap %s of interface %s: %w", nic.Tap, a.Name, err)
-		}
-		wires = append(wires, Wire{Iface: a.Name, Tap: nic.Tap})
-		if err := redirect(h, l, tap); err != nil {
-			return nil, nil, fmt.Errorf("wire %s to %s: %w", a.Name, nic.Tap, err)
-		}
-		ni, err := guestConfig(h, l, nic)
-		if err != nil {
-			return nil, nil, err
-		}
-		cfg = append(cfg, ni)
-	}
-	return wires, cfg, nil
-}
-
-// pick returns the unused NIC made for mac, else the first unused spare.
-func pick(nics []NIC, used map[string]bool, mac string) (NIC, bool) {
+// pick returns the unused NIC made for mac, else the first unused spare,
+// else an unused NIC whose own interface is not in the namespace (claimed
+// holds the MACs of those that are): it left, and its NIC is free again.
+func pick(nics []NIC, used map[string]bool, mac string, claimed map[string]bool) (NIC, bool) {
 	for _, n := range nics {
 		if !used[n.Tap] && !n.Spare && n.MAC == mac {
 			return n, true
@@ -78,6 +26,11 @@ func pick(nics []NIC, used map[string]bool, mac string) (NIC, bool) {
 	}
 	for _, n := range nics {
 		if !used[n.Tap] && n.Spare {
+			return n, true
+		}
+	}
+	for _, n := range nics {
+		if !used[n.Tap] && !claimed[n.MAC] {
 			return n, true
 		}
 	}
@@ -168,7 +121,7 @@ func guestRoute(r netlink.Route) protocol.Route {
 }
 
 // Detach removes the ingress qdiscs (and so the redirect filters) that
-// Attach put on the wired interfaces of ns. A tap's go with the tap.
+// Sync put on the wired interfaces of ns. A tap's go with the tap.
 // Interfaces already gone are skipped.
 func Detach(ns *os.File, wires []Wire) error {
 	if len(wires) == 0 {

@@ -6,8 +6,9 @@
 // MAC, MTU, addresses and routes (docs/networking.md).
 //
 // Plan decides the NICs before the VM boots, CreateTaps (in the VMM
-// process, inside the namespace) makes their taps, Attach wires the
-// interfaces present when the container starts and returns what the guest
+// process, inside the namespace) makes their taps, Sync wires the
+// interfaces present when the container starts (and, after it, those
+// that come and go: Subscribe tells when) and returns what the guest
 // agent configures, Detach removes the wiring.
 package network
 
@@ -39,17 +40,21 @@ type NIC struct {
 	MAC string `json:"mac"`
 	MTU int    `json:"mtu,omitempty"`
 	// Spare NICs wait for an interface that appears after the VM booted
-	// (Docker moves its veth in between create and start).
+	// (Docker moves its veth in between create and start, a network
+	// connected after start comes later still).
 	Spare bool `json:"spare,omitempty"`
 }
 
-// Wire is one interface joined to a NIC's tap by Attach.
+// Wire is one interface joined to a NIC's tap by Sync.
 type Wire struct {
 	Iface string `json:"iface"`
 	Tap   string `json:"tap"`
+	// Index is the interface's: a name can come back on another
+	// interface (disconnect and connect again).
+	Index int `json:"index,omitempty"`
 }
 
-// OpenNS opens a network namespace by path for Handle, Attach and Detach.
+// OpenNS opens a network namespace by path for Sync, Subscribe and Detach.
 func OpenNS(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -79,9 +84,10 @@ func eligible(l netlink.Link) bool {
 }
 
 // Plan returns the NICs of a VM whose VMM runs in the namespace at nsPath
-// ("" for a new, empty one): one per Ethernet interface there now, or
-// spares NICs when there is none. A namespace already wired to another msb
-// VM is refused: two VMs cannot share one interface.
+// ("" for a new, empty one): one per Ethernet interface there now, then
+// spares spare NICs for interfaces that arrive later (Docker's veth after
+// create, docker network connect after start). A namespace already wired
+// to another msb VM is refused: two VMs cannot share one interface.
 func Plan(nsPath string, spares int) ([]NIC, error) {
 	var links []netlink.Link
 	if nsPath != "" {
@@ -112,15 +118,12 @@ func Plan(nsPath string, spares int) ([]NIC, error) {
 			nics = append(nics, NIC{Tap: tapName(len(nics)), MAC: a.HardwareAddr.String(), MTU: a.MTU})
 		}
 	}
-	if len(nics) > 0 {
-		return nics, nil
-	}
 	for i := 0; i < spares; i++ {
 		mac, err := randomMAC()
 		if err != nil {
 			return nil, err
 		}
-		nics = append(nics, NIC{Tap: tapName(i), MAC: mac, Spare: true})
+		nics = append(nics, NIC{Tap: tapName(len(nics)), MAC: mac, Spare: true})
 	}
 	return nics, nil
 }

@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/network/nstest"
 )
 
 // peerNS is where inNewNS's veth peers go (an fd).
@@ -22,32 +22,14 @@ func veth(name string, mtu int) error {
 	return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: name + "p", PeerNamespace: netlink.NsFd(peerNS)})
 }
 
-// inNewNS runs fn on a thread in a new network namespace, whose path
-// (/proc/<pid>/task/<tid>/ns/net) it gets. The thread is thrown away.
+// inNewNS runs fn in a new network namespace (nstest.Run), whose path it
+// gets; veth puts peers in a second one.
 func inNewNS(t *testing.T, fn func(path string)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		// The first namespace holds veth peers, the second is fn's.
-		peers, err := netns.New()
-		if err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		defer peers.Close()
+	nstest.Run(t, func(path string, peers netns.NsHandle) {
 		peerNS = int(peers)
-		if _, err := netns.New(); err != nil {
-			t.Errorf("new netns: %v", err)
-			return
-		}
-		fn(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
-	}()
-	<-done
+		fn(path)
+	})
 }
 
 func TestPlanSpares(t *testing.T) {
@@ -96,8 +78,9 @@ func TestWire(t *testing.T) {
 		}
 		l, _ := netlink.LinkByName("eth0")
 		nics, err := Plan(path, 1)
-		if err != nil || len(nics) != 1 || nics[0].MAC != l.Attrs().HardwareAddr.String() || nics[0].MTU != 1450 || nics[0].Spare {
-			t.Fatalf("Plan = %+v, %v", nics, err)
+		if err != nil || len(nics) != 2 || nics[0].MAC != l.Attrs().HardwareAddr.String() || nics[0].MTU != 1450 || nics[0].Spare ||
+			!nics[1].Spare || nics[1].Tap != "msbtap1" {
+			t.Fatalf("Plan = %+v, %v; want eth0's NIC and a spare", nics, err)
 		}
 		fds, err := CreateTaps(nics)
 		if err != nil {
@@ -115,11 +98,12 @@ func TestWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ns.Close()
-		wires, cfg, err := Attach(ns, nics, nil)
+		s, err := Sync(ns, nics, nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(wires) != 1 || wires[0] != (Wire{Iface: "eth0", Tap: "msbtap0"}) {
+		wires, cfg := s.Wires, s.Configs
+		if len(wires) != 1 || wires[0] != (Wire{Iface: "eth0", Tap: "msbtap0", Index: l.Attrs().Index}) {
 			t.Fatalf("wires = %v", wires)
 		}
 		c := cfg[0]
@@ -147,22 +131,29 @@ func TestWire(t *testing.T) {
 				t.Errorf("%s: action %+v, want a redirect to %s", name, u.Actions[0], other)
 			}
 		}
-		// Nothing new to wire: Attach again wires nothing.
-		if w, _, err := Attach(ns, nics, wires); err != nil || len(w) != 0 {
-			t.Errorf("second Attach = %v, %v", w, err)
+		// Nothing new to wire: Sync again wires nothing.
+		if s, err := Sync(ns, nics, wires, false); err != nil || s.Added != 0 || len(s.Wires) != 1 || s.Wires[0] != wires[0] {
+			t.Errorf("second Sync = %+v, %v", s, err)
 		}
-		// An interface with no NIC left fails Attach.
-		if err := veth("eth1", 0); err != nil {
-			t.Fatal(err)
+		// An interface with no NIC left fails Sync (eth1 takes the spare).
+		for _, name := range []string{"eth1", "eth2"} {
+			if err := veth(name, 0); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if _, _, err := Attach(ns, nics, wires); err == nil || !strings.Contains(err.Error(), "spare_nics") {
-			t.Errorf("Attach with eth1 = %v", err)
+		s, err = Sync(ns, nics, wires, false)
+		if err == nil || !strings.Contains(err.Error(), "spare_nics") || !strings.Contains(err.Error(), "eth2") {
+			t.Errorf("Sync with eth1 and eth2 = %v", err)
 		}
+		if len(s.Wires) != 2 || s.Wires[1].Iface != "eth1" || s.Wires[1].Tap != "msbtap1" {
+			t.Errorf("wires after Sync with eth1 and eth2 = %+v; want eth0's, and eth1 on the spare", s.Wires)
+		}
+		wires = s.Wires
 		dir := t.TempDir()
 		if err := SaveWires(dir, wires); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := LoadWires(dir); err != nil || len(got) != 1 || got[0] != wires[0] {
+		if got, err := LoadWires(dir); err != nil || len(got) != 2 || got[0] != wires[0] || got[1] != wires[1] {
 			t.Errorf("LoadWires = %v, %v", got, err)
 		}
 		if err := Detach(ns, wires); err != nil {

@@ -137,6 +137,11 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 			return &emptypb.Empty{}, n.Network(ctx, r.ID, r.NICs)
 		})
 	}
+	if n, ok := a.(NetworkRemover); ok {
+		methods["NetworkRemove"] = jsonMethod("NetworkRemove", func(ctx context.Context, r networkRequest) (any, error) {
+			return &emptypb.Empty{}, n.NetworkRemove(ctx, r.ID, r.NICs)
+		})
+	}
 	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: methods})
 }
 

@@ -33,9 +33,19 @@ type Route struct {
 
 // Networker is an optional part of the Agent service: an agent that
 // implements it serves Network, which moves NICs into a container's
-// network namespace (its init's) and configures them there.
+// network namespace (its init's) and configures them there, or brings a
+// NIC already there to the configuration given (a host interface renamed
+// or readdressed after start).
 type Networker interface {
 	Network(ctx context.Context, id string, nics []NetInterface) error
+}
+
+// NetworkRemover is an optional part of the Agent service: it takes NICs
+// (by BootMAC) out of a container's network namespace, unconfigured, as
+// spares again, when their host interface left (docker network
+// disconnect). A NIC not there is no error.
+type NetworkRemover interface {
+	NetworkRemove(ctx context.Context, id string, nics []NetInterface) error
 }
 
 type networkRequest struct {
@@ -52,4 +62,15 @@ func (a *AgentClient) Network(ctx context.Context, id string, nics []NetInterfac
 		return err
 	}
 	return a.c.Call(ctx, AgentServiceName, "Network", wrapperspb.Bytes(b), &emptypb.Empty{})
+}
+
+// NetworkRemove gives container id's NICs nics back to the VM's spares
+// (see NetworkRemover). An agent without it answers with
+// codes.Unimplemented.
+func (a *AgentClient) NetworkRemove(ctx context.Context, id string, nics []NetInterface) error {
+	b, err := json.Marshal(networkRequest{ID: id, NICs: nics})
+	if err != nil {
+		return err
+	}
+	return a.c.Call(ctx, AgentServiceName, "NetworkRemove", wrapperspb.Bytes(b), &emptypb.Empty{})
 }

@@ -250,6 +250,12 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 		p.mu.Lock()
 		p.guestPid, p.state = resp.Pid, stateRunning
 		p.mu.Unlock()
+		if c.ownsVM() {
+			// Networks connected from now on (docker network connect).
+			if err := c.vm.net.Watch(ctx, c.vm.agent, c.id); err != nil {
+				log.G(ctx).WithError(err).Errorf("VM %s: networks connected after start will not reach the guest", c.vm.name)
+			}
+		}
 		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: c.hostPid()})
 		c.runHooks(ctx, hooks.Poststart, specs.StateRunning)
 		return &task.StartResponse{Pid: c.hostPid()}, nil

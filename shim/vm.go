@@ -237,6 +237,7 @@ func (v *vm) stop(ctx context.Context, code int32) {
 		if v.h == nil {
 			return
 		}
+		v.net.StopWatch() // the guest no longer follows the namespace
 		var shutdown func() error
 		if v.agent != nil {
 			shutdown = func() error {

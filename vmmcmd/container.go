@@ -12,6 +12,7 @@ import (
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
 
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -57,7 +58,12 @@ func superviseContainer(cfg *vmm.LaunchConfig, detached <-chan struct{}) {
 	if tty != nil {
 		relayio.HoldPty(ctx, tty, tc, m.ID, "")
 	}
+	// This process is the container's long-lived one (ADR 017): it makes
+	// networks connected after create reach the guest (ADR 029).
+	net := watchNetwork(ctx, cfg, protocol.NewAgentClient(cl), m.ID)
+	defer net.Release()
 	w, err := tc.Wait(ctx, &task.WaitRequest{ID: m.ID})
+	net.StopWatch()
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("wait for the container (the VM is going)")
 		return
@@ -70,4 +76,21 @@ func superviseContainer(cfg *vmm.LaunchConfig, detached <-chan struct{}) {
 	if err := protocol.NewAgentClient(cl).Shutdown(sctx, code); err != nil {
 		log.G(ctx).WithError(err).Warn("guest shutdown")
 	}
+}
+
+// watchNetwork starts following the VM's network namespace (this
+// process's) for container id (launch.Net.Watch); nil when it cannot,
+// which is logged: the container runs on without later networks.
+func watchNetwork(ctx context.Context, cfg *vmm.LaunchConfig, agent *protocol.AgentClient, id string) *launch.Net {
+	n, err := launch.OpenNet(cfg, os.Getpid())
+	if err == nil {
+		if err = n.Watch(ctx, agent, id); err != nil {
+			n.Release()
+		}
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Error("networks connected after create will not reach the guest")
+		return nil
+	}
+	return n
 }
