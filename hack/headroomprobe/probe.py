@@ -6,8 +6,8 @@ tb-size=64, the balloon with free page reporting), to the agent's start (no host
 answers it), one variant at a time, waits SETTLE_SECONDS, and prints qemu's RSS, PSS
 and the CPU it used while idle. Variants:
   base      -m 256 -smp 1                      (today: a fixed ceiling)
-  mem-x4    -m 1024, balloon target 256 MiB    (memory headroom: deflate to grow)
-  cpu-x4    -smp 4 with maxcpus=1 on the kernel command line (vCPU headroom: online
+  mem-x2/x4 -m 512/1024, balloon target 256 MiB (memory headroom: deflate to grow)
+  cpu-x2/x4 -smp 2/4 with maxcpus=1 on the kernel command line (vCPU headroom: online
             the others to grow; microvm has no CPU hotplug)
 It stops every qemu it started before it exits."""
 import json, os, socket, subprocess, sys, time
@@ -81,5 +81,7 @@ def run(name, m, smp, append="", balloon=None):
         p.kill(); p.wait()
 
 run("base", 256, 1)
+run("mem-x2", 512, 1, balloon=256)
 run("mem-x4", 1024, 1, balloon=256)
+run("cpu-x2", 256, 2, "maxcpus=1")
 run("cpu-x4", 256, 4, "maxcpus=1")
