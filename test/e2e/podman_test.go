@@ -5,6 +5,7 @@ package e2e
 // process for the container's exit status and reads its stdio pipes.
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -187,5 +188,31 @@ func TestPodmanConmonKilled(t *testing.T) {
 	cmd := runtimeCmd("/run/msb", "delete", id)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("msb-runtime delete: %v: %s", err, out)
+	}
+}
+
+// TestPodmanNetworkConnect: podman network connect and disconnect on a
+// running msb container reach its guest through msb-runtime's path (the
+// VMM process follows the container's network namespace, ADR 029).
+func TestPodmanNetworkConnect(t *testing.T) {
+	p := startPodman(t)
+	p.mustPodman(t, "network", "create", "--subnet", "10.92.0.0/24", "side")
+	p.mustPodman(t, "run", "-d", "--name", "web", podmanImage, "sh", "-c", "mkdir -p /side; echo side-ok > /side/index.html; exec httpd -f -p 80 -h /side")
+	p.mustPodman(t, "run", "-d", "--name", "client", "--network", "side", "--ip", "10.92.0.20", podmanImage, "sleep", "600")
+	t.Cleanup(func() { p.podman(t, "rm", "-f", "-t", "0", "web", "client") })
+	fetch := func(url string) (string, error) {
+		out, errOut, code := p.podman(t, "exec", "client", "timeout", "5", "wget", "-q", "-O-", url)
+		if code != 0 {
+			return out, fmt.Errorf("exit %d: %s", code, errOut)
+		}
+		return out, nil
+	}
+	const url = "http://10.92.0.10/"
+	p.mustPodman(t, "network", "connect", "--ip", "10.92.0.10", "side", "web")
+	waitFetch(t, fetch, url, true)
+	p.mustPodman(t, "network", "disconnect", "side", "web")
+	waitFetch(t, fetch, url, false)
+	if addrs := p.mustPodman(t, "exec", "web", "ip", "-o", "addr"); strings.Contains(addrs, "10.92.0.10") {
+		t.Errorf("web's guest after disconnect:\n%s\nwant no 10.92.0.10", addrs)
 	}
 }
