@@ -117,6 +117,14 @@ place() {
 	placed=1
 }
 
+# unplace DEST: undo place DEST (a failed install's rollback).
+unplace() {
+	rm -rf "$HOST_ROOT$1"
+	if [ -e "$st/backup$1" ] || [ -L "$st/backup$1" ]; then mv "$st/backup$1" "$HOST_ROOT$1"; fi
+	grep -vxF "$1" "$st/files" >"$st/files.new" || true
+	mv "$st/files.new" "$st/files"
+}
+
 sha() { sha256sum "$1" | awk '{print $1}'; }
 
 # top_imports FILE: the top-level imports line (before the first table).
@@ -178,13 +186,14 @@ ctd_configure() {
 		*) mv "$st/ctd.orig" "$cfg" && die "$CONTAINERD_CONFIG: its imports span lines: add '$CONTAINERD_DROPIN' to them by hand" ;;
 		esac
 		awk -v n="$n" -v p="'$CONTAINERD_DROPIN'" 'NR == n {
-			i = match($0, /\][^\]]*$/); head = substr($0, 1, i - 1); tail = substr($0, i)
+			i = match($0, /\][^]]*$/); head = substr($0, 1, i - 1); tail = substr($0, i)
 			sep = (head ~ /\[[[:space:]]*$/) ? "" : ", "
 			$0 = head sep p tail
 		} {print}' "$st/ctd.orig" >"$cfg"
 	fi
 	if ! host_exec "$CONTAINERD" --config "$CONTAINERD_CONFIG" config dump 2>&1 | grep -q 'io\.containerd\.msb\.v2'; then
 		mv "$st/ctd.orig" "$cfg"
+		unplace "$CONTAINERD_DROPIN"
 		die "containerd does not take $CONTAINERD_CONFIG importing $CONTAINERD_DROPIN ($CONTAINERD --config $CONTAINERD_CONFIG config dump): left the file as it was"
 	fi
 	sha "$cfg" >"$st/ctd.sum"
