@@ -74,7 +74,7 @@ root = "/var/lib/containerd-test"
 }, {
 	name: "v2-imports",
 	files: map[string]string{
-		ctdConfig: "version = 2\nimports = [\"/etc/containerd/extra.toml\"]\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:9\"\n",
+		ctdConfig:                    "version = 2\nimports = [\"/etc/containerd/extra.toml\"]\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:9\"\n",
 		"/etc/containerd/extra.toml": "version = 2\n\n[debug]\n  level = \"debug\"\n",
 	},
 	mode: "dropin",
@@ -96,7 +96,7 @@ root = "/var/lib/containerd-test"
 }, {
 	name: "after-install.sh",
 	files: map[string]string{
-		ctdConfig:                "version = 3\n\n# added by msb install.sh: CRI runtime handler \"msb\" (ctr uses --runtime io.containerd.msb.v2)\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]\n  runtime_type = 'io.containerd.msb.v2'\n  privileged_without_host_devices = true\n",
+		ctdConfig:                    "version = 3\n\n# added by msb install.sh: CRI runtime handler \"msb\" (ctr uses --runtime io.containerd.msb.v2)\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]\n  runtime_type = 'io.containerd.msb.v2'\n  privileged_without_host_devices = true\n",
 		"/usr/local/bin/msb-runtime": "an older msb-runtime\n",
 		"/etc/msb/config.toml":       "vcpus = 2\n",
 	},
