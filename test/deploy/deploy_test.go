@@ -9,10 +9,11 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"sync"
 	"testing"
 )
 
@@ -46,33 +47,56 @@ func requireInputs(t *testing.T) {
 	}
 }
 
-// repoRoot is the module root, two levels up from this package.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
+// image is the installer image, built and unpacked once for all tests in
+// imageDir (removed by TestMain).
+var (
+	imageOnce sync.Once
+	imageDir  string
+	imageErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if imageDir != "" {
+		os.RemoveAll(imageDir)
 	}
-	return filepath.Join(wd, "..", "..")
+	os.Exit(code)
 }
 
-// buildImage builds the installer image and unpacks its layer; it returns
-// the unpacked root.
-func buildImage(t *testing.T, dir string) string {
+// setup skips the test where it cannot run, else returns a temp dir (with
+// a tmp/ for the installer's temp files) and the installer.
+func setup(t *testing.T) (string, installer) {
 	t.Helper()
-	tarPath := filepath.Join(dir, "msb-deploy.tar")
-	cmd := exec.Command(filepath.Join(repoRoot(t), "hack", "build-deploy-image.sh"), "-o", tarPath)
-	cmd.Env = append(os.Environ(), "BIN_DIR="+msbCache, "MSB_LIB="+msbLib)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build-deploy-image.sh: %v\n%s", err, out)
-	} else {
-		t.Logf("%s", strings.TrimSpace(string(out)))
+	requireInputs(t)
+	imageOnce.Do(func() {
+		if imageDir, imageErr = os.MkdirTemp("", "msb-deploy-test-"); imageErr == nil {
+			imageErr = buildImage(imageDir)
+		}
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
 	}
-	root := filepath.Join(dir, "image")
-	if err := unpackImage(tarPath, "msb.local/msb-deploy:latest", root); err != nil {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o1777); err != nil {
 		t.Fatal(err)
 	}
-	return root
+	return dir, installer{image: filepath.Join(imageDir, "image")}
+}
+
+// buildImage builds the installer image in dir and unpacks its layer in
+// dir/image.
+func buildImage(dir string) error {
+	tarPath := filepath.Join(dir, "msb-deploy.tar")
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(wd, "..", "..", "hack", "build-deploy-image.sh"), "-o", tarPath)
+	cmd.Env = append(os.Environ(), "BIN_DIR="+msbCache, "MSB_LIB="+msbLib)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build-deploy-image.sh: %w\n%s", err, out)
+	}
+	return unpackImage(tarPath, "msb.local/msb-deploy:latest", filepath.Join(dir, "image"))
 }
 
 // installer runs the image's node-install.sh with the image's busybox sh.

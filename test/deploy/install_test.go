@@ -25,18 +25,17 @@ type nodeCase struct {
 	// mode is how the installer adds the runtime: dropin, append,
 	// created or none (install.sh's entry already there).
 	mode string
-	// check looks at the merged config (containerd config dump) after install.
-	check func(t *testing.T, dump map[string]any)
+	// wants are settings of the merged config (containerd config dump,
+	// always the newest version's naming) after the install: key path,
+	// "/"-separated, -> value.
+	wants map[string]any
 }
 
 const (
 	ctdConfig = "/etc/containerd/config.toml"
 	dropIn    = "/etc/containerd/conf.d/msb.toml"
-)
 
-var cases = []nodeCase{{
-	name: "v3",
-	files: map[string]string{ctdConfig: `version = 3
+	configV3 = `version = 3
 root = "/var/lib/containerd-test"
 
 [plugins.'io.containerd.cri.v1.images']
@@ -46,70 +45,39 @@ root = "/var/lib/containerd-test"
   runtime_type = "io.containerd.runc.v2"
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
     SystemdCgroup = true
-`},
-	mode: "dropin",
-	check: func(t *testing.T, d map[string]any) {
-		want(t, d, "/var/lib/containerd-test", "root")
-		want(t, d, "native", "plugins", "io.containerd.cri.v1.images", "snapshotter")
-		want(t, d, true, "plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options", "SystemdCgroup")
-	},
-}, {
-	name: "v2",
-	files: map[string]string{ctdConfig: `version = 2
-root = "/var/lib/containerd-test"
+`
+	configV2 = "version = 2\nroot = \"/var/lib/containerd-test\"\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:9\"\n" +
+		"  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n" +
+		"    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n      SystemdCgroup = true\n"
+	configV2Imports = "version = 2\nimports = [\"/etc/containerd/extra.toml\"]\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:9\"\n"
+	configV1        = "root = \"/var/lib/containerd-test\"\n\n[plugins.cri]\n  sandbox_image = \"registry.example/pause:9\"\n"
+	configInstallSh = "version = 3\n\n# added by msb install.sh: CRI runtime handler \"msb\" (ctr uses --runtime io.containerd.msb.v2)\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]\n  runtime_type = 'io.containerd.msb.v2'\n  privileged_without_host_devices = true\n"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.example/pause:9"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = true
-`},
-	mode: "dropin",
-	check: func(t *testing.T, d map[string]any) {
-		want(t, d, "/var/lib/containerd-test", "root")
-		want(t, d, "registry.example/pause:9", "plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox")
-		want(t, d, true, "plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options", "SystemdCgroup")
-	},
-}, {
-	name: "v2-imports",
-	files: map[string]string{
-		ctdConfig:                    "version = 2\nimports = [\"/etc/containerd/extra.toml\"]\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.example/pause:9\"\n",
-		"/etc/containerd/extra.toml": "version = 2\n\n[debug]\n  level = \"debug\"\n",
-	},
-	mode: "dropin",
-	check: func(t *testing.T, d map[string]any) {
-		want(t, d, "debug", "debug", "level")
-		want(t, d, "registry.example/pause:9", "plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox")
-	},
-}, {
-	name:  "v1",
-	files: map[string]string{ctdConfig: "root = \"/var/lib/containerd-test\"\n\n[plugins.cri]\n  sandbox_image = \"registry.example/pause:9\"\n"},
-	mode:  "append",
-	check: func(t *testing.T, d map[string]any) {
-		want(t, d, "/var/lib/containerd-test", "root")
-		want(t, d, "registry.example/pause:9", "plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox")
-	},
-}, {
-	name: "absent",
-	mode: "created",
-}, {
-	name: "after-install.sh",
-	files: map[string]string{
-		ctdConfig:                    "version = 3\n\n# added by msb install.sh: CRI runtime handler \"msb\" (ctr uses --runtime io.containerd.msb.v2)\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]\n  runtime_type = 'io.containerd.msb.v2'\n  privileged_without_host_devices = true\n",
-		"/usr/local/bin/msb-runtime": "an older msb-runtime\n",
-		"/etc/msb/config.toml":       "vcpus = 2\n",
-	},
-	mode: "none",
-}}
+	keyRoot    = "root"
+	keySandbox = "plugins/io.containerd.cri.v1.images/pinned_images/sandbox"
+	keySystemd = "plugins/io.containerd.cri.v1.runtime/containerd/runtimes/runc/options/SystemdCgroup"
+	keyMsb     = "plugins/io.containerd.cri.v1.runtime/containerd/runtimes/msb/"
+	testRoot   = "/var/lib/containerd-test"
+	testPause  = "registry.example/pause:9"
+)
+
+var cases = []nodeCase{
+	{name: "v3", files: map[string]string{ctdConfig: configV3}, mode: "dropin",
+		wants: map[string]any{keyRoot: testRoot, "plugins/io.containerd.cri.v1.images/snapshotter": "native", keySystemd: true}},
+	{name: "v2", files: map[string]string{ctdConfig: configV2}, mode: "dropin",
+		wants: map[string]any{keyRoot: testRoot, keySandbox: testPause, keySystemd: true}},
+	{name: "v2-imports", files: map[string]string{ctdConfig: configV2Imports,
+		"/etc/containerd/extra.toml": "version = 2\n\n[debug]\n  level = \"debug\"\n"}, mode: "dropin",
+		wants: map[string]any{"debug/level": "debug", keySandbox: testPause}},
+	{name: "v1", files: map[string]string{ctdConfig: configV1}, mode: "append",
+		wants: map[string]any{keyRoot: testRoot, keySandbox: testPause}},
+	{name: "absent", mode: "created"},
+	{name: "after-install.sh", files: map[string]string{ctdConfig: configInstallSh,
+		"/usr/local/bin/msb-runtime": "an older msb-runtime\n", "/etc/msb/config.toml": "vcpus = 2\n"}, mode: "none"},
+}
 
 func TestNodeInstall(t *testing.T) {
-	requireInputs(t)
-	dir := t.TempDir()
-	in := installer{image: buildImage(t, dir)}
-	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o1777); err != nil {
-		t.Fatal(err)
-	}
+	dir, in := setup(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			node := newNode(t, filepath.Join(dir, "node-"+c.name), c.files)
@@ -121,10 +89,10 @@ func TestNodeInstall(t *testing.T) {
 			}
 			checkMode(t, node, c.mode)
 			dump := configDump(t, node)
-			want(t, dump, "io.containerd.msb.v2", "plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "msb", "runtime_type")
-			want(t, dump, true, "plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "msb", "privileged_without_host_devices")
-			if c.check != nil {
-				c.check(t, dump)
+			want(t, dump, keyMsb+"runtime_type", "io.containerd.msb.v2")
+			want(t, dump, keyMsb+"privileged_without_host_devices", true)
+			for k, v := range c.wants {
+				want(t, dump, k, v)
 			}
 			checkPlacement(t, node, c.files["/etc/msb/config.toml"] == "")
 
@@ -148,12 +116,7 @@ func TestNodeInstall(t *testing.T) {
 // TestUninstallAfterEdit: a config edited after the install loses only the
 // installer's lines.
 func TestUninstallAfterEdit(t *testing.T) {
-	requireInputs(t)
-	dir := t.TempDir()
-	in := installer{image: buildImage(t, dir)}
-	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o1777); err != nil {
-		t.Fatal(err)
-	}
+	dir, in := setup(t)
 	for _, c := range cases[:4] { // v3, v2, v2-imports (drop-in), v1 (appended)
 		t.Run(c.name, func(t *testing.T) {
 			node := newNode(t, filepath.Join(dir, "node-"+c.name), c.files)
@@ -235,20 +198,20 @@ func configDump(t *testing.T, node string) map[string]any {
 	return m
 }
 
-// want checks the value at a key path of a decoded TOML document.
-func want(t *testing.T, m map[string]any, w any, path ...string) {
+// want checks the value at a "/"-separated key path of a decoded TOML document.
+func want(t *testing.T, m map[string]any, path string, w any) {
 	t.Helper()
 	var v any = m
-	for _, k := range path {
+	for _, k := range strings.Split(path, "/") {
 		mm, ok := v.(map[string]any)
 		if !ok {
-			t.Errorf("%s: no table at %q", strings.Join(path, "."), k)
+			t.Errorf("%s: no table at %q", path, k)
 			return
 		}
 		v = mm[k]
 	}
 	if v != w {
-		t.Errorf("%s = %v, want %v", strings.Join(path, "."), v, w)
+		t.Errorf("%s = %v, want %v", path, v, w)
 	}
 }
 

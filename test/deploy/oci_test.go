@@ -5,12 +5,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+	"path"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -70,10 +69,7 @@ func unpackImage(tarPath, name, root string) error {
 	return extract(bytes.NewReader(layer), root)
 }
 
-func sum(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
+func sum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 
 // blob is the blob a descriptor names, nil if absent or of another size.
 func blob(blobs map[string][]byte, d ocispec.Descriptor) []byte {
@@ -120,11 +116,11 @@ func extract(r io.Reader, root string) error {
 		if err != nil {
 			return err
 		}
-		name := filepath.Clean(h.Name)
-		if filepath.IsAbs(name) || strings.HasPrefix(name, "..") {
+		name := path.Clean(h.Name)
+		if path.IsAbs(name) || strings.HasPrefix(name, "..") {
 			return fmt.Errorf("layer entry %q outside the root", h.Name)
 		}
-		p := filepath.Join(root, name)
+		p := path.Join(root, name)
 		mode := os.FileMode(h.Mode).Perm()
 		if h.Mode&0o1000 != 0 {
 			mode |= os.ModeSticky
