@@ -9,6 +9,8 @@
 #   node-install.sh uninstall   undo exactly that (what it replaced comes back)
 #   node-install.sh run         install, then wait for SIGTERM (the DaemonSet's
 #                               container; its preStop hook runs uninstall)
+#   node-install.sh cleanup     uninstall, then wait (deploy/msb-cleanup.yaml,
+#                               for nodes whose preStop uninstall did not run)
 #
 # POSIX sh: the image has only busybox. What it installs, as install.sh does:
 # /usr/local/bin/{msb-runtime,containerd-shim-msb-v2} (containerd finds the
@@ -293,7 +295,6 @@ uninstall_msb() {
 	[ -d "$st" ] || { echo "msb was not installed here by node-install.sh ($MSB_DEPLOY_STATE absent): nothing to do"; return 0; }
 	rm -f "$st/installed"
 	ctd_unconfigure
-	ctd_restart
 	step "removing what the installer put on the node"
 	list=$(cat "$st/files" 2>/dev/null || true)
 	for p in $list; do
@@ -310,7 +311,18 @@ uninstall_msb() {
 	for p in $(printf '%s\n' $dirs | sed '1!G;h;$!d'); do
 		rmdir "$HOST_ROOT$p" 2>/dev/null || true
 	done
+	# last: from a preStop hook, the restart may cut the hook's exec session
+	ctd_restart
 	echo "msb removed from the node"
+}
+
+# wait_term: sleep until SIGTERM (the DaemonSet's container).
+wait_term() {
+	trap 'exit 0' TERM INT
+	while :; do
+		sleep 3600 &
+		wait $! || true
+	done
 }
 
 case $cmd in
@@ -318,14 +330,14 @@ install) install_msb ;;
 uninstall) uninstall_msb ;;
 run)
 	install_msb
-	trap 'exit 0' TERM INT
-	while :; do
-		sleep 3600 &
-		wait $! || true
-	done
+	wait_term
+	;;
+cleanup)
+	uninstall_msb
+	wait_term
 	;;
 *)
-	echo "usage: node-install.sh install|uninstall|run [HOST_ROOT]" >&2
+	echo "usage: node-install.sh install|uninstall|run|cleanup [HOST_ROOT]" >&2
 	exit 2
 	;;
 esac
