@@ -62,13 +62,18 @@ else
 	. "$here/../hack/containerd-config.sh" # in the source tree
 fi
 
-# host_exec CMD ARG...: run CMD on the node, seeing the node's files.
+# host_exec CMD ARG...: run CMD on the node, seeing the node's files, with
+# the usual PATH (CMD looked up there).
 host_exec() {
+	local tool
 	case $MSB_HOST_EXEC in
-	nsenter) nsenter -t 1 -m -- "$@" ;;
-	chroot) chroot "$HOST_ROOT" "$@" ;;
+	nsenter) set -- nsenter -t 1 -m -- "$@" ;;
+	chroot) set -- chroot "$HOST_ROOT" "$@" ;;
 	*) die "MSB_HOST_EXEC=$MSB_HOST_EXEC: use nsenter or chroot" ;;
 	esac
+	tool=$(command -v "$1") || die "no $1 in the installer's PATH"
+	shift
+	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$tool" "$@"
 }
 ctdcfg_containerd() { host_exec "$CONTAINERD" "$@"; }
 ctdcfg_bin=$CONTAINERD

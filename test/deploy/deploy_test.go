@@ -112,7 +112,7 @@ func (in installer) run(t *testing.T, node, verb string, extraEnv ...string) str
 	cmd.Env = append([]string{
 		"PATH=" + filepath.Join(in.image, "bin") + ":" + filepath.Join(in.image, "usr", "bin") + ":" +
 			filepath.Join(in.image, "sbin") + ":" + filepath.Join(in.image, "usr", "sbin"),
-		"HOST_ROOT=" + node, "MSB_HOST_EXEC=chroot", "MSB_SKIP_RESTART=1", "CONTAINERD=/usr/local/bin/containerd",
+		"HOST_ROOT=" + node, "MSB_HOST_EXEC=chroot", "MSB_SKIP_RESTART=1",
 		"TMPDIR=" + filepath.Join(node, "..", "tmp"),
 	}, extraEnv...)
 	out, err := cmd.CombinedOutput()

@@ -329,3 +329,50 @@ func diffTrees(a, b map[string]string) string {
 	}
 	return strings.Join(d, "\n")
 }
+
+// TestRestart: containerd is restarted through the node when its config
+// changed, and only then: by systemctl where the node runs systemd, else
+// by MSB_RESTART_CMD. The node's sh and systemctl are stand-ins that log
+// each call to /restarts.
+func TestRestart(t *testing.T) {
+	dir, in := setup(t)
+	for _, c := range []struct {
+		name, want string
+		env        []string
+	}{
+		{"systemd", "systemctl restart containerd\n", nil},
+		{"hook", "hook\n", []string{"MSB_RESTART_CMD=echo hook >>/restarts"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			node := newNode(t, filepath.Join(dir, "node-"+c.name), map[string]string{ctdConfig: configV3})
+			copyFile(t, "/bin/busybox", filepath.Join(node, "bin/sh"), 0o755)
+			if c.name == "systemd" {
+				if err := os.MkdirAll(filepath.Join(node, "run/systemd/system"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				stub := filepath.Join(dir, "systemctl-"+c.name)
+				if err := os.WriteFile(stub, []byte("#!/bin/sh\necho systemctl \"$@\" >>/restarts\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				copyFile(t, stub, filepath.Join(node, "usr/bin/systemctl"), 0o755)
+			}
+			env := append([]string{"MSB_SKIP_RESTART=0"}, c.env...)
+			restarts := func() string {
+				b, _ := os.ReadFile(filepath.Join(node, "restarts"))
+				return string(b)
+			}
+			in.run(t, node, "install", env...)
+			if got := restarts(); got != c.want {
+				t.Errorf("after install, restarts: %q, want %q", got, c.want)
+			}
+			in.run(t, node, "install", env...)
+			if got := restarts(); got != c.want {
+				t.Errorf("a second install restarted containerd: %q", got)
+			}
+			in.run(t, node, "uninstall", env...)
+			if got := restarts(); got != c.want+c.want {
+				t.Errorf("after uninstall, restarts: %q, want %q", got, c.want+c.want)
+			}
+		})
+	}
+}
