@@ -147,6 +147,7 @@ func TestUninstallAfterEdit(t *testing.T) {
 // loads (it runs chrooted there), and files.
 func newNode(t *testing.T, root string, files map[string]string) string {
 	t.Helper()
+	t.Cleanup(func() { os.RemoveAll(root) }) // each holds a guest image
 	bin := filepath.Join(root, "usr/local/bin/containerd")
 	copyFile(t, containerd, bin, 0o755)
 	out, err := exec.Command("ldd", containerd).Output()
