@@ -62,7 +62,7 @@ install -m 0755 "$BUSYBOX" "$stage/bin/busybox"
 for a in $("$stage/bin/busybox" --list-full); do
 	[[ $a == */* && $a != bin/busybox ]] || continue
 	mkdir -p "$stage/$(dirname "$a")"
-	ln -sf "$(realpath -m --relative-to="/$(dirname "$a")" /bin/busybox)" "$stage/$a"
+	ln -sf "$(realpath -m -s --relative-to="/$(dirname "$a")" /bin/busybox)" "$stage/$a"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
 printf 'root:x:0:\n' >"$stage/etc/group"

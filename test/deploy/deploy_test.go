@@ -96,7 +96,39 @@ func buildImage(dir string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build-deploy-image.sh: %w\n%s", err, out)
 	}
-	return unpackImage(tarPath, "msb.local/msb-deploy:latest", filepath.Join(dir, "image"))
+	root := filepath.Join(dir, "image")
+	if err := unpackImage(tarPath, "msb.local/msb-deploy:latest", root); err != nil {
+		return err
+	}
+	// what the DaemonSet runs, as runc finds it on the image's PATH
+	for _, p := range []string{"bin/sh", "usr/bin/test", "usr/bin/nsenter", "usr/sbin/chroot", "opt/msb-deploy/node-install.sh"} {
+		if err := inImage(root, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inImage checks that p resolves, within the image root, to an executable.
+func inImage(root, p string) error {
+	for range 8 {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		if err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			if fi.Mode()&0o111 == 0 {
+				return fmt.Errorf("image: /%s is not executable", p)
+			}
+			return nil
+		}
+		target, _ := os.Readlink(filepath.Join(root, p))
+		if !filepath.IsAbs(target) {
+			target = filepath.Join("/", filepath.Dir(p), target)
+		}
+		p = filepath.Clean(target)[1:]
+	}
+	return fmt.Errorf("image: /%s: too many links", p)
 }
 
 // installer runs the image's node-install.sh with the image's busybox sh.
