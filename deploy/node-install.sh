@@ -139,6 +139,11 @@ top_imports() {
 	awk '/^[[:space:]]*\[/ {exit} /^[[:space:]]*imports[[:space:]]*=/ {print NR ":" $0; exit}' "$1"
 }
 
+# ctd_sees_msb: whether the node's containerd reads the msb runtime from its config.
+ctd_sees_msb() {
+	host_exec "$CONTAINERD" --config "$CONTAINERD_CONFIG" config dump 2>/dev/null | grep -q 'io\.containerd\.msb\.v2'
+}
+
 # ctd_configure: add the msb runtime to the node's containerd config.
 ctd_configure() {
 	local cfg=$HOST_ROOT$CONTAINERD_CONFIG major ver tmp imp n
@@ -161,6 +166,11 @@ ctd_configure() {
 	if [ "$ver" -lt 2 ] || [ "$major" -lt 2 ]; then
 		# containerd 1.x replaces a whole plugin table from an import
 		ctdcfg_add "$cfg" "$CONTAINERD_CONFIG" "$st/ctd.orig" "$BY"
+		if ! ctd_sees_msb; then
+			# e.g. containerd 2.2 drops a version 1 config's plugins.cri
+			mv "$st/ctd.orig" "$cfg"
+			die "the node's containerd does not see the msb runtime appended to $CONTAINERD_CONFIG (config version $ver; $CONTAINERD config dump): left the file as it was; migrate it (containerd config migrate) and retry"
+		fi
 		echo append >"$st/ctd.mode"
 		sha "$cfg" >"$st/ctd.sum"
 		ctd_changed=1
@@ -198,7 +208,7 @@ ctd_configure() {
 			$0 = head sep p tail
 		} {print}' "$st/ctd.orig" >"$cfg"
 	fi
-	if ! host_exec "$CONTAINERD" --config "$CONTAINERD_CONFIG" config dump 2>&1 | grep -q 'io\.containerd\.msb\.v2'; then
+	if ! ctd_sees_msb; then
 		mv "$st/ctd.orig" "$cfg"
 		unplace "$CONTAINERD_DROPIN"
 		die "containerd does not take $CONTAINERD_CONFIG importing $CONTAINERD_DROPIN ($CONTAINERD --config $CONTAINERD_CONFIG config dump): left the file as it was"

@@ -138,6 +138,16 @@ type installer struct {
 
 func (in installer) run(t *testing.T, node, verb string, extraEnv ...string) string {
 	t.Helper()
+	out, err := in.try(node, verb, extraEnv...)
+	if err != nil {
+		t.Fatalf("node-install.sh %s: %v\n%s", verb, err, out)
+	}
+	t.Logf("node-install.sh %s:\n%s", verb, out)
+	return out
+}
+
+// try runs node-install.sh VERB, returning its output and error.
+func (in installer) try(node, verb string, extraEnv ...string) (string, error) {
 	cmd := exec.Command(filepath.Join(in.image, "bin", "busybox"), "sh",
 		filepath.Join(in.image, "opt", "msb-deploy", "node-install.sh"), verb)
 	// the image's own tools first, as in its container
@@ -148,9 +158,5 @@ func (in installer) run(t *testing.T, node, verb string, extraEnv ...string) str
 		"TMPDIR=" + filepath.Join(node, "..", "tmp"),
 	}, extraEnv...)
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("node-install.sh %s: %v\n%s", verb, err, out)
-	}
-	t.Logf("node-install.sh %s:\n%s", verb, out)
-	return string(out)
+	return string(out), err
 }

@@ -78,38 +78,72 @@ var cases = []nodeCase{
 
 func TestNodeInstall(t *testing.T) {
 	dir, in := setup(t)
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			node := newNode(t, filepath.Join(dir, "node-"+c.name), c.files)
-			before := snapshot(t, node)
+	ctds := map[string]string{"": containerd}
+	if old := os.Getenv("MSB_TEST_CONTAINERD_OLD"); old != "" { // .ci/run's containerd 2.2
+		ctds["old/"] = old
+	}
+	for label, ctd := range ctds {
+		for _, c := range cases {
+			t.Run(label+c.name, func(t *testing.T) {
+				node := newNodeWith(t, ctd, filepath.Join(dir, "node-"+c.name), c.files)
+				if label != "" && c.mode == "append" {
+					// containerd 2.2 drops a version 1 config's plugins.cri
+					// (2.4 migrates it): the install must say so and fail
+					testRefused(t, in, node)
+					return
+				}
+				testNodeInstall(t, in, c, node)
+			})
+		}
+	}
+}
 
-			out := in.run(t, node, "install")
-			if c.mode != "none" && !strings.Contains(out, "restart skipped (MSB_SKIP_RESTART=1)") {
-				t.Errorf("install changed containerd's config but asked no restart")
-			}
-			checkMode(t, node, c.mode)
-			dump := configDump(t, node)
-			want(t, dump, keyMsb+"runtime_type", "io.containerd.msb.v2")
-			want(t, dump, keyMsb+"privileged_without_host_devices", true)
-			for k, v := range c.wants {
-				want(t, dump, k, v)
-			}
-			checkPlacement(t, node, c.files["/etc/msb/config.toml"] == "")
+// testRefused: an install the node's containerd would not see fails and
+// leaves the config as it was; uninstall takes the rest away.
+func testRefused(t *testing.T, in installer, node string) {
+	before := snapshot(t, node)
+	cfg, _ := os.ReadFile(filepath.Join(node, ctdConfig))
+	out, err := in.try(node, "install")
+	if err == nil || !strings.Contains(out, "does not see the msb runtime") {
+		t.Fatalf("install: %v, want it refused:\n%s", err, out)
+	}
+	if now, _ := os.ReadFile(filepath.Join(node, ctdConfig)); !bytes.Equal(now, cfg) {
+		t.Errorf("a refused install changed the config:\n%s", now)
+	}
+	in.run(t, node, "uninstall")
+	if d := diffTrees(before, snapshot(t, node)); d != "" {
+		t.Errorf("uninstall left the node changed:\n%s", d)
+	}
+}
 
-			installed := snapshot(t, node)
-			out = in.run(t, node, "install")
-			if !strings.Contains(out, "containerd's config unchanged: no restart") {
-				t.Errorf("a second install changed containerd's config")
-			}
-			if d := diffTrees(installed, snapshot(t, node)); d != "" {
-				t.Errorf("a second install changed the node:\n%s", d)
-			}
+func testNodeInstall(t *testing.T, in installer, c nodeCase, node string) {
+	before := snapshot(t, node)
 
-			in.run(t, node, "uninstall")
-			if d := diffTrees(before, snapshot(t, node)); d != "" {
-				t.Errorf("uninstall left the node changed:\n%s", d)
-			}
-		})
+	out := in.run(t, node, "install")
+	if c.mode != "none" && !strings.Contains(out, "restart skipped (MSB_SKIP_RESTART=1)") {
+		t.Errorf("install changed containerd's config but asked no restart")
+	}
+	checkMode(t, node, c.mode)
+	dump := configDump(t, node)
+	want(t, dump, keyMsb+"runtime_type", "io.containerd.msb.v2")
+	want(t, dump, keyMsb+"privileged_without_host_devices", true)
+	for k, v := range c.wants {
+		want(t, dump, k, v)
+	}
+	checkPlacement(t, node, c.files["/etc/msb/config.toml"] == "")
+
+	installed := snapshot(t, node)
+	out = in.run(t, node, "install")
+	if !strings.Contains(out, "containerd's config unchanged: no restart") {
+		t.Errorf("a second install changed containerd's config")
+	}
+	if d := diffTrees(installed, snapshot(t, node)); d != "" {
+		t.Errorf("a second install changed the node:\n%s", d)
+	}
+
+	in.run(t, node, "uninstall")
+	if d := diffTrees(before, snapshot(t, node)); d != "" {
+		t.Errorf("uninstall left the node changed:\n%s", d)
 	}
 }
 
@@ -146,13 +180,17 @@ func TestUninstallAfterEdit(t *testing.T) {
 // newNode makes a node root: the containerd binary and the libraries it
 // loads (it runs chrooted there), and files.
 func newNode(t *testing.T, root string, files map[string]string) string {
+	return newNodeWith(t, containerd, root, files)
+}
+
+// newNodeWith is newNode with the containerd binary ctd.
+func newNodeWith(t *testing.T, ctd, root string, files map[string]string) string {
 	t.Helper()
 	t.Cleanup(func() { os.RemoveAll(root) }) // each holds a guest image
-	bin := filepath.Join(root, "usr/local/bin/containerd")
-	copyFile(t, containerd, bin, 0o755)
-	out, err := exec.Command("ldd", containerd).Output()
+	copyFile(t, ctd, filepath.Join(root, "usr/local/bin/containerd"), 0o755)
+	out, err := exec.Command("ldd", ctd).Output()
 	if err != nil {
-		t.Fatalf("ldd %s: %v", containerd, err)
+		t.Fatalf("ldd %s: %v", ctd, err)
 	}
 	for _, m := range regexp.MustCompile(`(/\S+\.so[.\d]*)`).FindAllString(string(out), -1) {
 		copyFile(t, m, filepath.Join(root, m), 0o755)
