@@ -30,6 +30,9 @@ for a in "$@"; do
 done
 
 step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=hack/containerd-config.sh
+. hack/containerd-config.sh
+ctdcfg_containerd() { "$ctdcfg_bin" "$@"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 [[ $MSB_KERNEL == msb || $MSB_KERNEL == distro ]] || die "MSB_KERNEL=$MSB_KERNEL: use msb (msb's own guest kernel) or distro (the distribution's kernel package)"
@@ -96,18 +99,7 @@ mkdir -p /etc/msb
 if [[ -e /etc/msb/config.toml ]]; then
 	echo "/etc/msb/config.toml exists: left as it is"
 else
-	cat >/etc/msb/config.toml <<TOML
-# msb configuration (see docs/configuration.md)
-backend = "auto"
-kernel = "$MSB_LIB/vmlinux"
-initrd = "$MSB_LIB/initrd.cpio"
-guest_root = "$MSB_LIB/krunroot"
-qemu = "qemu-system-x86_64"
-vcpus = 1
-memory_mib = 256
-overhead_mib = 128
-boot_timeout = "2m"
-TOML
+	msbcfg_default "$MSB_LIB" >/etc/msb/config.toml
 	echo "wrote /etc/msb/config.toml"
 fi
 # The qemu line of --version runs the cached KVM probe (docs/backends.md).
@@ -171,53 +163,13 @@ containerd_install() {
 
 # containerd_config: add the msb runtime entry (CRI runtime handler "msb")
 # in the plugin naming of the config's version; create a minimal config in
-# the version this containerd writes by default when there is none.
+# the version this containerd writes by default when there is none
+# (hack/containerd-config.sh, shared with deploy/node-install.sh).
 containerd_config() {
 	step "containerd config: runtime msb in $CONTAINERD_CONFIG"
-	local ctd ver table
-	ctd=$(PATH=$ctd_sys_path command -v containerd)
-	if [[ ! -e $CONTAINERD_CONFIG ]]; then
-		ver=$("$ctd" config default 2>/dev/null | awk -F' *= *' '/^version/ {print $2; exit}')
-		[[ $ver =~ ^[0-9]+$ ]] || ver=2
-	else
-		# the top-level version key (before the first table)
-		ver=$(awk -F'=' '/^[[:space:]]*\[/ {exit} /^[[:space:]]*version[[:space:]]*=/ {gsub(/[^0-9]/, "", $2); print $2; exit}' "$CONTAINERD_CONFIG")
-		ver=${ver:-1} # no version key: containerd 1.x's version 1
-	fi
-	case $ver in
-	1) table='[plugins.cri.containerd.runtimes.msb]' ;;
-	2) table='[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.msb]' ;;
-	*) table="[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb]" ;;
-	esac
-	local entry
-	# privileged_without_host_devices: containerd hands a privileged container
-	# every host device node, which mean nothing in a VM (msb refuses them);
-	# with it, privileged pods run in their VM without the host's devices.
-	entry=$(printf '# added by msb install.sh: CRI runtime handler "msb" (ctr uses --runtime io.containerd.msb.v2)\n%s\n  runtime_type = '"'"'io.containerd.msb.v2'"'"'\n  # a privileged container gets no host device nodes: they mean nothing in a VM\n  privileged_without_host_devices = true\n' "$table")
-	if [[ ! -e $CONTAINERD_CONFIG ]]; then
-		mkdir -p "$(dirname "$CONTAINERD_CONFIG")"
-		printf '# containerd config written by msb install.sh (containerd config default shows all settings)\nversion = %s\n\n%s\n' "$ver" "$entry" >"$CONTAINERD_CONFIG"
-		echo "wrote $CONTAINERD_CONFIG (config version $ver)"
-		ctd_changed=1
-	elif grep -q 'io\.containerd\.msb\.v2' "$CONTAINERD_CONFIG"; then
-		echo "$CONTAINERD_CONFIG (config version $ver) already has the msb runtime: left as it is"
-	else
-		local backup valid=1 err
-		"$ctd" --config "$CONTAINERD_CONFIG" config dump >/dev/null 2>&1 || valid=0
-		((valid)) || echo "warning: $ctd already rejects $CONTAINERD_CONFIG: appending the msb entry anyway"
-		backup=$CONTAINERD_CONFIG.msb-backup-$(date +%Y%m%d%H%M%S)
-		cp -p "$CONTAINERD_CONFIG" "$backup"
-		printf '\n%s\n' "$entry" >>"$CONTAINERD_CONFIG"
-		if ((valid)) && ! err=$("$ctd" --config "$CONTAINERD_CONFIG" config dump 2>&1 >/dev/null); then
-			mv "$backup" "$CONTAINERD_CONFIG"
-			die "containerd rejects $CONTAINERD_CONFIG with the msb entry appended (${err##*msg=}); left the file as it was: add by hand $table with runtime_type = 'io.containerd.msb.v2'"
-		fi
-		echo "added $table to $CONTAINERD_CONFIG (config version $ver; previous file kept as $backup)"
-		ctd_changed=1
-	fi
-	if grep -Eq '^[[:space:]]*disabled_plugins[[:space:]]*=.*cri' "$CONTAINERD_CONFIG"; then
-		echo "note: CRI is disabled in $CONTAINERD_CONFIG; the entry only matters to CRI (Kubernetes), ctr works without it"
-	fi
+	ctdcfg_bin=$(PATH=$ctd_sys_path command -v containerd)
+	ctdcfg_add "$CONTAINERD_CONFIG" "$CONTAINERD_CONFIG" "$CONTAINERD_CONFIG.msb-backup-$(date +%Y%m%d%H%M%S)" "msb install.sh"
+	((ctdcfg_changed == 0)) || ctd_changed=1
 }
 
 # containerd_start: (re)start containerd when something changed or it is
