@@ -36,6 +36,21 @@ type JoinCandidate struct {
 	Pid int
 }
 
+// NamesNamespaces says whether spec names a path for a namespace type a
+// member may share: only then can FindJoin find an owner, so a caller
+// may skip reading its candidates.
+func NamesNamespaces(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if _, ok := JoinableNamespaces[ns.Type]; ok && ns.Path != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // FindJoin returns the VM (its container's id) whose namespaces spec's
 // net, ipc, uts and pid paths name among cands, and the types they name;
 // "" when none does (then specconv refuses any host namespace path, ADR

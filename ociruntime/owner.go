@@ -25,6 +25,9 @@ import (
 // names its owner's VM. Only host-owned records (in the --root state
 // dirs) and /proc are read; nothing the guest can write names the owner.
 func findOwner(ctx context.Context, o Options, spec *specs.Spec) (*container, []specs.LinuxNamespaceType, error) {
+	if !launch.NamesNamespaces(spec) {
+		return nil, nil, nil
+	}
 	var cands []launch.JoinCandidate
 	for _, c := range liveContainers(o) {
 		vm := c.rec.ID

@@ -209,6 +209,9 @@ func labelGroup(spec *specs.Spec) string {
 // Only containerd's bundles and the shims' records are read, never
 // anything a guest can write.
 func joinedBundle(spec *specs.Spec, bundle string) (string, error) {
+	if !launch.NamesNamespaces(spec) {
+		return "", nil
+	}
 	dir := filepath.Dir(bundle)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
