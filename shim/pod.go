@@ -67,12 +67,11 @@ func takeHostNamespaces(spec *specs.Spec) map[specs.LinuxNamespaceType]string {
 
 // joinedNamespaces maps the namespace paths of a member's spec that name
 // its owner's namespaces to the guest paths of the owner init's (guestPid)
-// namespaces: the types in joined (launch.FindJoin), and, of the types a
-// CRI pod shares, those whose path is the one the sandbox's own spec had
-// (hostNS: CRI pins a pod's user namespace on the host) or
-// /proc/<taskPid>/ns/<type> of the sandbox's task pid (the user
-// namespace, which FindJoin leaves out). Other paths are left out, so
-// specconv refuses them.
+// namespaces: the types in joined (launch.FindJoin), and a CRI pod's user
+// namespace, which FindJoin leaves out, named by the sandbox spec's own
+// path (hostNS: CRI pins it on the host) or /proc/<taskPid>/ns/user of
+// the sandbox's task pid. Other paths are left out, so specconv refuses
+// them.
 func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]string, joined []specs.LinuxNamespaceType, taskPid int, guestPid uint32) map[specs.LinuxNamespaceType]string {
 	out := launch.GuestNamespaces(joined, guestPid)
 	if spec.Linux == nil {
@@ -80,7 +79,7 @@ func joinedNamespaces(spec *specs.Spec, hostNS map[specs.LinuxNamespaceType]stri
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		name, ok := podNamespaces[ns.Type]
-		if !ok || ns.Path == "" {
+		if _, found := launch.JoinableNamespaces[ns.Type]; !ok || found || ns.Path == "" {
 			continue
 		}
 		p := filepath.Clean(ns.Path)

@@ -85,14 +85,28 @@ func TestPodNamespaces(t *testing.T) {
 		{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}, // not the sandbox's
 		{Type: specs.MountNamespace},
 	}}}
-	// The network path is the sandbox spec's own, the ipc path the
-	// sandbox task pid's (FindJoin finds it too).
-	got := joinedNamespaces(app, host, nil, 42, 7)
+	// launch.FindJoin found the network path (the sandbox VMM's namespace)
+	// and the ipc path (the sandbox task pid's); the uts path names
+	// nothing of the sandbox's.
+	got := joinedNamespaces(app, host, []specs.LinuxNamespaceType{specs.NetworkNamespace, specs.IPCNamespace}, 42, 7)
 	want := map[specs.LinuxNamespaceType]string{
 		specs.NetworkNamespace: "/proc/7/ns/net",
 		specs.IPCNamespace:     "/proc/7/ns/ipc",
 	}
 	if len(got) != len(want) || got[specs.NetworkNamespace] != want[specs.NetworkNamespace] || got[specs.IPCNamespace] != want[specs.IPCNamespace] {
 		t.Fatalf("joined %v, want %v", got, want)
+	}
+	// The user namespace, which FindJoin leaves out: by the sandbox task
+	// pid's path, or by the path CRI pinned in the sandbox's spec.
+	for _, p := range []string{"/proc/42/ns/user", "/run/pinned-user"} {
+		u := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UserNamespace, Path: p}}}}
+		pinned := map[specs.LinuxNamespaceType]string{specs.UserNamespace: "/run/pinned-user"}
+		if got := joinedNamespaces(u, pinned, nil, 42, 7); len(got) != 1 || got[specs.UserNamespace] != "/proc/7/ns/user" {
+			t.Errorf("user namespace %s: joined %v, want the sandbox init's", p, got)
+		}
+	}
+	other := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UserNamespace, Path: "/proc/1/ns/user"}}}}
+	if got := joinedNamespaces(other, nil, nil, 42, 7); len(got) != 0 {
+		t.Errorf("another process's user namespace joined: %v", got)
 	}
 }

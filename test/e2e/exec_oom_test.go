@@ -21,10 +21,7 @@ import (
 func TestExecFullCgroupNamed(t *testing.T) {
 	e := startShimEnv(t)
 	const id = "execoom"
-	e.MustCtr("run", "-d", "--runtime", msbRuntimeType, "--memory-limit", "67108864",
-		"--mount", "type=tmpfs,destination=/fill,options=size=1g", e.image, id, "sleep", "600")
-	t.Cleanup(func() { e.remove(t, id) })
-	e.waitStatus(t, id, "RUNNING", 2*time.Minute)
+	e.startWithFill(t, id, "67108864", "1g")
 	// The filler is the OOM killer's first choice: it dies, its tmpfs
 	// pages stay charged to the container's cgroup.
 	_, stderr, err := e.Ctr("task", "exec", "--exec-id", "fill", id, "sh", "-c", "echo 1000 >/proc/self/oom_score_adj && exec dd if=/dev/zero of=/fill/f bs=64k")
@@ -71,4 +68,15 @@ func TestExecFullCgroupNamed(t *testing.T) {
 	if st := e.taskStatus(id); st != "RUNNING" {
 		t.Errorf("task status after the failed exec: %q, want RUNNING", st)
 	}
+}
+
+// startWithFill runs container id (`sleep`) with a memory limit (bytes)
+// and a tmpfs of size (tmpfs's size= option) at /fill to fill its guest
+// memory with, and waits until it runs; it is removed at the test's end.
+func (e *shimEnv) startWithFill(t *testing.T, id, limit, size string) {
+	t.Helper()
+	e.MustCtr("run", "-d", "--runtime", msbRuntimeType, "--memory-limit", limit,
+		"--mount", "type=tmpfs,destination=/fill,options=size="+size, e.image, id, "sleep", "600")
+	t.Cleanup(func() { e.remove(t, id) })
+	e.waitStatus(t, id, "RUNNING", 2*time.Minute)
 }

@@ -13,10 +13,7 @@ import (
 func TestFreePageReporting(t *testing.T) {
 	e := startShimEnv(t)
 	const id = "fpr"
-	e.MustCtr("run", "-d", "--runtime", msbRuntimeType, "--memory-limit", "402653184",
-		"--mount", "type=tmpfs,destination=/fill,options=size=300m", e.image, id, "sleep", "600")
-	t.Cleanup(func() { e.remove(t, id) })
-	e.waitStatus(t, id, "RUNNING", 2*time.Minute)
+	e.startWithFill(t, id, "402653184", "300m")
 	qemu := childNamed(t, e.vmmPid(t, id), "qemu-system")
 	idle := rssKiB(t, qemu)
 	e.MustCtr("task", "exec", "--exec-id", "fill", id, "dd", "if=/dev/zero", "of=/fill/f", "bs=1M", "count=200")
