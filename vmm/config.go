@@ -349,6 +349,10 @@ func ChannelSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket,
 // (caplog.ServeConsole).
 func ConsoleSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "cons") }
 
+// MonitorSocket is where qemu connects its QMP monitor to the VMM
+// (package qmp).
+func MonitorSocket(c *LaunchConfig) string { return siblingSocket(c.AgentSocket, "qmp") }
+
 // LifelineSocket is where a pool VM whose relay listens on agentSocket
 // waits for its next creator (LaunchConfig.Lifeline).
 func LifelineSocket(agentSocket string) string { return siblingSocket(agentSocket, "life") }
@@ -356,7 +360,7 @@ func LifelineSocket(agentSocket string) string { return siblingSocket(agentSocke
 // RemoveSockets removes a VM's relay socket and the sockets beside it;
 // the VMM does so when it ends, its creator when the VMM was killed.
 func RemoveSockets(agentSocket string) {
-	for _, p := range []string{agentSocket, siblingSocket(agentSocket, "chan"), siblingSocket(agentSocket, "cons"), LifelineSocket(agentSocket)} {
+	for _, p := range []string{agentSocket, siblingSocket(agentSocket, "chan"), siblingSocket(agentSocket, "cons"), siblingSocket(agentSocket, "qmp"), LifelineSocket(agentSocket)} {
 		_ = os.Remove(p)
 	}
 }

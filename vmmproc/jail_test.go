@@ -80,6 +80,7 @@ func TestQEMUJailPlan(t *testing.T) {
 		"/d.img":             {ReadOnly: true, IDMap: true},
 		"/s/x.chan.sock":     {IDMap: true},
 		vmm.ConsoleSocket(c): {IDMap: true},
+		vmm.MonitorSocket(c): {IDMap: true},
 		"/dev/null":          {Dev: true},
 		"/dev/urandom":       {Dev: true},
 		"/etc/ld.so.cache":   {ReadOnly: true},
@@ -207,7 +208,7 @@ func testJail(t *testing.T, hostIDs bool) {
 	if err := os.WriteFile(filepath.Join(other, "secret"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{vmm.ChannelSocket(c), vmm.ConsoleSocket(c)} {
+	for _, s := range []string{vmm.ChannelSocket(c), vmm.ConsoleSocket(c), vmm.MonitorSocket(c)} {
 		l, err := listenUnix(s)
 		if err != nil {
 			t.Fatal(err)

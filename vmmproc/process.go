@@ -215,8 +215,14 @@ func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watc
 		return 1, err
 	}
 	defer closeQEMUOut()
+	monLn, err := listenUnix(vmm.MonitorSocket(cfg))
+	if err != nil {
+		return 1, err
+	}
+	mon := newMonitor(monLn)
+	defer mon.close()
 	start := time.Now()
-	v.hv, err = startQEMU(cfg, chanSock, logf, qemuOut, taps)
+	v.hv, err = startQEMU(cfg, chanSock, mon, logf, qemuOut, taps)
 	if err != nil {
 		return 1, err
 	}

@@ -50,6 +50,8 @@ type qemu struct {
 	err    error
 	// out is qemu's stdout and stderr: the capped qemu.log (qemulog.go).
 	out *os.File
+	// mon is the running qemu's QMP connection.
+	mon *monitor
 }
 
 // tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
@@ -87,6 +89,8 @@ func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int) []stri
 	args = append(args, "-append", cmdline,
 		"-chardev", "socket,id=console,path="+qemuEscape(vmm.ConsoleSocket(c)),
 		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,path="+qemuEscape(vmm.MonitorSocket(c)),
+		"-mon", "chardev=qmp,mode=control",
 		"-chardev", "socket,id=agent,path="+qemuEscape(chanSock),
 		"-device", "virtio-serial-device",
 		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
@@ -154,7 +158,7 @@ func hostTSCKHz() int {
 // set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
 const kvmFallbackWindow = 5 * time.Second
 
-func startQEMU(c *vmm.LaunchConfig, chanSock string, logf, out *os.File, taps []*os.File) (*qemu, error) {
+func startQEMU(c *vmm.LaunchConfig, chanSock string, mon *monitor, logf, out *os.File, taps []*os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
@@ -171,7 +175,7 @@ func startQEMU(c *vmm.LaunchConfig, chanSock string, logf, out *os.File, taps []
 		}
 	}
 	kvm := c.Accel == "kvm" || autoKVM
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out, mon: mon}
 	if !c.NoJail && !c.JailHostRoot {
 		// qemu's own user: a range of host ids held while it may run, and
 		// the user namespace that maps it (ADR 022).
@@ -274,6 +278,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	fmt.Fprintf(logf, "msb-vmm: starting%s %s %s\n", how, q.bin, strings.Join(args, " "))
 	exited := make(chan struct{})
+	q.mon.accept()
 	if err := startPinned(cmd, exited); err != nil {
 		return fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", q.bin, err)
 	}

@@ -138,7 +138,7 @@ func qemuIDMapped(c *vmm.LaunchConfig, chanSock string) []string {
 	for _, d := range c.Disks {
 		ps = append(ps, d.Path)
 	}
-	return append(ps, chanSock, vmm.ConsoleSocket(c))
+	return append(ps, chanSock, vmm.ConsoleSocket(c), vmm.MonitorSocket(c))
 }
 
 func isDir(p string) bool {
