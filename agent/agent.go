@@ -60,6 +60,8 @@ type Agent struct {
 	shutdownCode int32
 
 	closeOnce sync.Once
+
+	detachState // template.go
 }
 
 // New creates an agent: it starts the task service (whose reaper reaps
@@ -84,6 +86,7 @@ func New(opts Options) (*Agent, error) {
 		tasks:      tasks,
 		shutdownCh: make(chan struct{}),
 	}
+	a.detach = make(chan struct{}, 1)
 	tasks.Register(srv)
 	protocol.RegisterAgent(srv, &agentService{a: a})
 	go func() {
@@ -105,6 +108,9 @@ func (a *Agent) Serve(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	defer sess.Close()
+	ended := make(chan struct{})
+	defer close(ended)
+	go a.endOnDetach(sess, ended)
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {

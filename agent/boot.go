@@ -160,6 +160,7 @@ func (a *Agent) Boot(env []string) error {
 		log.L.Infof("PID 1 handed to %s (root %s)", req.Init, req.Root)
 	}
 	a.booted = true
+	a.detached.Store(false) // a restored template's host booted it
 	log.L.Infof("booted: %d disk, %d dir, %d file, %d tmpfs mounts", len(e.DiskMounts), len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs))
 	return nil
 }

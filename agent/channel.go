@@ -65,8 +65,11 @@ func RunGuest() int {
 		}
 		conn.Close()
 		// A virtio-serial port reads EOF while no host is connected:
-		// back off instead of spinning, and log real sessions only.
-		if time.Since(opened) > 2*time.Second {
+		// back off instead of spinning, and log real sessions only. A
+		// detached agent (a template being saved) reopens at once.
+		if a.Detached() {
+			backoff = detachedBackoff
+		} else if time.Since(opened) > 2*time.Second {
 			log.L.Infof("agent channel closed after %s: reopening", time.Since(opened).Round(time.Millisecond))
 			backoff = 100 * time.Millisecond
 		} else if backoff < time.Second {

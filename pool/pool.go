@@ -32,6 +32,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
+	"github.com/msb-dev/msb/template"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -231,8 +232,17 @@ func (p Pool) Fill(ctx context.Context, c config.Config) error {
 			p.discard(e, nil)
 		}
 	}
+	if c.Template {
+		if err := b.ensureTemplate(ctx, c); err != nil {
+			return err
+		}
+	}
 	for ; have < c.PoolSize; have++ {
-		if err := b.boot(ctx, c); err != nil {
+		e, err := b.boot(ctx, c)
+		if err == nil {
+			err = b.write(e)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -263,6 +273,9 @@ func (p bucket) drain() error {
 		return err
 	}
 	defer unlock()
+	if err := template.Stop(p.dir); err != nil {
+		p.logf("%v", err)
+	}
 	list, err := p.entries()
 	if err != nil {
 		return err
@@ -298,28 +311,37 @@ func (p Pool) discard(e *Entry, h *vmm.Handle) {
 	}
 }
 
-// boot starts one pool VM, waits for its agent, parks it and writes its
-// entry. On error nothing of it is left.
-func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
+// boot starts one pool VM (from the bucket's template when c.Template),
+// waits for its agent and parks it. On error nothing of it is left.
+func (p bucket) boot(ctx context.Context, c config.Config) (*Entry, error) {
+	return p.start(ctx, c, vmKind{})
+}
+
+// vmKind says how start starts a VM: booted or from the template, or as
+// the template itself.
+type vmKind struct{ template bool }
+
+// start starts one VM with the pool's layout; see boot.
+func (p bucket) start(ctx context.Context, c config.Config, kind vmKind) (_ *Entry, retErr error) {
 	id, err := newID()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	stateDir := vmm.StateDirPath(p.dir, id)
 	sock, err := vmm.AgentSocketPath(filepath.Join(p.dir, "sock"), id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Mkdir(stateDir, 0o700); err != nil {
-		return fmt.Errorf("pool VM state dir: %w", err)
+		return nil, fmt.Errorf("pool VM state dir: %w", err)
 	}
 	var prep *launch.Prepared
 	var h *vmm.Handle
 	defer func() {
-		if retErr == nil {
+		if retErr == nil && !kind.template {
 			return
 		}
 		if h != nil {
@@ -334,40 +356,64 @@ func (p bucket) boot(ctx context.Context, c config.Config) (retErr error) {
 	}()
 	rootfs := filepath.Join(stateDir, "rootfs")
 	if err := os.Mkdir(rootfs, 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	podDir := filepath.Join(stateDir, podDirName)
+	guestID := "pool-" + id
+	if c.Template {
+		// What the guest learnt at the template's boot stays: the share
+		// tags (its 9p driver reads them at probe) follow from this ID.
+		guestID = "pool-template"
+	}
 	prep, err = launch.Prepare(launch.Request{
-		ID: "pool-" + id, Name: "pool/" + id, Spec: Spec(rootfs, id), Bundle: stateDir, Rootfs: rootfs,
+		ID: guestID, Name: "pool/" + id, Spec: Spec(rootfs, id), Bundle: stateDir, Rootfs: rootfs,
 		StateDir: stateDir, AgentSocket: sock, Config: c, PodDir: podDir,
 	})
 	if err != nil {
-		return fmt.Errorf("pool VM: %w", err)
+		return nil, fmt.Errorf("pool VM: %w", err)
+	}
+	how := "booted"
+	if c.Template {
+		templateLayout(prep.Launch)
+		if kind.template {
+			prep.Launch.TemplateSave = p.dir
+		} else {
+			prep.Launch.Template = filepath.Join(p.dir, template.SockName)
+			how = "started from the template"
+		}
+	}
+	if kind.template {
+		// Saved, the template VM ends: the deferred cleanup removes it.
+		start := time.Now()
+		if h, err = prep.Spawn(p.Binary); err != nil {
+			return nil, fmt.Errorf("template VM: %w", err)
+		}
+		if code, err := h.Wait(); err != nil || code != 0 {
+			return nil, fmt.Errorf("template VM: exit %d (%v)%s", code, err, launch.LogTail(prep.VMMLog()))
+		}
+		p.logf("template saved in %s", time.Since(start).Round(time.Millisecond))
+		return nil, nil
 	}
 	prep.Launch.Lifeline = vmm.LifelineSocket(sock)
 	prep.Launch.Nice = ParkedNice
 	start := time.Now()
 	if h, err = prep.Spawn(p.Binary); err != nil {
-		return fmt.Errorf("pool VM: %w", err)
+		return nil, fmt.Errorf("pool VM: %w", err)
 	}
 	client, err := launch.WaitAgent(ctx, prep.Launch, h)
 	if err != nil {
-		return fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
+		return nil, fmt.Errorf("pool VM %s: %w%s", id, err, launch.LogTail(prep.VMMLog()))
 	}
 	client.Close()
 	rec, err := launch.RecordVM(prep.Launch, h)
 	if err != nil {
-		return fmt.Errorf("pool VM %s: %w", id, err)
+		return nil, fmt.Errorf("pool VM %s: %w", id, err)
 	}
 	if err := h.Park(); err != nil {
-		return fmt.Errorf("pool VM %s: park: %w", id, err)
+		return nil, fmt.Errorf("pool VM %s: park: %w", id, err)
 	}
-	e := &Entry{ID: id, VMRecord: rec, Launch: prep.Launch}
-	if err := p.write(e); err != nil {
-		return err
-	}
-	p.logf("pool VM %s ready in %s (pid %d)", id, time.Since(start).Round(time.Millisecond), h.Pid)
-	return nil
+	p.logf("pool VM %s %s, ready in %s (pid %d)", id, how, time.Since(start).Round(time.Millisecond), h.Pid)
+	return &Entry{ID: id, VMRecord: rec, Launch: prep.Launch}, nil
 }
 
 // write publishes e atomically.

@@ -88,6 +88,22 @@ type Clocker interface {
 	SetClock(ctx context.Context, unixNano int64) error
 }
 
+// Templater is an optional part of the Agent service, for VMs started
+// from a saved template (ADR 025). Detach ends the host's session once
+// answered, so that the VM is saved with none in it (a restored guest
+// then opens a new one with its new host); Reseed mixes seed into the
+// guest's RNG and reseeds it, since every restored guest resumes with the
+// template's RNG state.
+type Templater interface {
+	Detach(ctx context.Context) error
+	Reseed(ctx context.Context, seed []byte) error
+}
+
+// reseedRequest is Reseed's request, JSON in a BytesValue.
+type reseedRequest struct {
+	Seed []byte `json:"seed"`
+}
+
 // clockRequest is SetClock's request, JSON in a BytesValue.
 type clockRequest struct {
 	UnixNano int64 `json:"unixNano"`
@@ -140,6 +156,14 @@ func RegisterAgent(s *ttrpc.Server, a Agent) {
 	if n, ok := a.(NetworkRemover); ok {
 		methods["NetworkRemove"] = jsonMethod("NetworkRemove", func(ctx context.Context, r networkRequest) (any, error) {
 			return &emptypb.Empty{}, n.NetworkRemove(ctx, r.ID, r.NICs)
+		})
+	}
+	if t, ok := a.(Templater); ok {
+		methods["Detach"] = jsonMethod("Detach", func(ctx context.Context, _ struct{}) (any, error) {
+			return &emptypb.Empty{}, t.Detach(ctx)
+		})
+		methods["Reseed"] = jsonMethod("Reseed", func(ctx context.Context, r reseedRequest) (any, error) {
+			return &emptypb.Empty{}, t.Reseed(ctx, r.Seed)
 		})
 	}
 	s.RegisterService(AgentServiceName, &ttrpc.ServiceDesc{Methods: methods})
@@ -269,6 +293,21 @@ func (a *AgentClient) Prepare(ctx context.Context, id string, env []string) erro
 		return err
 	}
 	return a.c.Call(ctx, AgentServiceName, "Prepare", wrapperspb.Bytes(b), &emptypb.Empty{})
+}
+
+// Detach asks the agent to end this session once it has answered (see
+// Templater).
+func (a *AgentClient) Detach(ctx context.Context) error {
+	return a.c.Call(ctx, AgentServiceName, "Detach", wrapperspb.Bytes([]byte("{}")), &emptypb.Empty{})
+}
+
+// Reseed mixes seed into the guest's RNG and reseeds it (see Templater).
+func (a *AgentClient) Reseed(ctx context.Context, seed []byte) error {
+	b, err := json.Marshal(reseedRequest{Seed: seed})
+	if err != nil {
+		return err
+	}
+	return a.c.Call(ctx, AgentServiceName, "Reseed", wrapperspb.Bytes(b), &emptypb.Empty{})
 }
 
 // SetClock steps the guest's clock to t when it is off (see Clocker). An

@@ -33,7 +33,19 @@ type Client struct {
 	mu   sync.Mutex
 	conn *net.UnixConn
 	r    *bufio.Reader
+	// events are those read while waiting for a command's return, kept
+	// (the last maxEvents) for WaitEvent.
+	events []Event
 }
+
+// Event is an asynchronous message from qemu.
+type Event struct {
+	Name string          `json:"event"`
+	Data json.RawMessage `json:"data"`
+}
+
+// maxEvents bounds the events kept for WaitEvent.
+const maxEvents = 64
 
 // Error is qemu's answer to a command it refused.
 type Error struct {
@@ -122,6 +134,7 @@ func (c *Client) execute(ctx context.Context, command string, args, out any, f *
 		}
 		switch {
 		case reply.Event != "":
+			c.keep(line)
 			continue
 		case reply.Error != nil:
 			return &Error{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
@@ -135,6 +148,48 @@ func (c *Client) execute(ctx context.Context, command string, args, out any, f *
 			return fmt.Errorf("qmp %s: decode return: %w", command, err)
 		}
 		return nil
+	}
+}
+
+// keep records an event line for WaitEvent.
+func (c *Client) keep(line []byte) {
+	var ev Event
+	if json.Unmarshal(line, &ev) != nil {
+		return
+	}
+	if len(c.events) == maxEvents {
+		c.events = c.events[1:]
+	}
+	c.events = append(c.events, ev)
+}
+
+// WaitEvent returns the first event named name for which match (nil: any)
+// is true, kept from earlier reads or read now, until ctx ends.
+func (c *Client) WaitEvent(ctx context.Context, name string, match func(Event) bool) (Event, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ok := func(ev Event) bool { return ev.Name == name && (match == nil || match(ev)) }
+	for i, ev := range c.events {
+		if ok(ev) {
+			c.events = append(c.events[:i:i], c.events[i+1:]...)
+			return ev, nil
+		}
+	}
+	if err := c.deadline(ctx); err != nil {
+		return Event{}, err
+	}
+	for {
+		line, err := c.readLine()
+		if err != nil {
+			return Event{}, fmt.Errorf("qmp: waiting for event %s: %w", name, err)
+		}
+		var ev Event
+		if err := json.Unmarshal(line, &ev); err != nil || ev.Name == "" {
+			continue // a stray return: no command is waiting for it
+		}
+		if ok(ev) {
+			return ev, nil
+		}
 	}
 }
 

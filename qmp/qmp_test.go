@@ -131,6 +131,15 @@ func TestEventsSkipped(t *testing.T) {
 	if err := c.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "paused" {
 		t.Fatalf("got %+v, %v", st, err)
 	}
+	// The STOP event skipped above is kept for WaitEvent.
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if ev, err := c.WaitEvent(short, "STOP", nil); err != nil || ev.Name != "STOP" {
+		t.Fatalf("WaitEvent(STOP) = %+v, %v", ev, err)
+	}
+	if _, err := c.WaitEvent(short, "STOP", nil); err == nil {
+		t.Fatal("a kept event was returned twice")
+	}
 }
 
 // TestHostileReplies: a reply that is no greeting, an endless line, and

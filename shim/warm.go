@@ -67,7 +67,7 @@ func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) 
 // claimVM returns a pool VM for c, adopted and connected, or nil when c
 // takes a cold start (no pool, c does not fit, the pool is empty).
 func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg config.Config, binary string) *vm {
-	if cfg.PoolSize == 0 {
+	if cfg.PoolSize == 0 && !cfg.Template {
 		return nil
 	}
 	why, netns := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg)
@@ -81,13 +81,18 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 		return nil
 	}
 	p := pool.Pool{Root: config.PoolRoot(), Binary: binary, Logf: log.G(ctx).Infof}
-	e, h, err := p.Claim(cfg, vmm.Claim{Host: host, NetNS: netns})
+	claim := vmm.Claim{Host: host, NetNS: netns}
+	e, h, err := p.Claim(cfg, claim)
+	if err == nil && e == nil && cfg.Template {
+		// No VM parked: one from the template, now (ADR 025).
+		e, h, err = p.StartFromTemplate(ctx, cfg, claim)
+	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool: cold start", c.id)
 		return nil
 	}
 	if e == nil {
-		log.G(ctx).Infof("container %s: the pool is empty: cold start", c.id)
+		log.G(ctx).Infof("container %s: no VM parked and no template yet: cold start", c.id)
 		return nil
 	}
 	// The VM now stands where the container's would (host cgroup, OOM
@@ -125,7 +130,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 // containerd's runtime options rather than a file). The VMs it boots
 // outlive it and this shim.
 func refillPool(ctx context.Context, cfg config.Config, binary string) {
-	if cfg.PoolSize == 0 {
+	if cfg.PoolSize == 0 && !cfg.Template {
 		return
 	}
 	body, err := toml.Marshal(cfg)

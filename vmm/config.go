@@ -194,6 +194,14 @@ type LaunchConfig struct {
 	// treats its end as its creator's death, as it does EOF on the
 	// parent-watch pipe.
 	Lifeline string `json:"lifeline,omitempty"`
+	// TemplateSave makes the VM a template (ADR 025): booted to a ready
+	// agent with its RAM in a memory file, saved, and never booted; the
+	// VMM then starts the template's holder on this directory
+	// (package template) and ends. Template names a holder's socket: the
+	// VM starts from that saved state instead of booting. Both need the
+	// qemu backend and the same device layout (a pool VM's).
+	TemplateSave string `json:"templateSave,omitempty"`
+	Template     string `json:"template,omitempty"`
 	// Nice is the scheduling priority (0..19) the VMM process and its
 	// hypervisor start at: a pool VM boots and idles below the containers
 	// that run, and goes back to 0 when claimed.
@@ -282,6 +290,12 @@ func (c *LaunchConfig) Validate() error {
 	}
 	if c.Nice < 0 || c.Nice > 19 {
 		return fmt.Errorf("launch config: nice %d out of range 0..19", c.Nice)
+	}
+	if (c.TemplateSave != "" && !filepath.IsAbs(c.TemplateSave)) || (c.Template != "" && !filepath.IsAbs(c.Template)) || (c.TemplateSave != "" && c.Template != "") {
+		return fmt.Errorf("launch config: templateSave %q and template %q must be absolute paths, and not both set", c.TemplateSave, c.Template)
+	}
+	if (c.TemplateSave != "" || c.Template != "") && c.Modules != "" {
+		return fmt.Errorf("launch config: a VM template cannot hold a mounted module share (%s): use a guest kernel with its drivers built in, or template = false", c.Modules)
 	}
 	if c.Lifeline != "" && (!filepath.IsAbs(c.Lifeline) || c.Container != nil) {
 		return fmt.Errorf("launch config: lifeline %q must be an absolute path, and not set in container mode", c.Lifeline)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/pool"
+	"github.com/msb-dev/msb/template"
 )
 
 // poolCommand manages the shim's pool of booted VMs (ADR 020). The shim
@@ -32,8 +33,8 @@ func poolCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if cfg.PoolSize == 0 {
-						return fmt.Errorf("pool fill: pool_size is 0 in %s: set pool_size (1..%d) to keep VMs booted", c.String("config"), config.MaxPoolSize)
+					if cfg.PoolSize == 0 && !cfg.Template {
+						return fmt.Errorf("pool fill: pool_size is 0 and template is false in %s: set pool_size (1..%d) to keep VMs booted, or template = true to keep a saved VM", c.String("config"), config.MaxPoolSize)
 					}
 					self, err := os.Executable()
 					if err != nil {
@@ -41,6 +42,22 @@ func poolCommand() *cli.Command {
 					}
 					p := pool.Pool{Root: c.String("pool-root"), Binary: self, Logf: log.L.Infof}
 					return p.Fill(context.Background(), cfg)
+				},
+			},
+			{
+				Name:      "hold",
+				Usage:     "hold a saved VM template (started by the VMM that saved it, with its files on fds 3 and 4)",
+				ArgsUsage: "<template dir>",
+				Hidden:    true,
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("pool hold: want one template dir, got %d arguments", c.NArg())
+					}
+					ram, state := os.NewFile(3, "template-ram"), os.NewFile(4, "template-state")
+					if ram == nil || state == nil {
+						return fmt.Errorf("pool hold: no template files on fds 3 and 4: this command is started by msb, not by hand")
+					}
+					return template.Hold(c.Args().First(), ram, state)
 				},
 			},
 			{

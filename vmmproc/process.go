@@ -221,8 +221,13 @@ func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watc
 	}
 	mon := newMonitor(monLn)
 	defer mon.close()
+	tmpl, err := openTemplate(cfg)
+	if err != nil {
+		return 1, err
+	}
+	defer tmpl.close()
 	start := time.Now()
-	v.hv, err = startQEMU(cfg, chanSock, mon, logf, qemuOut, taps)
+	v.hv, err = startQEMU(cfg, chanSock, mon, tmpl, logf, qemuOut, taps)
 	if err != nil {
 		return 1, err
 	}
@@ -234,6 +239,18 @@ func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watc
 		return 1, fmt.Errorf("write startup line: %w", err)
 	}
 	startup.Close()
+	if cfg.Template != "" {
+		_, tf := tmpl.fds(taps)
+		if err := v.restore(tf.state); err != nil {
+			return 1, fmt.Errorf("%w%s", err, qemuSaid(cfg))
+		}
+	}
+	if cfg.TemplateSave != "" {
+		if err := v.saveTemplate(chanLn, tmpl.ram); err != nil {
+			return 1, fmt.Errorf("%w%s", err, qemuSaid(cfg))
+		}
+		return 0, nil
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, shutdownSignals(cfg)...)
@@ -270,6 +287,9 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 			// The guest starts from the RTC's whole seconds.
 			if cerr := v.agent.SetClock(context.Background(), time.Now()); cerr != nil {
 				log.L.WithError(cerr).Warn("guest clock not set")
+			}
+			if v.cfg.Template != "" {
+				err = v.reseed(context.Background())
 			}
 		}
 		if err == nil || !v.sess.IsClosed() {

@@ -52,6 +52,8 @@ type qemu struct {
 	out *os.File
 	// mon is the running qemu's QMP connection.
 	mon *monitor
+	// tmpl holds a template's memory and state files (template.go).
+	tmpl templateFiles
 }
 
 // tcgTBSizeMiB is TCG's translation cache. qemu's default, 1 GiB, shows up
@@ -63,12 +65,17 @@ const tcgTBSizeMiB = 64
 
 // qemuArgs builds the command line. Values from bundles (paths) are escaped
 // for QEMU's option grammar, where ',' separates options.
-func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int) []string {
+func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int, tf templateFDs) []string {
+	machine := "microvm"
+	if tf.ram > 0 {
+		machine += ",memory-backend=ram"
+	}
 	args := []string{
-		"-machine", "microvm", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-machine", machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.VCPUs),
 		"-kernel", c.Kernel,
 	}
+	args = append(args, templateArgs(c, tf)...)
 	cmdline := "console=ttyS0 quiet panic=-1 reboot=t"
 	if kvm {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
@@ -91,14 +98,17 @@ func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int) []stri
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,path="+qemuEscape(vmm.MonitorSocket(c)),
 		"-mon", "chardev=qmp,mode=control",
-		"-chardev", "socket,id=agent,path="+qemuEscape(chanSock),
+		"-chardev", "socket,id=agent,path="+qemuEscape(chanSock)+agentReconnect(tf),
 		"-device", "virtio-serial-device",
-		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
+		"-device", "virtserialport,chardev=agent,id="+agentPortID+",name="+protocol.PortName,
 		// Free page reporting: the guest (CONFIG_PAGE_REPORTING, the
 		// balloon built in) hands back free 2 MiB blocks about 2 s after
 		// they are freed, and qemu drops them, so memory a container
-		// frees returns to the host (issue 24). Nothing is inflated.
-		"-device", "virtio-balloon-device,free-page-reporting=on",
+		// frees returns to the host (issue 24). Nothing is inflated. Not
+		// for templates: qemu 7.2 drops a page of a file-backed RAM by
+		// punching a hole in the file, which a template's is sealed
+		// against (template.go).
+		"-device", "virtio-balloon-device,free-page-reporting="+onOff(tf.ram == 0),
 	)
 	if !c.NoJail {
 		args = append(args, "-sandbox", jail.QEMUSandbox)
@@ -132,6 +142,13 @@ func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int) []stri
 	return args
 }
 
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // hostTSCKHz reads the host's clock rate for tsc_early_khz; 0 if unknown.
@@ -158,7 +175,7 @@ func hostTSCKHz() int {
 // set up the VM (e.g. nested KVM refusing MSRs), not a guest that ran.
 const kvmFallbackWindow = 5 * time.Second
 
-func startQEMU(c *vmm.LaunchConfig, chanSock string, mon *monitor, logf, out *os.File, taps []*os.File) (*qemu, error) {
+func startQEMU(c *vmm.LaunchConfig, chanSock string, mon *monitor, tmpl templateFiles, logf, out *os.File, taps []*os.File) (*qemu, error) {
 	bin := c.QEMU
 	if bin == "" {
 		bin = "qemu-system-x86_64"
@@ -175,7 +192,7 @@ func startQEMU(c *vmm.LaunchConfig, chanSock string, mon *monitor, logf, out *os
 		}
 	}
 	kvm := c.Accel == "kvm" || autoKVM
-	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out, mon: mon}
+	q := &qemu{done: make(chan struct{}), autoKVM: autoKVM, taps: taps, cfg: c, bin: bin, chanSock: chanSock, tsc: hostTSCKHz(), out: out, mon: mon, tmpl: tmpl}
 	if !c.NoJail && !c.JailHostRoot {
 		// qemu's own user: a range of host ids held while it may run, and
 		// the user namespace that maps it (ADR 022).
@@ -235,9 +252,10 @@ func (q *qemu) GiveUpKVM() bool {
 }
 
 func (q *qemu) launch(kvm bool, logf *os.File) error {
-	args := qemuArgs(q.cfg, q.chanSock, kvm, q.tsc)
+	fds, tf := q.tmpl.fds(q.taps)
+	args := qemuArgs(q.cfg, q.chanSock, kvm, q.tsc, tf)
 	cmd := exec.Command(q.bin, args...)
-	cmd.ExtraFiles = q.taps
+	cmd.ExtraFiles = fds
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	how := ""
 	var built, builtW *os.File // the jail's built pipe, with shares to mirror
@@ -260,7 +278,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		// qemu must not outlive the VMM process, however that ends.
 		plan.Pdeathsig = int(syscall.SIGKILL)
 		plan.HostIDs = q.hostIDs
-		if cmd, planf, err = jail.Command(plan, q.taps, q.userns, builtW); err != nil {
+		if cmd, planf, err = jail.Command(plan, fds, q.userns, builtW); err != nil {
 			return err
 		}
 		defer planf.Close()

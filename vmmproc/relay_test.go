@@ -100,7 +100,7 @@ func TestQEMUArgs(t *testing.T) {
 		Disks:      []vmm.Disk{{Tag: "d1", Path: "/i.qcow2", Format: "qcow2"}},
 		Modules:    "/k/modules",
 	}
-	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000), " ")
+	tcg := strings.Join(qemuArgs(c, "/s/ch.sock", false, 2500000, templateFDs{}), " ")
 	for _, want := range []string{
 		"-machine microvm", "-m 300 -smp 2", "-accel tcg,tb-size=64 -cpu max", "tsc_early_khz=2500000",
 		"path=/b/a,,b,security_model=none,readonly=on", "mount_tag=root-1",
@@ -115,7 +115,7 @@ func TestQEMUArgs(t *testing.T) {
 	if n := strings.Count(tcg, "multidevs=remap"); n != 1 || !strings.Contains(tcg, "path=/p,security_model=none,multidevs=remap") {
 		t.Errorf("want multidevs=remap on the MultiDevs share only: %s", tcg)
 	}
-	kvm := strings.Join(qemuArgs(c, "/s/ch.sock", true, 2500000), " ")
+	kvm := strings.Join(qemuArgs(c, "/s/ch.sock", true, 2500000, templateFDs{}), " ")
 	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") {
 		t.Errorf("kvm args: %s", kvm)
 	}
@@ -129,7 +129,7 @@ func TestQEMUArgsRootDisk(t *testing.T) {
 		ConsoleLog: "/s/console.log",
 		Disks:      []vmm.Disk{{Tag: "d1", Path: "/i.raw", Format: "raw"}},
 	}
-	args := qemuArgs(c, "/s/ch.sock", false, 0)
+	args := qemuArgs(c, "/s/ch.sock", false, 0, templateFDs{})
 	all := strings.Join(args, " ")
 	root := `-blockdev {"driver":"raw","file":{"aio":"threads","driver":"file","filename":"/k/rootfs.img","read-only":true},"node-name":"root","read-only":true} -device virtio-blk-device,drive=root,serial=msb-root`
 	first := strings.Index(all, "-device ")

@@ -40,16 +40,24 @@ func poolEntries(t *testing.T, root string) map[string]int {
 // body, its path and the shim env's pool root.
 func poolConfig(t *testing.T, e *shimEnv) ([]byte, string, string) {
 	t.Helper()
+	cfg, path := configWith(t, "pool_size = 1")
+	return cfg, path, filepath.Join(e.stateRoot, "pool")
+}
+
+// configWith writes the test config plus line to a file of the test and
+// returns its body and path.
+func configWith(t *testing.T, line string) ([]byte, string) {
+	t.Helper()
 	base, err := os.ReadFile(configFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := append(base, []byte("\npool_size = 1\n")...)
-	path := filepath.Join(t.TempDir(), "pool.toml")
+	cfg := append(base, []byte("\n"+line+"\n")...)
+	path := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(path, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return cfg, path, filepath.Join(e.stateRoot, "pool")
+	return cfg, path
 }
 
 // filledPool fills a pool of one VM for the shim env, drained and removed

@@ -1,0 +1,60 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/template"
+	"github.com/msb-dev/msb/vmm"
+)
+
+// Templates (ADR 025): with template = true a bucket keeps one saved VM of
+// its layout, held by a holder process in the bucket's directory
+// (package template), and starts its pool VMs from it instead of booting
+// them. A bucket is one config and one set of image files and binaries
+// (Fingerprint), so a template is never used past a change of either.
+
+// ensureTemplate saves the bucket's template unless its holder runs. The
+// caller holds the bucket's lock.
+func (b bucket) ensureTemplate(ctx context.Context, c config.Config) error {
+	if template.Alive(b.dir) {
+		return nil
+	}
+	if _, err := b.start(ctx, c, vmKind{template: true}); err != nil {
+		return fmt.Errorf("pool template: %w", err)
+	}
+	return nil
+}
+
+// templateLayout gives a template and the VMs started from it what must
+// match between them beyond the config: the NICs' MACs, which the saved
+// device state carries (the agent finds a NIC by the MAC it booted with).
+func templateLayout(l *vmm.LaunchConfig) {
+	for i := range l.NICs {
+		l.NICs[i].MAC = fmt.Sprintf("02:6d:73:62:00:%02x", i)
+	}
+}
+
+// StartFromTemplate starts one VM of config c from its template, now, and
+// adopts it for claim (a cold start without a parked VM). It returns nil,
+// nil, nil when the bucket has no template yet.
+func (p Pool) StartFromTemplate(ctx context.Context, c config.Config, claim vmm.Claim) (*Entry, *vmm.Handle, error) {
+	b := p.bucket(Fingerprint(c, p.Binary))
+	if !c.Template || !template.Alive(b.dir) {
+		return nil, nil, nil
+	}
+	start := time.Now()
+	e, err := b.boot(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := vmm.Adopt(e.Pid, e.Launch.Lifeline, claim)
+	if err != nil {
+		p.discard(e, nil)
+		return nil, nil, fmt.Errorf("VM from the template: %w", err)
+	}
+	p.logf("VM %s started from the template in %s", e.ID, time.Since(start).Round(time.Millisecond))
+	return e, h, nil
+}
