@@ -316,8 +316,8 @@ if [[ $HANDLER == msb ]]; then
 	done
 	# a privileged pod on a handler without privileged_without_host_devices: containerd lists
 	# every host device node in its container's spec, which msb refuses when the container
-	# starts; kubelet's event and the container's status (its StartError) say so and name the
-	# setting
+	# starts; kubelet's event and the container's state (RunContainerError waiting, StartError
+	# terminated) say so and name the setting
 	ev= st= hdst=
 	for f in state.waiting state.terminated lastState.terminated; do
 		hdst+="{.status.containerStatuses[0].$f.reason}: {.status.containerStatuses[0].$f.message}{\"\\n\"}"
