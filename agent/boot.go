@@ -99,6 +99,9 @@ func (a *Agent) Boot(env []string) error {
 	if a.booted {
 		return fmt.Errorf("boot: already booted: %w", errdefs.ErrFailedPrecondition)
 	}
+	if len(e.PodTmpfs) > 0 {
+		return fmt.Errorf("boot: a pod tmpfs is a joining container's (Prepare), not the VM's: %w", errdefs.ErrInvalidArgument)
+	}
 	if e.HandoffInit != "" && a.opts.Handoff == nil {
 		return fmt.Errorf("boot: MSB_HANDOFF_INIT needs the agent to run under the msb init (guest PID 1): %w", errdefs.ErrNotImplemented)
 	}

@@ -222,7 +222,7 @@ func besideKernel(kernel, name string, dir bool) string {
 }
 
 // convert classifies spec's mounts and converts the spec; in carries the
-// rest of the input. Errors are invalid arguments.
+// rest of the input. Errors in the spec are invalid arguments.
 func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input) (*specconv.VM, error) {
 	ms, err := mounts.Classify(spec.Mounts, bundle)
 	if err != nil {
@@ -230,6 +230,13 @@ func convert(spec *specs.Spec, bundle string, c config.Config, in specconv.Input
 	}
 	if err := checkDiskImages(ms, c.AllowDiskBackingFiles); err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if in.GuestDir != "" {
+		// A pod member (the shim's and msb-runtime's): a kubelet emptyDir
+		// of medium Memory becomes the pod VM's own tmpfs (ADR 032).
+		if err := mounts.MarkMemoryVolumes(ms); err != nil {
+			return nil, err
+		}
 	}
 	for _, m := range ms {
 		if m.Kind != mounts.KindBindDir && m.Kind != mounts.KindBindFile {

@@ -37,6 +37,11 @@ const (
 	// KindSpecial is a kernel filesystem (proc, sysfs, the /dev tmpfs, ...)
 	// that runc creates inside the guest exactly as it would on a host.
 	KindSpecial
+	// KindPodTmpfs is a kubelet emptyDir of medium Memory in a pod VM
+	// (ADR 032): a tmpfs of the guest that every container of the pod
+	// mounting the volume shares, in place of kubelet's tmpfs on the
+	// host. Only MarkMemoryVolumes makes it.
+	KindPodTmpfs
 )
 
 func (k Kind) String() string {
@@ -51,6 +56,8 @@ func (k Kind) String() string {
 		return "block"
 	case KindSpecial:
 		return "special"
+	case KindPodTmpfs:
+		return "pod-tmpfs"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -63,7 +70,7 @@ type Mount struct {
 	// Destination is the container path, cleaned and absolute.
 	Destination string
 	// Source is the host path, absolute with symlinks resolved (bind and
-	// block); "" for tmpfs and special mounts.
+	// block, and a pod tmpfs's emptyDir); "" for tmpfs and special mounts.
 	Source string
 	// Type is the OCI type as given.
 	Type     string
@@ -73,7 +80,8 @@ type Mount struct {
 	Options []string
 
 	// SizeBytes, Mode and Flags describe a tmpfs; Flags holds the effective
-	// ones of ro, noexec, nosuid, nodev.
+	// ones of ro, noexec, nosuid, nodev. A pod tmpfs has SizeBytes and
+	// Mode (its bind's flags stay in Options).
 	SizeBytes int64
 	Mode      uint32
 	Flags     []string

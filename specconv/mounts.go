@@ -80,6 +80,7 @@ func convertMounts(sb *VM, in Input) error {
 	fileIdx := map[string]int{}  // tag -> index in sb.Files
 	diskIdx := map[string]int{}  // tag -> index in sb.Disks
 	diskFirst := map[string]int{}
+	podTmpfs := map[string]bool{} // tag -> in sb.Boot.PodTmpfs
 	var guestMounts []specs.Mount
 	for _, m := range in.Mounts {
 		field := fmt.Sprintf("mounts[%d]", m.Index)
@@ -181,6 +182,21 @@ func convertMounts(sb *VM, in Input) error {
 			}
 			src = path.Join(tmpfsDir, tag)
 			sb.Boot.Tmpfs = append(sb.Boot.Tmpfs, bootenv.Tmpfs{GuestPath: src, SizeBytes: m.SizeBytes, Mode: m.Mode, Options: slices.Clone(m.Flags)})
+		case mounts.KindPodTmpfs:
+			if !in.podMode() {
+				return fmt.Errorf("%s: %s: a pod tmpfs is made only for a container that joins its pod's VM", field, m.Source)
+			}
+			// Keyed by the emptyDir's host path (pod uid and volume name):
+			// every container of the pod that mounts it gets the same one.
+			tag, err := tags.tag("podtmpfs:" + m.Source)
+			if err != nil {
+				return fmt.Errorf("%s.source: %w", field, err)
+			}
+			src = path.Join(GuestPodTmpfsDir, tag)
+			if !podTmpfs[tag] {
+				podTmpfs[tag] = true
+				sb.Boot.PodTmpfs = append(sb.Boot.PodTmpfs, bootenv.Tmpfs{GuestPath: src, SizeBytes: m.SizeBytes, Mode: m.Mode})
+			}
 		default:
 			return fmt.Errorf("%s: unclassified mount kind %v; pass mounts.Classify's result", field, m.Kind)
 		}

@@ -164,3 +164,39 @@ func TestPodIDMapped(t *testing.T) {
 		t.Fatalf("a VM's own id-mapped directory share: %v", err)
 	}
 }
+
+// TestPodTmpfs: a kubelet emptyDir of medium Memory (mounts.KindPodTmpfs)
+// is the pod VM's tmpfs, named by its host path so that every member
+// mounting it gets the same one; nothing of it is shared from the host.
+func TestPodTmpfs(t *testing.T) {
+	const vol = "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache"
+	mk := func() []mounts.Mount {
+		return []mounts.Mount{
+			{Kind: mounts.KindPodTmpfs, Destination: "/cache", Source: vol, Type: "bind", Options: []string{"rbind", "rw"}, SizeBytes: 64 << 20, Mode: 0o755},
+			{Kind: mounts.KindPodTmpfs, Destination: "/ro-cache", Source: vol, Type: "bind", Options: []string{"rbind", "ro", "nosuid"}, SizeBytes: 64 << 20, Mode: 0o755},
+		}
+	}
+	sb := mustConvert(t, podInput(baseSpec(), mk()...))
+	guest := GuestPodTmpfsDir + "/" + mounts.Tag("podtmpfs:"+vol)
+	if len(sb.Boot.PodTmpfs) != 1 || sb.Boot.PodTmpfs[0].GuestPath != guest || sb.Boot.PodTmpfs[0].SizeBytes != 64<<20 || sb.Boot.PodTmpfs[0].Mode != 0o755 {
+		t.Fatalf("pod tmpfs %+v, want one at %s", sb.Boot.PodTmpfs, guest)
+	}
+	if len(sb.Shares) != 1 || len(sb.Boot.Tmpfs) != 0 {
+		t.Fatalf("shares %+v, tmpfs %+v: only the rootfs is shared", sb.Shares, sb.Boot.Tmpfs)
+	}
+	want := [][]string{{"rbind"}, {"rbind", "ro", "nosuid"}}
+	for i, m := range sb.GuestSpec.Mounts {
+		if m.Source != guest || m.Type != "bind" || strings.Join(m.Options, ",") != strings.Join(want[i], ",") {
+			t.Errorf("mounts[%d] = %+v, want a bind of %s with %q", i, m, guest, want[i])
+		}
+	}
+	// Another member of the pod gets the same guest path.
+	in := podInput(baseSpec(), mk()[:1]...)
+	in.GuestDir, in.ContainerID = "/run/msb/c/other", "other"
+	if other := mustConvert(t, in); other.Boot.PodTmpfs[0].GuestPath != guest {
+		t.Errorf("another member's pod tmpfs %s, want %s", other.Boot.PodTmpfs[0].GuestPath, guest)
+	}
+	if _, err := Convert(input(baseSpec(), mk()[:1]...)); err == nil || !strings.Contains(err.Error(), "joins its pod's VM") {
+		t.Errorf("a pod tmpfs outside pod mode: %v", err)
+	}
+}

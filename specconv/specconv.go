@@ -34,6 +34,10 @@ const (
 	GuestFilesDir  = "/run/msb/files"
 	GuestDisksDir  = "/run/msb/disks"
 	GuestTmpfsDir  = "/run/msb/tmpfs"
+	// GuestPodTmpfsDir holds a pod VM's tmpfs that its containers share
+	// (mounts.KindPodTmpfs, ADR 032), each under its tag: one per volume
+	// for the whole VM, not below a container's own GuestDir.
+	GuestPodTmpfsDir = "/run/msb/podtmpfs"
 )
 
 // Annotations that override the VM's configuration per container or pod.

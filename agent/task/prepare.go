@@ -18,8 +18,10 @@ import (
 
 // Prepare mounts a pod's later container's dir, file and tmpfs mounts
 // (ADR 007): dirs and files are bound from the pod share
-// (protocol.PodGuestDir/<id>/<tag>), where the host exposed them. On error
-// nothing it mounted is left.
+// (protocol.PodGuestDir/<id>/<tag>), where the host exposed them. A pod
+// tmpfs is mounted by the first container that names it and kept for the
+// next ones (ADR 032). On error nothing it mounted for the container
+// alone is left.
 func (s *Service) Prepare(id string, env []string) (retErr error) {
 	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 		return fmt.Errorf("prepare: bad container id %q: %w", id, errdefs.ErrInvalidArgument)
@@ -38,6 +40,9 @@ func (s *Service) Prepare(id string, env []string) (retErr error) {
 	}
 	if _, ok := s.prepared[id]; ok {
 		return fmt.Errorf("prepare %s: already prepared: %w", id, errdefs.ErrAlreadyExists)
+	}
+	if err := s.mountPodTmpfs(e.PodTmpfs); err != nil {
+		return fmt.Errorf("prepare %s: %w", id, err)
 	}
 	src := filepath.Join(protocol.PodGuestDir, id)
 	type op struct {
@@ -79,7 +84,30 @@ func (s *Service) Prepare(id string, env []string) (retErr error) {
 		}
 	}
 	s.prepared[id] = done
-	log.L.Infof("prepared %s: %d dir, %d file, %d tmpfs mounts", id, len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs))
+	log.L.Infof("prepared %s: %d dir, %d file, %d tmpfs, %d pod tmpfs mounts", id, len(e.DirMounts), len(e.FileMounts), len(e.Tmpfs), len(e.PodTmpfs))
+	return nil
+}
+
+// mountPodTmpfs mounts each of ts not mounted yet; with s.prepMu held.
+// Each stays until the VM ends, whatever becomes of the container.
+func (s *Service) mountPodTmpfs(ts []bootenv.Tmpfs) error {
+	for _, t := range ts {
+		if s.podTmpfs[t.GuestPath] {
+			continue
+		}
+		flags, data, err := TmpfsArgs(t)
+		if err != nil {
+			return err
+		}
+		var l []string
+		if err := mountInto(&l, "tmpfs", t.GuestPath, "tmpfs", flags, data); err != nil {
+			return fmt.Errorf("pod tmpfs: %w", err)
+		}
+		if s.podTmpfs == nil {
+			s.podTmpfs = map[string]bool{}
+		}
+		s.podTmpfs[t.GuestPath] = true
+	}
 	return nil
 }
 

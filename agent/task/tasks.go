@@ -87,6 +87,9 @@ type Service struct {
 	prepMu sync.Mutex
 	// prepared are the mounts Prepare made, by container, in mount order.
 	prepared map[string][]string
+	// podTmpfs are the pod tmpfs Prepare mounted (by guest path), kept
+	// until the VM ends: every container naming one shares it (ADR 032).
+	podTmpfs map[string]bool
 
 	closeOnce sync.Once
 }

@@ -18,6 +18,9 @@
 //	MSB_TMPFS              /guest/path[:size=N,mode=0NNN,flag,...] ; ...   (size in bytes, mode octal with leading 0,
 //	                                                                        flags from ro,noexec,nosuid,nodev;
 //	                                                                        size, then mode, then flags)
+//	MSB_POD_TMPFS          /guest/path[:size=N,mode=0NNN]          ; ...   (as MSB_TMPFS, without flags: a pod VM's
+//	                                                                        tmpfs, mounted by the first member that
+//	                                                                        names it and kept until the VM ends)
 //	MSB_RLIMITS            resource=soft:hard                      ; ...   (numeric Linux ids, decimal values;
 //	                                                                        RLIM_INFINITY is 18446744073709551615)
 //	MSB_HOSTNAME           the hostname, verbatim
@@ -55,6 +58,7 @@ const (
 	KeyFileMounts      = "MSB_FILE_MOUNTS"
 	KeyDiskMounts      = "MSB_DISK_MOUNTS"
 	KeyTmpfs           = "MSB_TMPFS"
+	KeyPodTmpfs        = "MSB_POD_TMPFS"
 	KeyRlimits         = "MSB_RLIMITS"
 	KeyHostname        = "MSB_HOSTNAME"
 	KeyUser            = "MSB_USER"
@@ -132,8 +136,13 @@ type Env struct {
 	FileMounts []FileMount
 	DiskMounts []DiskMount
 	Tmpfs      []Tmpfs
-	Rlimits    []Rlimit
-	Hostname   string
+	// PodTmpfs are tmpfs of a pod VM that several containers share (a
+	// kubelet emptyDir of medium Memory, ADR 032): Prepare mounts one
+	// the first time a container names it and keeps it until the VM
+	// ends. They carry no flags: each container's bind has its own.
+	PodTmpfs []Tmpfs
+	Rlimits  []Rlimit
+	Hostname string
 	// User is "uid:gid" or "".
 	User string
 	// HandoffInit, when set, is the program the agent hands PID 1 to.
@@ -193,6 +202,11 @@ func (e Env) encodeValues() map[string]string {
 		s = append(s, encodeTmpfs(t))
 	}
 	put(KeyTmpfs, s)
+	s = nil
+	for _, t := range e.PodTmpfs {
+		s = append(s, encodeTmpfs(t))
+	}
+	put(KeyPodTmpfs, s)
 	s = nil
 	for _, r := range e.Rlimits {
 		s = append(s, strconv.Itoa(r.Resource)+"="+strconv.FormatUint(r.Soft, 10)+":"+strconv.FormatUint(r.Hard, 10))

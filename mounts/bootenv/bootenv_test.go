@@ -29,6 +29,10 @@ func full() Env {
 			{GuestPath: "/run/msb/tmpfs/b", SizeBytes: 64 << 20, Mode: 0o1777, Options: []string{"nosuid", "nodev", "noexec", "ro"}},
 			{GuestPath: "/run/msb/tmpfs/c", Mode: 0o700},
 		},
+		PodTmpfs: []Tmpfs{
+			{GuestPath: "/run/msb/podtmpfs/a", SizeBytes: 1 << 20},
+			{GuestPath: "/run/msb/podtmpfs/b"},
+		},
 		Rlimits: []Rlimit{
 			{Resource: 7, Soft: 1024, Hard: 4096},
 			{Resource: 4, Soft: RlimInfinity, Hard: RlimInfinity},
@@ -55,6 +59,7 @@ func TestEncodeFull(t *testing.T) {
 		"", // args: checked below
 		"", // env: checked below
 		"MSB_HOSTNAME=web-1",
+		"MSB_POD_TMPFS=/run/msb/podtmpfs/a:size=1048576;/run/msb/podtmpfs/b",
 		"MSB_RLIMITS=7=1024:4096;4=18446744073709551615:18446744073709551615;0=0:0",
 		"MSB_TMPFS=/run/msb/tmpfs/a;/run/msb/tmpfs/b:size=67108864,mode=01777,nosuid,nodev,noexec,ro;/run/msb/tmpfs/c:mode=0700",
 		"MSB_USER=1000:100",
@@ -315,6 +320,10 @@ func TestEncodeErrors(t *testing.T) {
 		{"tmpfs mode", Env{Tmpfs: []Tmpfs{{GuestPath: "/a", Mode: 0o10000}}}, []string{"Tmpfs[0].Mode", "07777"}},
 		{"tmpfs flag", Env{Tmpfs: []Tmpfs{{GuestPath: "/a", Options: []string{"exec"}}}}, []string{"Tmpfs[0].Options[0]", "not a tmpfs flag"}},
 		{"tmpfs path", Env{Tmpfs: []Tmpfs{{GuestPath: "/a=b"}}}, []string{"Tmpfs[0].GuestPath"}},
+		{"pod tmpfs size", Env{PodTmpfs: []Tmpfs{{GuestPath: "/a", SizeBytes: -1}}}, []string{"PodTmpfs[0].SizeBytes", "negative"}},
+		{"pod tmpfs flag", Env{PodTmpfs: []Tmpfs{{GuestPath: "/a", Options: []string{"ro"}}}}, []string{"PodTmpfs[0].Options", "no flags"}},
+		{"pod tmpfs dup path", Env{Tmpfs: []Tmpfs{{GuestPath: "/a"}}, PodTmpfs: []Tmpfs{{GuestPath: "/a"}}},
+			[]string{"PodTmpfs[0].GuestPath", "already used by Tmpfs[0].GuestPath"}},
 		{"dup path", Env{DirMounts: []DirMount{{Tag: "a", GuestPath: "/a"}}, FileMounts: []FileMount{{Tag: "b", Name: "n", GuestPath: "/a"}}},
 			[]string{"FileMounts[0].GuestPath", "already used by DirMounts[0].GuestPath"}},
 		{"rlimit neg", Env{Rlimits: []Rlimit{{Resource: -1}}}, []string{"Rlimits[0].Resource", "0..15"}},

@@ -124,6 +124,9 @@ func (g *gen) env() Env {
 		}
 		e.Tmpfs = append(e.Tmpfs, t)
 	}
+	for i, n := 0, g.n(2); i < n; i++ {
+		e.PodTmpfs = append(e.PodTmpfs, Tmpfs{GuestPath: g.path(), SizeBytes: int64(g.byte()) << int(g.n(62)), Mode: uint32(g.byte()) << uint(g.n(5))})
+	}
 	for i, n := 0, g.n(3); i < n; i++ {
 		soft := uint64(g.byte()) << g.n(63)
 		hard := soft + uint64(g.byte()) - uint64(g.n(15)/15)

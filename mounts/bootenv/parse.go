@@ -107,7 +107,7 @@ func (e *Env) parseKey(key, val string) error {
 			e.DiskMounts = append(e.DiskMounts, d)
 			return nil
 		})
-	case KeyTmpfs:
+	case KeyTmpfs, KeyPodTmpfs:
 		return eachEntry(key, val, func(i int, fs []string) error {
 			if len(fs) > 2 {
 				return fmt.Errorf("has %d fields; want /guest/path[:size=N,mode=0NNN,flag,...]", len(fs))
@@ -118,7 +118,11 @@ func (e *Env) parseKey(key, val string) error {
 					return fieldErr(1, "options", fs[1], err)
 				}
 			}
-			e.Tmpfs = append(e.Tmpfs, t)
+			if key == KeyPodTmpfs {
+				e.PodTmpfs = append(e.PodTmpfs, t)
+			} else {
+				e.Tmpfs = append(e.Tmpfs, t)
+			}
 			return nil
 		})
 	case KeyRlimits:
@@ -155,7 +159,7 @@ func (e *Env) parseKey(key, val string) error {
 // Keys lists every key this package understands, sorted.
 func Keys() []string {
 	return []string{KeyDirMounts, KeyDiskMounts, KeyFileMounts, KeyHandoffInit, KeyHandoffInitArgs,
-		KeyHandoffInitEnv, KeyHostname, KeyRlimits, KeyTmpfs, KeyUser}
+		KeyHandoffInitEnv, KeyHostname, KeyPodTmpfs, KeyRlimits, KeyTmpfs, KeyUser}
 }
 
 // eachEntry splits a list value into entries and fields, and names the key

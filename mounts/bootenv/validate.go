@@ -20,7 +20,7 @@ type namer func(list string, i int, field string) string
 // listKeys maps the Go field of a list to its key.
 var listKeys = map[string]string{
 	"DirMounts": KeyDirMounts, "FileMounts": KeyFileMounts, "DiskMounts": KeyDiskMounts,
-	"Tmpfs": KeyTmpfs, "Rlimits": KeyRlimits, "Hostname": KeyHostname, "User": KeyUser,
+	"Tmpfs": KeyTmpfs, "PodTmpfs": KeyPodTmpfs, "Rlimits": KeyRlimits, "Hostname": KeyHostname, "User": KeyUser,
 	"HandoffInit": KeyHandoffInit, "HandoffInitArgs": KeyHandoffInitArgs, "HandoffInitEnv": KeyHandoffInitEnv,
 }
 
@@ -106,28 +106,20 @@ func (e Env) validate(n namer) error {
 			return err
 		}
 	}
-	for i, t := range e.Tmpfs {
-		if err := checkGuestPath(t.GuestPath); err != nil {
-			return fmt.Errorf("%s %q: %w", n("Tmpfs", i, "GuestPath"), t.GuestPath, err)
-		}
-		if t.SizeBytes < 0 {
-			return fmt.Errorf("%s %d: must not be negative (0 = kernel default)", n("Tmpfs", i, "SizeBytes"), t.SizeBytes)
-		}
-		if t.Mode > 0o7777 {
-			return fmt.Errorf("%s %#o: must be at most 07777 (permission and sticky/setid bits only)", n("Tmpfs", i, "Mode"), t.Mode)
-		}
-		seen := map[string]bool{}
-		for j, o := range t.Options {
-			if !isTmpfsFlag(o) {
-				return fmt.Errorf("%s[%d] %q: not a tmpfs flag; use one of %s", n("Tmpfs", i, "Options"), j, o, strings.Join(TmpfsFlags, ","))
+	for _, l := range []struct {
+		name string
+		v    []Tmpfs
+	}{{"Tmpfs", e.Tmpfs}, {"PodTmpfs", e.PodTmpfs}} {
+		for i, t := range l.v {
+			if err := checkTmpfs(t, l.name, i, n); err != nil {
+				return err
 			}
-			if seen[o] {
-				return fmt.Errorf("%s[%d] %q: given twice", n("Tmpfs", i, "Options"), j, o)
+			if l.name == "PodTmpfs" && len(t.Options) > 0 {
+				return fmt.Errorf("%s %q: a pod tmpfs has no flags; they go on each container's bind", n(l.name, i, "Options"), t.Options)
 			}
-			seen[o] = true
-		}
-		if err := usePath(t.GuestPath, n("Tmpfs", i, "GuestPath")); err != nil {
-			return err
+			if err := usePath(t.GuestPath, n(l.name, i, "GuestPath")); err != nil {
+				return err
+			}
 		}
 	}
 	resources := map[int]int{}
@@ -176,6 +168,30 @@ func (e Env) validate(n namer) error {
 				return fmt.Errorf("%s %q: contains NUL, which execve cannot pass", n(l.name, j, ""), s)
 			}
 		}
+	}
+	return nil
+}
+
+// checkTmpfs checks the fields of t, entry i of the list name.
+func checkTmpfs(t Tmpfs, name string, i int, n namer) error {
+	if err := checkGuestPath(t.GuestPath); err != nil {
+		return fmt.Errorf("%s %q: %w", n(name, i, "GuestPath"), t.GuestPath, err)
+	}
+	if t.SizeBytes < 0 {
+		return fmt.Errorf("%s %d: must not be negative (0 = kernel default)", n(name, i, "SizeBytes"), t.SizeBytes)
+	}
+	if t.Mode > 0o7777 {
+		return fmt.Errorf("%s %#o: must be at most 07777 (permission and sticky/setid bits only)", n(name, i, "Mode"), t.Mode)
+	}
+	seen := map[string]bool{}
+	for j, o := range t.Options {
+		if !isTmpfsFlag(o) {
+			return fmt.Errorf("%s[%d] %q: not a tmpfs flag; use one of %s", n(name, i, "Options"), j, o, strings.Join(TmpfsFlags, ","))
+		}
+		if seen[o] {
+			return fmt.Errorf("%s[%d] %q: given twice", n(name, i, "Options"), j, o)
+		}
+		seen[o] = true
 	}
 	return nil
 }

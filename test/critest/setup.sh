@@ -15,7 +15,8 @@
 # Runtime handlers: runc (io.containerd.runc.v2 with $RUNC_BIN) and msb (io.containerd.msb.v2,
 # privileged_without_host_devices = true, as install.sh writes it). Every registry is mirrored
 # to the loopback one, which serves the substitute images of images.sh.
-# Env: see common.sh; CRITEST_LOGDIR.
+# Env: see common.sh; CRITEST_LOGDIR; CRITEST_EXTRA_CONFIG (TOML appended to containerd's config:
+# tables of their own, such as another runtime handler).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 LOGDIR=${CRITEST_LOGDIR:-$RUN}
@@ -149,6 +150,7 @@ state = '$CTD_STATE'
 
   [plugins.'io.containerd.transfer.v1.local']
     config_path = '$CERTS'
+${CRITEST_EXTRA_CONFIG:-}
 C
 cat >"$NETD/10-critest.conflist" <<N
 {

@@ -13,8 +13,9 @@
 #   cp             kubectl cp into the pod and out of it
 #   port-forward   kubectl port-forward to busybox httpd in the pod, fetched through it
 #   attach         kubectl attach -i: a line reaches a running container's stdin (stdin: true)
-#   emptydir-memory  an emptyDir of medium Memory is a tmpfs in the container; a write there is
-#                  read by a second container of the pod
+#   emptydir-memory  an emptyDir of medium Memory (sizeLimit 16Mi) is a tmpfs of 16Mi in the
+#                  container; a write there is read by a second container of the pod; under msb
+#                  it is the pod VM's own tmpfs: kubelet's tmpfs on the host stays empty
 #   hostpath       a hostPath directory: a file written on the host is read in the pod, and a
 #                  file written in the pod lands on the host
 #   downward-volume, downward-env  a downwardAPI volume (metadata.name, metadata.labels) and
@@ -22,6 +23,9 @@
 #   refuse-hostnetwork, refuse-hostpid, refuse-hostipc  a hostNetwork, hostPID or hostIPC pod on
 #                  msb fails its sandbox, and kubectl describe pod shows an event naming the host's
 #                  namespace and the field (skipped under runc)
+#   refuse-hostdevices  a privileged pod on a second msb handler without
+#                  privileged_without_host_devices (msb-hostdev) gets no container: its event and
+#                  container status name the host device nodes and the setting (skipped under runc)
 #   configmap, secret  an update of a ConfigMap and of a Secret reaches the file mounted in the
 #                  running pod within 90 s (kubelet's syncFrequency is 10 s here)
 #   probes, liveness-restart, logs-previous, oom-killed  (the pod "probed")
@@ -66,6 +70,12 @@ cleanup() {
 trap 'cleanup || exit 1' EXIT
 trap 'exit 130' INT TERM
 
+# A second msb handler as a node without install.sh's privileged_without_host_devices has it:
+# containerd hands a privileged container there every host device node (refuse-hostdevices).
+export CRITEST_EXTRA_CONFIG="  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.msb-hostdev]
+    runtime_type = 'io.containerd.msb.v2'
+    sandboxer = 'podsandbox'
+    privileged_without_host_devices = false"
 CRITEST_LOGDIR=$OUT "$CRITEST_DIR/setup.sh"
 "$KUBE_DIR/cluster.sh" "$KBIN" "$OUT"
 
@@ -160,7 +170,7 @@ spec:
   - {name: shared, emptyDir: {}}
   - {name: cfg, configMap: {name: cfg}}
   - {name: sec, secret: {secretName: sec}}
-  - {name: mem, emptyDir: {medium: Memory}}
+  - {name: mem, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
   - {name: host, hostPath: {path: "$HOSTDIR", type: Directory}}
   - name: podinfo
     downwardAPI:
@@ -198,6 +208,24 @@ fi
 uid=$(kc get pod multi -o jsonpath='{.metadata.uid}')
 if [[ $HANDLER == msb ]]; then
 	check one-vm "1 1" "$(qemus "/pod$uid/" | wc -l) $(qemus "/$CG_ROOT/" | wc -l)"
+	# a privileged pod on a second msb handler (refuse-hostdevices, checked below), made once
+	# one-vm has counted the node's VMs: its sandbox's VM boots meanwhile
+	kc apply -f - >/dev/null <<Y
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: msb-hostdev}
+handler: msb-hostdev
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostdev}
+spec:
+  nodeName: $NODE
+  runtimeClassName: msb-hostdev
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: $IMAGE, imagePullPolicy: Never, command: [sleep, "3600"], securityContext: {privileged: true}}
+Y
 else
 	skip one-vm "handler $HANDLER runs no VM"
 fi
@@ -247,15 +275,20 @@ wait "$at" 2>/dev/null || true
 check attach "got:$line" "$got"
 
 # ---- volumes: emptyDir medium Memory shared by two containers, hostPath both ways, downward API
-# (kubelet mounts a tmpfs on the host; msb shares that directory into the VM, so the container
-# sees the share's filesystem, 9p, not a tmpfs of the guest: the PASS line names it)
-memfs=$(kc exec multi -c side -- sh -c 'echo mem-shared >/mem/f && awk "\$2 == \"/mem\" {print \$3}" /proc/mounts' 2>&1) || true
-memhost=$(findmnt -n -o FSTYPE --target "$KUBELET_ROOT/pods/$uid/volumes/kubernetes.io~empty-dir/mem" 2>&1) || true
+# (kubelet mounts a tmpfs on the host, size= its sizeLimit; msb gives the pod VM a tmpfs of the
+# guest of that size instead, one for all the pod's containers, and shares nothing of the host's
+# (ADR 032): under msb the host's tmpfs stays empty, under runc it holds the file)
+memfs=$(kc exec multi -c side -- sh -c 'echo mem-shared >/mem/f && awk "\$2 == \"/mem\" {print \$3, \$4}" /proc/mounts' 2>&1) || true
+memdir=$KUBELET_ROOT/pods/$uid/volumes/kubernetes.io~empty-dir/mem
+memhost=$(findmnt -n -o FSTYPE --mountpoint "$memdir" 2>&1) || true
 got=$(kc exec multi -c web -- cat /mem/f 2>&1) || true
-if [[ $got == mem-shared && $memhost == tmpfs ]]; then
-	pass "emptydir-memory (a tmpfs on the host, read by a second container; in the container: $memfs)"
+onhost=$([[ -e $memdir/f ]] && echo on-host || echo not-on-host)
+wanthost=not-on-host
+[[ $HANDLER == msb ]] || wanthost=on-host
+if [[ $got == mem-shared && $memfs == "tmpfs "*size=16384k* && $memhost == tmpfs && $onhost == "$wanthost" ]]; then
+	pass "emptydir-memory (a tmpfs of 16Mi in the container, read by a second container; the host's tmpfs: $onhost)"
 else
-	fail emptydir-memory "want mem-shared read by the second container and a tmpfs on the host; got '$got', host '$memhost'"
+	fail emptydir-memory "want mem-shared read by the second container, a tmpfs of size=16384k at /mem, kubelet's tmpfs on the host and the file $wanthost; got '$got', /mem '$memfs', host '$memhost', $onhost"
 fi
 hout=from-pod-$RANDOM
 kc exec multi -c side -- sh -c "echo $hout >/host/out.txt" >/dev/null 2>&1 || true
@@ -281,10 +314,32 @@ if [[ $HANDLER == msb ]]; then
 		fi
 		kc delete pod "$pod" --timeout 60s >/dev/null 2>&1 || true
 	done
+	# a privileged pod on a handler without privileged_without_host_devices: containerd lists
+	# every host device node in its container's spec, which msb refuses when the container
+	# starts; kubelet's event and the container's state (RunContainerError waiting, StartError
+	# terminated) say so and name the setting
+	ev= st= hdst=
+	for f in state.waiting state.terminated lastState.terminated; do
+		hdst+="{.status.containerStatuses[0].$f.reason}: {.status.containerStatuses[0].$f.message}{\"\\n\"}"
+	done
+	for _ in $(seq 90); do
+		ev=$(kc get events --field-selector involvedObject.name=hostdev -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' 2>&1 | grep "host device nodes" | head -1) || true
+		st=$(kc get pod hostdev -o jsonpath="$hdst" 2>&1 | grep "host device nodes" | head -1) || true
+		[[ -n $ev && -n $st ]] && break
+		sleep 1
+	done
+	if grep -q "privileged_without_host_devices = true" <<<"$ev" && grep -q "privileged_without_host_devices = true" <<<"$st"; then
+		pass "refuse-hostdevices (event ${ev%%:*}, container ${st%%:*}: $(grep -o "linux.devices: [0-9]* host device nodes" <<<"$ev" | head -1))"
+	else
+		fail refuse-hostdevices "no event and container status naming host device nodes and privileged_without_host_devices for pod hostdev: event '$(head -c 400 <<<"$ev")', status '$(head -c 300 <<<"$st")'"
+		kc describe pod hostdev >"$OUT/describe-hostdev.txt" 2>&1
+	fi
+	kc delete pod hostdev --timeout 60s >/dev/null 2>&1 || true
 else
 	skip refuse-hostnetwork "handler $HANDLER runs host-network pods"
 	skip refuse-hostpid "handler $HANDLER runs hostPID pods"
 	skip refuse-hostipc "handler $HANDLER runs hostIPC pods"
+	skip refuse-hostdevices "handler $HANDLER gives a privileged pod the host's devices"
 fi
 
 # ---- ConfigMap and Secret updates reach the running pod
