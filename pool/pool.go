@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -67,12 +68,17 @@ const podDirName = "containers"
 func (e *Entry) PodDir() string { return filepath.Join(e.Launch.RuntimeDir, podDirName) }
 
 // Fingerprint identifies what a VM is booted with: the config, and the
-// guest image's files and the VMM binary as they are on disk (path, size,
-// modification time), so a VM parked before an upgrade or an image
-// rebuild is never claimed. A claimer takes only VMs of its own.
+// guest image's files, the VMM binary and qemu as they are on disk (path,
+// size, modification time), so a VM parked or a template saved before an
+// upgrade or an image rebuild is never used. A claimer takes only VMs of
+// its own.
 func Fingerprint(c config.Config, binary string) string {
 	c.PoolSize = 0
 	files := []string{c.Kernel, c.Initrd, c.GuestRoot, binary}
+	// A template's saved device state is qemu's: a new qemu gets a new one.
+	if q, err := exec.LookPath(c.QEMU); err == nil {
+		files = append(files, q)
+	}
 	if c.Kernel != "" {
 		files = append(files, filepath.Join(filepath.Dir(c.Kernel), launch.RootDiskFile))
 	}
