@@ -2,12 +2,13 @@
 // (io.containerd.runc.v2) and with msb (io.containerd.msb.v2) against a
 // private containerd, each also "with network" (the container's namespace
 // holds a veth on a bridge, as CNI's bridge plugin leaves it; msb wires it
-// into the guest), and msb warm (a pool of one booted VM, ADR 020); then
+// into the guest), msb warm (a pool of one booted VM, ADR 020) and msb
+// from a template (nothing parked, ADR 025); then
 // msb-runtime run's start phases (agent ready, first output: package
 // phases) and the host memory (RSS and PSS) each runtime adds per running
 // container: the runc shim; the msb shim, VMM process and qemu.
 //
-//	go run ./bench/ctrrun [-n 20] [-bin DIR] [-settle 3s] [-warm=true] [-phases 5]   (as root)
+//	go run ./bench/ctrrun [-n 20] [-bin DIR] [-settle 3s] [-warm=true] [-template=true] [-phases 5]   (as root)
 //
 // containerd and ctr are found as test/containerdtest finds them
 // ($MSB_TEST_CONTAINERD, PATH, /var/cache/msb/bin); msb-runtime and
@@ -43,13 +44,16 @@ func main() {
 	bin := flag.String("bin", "", "directory with msb-runtime and containerd-shim-msb-v2 (default: build them from this repo)")
 	settle := flag.Duration("settle", 3*time.Second, "wait after a container started before reading its memory")
 	warm := flag.Bool("warm", true, "also time msb with a pool of one booted VM (pool_size = 1, ADR 020)")
+	template := flag.Bool("template", true, "also time msb started from a saved template, nothing parked (template = true, ADR 025)")
 	phaseRuns := flag.Int("phases", 5, "msb-runtime run phase runs after the ctr runs (0: none)")
 	before := flag.String("before", "", "directory with an older build's msb-runtime and containerd-shim-msb-v2, timed beside this one (e.g. a change's cost)")
 	flag.Parse()
-	benchenv.Main("ctrrun", func(ctx context.Context) error { return bench(ctx, *n, *bin, *before, *settle, *warm, *phaseRuns) })
+	benchenv.Main("ctrrun", func(ctx context.Context) error {
+		return bench(ctx, *n, *bin, *before, *settle, *warm, *template, *phaseRuns)
+	})
 }
 
-func bench(ctx context.Context, n int, bin, before string, settle time.Duration, warm bool, phaseRuns int) error {
+func bench(ctx context.Context, n int, bin, before string, settle time.Duration, warm, template bool, phaseRuns int) error {
 	if n < 1 {
 		return errors.New("-n must be >= 1")
 	}
@@ -92,23 +96,32 @@ func bench(ctx context.Context, n int, bin, before string, settle time.Duration,
 	if err != nil {
 		return fmt.Errorf("bench network: %w", err)
 	}
-	var wp *warmPool
+	var modes []warmMode
 	if warm {
-		if wp, err = newWarmPool(ctx, e); err != nil {
-			return fmt.Errorf("warm pool: %w", err)
+		modes = append(modes, modePool)
+	}
+	if template {
+		modes = append(modes, modeTemplate)
+	}
+	pools := map[string]*warmPool{}
+	for _, m := range modes {
+		wp, err := newWarmPool(ctx, e, m)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.key, err)
 		}
 		defer wp.drain(ctx)
+		pools[m.key] = wp
 	}
 	times := map[string][]float64{}
 	for i := 0; i < n; i++ {
 		var line []string
-		if wp != nil {
-			d, err := wp.run(ctx, img, fmt.Sprintf("t%d-warm", i))
+		for _, m := range modes {
+			d, err := pools[m.key].run(ctx, img, fmt.Sprintf("t%d-%s", i, m.key))
 			if err != nil {
 				return err
 			}
-			times["msb-warm"] = append(times["msb-warm"], d)
-			line = append(line, fmt.Sprintf("msb-warm %.0f ms", d))
+			times[m.key] = append(times[m.key], d)
+			line = append(line, fmt.Sprintf("%s %.0f ms", m.key, d))
 		}
 		for j := range timed {
 			rt := timed[(i+j)%len(timed)] // alternate which goes first
@@ -152,9 +165,10 @@ func bench(ctx context.Context, n int, bin, before string, settle time.Duration,
 			fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", label, benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
 		}
 	}
-	if s := times["msb-warm"]; len(s) > 0 {
+	for _, m := range modes {
+		s := times[m.key]
 		sort.Float64s(s)
-		fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", "io.containerd.msb.v2 warm (pool_size = 1)", benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
+		fmt.Printf("  %-42s %8.1f %8.1f %8.1f %8.1f\n", m.label, benchenv.Median(s), benchenv.Quantile(s, 0.9), s[0], s[len(s)-1])
 	}
 	if s := times["msb-before"]; len(s) > 0 {
 		sort.Float64s(s)
@@ -164,8 +178,11 @@ func bench(ctx context.Context, n int, bin, before string, settle time.Duration,
 	fmt.Printf("  ratio msb/runc (medians) %.1fx; with network %.1fx; network's cost msb %+.0f ms, runc %+.0f ms\n",
 		benchenv.Median(times["msb"])/benchenv.Median(times["runc"]), benchenv.Median(times["msb+net"])/benchenv.Median(times["runc+net"]),
 		benchenv.Median(times["msb+net"])-benchenv.Median(times["msb"]), benchenv.Median(times["runc+net"])-benchenv.Median(times["runc"]))
-	if s := times["msb-warm"]; len(s) > 0 {
-		fmt.Printf("  ratio msb warm/runc (medians) %.1fx\n", benchenv.Median(s)/benchenv.Median(times["runc"]))
+	for _, m := range modes {
+		fmt.Printf("  ratio %s/runc (medians) %.1fx\n", m.key, benchenv.Median(times[m.key])/benchenv.Median(times["runc"]))
+	}
+	if warm && template {
+		fmt.Printf("  ratio template/warm pool (medians) %.2fx\n", benchenv.Median(times["msb-template"])/benchenv.Median(times["msb-warm"]))
 	}
 	if phaseRuns > 0 {
 		fmt.Println()

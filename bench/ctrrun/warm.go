@@ -16,15 +16,28 @@ import (
 // warmPool times msb with a pool of one booted VM: the runs name a
 // runtime config with pool_size = 1 (containerd's runtime options), and
 // each waits until the pool is full again, so every warm run claims a
-// parked VM and no refill overlaps another runtime's run.
+// parked VM and no refill overlaps another runtime's run. With template =
+// true instead (ADR 025) nothing is parked: each run starts its VM from
+// the saved template, and waits for the template's holder.
 type warmPool struct {
 	e        *benchenv.Env
 	cfg      []byte
 	cfgPath  string
 	poolRoot string
+	// ready is the glob below poolRoot that shows the pool ready.
+	ready string
 }
 
-func newWarmPool(ctx context.Context, e *benchenv.Env) (*warmPool, error) {
+// warmMode is a warm start to time: the config line and what shows it
+// ready.
+type warmMode struct{ key, line, ready, label string }
+
+var (
+	modePool     = warmMode{"msb-warm", "pool_size = 1", "ready/*.json", "io.containerd.msb.v2 warm (pool_size = 1)"}
+	modeTemplate = warmMode{"msb-template", "template = true", "template.sock", "io.containerd.msb.v2 template (no VM parked)"}
+)
+
+func newWarmPool(ctx context.Context, e *benchenv.Env, m warmMode) (*warmPool, error) {
 	path := os.Getenv("MSB_CONFIG")
 	if path == "" {
 		path = config.DefaultPath
@@ -33,15 +46,15 @@ func newWarmPool(ctx context.Context, e *benchenv.Env) (*warmPool, error) {
 	if err != nil && !os.IsNotExist(err) {
 		return nil, err
 	}
-	w := &warmPool{e: e, cfg: append(base, []byte("\npool_size = 1\n")...),
-		cfgPath: filepath.Join(e.Dir, "pool.toml"), poolRoot: filepath.Join(e.StateRoot, "pool")}
+	w := &warmPool{e: e, cfg: append(base, []byte("\n"+m.line+"\n")...),
+		cfgPath: filepath.Join(e.Dir, m.key+".toml"), poolRoot: filepath.Join(e.StateRoot, "pool-"+m.key), ready: m.ready}
 	if err := os.WriteFile(w.cfgPath, w.cfg, 0o644); err != nil {
 		return nil, err
 	}
 	if err := w.pool(ctx, "fill"); err != nil {
 		return nil, err
 	}
-	fmt.Printf("%-24s %s (pool_size = 1, pool %s)\n", "warm config", w.cfgPath, w.poolRoot)
+	fmt.Printf("%-24s %s (%s, pool %s)\n", m.key+" config", w.cfgPath, m.line, w.poolRoot)
 	return w, nil
 }
 
@@ -60,7 +73,7 @@ func (w *warmPool) pool(ctx context.Context, sub string) error {
 func (w *warmPool) waitFull(ctx context.Context) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if m, _ := filepath.Glob(filepath.Join(w.poolRoot, "*", "ready", "*.json")); len(m) > 0 {
+		if m, _ := filepath.Glob(filepath.Join(w.poolRoot, "*", w.ready)); len(m) > 0 {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {

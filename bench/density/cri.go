@@ -39,11 +39,14 @@ type node struct {
 // newNode runs setup.sh with this bench's own name (so it does not collide
 // with a critest run) and connects to containerd's CRI. Call close even
 // when it fails: setup.sh may have left half a setup.
-func newNode(ctx context.Context, critestDir, name, bin string) (*node, error) {
+func newNode(ctx context.Context, critestDir, name, bin, msbConfig string) (*node, error) {
 	n := &node{critestDir: critestDir,
 		env:      []string{"CRITEST_NAME=" + name, "CRITEST_WORK=/tmp/" + name},
 		sock:     "/run/" + name + "/containerd.sock",
 		stateMsb: "/run/" + name + "/msb",
+	}
+	if msbConfig != "" {
+		n.env = append(n.env, "MSB_CONFIG="+msbConfig) // the shims' (setup.sh)
 	}
 	if bin != "" {
 		abs, err := filepath.Abs(bin)

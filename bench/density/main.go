@@ -39,6 +39,7 @@ type options struct {
 	ksmWait            time.Duration
 	ksmPages           int
 	bin, critest, name string
+	template           bool
 }
 
 // result is one run: N pods of one handler, started in one mode.
@@ -71,6 +72,7 @@ func main() {
 	flag.IntVar(&o.ksmPages, "ksm-pages", 1000, "with -ksm: pages_to_scan per 20 ms")
 	flag.StringVar(&o.bin, "bin", "", "directory with containerd-shim-msb-v2 and msb-runtime to use (default: the installed ones)")
 	flag.StringVar(&o.critest, "critest-dir", "test/critest", "test/critest of this repository (setup.sh, cleanup.sh)")
+	flag.BoolVar(&o.template, "template", false, "msb from a saved template (template = true, ADR 025), saved before the first pod")
 	flag.StringVar(&o.name, "name", "msb-density", "name of the private containerd, netns and dirs (see test/critest/common.sh)")
 	flag.Parse()
 	benchenv.Main("density", func(ctx context.Context) error {
@@ -108,7 +110,18 @@ func run(ctx context.Context, o options) (err error) {
 			return kerr
 		}
 	}
-	n, err := newNode(ctx, o.critest, o.name, o.bin)
+	var tmplCfg string
+	if o.template {
+		dir, derr := os.MkdirTemp("", "density-template-")
+		if derr != nil {
+			return derr
+		}
+		defer os.RemoveAll(dir)
+		if tmplCfg, err = templateConfig(dir); err != nil {
+			return err
+		}
+	}
+	n, err := newNode(ctx, o.critest, o.name, o.bin, tmplCfg)
 	defer func() {
 		if cerr := n.close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("cleanup: %w", cerr))
@@ -116,6 +129,11 @@ func run(ctx context.Context, o options) (err error) {
 	}()
 	if err != nil {
 		return err
+	}
+	if o.template {
+		if err := fillTemplate(ctx, n, o.bin, tmplCfg); err != nil {
+			return err
+		}
 	}
 	t0 := time.Now()
 	var results []result

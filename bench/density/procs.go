@@ -51,8 +51,9 @@ func podProcs(sock, stateMsb string) []proc {
 		args[pid] = a
 		children[parentPid(pid)] = append(children[parentPid(pid)], pid)
 		line := strings.Join(a, " ")
+		// A template's holder is the node's, not a pod's.
 		if strings.HasPrefix(filepath.Base(a[0]), "containerd-shim") && strings.Contains(line, "-address "+sock) ||
-			strings.Contains(line, stateMsb+"/") {
+			strings.Contains(line, stateMsb+"/") && !strings.Contains(line, " pool hold ") {
 			roots = append(roots, pid)
 		}
 	}
