@@ -3,6 +3,8 @@ package pool
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/msb-dev/msb/config"
@@ -22,11 +24,22 @@ func (b bucket) ensureTemplate(ctx context.Context, c config.Config) error {
 	if template.Alive(b.dir) {
 		return nil
 	}
+	failed := filepath.Join(b.dir, "template.failed")
+	if st, err := os.Stat(failed); err == nil && time.Since(st.ModTime()) < templateRetry {
+		b, _ := os.ReadFile(failed)
+		return fmt.Errorf("pool template: the last save failed %s ago, retried after %s: %s", time.Since(st.ModTime()).Round(time.Second), templateRetry, b)
+	}
 	if _, err := b.start(ctx, c, vmKind{template: true}); err != nil {
+		// Every Create runs a fill: do not boot a failing template each time.
+		_ = os.WriteFile(failed, []byte(err.Error()), 0o600)
 		return fmt.Errorf("pool template: %w", err)
 	}
+	_ = os.Remove(failed)
 	return nil
 }
+
+// templateRetry is how long after a failed save Fill tries again.
+const templateRetry = 10 * time.Minute
 
 // templateLayout gives a template and the VMs started from it what must
 // match between them beyond the config: the NICs' MACs, which the saved
