@@ -142,7 +142,9 @@ func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*empty
 	c.vm.resizeMu.Lock()
 	defer c.vm.resizeMu.Unlock()
 	mib, err := launch.Resize(ctx, c.vm.launch.AgentSocket, c.vm.size(), c.memLimit(), res, guest)
-	c.vm.memoryMiB.Store(int64(mib))
+	if mib > 0 {
+		c.vm.memoryMiB.Store(int64(mib))
+	}
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("update %s: %w", r.ID, err))
 	}

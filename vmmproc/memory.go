@@ -19,10 +19,12 @@ import (
 // QMP command of a resize; minMemoryMiB is the least a VM may have
 // (vmm.LaunchConfig's).
 const (
-	balloonWait, balloonPoll = 20 * time.Second, 100 * time.Millisecond
-	memoryCallTimeout        = 10 * time.Second
-	minMemoryMiB             = 64
+	balloonPoll       = 100 * time.Millisecond
+	memoryCallTimeout = 10 * time.Second
+	minMemoryMiB      = 64
 )
+
+var balloonWait = 20 * time.Second // a variable for tests
 
 // balloonAtStart sets the balloon of a qemu just started to the VM's size,
 // holding the rest of its -m (the headroom) from the guest's first look
@@ -65,8 +67,9 @@ func (v *vm) serveMemory(c net.Conn) {
 // memState is the VM's memory as resizes left it; guarded by memMu.
 type memState struct {
 	// target is the balloon's target (0: the size at start); hostMiB
-	// the host cgroup's limit (0: not set since the start).
-	target, hostMiB int
+	// the host cgroup's limit (0: not set since the start), sized for a
+	// VM of hostFor MiB (0: the size at start).
+	target, hostMiB, hostFor int
 }
 
 // setMemory gives the VM req.TargetMiB (ADR 031), one request at a time.
@@ -104,6 +107,9 @@ func (v *vm) setMemory(req vmm.MemoryRequest) (vmm.MemoryState, error) {
 	if err != nil {
 		return st, err
 	}
+	v.mu.Lock() // a claim may have moved the VM (rehome)
+	host := v.host
+	v.mu.Unlock()
 	t := req.TargetMiB
 	if t == 0 || t == cur {
 		return st, nil
@@ -113,17 +119,22 @@ func (v *vm) setMemory(req vmm.MemoryRequest) (vmm.MemoryState, error) {
 			t, minMemoryMiB, ceiling, ceiling, v.cfg.MemoryMiB)
 	}
 	if t > cur {
-		if st.HostLimitMiB, err = v.host.setMemory(t); err != nil {
+		if st.HostLimitMiB, err = host.setMemory(t); err != nil {
 			return st, err
 		}
 		if err := v.setBalloon(ctx, c, t); err != nil {
-			if hl, herr := v.host.setMemory(cur); herr == nil {
+			// Back to the limit the guest was within.
+			prev := v.mem.hostFor
+			if prev == 0 {
+				prev = v.cfg.MemoryMiB
+			}
+			if hl, herr := host.setMemory(prev); herr == nil {
 				st.HostLimitMiB = hl
 			}
 			v.mem.hostMiB = st.HostLimitMiB
 			return st, err
 		}
-		v.mem = memState{target: t, hostMiB: st.HostLimitMiB}
+		v.mem = memState{target: t, hostMiB: st.HostLimitMiB, hostFor: t}
 		st.TargetMiB = t
 		log.L.Infof("VM memory %d -> %d MiB (host cgroup limit %d MiB)", cur, t, st.HostLimitMiB)
 		return st, nil
@@ -134,10 +145,11 @@ func (v *vm) setMemory(req vmm.MemoryRequest) (vmm.MemoryState, error) {
 	v.mem.target, st.TargetMiB = t, t
 	st.ActualMiB = v.waitBalloon(ctx, c, t, st.ActualMiB)
 	// What the guest has not given back stays allowed on the host.
-	if st.HostLimitMiB, err = v.host.setMemory(max(st.ActualMiB, t)); err != nil {
+	keep := max(st.ActualMiB, t)
+	if st.HostLimitMiB, err = host.setMemory(keep); err != nil {
 		return st, err
 	}
-	v.mem.hostMiB = st.HostLimitMiB
+	v.mem.hostMiB, v.mem.hostFor = st.HostLimitMiB, keep
 	log.L.Infof("VM memory %d -> %d MiB (the guest has %d; host cgroup limit %d MiB)", cur, t, st.ActualMiB, st.HostLimitMiB)
 	return st, nil
 }

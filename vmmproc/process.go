@@ -130,7 +130,7 @@ type vm struct {
 	memMu sync.Mutex
 	mem   memState
 
-	mu sync.Mutex // guards orphaned, detachedSet and cleaned
+	mu sync.Mutex // guards orphaned, detachedSet, cleaned and host (rehome)
 	// orphaned is set when the creator died: then the VMM removes
 	// cfg.Cleanup itself, since nobody else will.
 	orphaned bool
