@@ -67,6 +67,11 @@ type Config struct {
 	// RAM); a spec or annotation asking for more is refused.
 	MaxVCPUs     int `toml:"max_vcpus"`
 	MaxMemoryMiB int `toml:"max_memory_mib"`
+	// ResizeMemoryFactor is how far a running qemu VM's memory may grow
+	// on an in-place resize, as a multiple of its size at start (bounded
+	// by MemoryBound): it boots with that much, the balloon holding all
+	// but its size (ADR 031). 1: the VM keeps its size.
+	ResizeMemoryFactor int `toml:"resize_memory_factor"`
 	// EnableAnnotations are regular expressions, each matched against a
 	// whole annotation name, of the io.msb.* annotations a spec may set;
 	// any other io.msb.* annotation is refused. The default is none: the
@@ -106,6 +111,8 @@ func Default() Config {
 		OverheadMiB: 128,
 		BootTimeout: "2m",
 		SpareNICs:   2, // Docker's first network and one connected later
+		// About 5 MiB per idle 256 MiB VM (ADR 031).
+		ResizeMemoryFactor: 2,
 	}
 }
 
@@ -127,6 +134,22 @@ func (c Config) MemoryBound() int {
 		return 0
 	}
 	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
+}
+
+// MaxResizeMemoryFactor bounds resize_memory_factor: every VM pays for its
+// headroom (about 18 MiB of host memory per GiB, ADR 031).
+const MaxResizeMemoryFactor = 16
+
+// MemoryCeiling is the most a VM of sizeMiB at start may grow to on a
+// resize: ResizeMemoryFactor times its size, bounded by MemoryBound, and
+// never less than its size.
+func (c Config) MemoryCeiling(sizeMiB int) int {
+	f := max(c.ResizeMemoryFactor, 1)
+	ceil := sizeMiB * f
+	if b := c.MemoryBound(); b > 0 {
+		ceil = min(ceil, b)
+	}
+	return max(ceil, sizeMiB)
 }
 
 // Load reads path over the defaults; a missing file yields the defaults.
@@ -212,6 +235,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxVCPUs < 0 || c.MaxMemoryMiB < 0 {
 		return fmt.Errorf("max_vcpus %d, max_memory_mib %d: must not be negative (0: the host's)", c.MaxVCPUs, c.MaxMemoryMiB)
+	}
+	if c.ResizeMemoryFactor < 1 || c.ResizeMemoryFactor > MaxResizeMemoryFactor {
+		return fmt.Errorf("resize_memory_factor %d: use 1..%d (1: a VM keeps its size)", c.ResizeMemoryFactor, MaxResizeMemoryFactor)
 	}
 	for i, re := range c.EnableAnnotations {
 		if _, err := regexp.Compile(re); err != nil {

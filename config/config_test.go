@@ -45,14 +45,15 @@ func TestEnvOverridesPath(t *testing.T) {
 
 func TestErrorsNameTheKey(t *testing.T) {
 	for body, want := range map[string]string{
-		"backend = \"xen\"\n":       "backend",
-		"accel = \"hvf\"\n":         "accel",
-		"vcpus = 0\n":               "vcpus",
-		"memory_mib = 10\n":         "memory_mib",
-		"overhead_mib = -1\n":       "overhead_mib",
-		"boot_timeout = \"soon\"\n": "boot_timeout",
-		"kernal = \"/k\"\n":         "kernal",
-		"vcpus = \n":                "config.toml",
+		"backend = \"xen\"\n":        "backend",
+		"accel = \"hvf\"\n":          "accel",
+		"vcpus = 0\n":                "vcpus",
+		"memory_mib = 10\n":          "memory_mib",
+		"overhead_mib = -1\n":        "overhead_mib",
+		"boot_timeout = \"soon\"\n":  "boot_timeout",
+		"kernal = \"/k\"\n":          "kernal",
+		"vcpus = \n":                 "config.toml",
+		"resize_memory_factor = 0\n": "resize_memory_factor",
 	} {
 		_, err := Load(write(t, body))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -76,5 +77,27 @@ func TestBounds(t *testing.T) {
 		if _, err := Load(write(t, text)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", text, err, want)
 		}
+	}
+}
+
+// The headroom is the factor times the VM's size, bounded by
+// max_memory_mib, never below the size itself.
+func TestMemoryCeiling(t *testing.T) {
+	c := Default()
+	c.MaxMemoryMiB = 1024
+	for _, tc := range []struct{ factor, size, want int }{
+		{2, 256, 512},
+		{1, 256, 256},
+		{4, 384, 1024},
+		{2, 1024, 1024},
+		{0, 300, 300},
+	} {
+		c.ResizeMemoryFactor = tc.factor
+		if got := c.MemoryCeiling(tc.size); got != tc.want {
+			t.Errorf("factor %d size %d: ceiling %d, want %d", tc.factor, tc.size, got, tc.want)
+		}
+	}
+	if d := Default(); d.ResizeMemoryFactor != 2 {
+		t.Errorf("default resize_memory_factor %d, want 2", d.ResizeMemoryFactor)
 	}
 }

@@ -94,6 +94,7 @@ func Prepare(r Request) (*Prepared, error) {
 		ConsoleLogMax:  int64(c.ConsoleLogMaxKiB) << 10,
 		VCPUs:          sb.VCPUs,
 		MemoryMiB:      sb.MemoryMiB,
+		MaxMemoryMiB:   memoryCeiling(sb.Backend, sb.MemoryMiB, c),
 		Kernel:         c.Kernel,
 		Initrd:         c.Initrd,
 		RootDisk:       besideKernel(c.Kernel, RootDiskFile, false),

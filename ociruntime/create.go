@@ -90,8 +90,10 @@ func Create(ctx context.Context, o Options, id string, co CreateOptions, stdio [
 		VMRecord: vr,
 		NetNS:    sb.prep.Launch.NetNS,
 		NICs:     sb.prep.Launch.NICs,
-		VM:       specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB},
-		Pod:      true,
+		VM: specconv.VMSize{VCPUs: sb.prep.Launch.VCPUs, MemoryMiB: sb.prep.Launch.MemoryMiB, OverheadMiB: o.Config.OverheadMiB,
+			MaxMemoryMiB: sb.prep.Launch.MaxMemoryMiB},
+		MemoryLimit: specconv.MemoryLimit(sb.spec),
+		Pod:         true,
 	}}
 	if rootfs, err := rootfsPath(sb.bundle, sb.spec); err == nil {
 		c.rec.Rootfs = rootfs

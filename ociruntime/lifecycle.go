@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/msb-dev/msb/hooks"
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -149,8 +150,9 @@ func Resume(ctx context.Context, o Options, id string) error {
 	})
 }
 
-// Update sets the container's resources in the guest. The VM's own size
-// stays as created, so what it cannot give is refused.
+// Update sets the container's resources in the guest. Its VM's memory
+// follows the limit within its headroom (launch.Resize, ADR 031); what the
+// VM cannot give is refused before the guest sees it.
 func Update(ctx context.Context, o Options, id string, r *specs.LinuxResources) error {
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -160,16 +162,24 @@ func Update(ctx context.Context, o Options, id string, r *specs.LinuxResources) 
 	if err != nil {
 		return err
 	}
-	// The VM does not grow: refused here, the guest's cgroup never shows
-	// a limit the VM cannot give (docs/kubernetes.md).
-	if err := c.rec.VM.CheckUpdate(r); err != nil {
+	guest := func() error {
+		return withTask(ctx, o, id, func(tc taskapi) error {
+			_, err := tc.Update(ctx, &task.UpdateTaskRequest{ID: id,
+				Resources: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: b}})
+			return err
+		})
+	}
+	if _, err := launch.Resize(ctx, c.rec.AgentSocket, c.rec.VM, max(c.rec.MemoryLimit, 0), r, guest); err != nil {
 		return fmt.Errorf("container %q: %w", id, err)
 	}
-	return withTask(ctx, o, id, func(tc taskapi) error {
-		_, err := tc.Update(ctx, &task.UpdateTaskRequest{ID: id,
-			Resources: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: b}})
-		return err
-	})
+	if m := r.Memory; m != nil && m.Limit != nil {
+		c.rec.MemoryLimit = *m.Limit
+		if *m.Limit <= 0 {
+			c.rec.MemoryLimit = -1
+		}
+		return c.save()
+	}
+	return nil
 }
 
 // loadAndDial finds container id and connects to its guest agent.

@@ -2,6 +2,7 @@ package ociruntime
 
 import (
 	"github.com/msb-dev/msb/ociruntime/relayio"
+	"github.com/msb-dev/msb/specconv"
 
 	"context"
 	"errors"
@@ -52,6 +53,7 @@ func createMember(ctx context.Context, o Options, id string, b bundleSpec, owner
 		ID: id, Bundle: b.dir, Rootfs: b.rootfs, Created: time.Now().UTC(),
 		Spec:     specs.Spec{Version: b.spec.Version, Hooks: b.spec.Hooks, Annotations: b.spec.Annotations},
 		VMRecord: launch.VMRecord{AgentSocket: owner.rec.AgentSocket}, NetNS: owner.rec.NetNS, VM: owner.rec.VM, Owner: owner.rec.ID,
+		MemoryLimit: specconv.MemoryLimit(b.spec),
 	}}
 	var mem *launch.Member
 	defer func() {

@@ -46,6 +46,10 @@ type record struct {
 	// VM is its VM's size, which update checks against (zero in a record
 	// from before it was kept: not checked).
 	VM specconv.VMSize `json:"vm"`
+	// MemoryLimit is the container's memory limit in bytes as created or
+	// last updated (0: none, -1: none since an update): update moves its
+	// VM's memory by the change (ADR 031).
+	MemoryLimit int64 `json:"memoryLimit,omitempty"`
 	// Pod: its VM exports a pod share (podDir) that other containers'
 	// rootfs and volumes join it through (ADR 024).
 	Pod bool `json:"pod,omitempty"`

@@ -20,6 +20,7 @@ import (
 
 	"github.com/msb-dev/msb/jail"
 	"github.com/msb-dev/msb/shim/taskio"
+	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
 )
 
@@ -58,10 +59,32 @@ type container struct {
 	// run on the host (package hooks).
 	spec *specs.Spec
 
+	// memLimitBytes is its memory limit as the last update set it (0:
+	// as its spec says); guarded by its VM's resizeMu.
+	memLimitBytes int64
+
 	mu      sync.Mutex
 	execs   map[string]*proc
 	running int           // exec processes started whose exit is not yet published
 	idle    chan struct{} // signalled when running drops
+}
+
+// memLimit is the container's memory limit in bytes (0: none): what its
+// last update set, else its spec's. The caller holds vm.resizeMu.
+func (c *container) memLimit() int64 {
+	if c.memLimitBytes != 0 {
+		return max(c.memLimitBytes, 0)
+	}
+	return specconv.MemoryLimit(c.spec)
+}
+
+// setMemLimit records an update's memory limit (≤ 0: none). The caller
+// holds vm.resizeMu.
+func (c *container) setMemLimit(l int64) {
+	if l <= 0 {
+		l = -1 // none, not the spec's
+	}
+	c.memLimitBytes = l
 }
 
 // hostPid is the pid containerd sees for every process of the container:

@@ -16,8 +16,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/shim/cgstats"
-	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/version"
 )
 
@@ -115,39 +115,56 @@ func (s *service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb
 	return &emptypb.Empty{}, nil
 }
 
-// Update changes the container's resources inside the guest. What its
-// VM (a pod member's: the pod's) cannot give is refused before the guest
-// sees it: the VM does not grow, so a bigger limit in the guest's cgroup
-// would report a resize that never happened (docs/kubernetes.md).
+// Update changes the container's resources inside the guest. Its VM (a
+// pod member's: the pod's) follows a memory limit within its headroom
+// (launch.Resize, ADR 031); what it cannot give is refused before the
+// guest sees it, so the guest's cgroup never reports a resize that did
+// not happen (docs/kubernetes.md).
 func (s *service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
 	c, err := s.get(r.ID)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkUpdate(c.vm.size(), r); err != nil {
+	res, err := updateResources(r)
+	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if _, err := c.vm.task.Update(ctx, r); err != nil {
-		return nil, errgrpc.ToGRPC(fromAgent(err))
+	guest := func() error {
+		if _, err := c.vm.task.Update(ctx, r); err != nil {
+			return fromAgent(err)
+		}
+		return nil
+	}
+	if res == nil {
+		return nil, errgrpc.ToGRPC(guest())
+	}
+	// One resize of a VM at a time: each moves it by its container's change.
+	c.vm.resizeMu.Lock()
+	defer c.vm.resizeMu.Unlock()
+	mib, err := launch.Resize(ctx, c.vm.launch.AgentSocket, c.vm.size(), c.memLimit(), res, guest)
+	if mib > 0 {
+		c.vm.memoryMiB.Store(int64(mib))
+	}
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("update %s: %w", r.ID, err))
+	}
+	if m := res.Memory; m != nil && m.Limit != nil {
+		c.setMemLimit(*m.Limit)
 	}
 	return &emptypb.Empty{}, nil
 }
 
-// checkUpdate refuses, as FailedPrecondition, OCI resources that size
-// cannot give (specconv.VMSize.CheckUpdate). Resources in another form
-// pass: the agent refuses them.
-func checkUpdate(size specconv.VMSize, r *task.UpdateTaskRequest) error {
+// updateResources decodes OCI resources from r; nil for resources in
+// another form, which the agent refuses.
+func updateResources(r *task.UpdateTaskRequest) (*specs.LinuxResources, error) {
 	if r.Resources == nil || !strings.HasSuffix(r.Resources.TypeUrl, "/runtime-spec/1/LinuxResources") {
-		return nil
+		return nil, nil
 	}
 	var res specs.LinuxResources
 	if err := json.Unmarshal(r.Resources.Value, &res); err != nil {
-		return fmt.Errorf("update %s: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("update %s: resources: %v: %w", r.ID, err, errdefs.ErrInvalidArgument)
 	}
-	if err := size.CheckUpdate(&res); err != nil {
-		return fmt.Errorf("update %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition)
-	}
-	return nil
+	return &res, nil
 }
 
 // Stats returns the container's cgroup metrics from inside the guest, in

@@ -75,6 +75,11 @@ type vm struct {
 	podMu     sync.Mutex
 	podClosed bool
 
+	// resizeMu orders updates of its containers' resources (Update);
+	// memoryMiB is its memory as the last one left it (0: as launched).
+	resizeMu  sync.Mutex
+	memoryMiB atomic.Int64
+
 	h      *vmm.Handle
 	client *ttrpc.Client
 	task   task.TTRPCTaskService
@@ -172,9 +177,14 @@ func startVM(ctx context.Context, r vmRequest, onSpawn func(*vm) error) (_ *vm, 
 	return v, nil
 }
 
-// size is what an update of one of its containers can ask for.
+// size is what an update of one of its containers can ask for: its
+// memory now (the VMM's answer replaces it, launch.Resize) and headroom.
 func (v *vm) size() specconv.VMSize {
-	return specconv.VMSize{VCPUs: v.launch.VCPUs, MemoryMiB: v.launch.MemoryMiB, OverheadMiB: v.overheadMiB}
+	mem := v.launch.MemoryMiB
+	if n := v.memoryMiB.Load(); n > 0 {
+		mem = int(n)
+	}
+	return specconv.VMSize{VCPUs: v.launch.VCPUs, MemoryMiB: mem, OverheadMiB: v.overheadMiB, MaxMemoryMiB: v.launch.MaxMemoryMiB}
 }
 
 func (v *vm) vmmLog() string { return filepath.Join(v.stateDir, "vmm.log") }

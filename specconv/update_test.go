@@ -60,3 +60,56 @@ func TestCheckUpdate(t *testing.T) {
 		})
 	}
 }
+
+// A resize moves the VM's memory by the change of the container's limit,
+// within its headroom; past it, it is refused naming the headroom.
+func TestMemoryFor(t *testing.T) {
+	mem := func(n int64) *specs.LinuxResources {
+		return &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &n}}
+	}
+	one := VMSize{VCPUs: 1, MemoryMiB: 240, OverheadMiB: 128, MaxMemoryMiB: 480} // one container of 112 MiB
+	pod := VMSize{VCPUs: 1, MemoryMiB: 328, OverheadMiB: 128, MaxMemoryMiB: 656} // two of 100 MiB
+	cases := []struct {
+		name   string
+		size   VMSize
+		r      *specs.LinuxResources
+		old    int64
+		want   int
+		refuse []string
+	}{
+		{"no memory", one, &specs.LinuxResources{}, 112 << 20, 240, nil},
+		{"unlimited", one, mem(-1), 112 << 20, 240, nil},
+		{"same", one, mem(112 << 20), 112 << 20, 240, nil},
+		{"grow", one, mem(300 << 20), 112 << 20, 428, nil},
+		{"grow to the ceiling", one, mem(352 << 20), 112 << 20, 480, nil},
+		{"shrink", one, mem(50 << 20), 112 << 20, 178, nil},
+		{"shrink to the floor", one, mem(1 << 20), 112 << 20, 129, nil},
+		{"no limit before", one, mem(200 << 20), 0, 328, nil},
+		{"pod member grows by its change", pod, mem(300 << 20), 100 << 20, 528, nil},
+		{"pod member shrinks by its change", pod, mem(50 << 20), 100 << 20, 278, nil},
+		{"size unknown", VMSize{}, mem(1 << 40), 0, 0, nil},
+		{"past the headroom", one, mem(2 << 30), 112 << 20, 0, []string{"linux.resources.memory.limit 2147483648", "2176 MiB", "480 MiB this VM can grow to", "resize_memory_factor", "max_memory_mib", "at most 352 MiB"}},
+		{"one MiB past", one, mem(353 << 20), 112 << 20, 0, []string{"481 MiB", "at most 352 MiB"}},
+		{"no headroom", VMSize{VCPUs: 1, MemoryMiB: 240, OverheadMiB: 128}, mem(113 << 20), 112 << 20, 0, []string{"240 MiB this VM can grow to", "at most 112 MiB"}},
+		{"pod past", pod, mem(500 << 20), 100 << 20, 0, []string{"728 MiB", "at most 428 MiB"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.size.MemoryFor(tc.r, tc.old)
+			if tc.refuse == nil {
+				if err != nil || got != tc.want {
+					t.Fatalf("got %d MiB, %v; want %d", got, err, tc.want)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted: %d MiB", got)
+			}
+			for _, w := range tc.refuse {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -25,12 +25,5 @@ func ServeClaim(conn net.Conn, apply func(Claim) error) error {
 		err = apply(req)
 	}
 	rep := claimReply{}
-	if err != nil {
-		rep.Error = err.Error()
-	}
-	b, _ := json.Marshal(rep)
-	if _, werr := conn.Write(append(b, '\n')); werr != nil && err == nil {
-		err = werr
-	}
-	return err
+	return answer(conn, &rep, &rep.Error, err)
 }

@@ -107,6 +107,10 @@ type LaunchConfig struct {
 
 	VCPUs     int `json:"vcpus"`
 	MemoryMiB int `json:"memoryMiB"`
+	// MaxMemoryMiB is what a qemu VM boots with (-m): the most a resize
+	// may grow it to (ADR 031). The balloon holds all of it but MemoryMiB
+	// from the start; 0 or MemoryMiB: no headroom. libkrun ignores it.
+	MaxMemoryMiB int `json:"maxMemoryMiB,omitempty"`
 
 	Kernel string `json:"kernel"`
 	Initrd string `json:"initrd,omitempty"`
@@ -267,6 +271,8 @@ func (c *LaunchConfig) Validate() error {
 		return fmt.Errorf("launch config: vcpus %d out of range 1..255", c.VCPUs)
 	case c.MemoryMiB < 64:
 		return fmt.Errorf("launch config: memoryMiB %d below the 64 MiB minimum", c.MemoryMiB)
+	case c.MaxMemoryMiB != 0 && c.MaxMemoryMiB < c.MemoryMiB:
+		return fmt.Errorf("launch config: maxMemoryMiB %d below memoryMiB %d", c.MaxMemoryMiB, c.MemoryMiB)
 	case c.Kernel == "" && c.Backend != BackendLibkrun:
 		return errors.New("launch config: kernel is empty: install the guest image (install.sh) or set kernel in /etc/msb/config.toml")
 	case c.Backend == BackendLibkrun && !filepath.IsAbs(c.GuestRoot):
@@ -397,4 +403,14 @@ func AgentSocketPath(sockDir, key string) (string, error) {
 		return "", fmt.Errorf("socket path %q is %d bytes, over the %d-byte Unix socket limit: put the state root on a shorter path", longest, len(longest), maxUnixPath)
 	}
 	return p, nil
+}
+
+// MemoryCeiling is the most the VM may grow to: MaxMemoryMiB, or its
+// size when it has no headroom. A template VM and one started from a
+// template have none: their RAM is a file of the VM's size (ADR 025).
+func (c *LaunchConfig) MemoryCeiling() int {
+	if c.Template != "" || c.TemplateSave != "" {
+		return c.MemoryMiB
+	}
+	return max(c.MaxMemoryMiB, c.MemoryMiB)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -81,6 +82,23 @@ type hostCgroup struct {
 	// back moves the VMM process back into the cgroup it came from (a
 	// cgroup with a process in it cannot be removed); del removes path.
 	back, del func() error
+	// setLimit sets its memory limit in bytes; limitFor is the limit of
+	// the VM when it has memMiB (HostLimits): a resize moves it (ADR 031).
+	setLimit func(bytes int64) error
+	limitFor func(memMiB int) int64
+}
+
+// setMemory sets the cgroup's memory limit to a VM of memMiB's (nil:
+// nothing to set) and returns it in MiB.
+func (c *hostCgroup) setMemory(memMiB int) (int, error) {
+	if c == nil || c.setLimit == nil {
+		return 0, nil
+	}
+	l := c.limitFor(memMiB)
+	if err := c.setLimit(l); err != nil {
+		return 0, fmt.Errorf("host cgroup %s: memory limit %d MiB: %w", c.path, l>>20, err)
+	}
+	return int(l >> 20), nil
 }
 
 // enterHost applies cfg.Host to the VMM process before it starts the
@@ -127,6 +145,10 @@ func placeHost(cfg *vmm.LaunchConfig, h *vmm.HostResources, backend string, tcg 
 	if err != nil {
 		return nil, fmt.Errorf("host cgroup %s: %w", h.Cgroup, err)
 	}
+	cg.limitFor = func(memMiB int) int64 { return *HostLimits(cfg.VCPUs, memMiB, h, backend, tcg).Memory.Limit }
+	if slices.Contains(missing, "memory") {
+		cg.setLimit = nil
+	}
 	if len(missing) > 0 {
 		logf("host cgroup %s: this host has no %s controller: no such limit", h.Cgroup, strings.Join(missing, " or "))
 	}
@@ -169,7 +191,8 @@ func enterV1(p string, res *specs.LinuxResources, pid int, others ...int) (*host
 			return nil, nil, fmt.Errorf("join: %w", err)
 		}
 	}
-	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: cg.Delete}, missing, nil
+	setLimit := func(l int64) error { return cg.Update(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}}) }
+	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: cg.Delete, setLimit: setLimit}, missing, nil
 }
 
 func enterV2(p string, res *specs.LinuxResources, pid int, others ...int) (*hostCgroup, []string, error) {
@@ -194,7 +217,8 @@ func enterV2(p string, res *specs.LinuxResources, pid int, others ...int) (*host
 			return nil, nil, fmt.Errorf("join: %w", err)
 		}
 	}
-	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: m.Delete}, missing, nil
+	setLimit := func(l int64) error { return m.Update(&cgroup2.Resources{Memory: &cgroup2.Memory{Max: &l}}) }
+	return &hostCgroup{path: p, back: func() error { return orig.AddProc(uint64(pid)) }, del: m.Delete, setLimit: setLimit}, missing, nil
 }
 
 // v2Root is the cgroup v2 mount point (a variable for tests).

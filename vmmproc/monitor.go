@@ -20,6 +20,9 @@ const monitorConnectTimeout = time.Minute
 // (vmm.MonitorSocket); the latest connection is the one used.
 type monitor struct {
 	ln *net.UnixListener
+	// ready runs on each qemu's connection before it is used (the
+	// balloon's target at start, ADR 031); its error is the monitor's.
+	ready func(context.Context, *qmp.Client) error
 
 	mu      sync.Mutex
 	c       *qmp.Client
@@ -27,8 +30,8 @@ type monitor struct {
 	changed chan struct{} // closed and replaced when c or err changes
 }
 
-func newMonitor(ln *net.UnixListener) *monitor {
-	return &monitor{ln: ln, changed: make(chan struct{})}
+func newMonitor(ln *net.UnixListener, ready func(context.Context, *qmp.Client) error) *monitor {
+	return &monitor{ln: ln, ready: ready, changed: make(chan struct{})}
 }
 
 // accept takes the connection of a qemu just started, in the background.
@@ -46,10 +49,15 @@ func (m *monitor) accept() {
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), monitorConnectTimeout)
 			c, err = qmp.New(ctx, conn)
-			cancel()
 			if err != nil {
 				conn.Close()
+			} else if m.ready != nil {
+				if err = m.ready(ctx, c); err != nil {
+					c.Close()
+					c = nil
+				}
 			}
+			cancel()
 		}
 		if err != nil {
 			err = fmt.Errorf("qemu's QMP socket: %w", err)

@@ -126,8 +126,11 @@ type vm struct {
 	// host is the cgroup the VMM moved into (enterHost), left in
 	// removeState.
 	host *hostCgroup
+	// memMu orders resizes (setMemory); mem is what they left.
+	memMu sync.Mutex
+	mem   memState
 
-	mu sync.Mutex // guards orphaned, detachedSet and cleaned
+	mu sync.Mutex // guards orphaned, detachedSet, cleaned and host (rehome)
 	// orphaned is set when the creator died: then the VMM removes
 	// cfg.Cleanup itself, since nobody else will.
 	orphaned bool
@@ -219,7 +222,7 @@ func run(cfg *vmm.LaunchConfig, o MainOptions, view func(dir string) error, watc
 	if err != nil {
 		return 1, err
 	}
-	mon := newMonitor(monLn)
+	mon := newMonitor(monLn, v.balloonAtStart)
 	defer mon.close()
 	tmpl, err := openTemplate(cfg)
 	if err != nil {
@@ -280,6 +283,12 @@ func (v *vm) boot(chanLn *net.UnixListener) error {
 			return fmt.Errorf("accept guest channel: %w", err)
 		}
 		err = v.openAgent(conn)
+		if err == nil && v.cfg.MemoryCeiling() > v.cfg.MemoryMiB {
+			// The balloon holds the headroom before the agent is up.
+			ctx, cancel := context.WithTimeout(context.Background(), monitorConnectTimeout)
+			_, err = v.hv.mon.client(ctx)
+			cancel()
+		}
 		if err == nil {
 			err = v.agent.Boot(context.Background(), v.cfg.Env)
 		}

@@ -72,7 +72,7 @@ func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int, tf tem
 	}
 	args := []string{
 		"-machine", machine, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.VCPUs),
+		"-m", strconv.Itoa(c.MemoryCeiling()), "-smp", strconv.Itoa(c.VCPUs),
 		"-kernel", c.Kernel,
 	}
 	args = append(args, templateArgs(c, tf)...)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/hashicorp/yamux"
+
+	"github.com/msb-dev/msb/protocol"
 )
 
 // listenUnix listens on path after making its directory. A socket file left
@@ -35,7 +37,9 @@ func listenUnix(path string) (*net.UnixListener, error) {
 // relay serves the agent socket: every client connection becomes one yamux
 // stream to the guest, copied both ways with half-close passed through, so
 // a client's EOF reaches the guest and the guest's EOF reaches the client.
-func relay(l *net.UnixListener, sess *yamux.Session) {
+// A connection whose header names a kind in local (vmm.KindMemory) is the
+// VMM's own to answer and never reaches the guest.
+func relay(l *net.UnixListener, sess *yamux.Session, local map[string]func(net.Conn)) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -46,21 +50,41 @@ func relay(l *net.UnixListener, sess *yamux.Session) {
 			}
 			return
 		}
-		s, err := sess.OpenStream()
-		if err != nil {
-			log.L.WithError(err).Warn("relay: open guest stream")
-			c.Close()
-			if sess.IsClosed() {
-				return
-			}
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			splice(c, s)
+			relayOne(c, sess, local)
 		}()
 	}
+}
+
+// relayOne reads c's header and serves it: the VMM itself for a local
+// kind, else a new guest stream that gets the header and then c's bytes.
+func relayOne(c *net.UnixConn, sess *yamux.Session, local map[string]func(net.Conn)) {
+	kind, arg, err := protocol.ReadHeader(c)
+	if err != nil {
+		c.Close()
+		return
+	}
+	if serve, ok := local[kind]; ok {
+		serve(c)
+		c.Close()
+		return
+	}
+	s, err := sess.OpenStream()
+	if err != nil {
+		if !sess.IsClosed() {
+			log.L.WithError(err).Warn("relay: open guest stream")
+		}
+		c.Close()
+		return
+	}
+	if err := protocol.WriteHeader(s, kind, arg); err != nil {
+		s.Close()
+		c.Close()
+		return
+	}
+	splice(c, s)
 }
 
 func splice(c *net.UnixConn, s *yamux.Stream) {

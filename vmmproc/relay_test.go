@@ -16,19 +16,24 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
+// muxPair is a host's yamux session and the guest's end of it.
+func muxPair(t *testing.T) (host, guest *yamux.Session) {
+	hostEnd, guestEnd := net.Pipe()
+	host, err := yamux.Client(hostEnd, protocol.MuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if guest, err = yamux.Server(guestEnd, protocol.MuxConfig()); err != nil {
+		t.Fatal(err)
+	}
+	return host, guest
+}
+
 // TestRelayHalfClose runs the relay against a guest-side yamux server that
 // reads each stream's header and echoes the payload after the client's EOF,
 // the way stdin→stdout flows through a container.
 func TestRelayHalfClose(t *testing.T) {
-	hostEnd, guestEnd := net.Pipe()
-	sess, err := yamux.Client(hostEnd, protocol.MuxConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	guest, err := yamux.Server(guestEnd, protocol.MuxConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, guest := muxPair(t)
 	go func() {
 		for {
 			s, err := guest.Accept()
@@ -53,7 +58,7 @@ func TestRelayHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { relay(l, sess); close(done) }()
+	go func() { relay(l, sess, nil); close(done) }()
 
 	var wg sync.WaitGroup
 	for i := 0; i < 4; i++ {
@@ -138,5 +143,52 @@ func TestQEMUArgsRootDisk(t *testing.T) {
 	}
 	if strings.Contains(all, "-initrd") || !strings.Contains(all, "root=/dev/vda ro rootfstype=ext4 init=/init") {
 		t.Errorf("root disk boot args: %s", all)
+	}
+}
+
+// A vmm.KindMemory connection is the VMM's own: the relay answers it with
+// the local handler and opens no guest stream for it.
+func TestRelayLocalKind(t *testing.T) {
+	sess, guest := muxPair(t)
+	opened := make(chan struct{}, 1)
+	go func() {
+		if s, err := guest.Accept(); err == nil {
+			opened <- struct{}{}
+			s.Close()
+		}
+	}()
+	sock := filepath.Join(t.TempDir(), "agent", "x.sock")
+	l, err := listenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got vmm.MemoryRequest
+	local := map[string]func(net.Conn){vmm.KindMemory: func(c net.Conn) {
+		_ = vmm.ServeMemory(c, func(r vmm.MemoryRequest) (vmm.MemoryState, error) {
+			got = r
+			return vmm.MemoryState{TargetMiB: r.TargetMiB, ActualMiB: r.TargetMiB, MaxMiB: 512}, nil
+		})
+	}}
+	done := make(chan struct{})
+	go func() { relay(l, sess, local); close(done) }()
+	st, err := vmm.SetMemory(t.Context(), sock, 384)
+	if err != nil || st.TargetMiB != 384 || st.MaxMiB != 512 || got.TargetMiB != 384 {
+		t.Fatalf("state %+v, request %+v, err %v", st, got, err)
+	}
+	select {
+	case <-opened:
+		t.Fatal("the memory request reached the guest")
+	default:
+	}
+	l.Close()
+	<-done
+	sess.Close()
+}
+
+// With headroom qemu boots with the ceiling; the balloon holds the rest.
+func TestQEMUArgsHeadroom(t *testing.T) {
+	c := &vmm.LaunchConfig{Version: vmm.ConfigVersion, Name: "n", MemoryMiB: 256, MaxMemoryMiB: 512, VCPUs: 1, Kernel: "/k/vmlinux", ConsoleLog: "/s/console.log"}
+	if all := strings.Join(qemuArgs(c, "/s/ch.sock", true, 0, templateFDs{}), " "); !strings.Contains(all, "-m 512 -smp 1") || !strings.Contains(all, "virtio-balloon-device,free-page-reporting=on") {
+		t.Errorf("headroom args: %s", all)
 	}
 }

@@ -76,7 +76,7 @@ func (v *vm) supervise(g guestVM, relayLn, chanLn *net.UnixListener, watch *os.F
 		}
 	}
 	log.L.Infof("agent ready %s after start", time.Since(start).Round(time.Millisecond))
-	go relay(relayLn, v.sess)
+	go relay(relayLn, v.sess, map[string]func(net.Conn){vmm.KindMemory: v.serveMemory})
 	go g.waitShutdown()
 	if cfg.Container != nil && v.superviseContainer != nil {
 		go v.superviseContainer(cfg, v.detached)

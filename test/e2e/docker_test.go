@@ -107,15 +107,16 @@ func TestDockerLifecycle(t *testing.T) {
 		t.Errorf("after pause: %s", st)
 	}
 	d.mustDocker(t, "unpause", "web")
-	// The VM has 300 MiB for the container (-m 300m plus overhead_mib):
-	// lowering reaches the guest; more than that is refused, the VM cannot
-	// grow, and the guest keeps its limit.
+	// The VM has 428 MiB (-m 300m plus overhead_mib) and may grow to 856
+	// (resize_memory_factor 2, ADR 031): lowering and growing within it
+	// reach the guest; past it is refused and the guest keeps its limit.
 	d.mustDocker(t, "update", "-m", "200m", "--memory-swap", "200m", "web")
-	if _, err := d.docker("update", "-m", "400m", "--memory-swap", "400m", "web"); err == nil || !strings.Contains(err.Error(), "linux.resources.memory.limit 419430400") {
-		t.Errorf("docker update -m 400m past the VM: %v; want refused naming the limit", err)
+	d.mustDocker(t, "update", "-m", "400m", "--memory-swap", "400m", "web")
+	if _, err := d.docker("update", "-m", "2g", "--memory-swap", "2g", "web"); err == nil || !strings.Contains(err.Error(), "linux.resources.memory.limit 2147483648") || !strings.Contains(err.Error(), "resize_memory_factor") {
+		t.Errorf("docker update -m 2g past the VM's headroom: %v; want refused naming the limit and the headroom", err)
 	}
-	if out := d.mustDocker(t, "exec", "web", "sh", "-c", cgroupFile("memory.max")); strings.TrimSpace(out) != "209715200" {
-		t.Errorf("memory.max after docker update -m 200m and a refused -m 400m: %q", out)
+	if out := d.mustDocker(t, "exec", "web", "sh", "-c", cgroupFile("memory.max")); strings.TrimSpace(out) != "419430400" {
+		t.Errorf("memory.max after docker update -m 400m and a refused -m 2g: %q", out)
 	}
 
 	d.mustDocker(t, "stop", "-t", "2", "web")

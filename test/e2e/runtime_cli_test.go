@@ -241,10 +241,13 @@ func TestRuntimeCLILifecycle(t *testing.T) {
 	}
 	mustCLI(t, root, "resume", "c1")
 	mustCLI(t, root, "update", "--memory", "64m", "c1")
-	// Past the default VM (256 MiB, 128 of them overhead_mib; 1 vCPU):
-	// refused, the VM cannot grow.
+	// The default VM (256 MiB, 128 of them overhead_mib; 1 vCPU) grows
+	// within its headroom (resize_memory_factor 2: 512 MiB, ADR 031): 64m
+	// made it 192 MiB, 300m makes it 428.
+	mustCLI(t, root, "update", "--memory", "300m", "c1")
+	// Past the headroom, or past its vCPUs: refused.
 	for _, c := range []struct{ flags, want []string }{
-		{[]string{"--memory", "2g"}, []string{"linux.resources.memory.limit 2147483648", "128 MiB the VM can give", "cannot grow a running VM"}},
+		{[]string{"--memory", "2g"}, []string{"linux.resources.memory.limit 2147483648", "512 MiB this VM can grow to", "resize_memory_factor", "it has 428 MiB now"}},
 		{[]string{"--cpu-quota", "200000", "--cpu-period", "100000"}, []string{"linux.resources.cpu.quota 200000", "the VM's 1 vCPUs"}},
 	} {
 		if _, errOut, code := cli(t, root, append(append([]string{"update"}, c.flags...), "c1")...); code == 0 {

@@ -31,10 +31,13 @@
 #   probes, liveness-restart, logs-previous, oom-killed  (the pod "probed")
 #   resize-within-vm  kubectl patch --subresource resize (CPU up, memory down, NotRequired):
 #                  the new limits reach the container's cgroup and the pod's status
-#   resize-past-vm-memory, resize-past-vm-cpu  a resize past the pod VM's size (memory, then CPU)
-#                  is refused: kubelet's PodResizeInProgress condition has reason Error and msb's
-#                  message naming the field, the old limits stay in the cgroup and the status
-#                  (skipped under runc)
+#   resize-vm-memory-grow  a memory resize past the pod VM's size at start, within its headroom
+#                  (resize_memory_factor, ADR 031): the container's cgroup, the guest's MemTotal and
+#                  the VM's host cgroup limit grow, the same qemu runs, no container restarts
+#   resize-past-vm-memory, resize-past-vm-cpu  a resize past the pod VM's headroom (memory) or its
+#                  vCPUs is refused: kubelet's PodResizeInProgress condition has reason Error and
+#                  msb's message naming the field, the old limits stay in the cgroup and the status
+#                  (these three skipped under runc)
 #   delete         kubectl delete pod leaves no qemu of the pod
 #
 # Each check prints "PASS name" or "FAIL name: what happened" ("SKIP name: why" for one that
@@ -44,7 +47,7 @@
 # at the end (cleanup.sh; also on failure or interrupt) unless KUBE_KEEP=1.
 # Logs: $KUBE_WORK/out/DATE/ (etcd.log, apiserver.log, kubelet.log, containerd.log, results.txt).
 # Env: see common.sh; KUBE_KEEP; KUBE_HANDLER (default msb): the RuntimeClass's handler;
-# runc is the baseline, where the VM checks (one-vm, refuse-host*, resize-past-vm) are
+# runc is the baseline, where the VM checks (one-vm, refuse-host*, resize-*vm-memory*) are
 # skipped and every other check passes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -431,9 +434,11 @@ check oom-killed OOMKilled "$reason"
 kc delete pod probed --timeout 120s >/dev/null 2>&1 || true
 
 # ---- in-place resize of "sized" (limits 500m, 128Mi; its VM: 1 vCPU, 256 MiB of which 128 MiB
-# the guest's own, overhead_mib): within the VM the new limits reach the container's cgroup and its
-# status; past the VM msb refuses the update and kubelet shows the resize as failed (condition
-# PodResizeInProgress, reason Error, the runtime's message), the old limits staying.
+# the guest's own, overhead_mib, growing to 512 MiB: resize_memory_factor 2): within the VM the new
+# limits reach the container's cgroup and its status; the VM's memory follows the container's
+# limit within its headroom (ADR 031); past it, or past its vCPUs, msb refuses the update and
+# kubelet shows the resize as failed (condition PodResizeInProgress, reason Error, the runtime's
+# message), the old limits staying.
 # cg: the memory limit and the CPU quota in the container's cgroup: v2 in msb's guest (at the
 # container's path below /sys/fs/cgroup where the container has no cgroup namespace, as on a v1
 # host's containerd), v1 under runc on these hosts; lim: the limits in the pod's status; rcond:
@@ -460,8 +465,9 @@ for _ in $(seq 60); do
 	sleep 1
 done
 check resize-within-vm "96Mi 800m 100663296 80000 ''" "$(lim) $(cg) '$(rcond)'"
-# past_vm NAME CPU MEMORY FIELD: a resize to CPU/MEMORY is refused naming FIELD (the memory
-# refusal comes first: kubelet resizes memory before CPU and stops at an error), the old limits stay
+# past_vm NAME CPU MEMORY FIELD WHY OLD: a resize to CPU/MEMORY is refused naming FIELD and
+# WHY (the memory refusal comes first: kubelet resizes memory before CPU and stops at an error),
+# the OLD limits (status and cgroup) stay
 past_vm() {
 	local rc=
 	resize "$2" "$3"
@@ -471,18 +477,44 @@ past_vm() {
 		sleep 1
 	done
 	echo "$1: $rc" >>"$OUT/resize-past-vm.txt"
-	if [[ $rc == PodResizeInProgress/Error:*"$4"*exceeds* || $rc == PodResizeInProgress/Error:*"$4"*"more than the VM"* ]] &&
-		[[ "$(lim) $(cg)" == "96Mi 800m 100663296 80000" ]]; then
+	if [[ $rc == PodResizeInProgress/Error:*"$4"*"$5"* ]] && [[ "$(lim) $(cg)" == "$6" ]]; then
 		pass "$1 (PodResizeInProgress/Error: $(grep -o "$4[^:]*" <<<"$rc" | head -1))"
 	else
-		fail "$1" "want condition PodResizeInProgress/Error naming $4, old limits kept; got '$rc', status and cgroup '$(lim) $(cg)'"
+		fail "$1" "want condition PodResizeInProgress/Error naming $4 and $5, old limits '$6' kept; got '$rc', status and cgroup '$(lim) $(cg)'"
 	fi
 }
+# vmmem: the pod VM's memory in MiB as its guest sees it (MemTotal) and its host cgroup's limit
+# (the qemu's memory cgroup, v1 as on these hosts)
+vmmem() {
+	local q p
+	q=$(qemus "/pod$uid/" | head -1)
+	p=$(sed -n 's/^[0-9]*:memory://p' "/proc/$q/cgroup")
+	echo "$(kc exec multi -c sized -- awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo) $(($(cat "/sys/fs/cgroup/memory$p/memory.limit_in_bytes") >> 20))"
+}
+restarts() { kc get pod multi -o jsonpath='{.status.containerStatuses[?(@.name=="sized")].restartCount}'; }
 if [[ $HANDLER == msb ]]; then
-	past_vm resize-past-vm-memory 2 512Mi linux.resources.memory.limit
-	past_vm resize-past-vm-cpu 2 96Mi linux.resources.cpu.quota
+	# 96Mi made the VM 224 MiB (down by 32); 300Mi grows it by 204 to 428 MiB, past its 256 at
+	# start and within its 512.
+	read -r mt0 hl0 <<<"$(vmmem)"
+	vm0=$(qemus "/pod$uid/") rs0=$(restarts)
+	resize 800m 300Mi
+	for _ in $(seq 60); do
+		[[ $(lim) == "300Mi 800m" && -z $(rcond) ]] && break
+		sleep 1
+	done
+	for _ in $(seq 30); do # the guest takes the balloon's memory back within a second or two
+		read -r mt1 hl1 <<<"$(vmmem)"
+		((mt1 - mt0 >= 195)) && break
+		sleep 1
+	done
+	echo "MemTotal $mt0 -> $mt1 MiB, host cgroup limit $hl0 -> $hl1 MiB" >"$OUT/resize-vm-memory.txt"
+	grown=$((mt1 - mt0 >= 195 && mt1 - mt0 <= 210))
+	check resize-vm-memory-grow "300Mi 800m 314572800 80000 '' MemTotal+1 host+204 qemu $vm0 restarts $rs0" \
+		"$(lim) $(cg) '$(rcond)' MemTotal+$grown host+$((hl1 - hl0)) qemu $(qemus "/pod$uid/") restarts $(restarts)"
+	past_vm resize-past-vm-memory 800m 1Gi linux.resources.memory.limit resize_memory_factor "300Mi 800m 314572800 80000"
+	past_vm resize-past-vm-cpu 2 300Mi linux.resources.cpu.quota "more than the VM" "300Mi 800m 314572800 80000"
 else
-	skip resize-past-vm "handler $HANDLER has no VM size"
+	skip resize-vm-memory "handler $HANDLER has no VM size"
 fi
 
 # ---- a kubelet restart: kubelet finds its running pod again (the same VM,
