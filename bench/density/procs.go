@@ -152,7 +152,8 @@ var qemuParts = []string{partRAM, partTCG, partAnon, partFile}
 
 // qemuSplit splits qemu's PSS (KiB) by mapping in /proc/PID/smaps:
 //   - guest RAM: the anonymous mapping whose size is `-m` (qemu maps the
-//     RAM block in one piece, plus at most a few MiB of alignment);
+//     RAM block in one piece, plus at most a few MiB of alignment), or a
+//     template's memfd mapped copy-on-write;
 //   - TCG translation cache: an anonymous executable mapping (qemu's
 //     code_gen_buffer, tb-size MiB), or the "tcg-jit" memfd under split-wx;
 //   - mapped files: mappings with a file path (qemu's binary and libraries,
@@ -196,6 +197,9 @@ func splitSmaps(r io.Reader, ramKiB int64) map[string]int64 {
 			switch {
 			case strings.Contains(path, "tcg-jit"):
 				part = partTCG
+			case strings.Contains(path, "memfd:msb-template-ram"):
+				part = partRAM // a template's (ADR 025): its pages and the copies written
+
 			case path != "" && !strings.HasPrefix(path, "["):
 				part = partFile
 			case path == "" && strings.Contains(perms, "x"):

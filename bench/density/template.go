@@ -44,7 +44,9 @@ func fillTemplate(ctx context.Context, n *node, bin, cfg string) error {
 		runtime = filepath.Join(bin, "msb-runtime")
 	}
 	before := meminfo("Shmem")
-	out, err := exec.CommandContext(ctx, runtime, "--config", cfg, "pool", "fill", "--pool-root", filepath.Join(n.stateMsb, "pool")).CombinedOutput()
+	cmd := exec.CommandContext(ctx, runtime, "--config", cfg, "pool", "fill", "--pool-root", filepath.Join(n.stateMsb, "pool"))
+	cmd.Env = append(os.Environ(), "MSB_CONFIG="+cfg) // which overrides --config
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("template: pool fill: %v: %s", err, out)
 	}
