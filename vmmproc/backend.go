@@ -6,25 +6,34 @@ import (
 
 	"github.com/msb-dev/msb/kvmprobe"
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc/libkrun"
 )
+
+// LibkrunSoname is the library the libkrun backend loads when neither
+// vmm.LaunchConfig.Libkrun nor $MSB_LIBKRUN names another.
+const LibkrunSoname = libkrun.Soname
+
+// LibkrunEnv overrides the libkrun library path (tests, side-by-side
+// installs).
+const LibkrunEnv = libkrun.Env
 
 // selectBackend resolves cfg.Backend to qemu or libkrun. For libkrun it
 // also returns the loaded library. auto takes libkrun when a guest root is
 // configured, the KVM device opens read-write and libkrun loads; otherwise
 // qemu, and logf says why.
-func selectBackend(cfg *vmm.LaunchConfig, logf func(string, ...any)) (string, *libkrun, error) {
+func selectBackend(cfg *vmm.LaunchConfig, logf func(string, ...any)) (string, *libkrun.Lib, error) {
 	switch cfg.Backend {
 	case vmm.BackendQEMU:
 		return vmm.BackendQEMU, nil, nil
 	case vmm.BackendLibkrun:
-		lib, err := loadLibkrun(libkrunPath(cfg))
+		lib, err := libkrun.Load(cfg)
 		if err != nil {
 			return "", nil, fmt.Errorf("backend libkrun: %w", err)
 		}
 		if err := kvmprobe.Check(); err != nil {
 			return "", nil, fmt.Errorf("backend libkrun needs %s read-write: %w: load the kvm module, give this user access to %s, or use backend qemu (TCG)", kvmprobe.Device, err, kvmprobe.Device)
 		}
-		logf("backend libkrun: %s, API %s", lib.path, lib.APILevel())
+		logf("backend libkrun: %s, API %s", lib.Path(), lib.APILevel())
 		return vmm.BackendLibkrun, lib, nil
 	case vmm.BackendAuto:
 	default:
@@ -42,12 +51,12 @@ func selectBackend(cfg *vmm.LaunchConfig, logf func(string, ...any)) (string, *l
 		logf("backend auto: using qemu under TCG: %s is not usable read-write (%v), libkrun needs KVM", kvmprobe.Device, err)
 		return vmm.BackendQEMU, nil, nil
 	}
-	lib, err := loadLibkrun(libkrunPath(cfg))
+	lib, err := libkrun.Load(cfg)
 	if err != nil {
 		logf("backend auto: using qemu: %v", err)
 		return vmm.BackendQEMU, nil, nil
 	}
-	logf("backend auto: using libkrun %s, API %s", lib.path, lib.APILevel())
+	logf("backend auto: using libkrun %s, API %s", lib.Path(), lib.APILevel())
 	return vmm.BackendLibkrun, lib, nil
 }
 
@@ -72,15 +81,15 @@ func ProbeBackends(qemuBin, libkrunLib, kernel string) []BackendStatus {
 	}
 	var out []BackendStatus
 	lk := BackendStatus{Name: vmm.BackendLibkrun}
-	lib, err := loadLibkrun(libkrunPath(&vmm.LaunchConfig{Libkrun: libkrunLib}))
+	lib, err := libkrun.Load(&vmm.LaunchConfig{Libkrun: libkrunLib})
 	switch {
 	case err != nil:
 		lk.Detail = err.Error()
 	case kvm != "kvm":
-		lk.Detail = fmt.Sprintf("%s, API %s; unusable: %s", lib.path, lib.APILevel(), kvm)
+		lk.Detail = fmt.Sprintf("%s, API %s; unusable: %s", lib.Path(), lib.APILevel(), kvm)
 	default:
 		lk.Available = true
-		lk.Detail = fmt.Sprintf("%s, API %s", lib.path, lib.APILevel())
+		lk.Detail = fmt.Sprintf("%s, API %s", lib.Path(), lib.APILevel())
 	}
 	out = append(out, lk)
 	if qemuBin == "" {

@@ -19,6 +19,7 @@ import (
 	"github.com/msb-dev/msb/mounts/bootenv"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc/libkrun"
 )
 
 // Environment of the "real" VMM mode of the test binary (see TestMain).
@@ -37,7 +38,7 @@ func realVMM() int {
 // given -D defines and returns its path.
 func buildStub(t *testing.T, defines ...string) string {
 	t.Helper()
-	if !libkrunLoadable {
+	if !libkrun.Loadable {
 		t.Skip("built with CGO_ENABLED=0: libkrun cannot be loaded")
 	}
 	gcc, err := exec.LookPath("gcc")

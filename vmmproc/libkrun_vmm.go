@@ -14,11 +14,8 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc/libkrun"
 )
-
-// krunAtExitHook is called (through the C atexit handler) when libkrun
-// exits the process; it returns the exit code to use, or -1 for libkrun's.
-var krunAtExitHook atomic.Pointer[func() int]
 
 // krunVM is the VMM process driving libkrun. libkrun's krun_start_enter
 // never returns: it runs the VM on the calling thread and calls exit()
@@ -27,8 +24,8 @@ var krunAtExitHook atomic.Pointer[func() int]
 // process ends either in libkrun's exit() (through atExit) or in k.exit.
 type krunVM struct {
 	*vm
-	lib  *libkrun
-	plan krunPlan
+	lib  *libkrun.Lib
+	plan libkrun.Plan
 
 	// code is the exit code the agent announced (WaitShutdown), or -1.
 	code atomic.Int64
@@ -38,20 +35,18 @@ type krunVM struct {
 
 // runLibkrun configures libkrun, writes the startup line and enters the VM.
 // It returns only when libkrun refuses the configuration.
-func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock string, watch, startup *os.File) (int, error) {
+func runLibkrun(v *vm, lib *libkrun.Lib, relayLn, chanLn *net.UnixListener, chanSock string, watch, startup *os.File) (int, error) {
 	k := &krunVM{vm: v, lib: lib}
 	k.code.Store(-1)
-	plan, err := lib.configure(v.cfg, chanSock, log.L.Warnf)
+	plan, err := lib.Configure(v.cfg, chanSock, log.L.Warnf)
 	if err != nil {
 		return 1, err
 	}
 	k.plan = plan
-	if err := registerKrunAtExit(); err != nil {
+	if err := libkrun.AtExit(k.atExit); err != nil {
 		return 1, err
 	}
-	hook := k.atExit
-	krunAtExitHook.Store(&hook)
-	defer krunAtExitHook.Store(nil)
+	defer func() { _ = libkrun.AtExit(nil) }()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, shutdownSignals(v.cfg)...)
@@ -68,8 +63,7 @@ func runLibkrun(v *vm, lib *libkrun, relayLn, chanLn *net.UnixListener, chanSock
 
 	// The VM runs on this thread until libkrun exits the process.
 	runtime.LockOSThread()
-	ret := lib.api.startEnter(plan.ctx)
-	if err := check("krun_start_enter", ret); err != nil {
+	if err := lib.StartEnter(plan); err != nil {
 		// Exit from here: returning would close the listeners under the
 		// supervisor, which would race to exit with its own message.
 		k.exit(1, "%v (guest console: %s)", err, v.cfg.ConsoleLog)

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package vmmproc
+package libkrun
 
 /*
 #cgo LDFLAGS: -ldl
@@ -64,19 +64,20 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
-// libkrunLoadable: this build can dlopen libkrun.
-const libkrunLoadable = true
+// Loadable: this build can dlopen libkrun.
+const Loadable = true
 
 // dlKrun calls a dlopen'ed libkrun through its resolved symbols.
 type dlKrun struct {
 	sym map[string]unsafe.Pointer
 }
 
-// loadLibkrun dlopens path and resolves the symbols msb uses.
-func loadLibkrun(path string) (*libkrun, error) {
+// load dlopens path and resolves the symbols msb uses.
+func load(path string) (*Lib, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var cerr *C.char
@@ -102,21 +103,34 @@ func loadLibkrun(path string) (*libkrun, error) {
 		C.dlclose(h)
 		return nil, err
 	}
-	return &libkrun{api: d, path: path}, nil
+	return &Lib{api: d, path: path}, nil
 }
 
 var atExitOnce sync.Once
 
-// registerKrunAtExit installs the C atexit handler that runs
-// krunAtExitHook when libkrun exits the process.
-func registerKrunAtExit() error {
+// atExitHook is called (through the C atexit handler) when libkrun exits
+// the process; it returns the exit code to use, or -1 for libkrun's.
+var atExitHook atomic.Pointer[func() int]
+
+// AtExit installs the C atexit handler (once) that runs hook when libkrun
+// exits the process; hook returns the exit code to use, or -1 to keep
+// libkrun's. AtExit(nil) removes the hook.
+func AtExit(hook func() int) error {
 	var err error
 	atExitOnce.Do(func() {
 		if C.msb_register_atexit() != 0 {
 			err = errors.New("atexit: cannot register the libkrun exit handler")
 		}
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	if hook == nil {
+		atExitHook.Store(nil)
+	} else {
+		atExitHook.Store(&hook)
+	}
+	return nil
 }
 
 // cstrs is a NULL-terminated C array of C strings, all in C memory.

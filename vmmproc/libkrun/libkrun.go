@@ -1,4 +1,9 @@
-package vmmproc
+// Package libkrun drives libkrun for the VMM process's libkrun backend:
+// loading the library with dlopen (cgo; a CGO_ENABLED=0 build cannot),
+// refusing one that lacks a call msb makes or one its isolation rests on
+// (ADR 015), mapping a launch config onto krun_* calls, and entering the
+// VM. It holds no VM state: the VMM process (package vmmproc) supervises.
+package libkrun
 
 import (
 	"fmt"
@@ -13,21 +18,20 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// LibkrunSoname is the library the libkrun backend loads when neither
+// Soname is the library the libkrun backend loads when neither
 // vmm.LaunchConfig.Libkrun nor $MSB_LIBKRUN names another.
-const LibkrunSoname = "libkrun.so.1"
+const Soname = "libkrun.so.1"
 
-// LibkrunEnv overrides the libkrun library path (tests, side-by-side
-// installs).
-const LibkrunEnv = "MSB_LIBKRUN"
+// Env overrides the libkrun library path (tests, side-by-side installs).
+const Env = "MSB_LIBKRUN"
 
-// LibkrunMinVersion is the oldest libkrun msb drives.
-const LibkrunMinVersion = "1.10"
+// MinVersion is the oldest libkrun msb drives.
+const MinVersion = "1.10"
 
 // libkrunInstallHint says what to do when libkrun cannot be loaded.
 const libkrunInstallHint = "install libkrun and libkrunfw (Fedora/CentOS Stream: dnf install libkrun; " +
 	"elsewhere build both from github.com/containers/libkrun and github.com/containers/libkrunfw), " +
-	"point " + LibkrunEnv + " at libkrun.so.1, or use backend qemu"
+	"point " + Env + " at libkrun.so.1, or use backend qemu"
 
 // krunSymbol is one libkrun entry point and the release that added it
 // ("" = older than the oldest libkrun msb supports).
@@ -110,25 +114,32 @@ type krunAPI interface {
 	startEnter(ctx uint32) int32
 }
 
-// libkrun is a loaded libkrun with every call of krunRequired and
+// Lib is a loaded libkrun with every call of krunRequired and
 // krunIsolation.
-type libkrun struct {
+type Lib struct {
 	api  krunAPI
 	path string
 }
 
-// APILevel describes the libkrun API msb uses.
-func (l *libkrun) APILevel() string { return ">= 1.18 (read-only virtio-fs, no TSI)" }
+// Load loads the libkrun cfg names (cfg.Libkrun, else $MSB_LIBKRUN, else
+// Soname) and checks that it has every call msb makes.
+func Load(cfg *vmm.LaunchConfig) (*Lib, error) { return load(libPath(cfg)) }
 
-// libkrunPath is the library to load for cfg.
-func libkrunPath(cfg *vmm.LaunchConfig) string {
+// Path is the library loaded.
+func (l *Lib) Path() string { return l.path }
+
+// APILevel describes the libkrun API msb uses.
+func (l *Lib) APILevel() string { return ">= 1.18 (read-only virtio-fs, no TSI)" }
+
+// libPath is the library to load for cfg.
+func libPath(cfg *vmm.LaunchConfig) string {
 	if cfg != nil && cfg.Libkrun != "" {
 		return cfg.Libkrun
 	}
-	if p := os.Getenv(LibkrunEnv); p != "" {
+	if p := os.Getenv(Env); p != "" {
 		return p
 	}
-	return LibkrunSoname
+	return Soname
 }
 
 // checkSymbols returns an error naming the first missing call and the
@@ -142,10 +153,10 @@ func checkSymbols(path string, has func(string) bool) error {
 		}
 		if s.since == "" {
 			return fmt.Errorf("%s lacks %s, which every libkrun >= %s has: it is not a usable libkrun (a libkrun-sev/-tdx build?); install the plain libkrun >= %s, or use backend qemu",
-				path, s.name, LibkrunMinVersion, LibkrunMinVersion)
+				path, s.name, MinVersion, MinVersion)
 		}
 		return fmt.Errorf("libkrun %s is too old: it lacks %s (added in libkrun %s); msb needs libkrun >= %s: upgrade libkrun, or use backend qemu",
-			path, s.name, s.since, LibkrunMinVersion)
+			path, s.name, s.since, MinVersion)
 	}
 	for _, s := range krunIsolation {
 		if has(s.name) {
@@ -202,16 +213,16 @@ func krunRlimits(bootEnv []string) ([]string, error) {
 	return out, nil
 }
 
-// krunPlan is the result of configuring a libkrun context.
-type krunPlan struct {
+// Plan is a configured libkrun context, ready for StartEnter.
+type Plan struct {
 	ctx uint32
 }
 
-// configure maps cfg onto libkrun calls, in the order libkrun requires,
+// Configure maps cfg onto libkrun calls, in the order libkrun requires,
 // up to but not including krun_start_enter.
-func (l *libkrun) configure(cfg *vmm.LaunchConfig, chanSock string, logf func(string, ...any)) (krunPlan, error) {
+func (l *Lib) Configure(cfg *vmm.LaunchConfig, chanSock string, logf func(string, ...any)) (Plan, error) {
 	a := l.api
-	var p krunPlan
+	var p Plan
 	if err := check("krun_set_log_level", a.setLogLevel(krunLogLevel)); err != nil {
 		return p, err
 	}
@@ -302,4 +313,12 @@ func (l *libkrun) configure(cfg *vmm.LaunchConfig, chanSock string, logf func(st
 		return p, err
 	}
 	return p, nil
+}
+
+// StartEnter runs the VM on the calling thread (lock it to its OS thread
+// first). libkrun exits the process when the guest stops (AtExit): it
+// returns only when libkrun refuses to start (the error) or returns
+// without running the VM (nil).
+func (l *Lib) StartEnter(p Plan) error {
+	return check("krun_start_enter", l.api.startEnter(p.ctx))
 }

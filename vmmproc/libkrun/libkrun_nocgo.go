@@ -1,18 +1,19 @@
 //go:build !cgo
 
-package vmmproc
+package libkrun
 
 import "errors"
 
-// libkrunLoadable: this build cannot dlopen libkrun.
-const libkrunLoadable = false
+// Loadable: this build cannot dlopen libkrun.
+const Loadable = false
 
-// loadLibkrun: libkrun is loaded with dlopen, which needs cgo.
-func loadLibkrun(path string) (*libkrun, error) {
+// load: libkrun is loaded with dlopen, which needs cgo.
+func load(path string) (*Lib, error) {
 	return nil, errors.New("libkrun is not available: this msb-runtime was built with CGO_ENABLED=0 and cannot dlopen " +
 		path + ": rebuild it with CGO_ENABLED=1 (the default where gcc is installed), or use backend qemu")
 }
 
-func registerKrunAtExit() error {
+// AtExit: libkrun is never loaded without cgo.
+func AtExit(func() int) error {
 	return errors.New("libkrun exit handler needs cgo: rebuild msb-runtime with CGO_ENABLED=1")
 }
