@@ -3,7 +3,6 @@ package vmmproc
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -18,6 +17,7 @@ import (
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
 	"github.com/msb-dev/msb/vmm"
+	"github.com/msb-dev/msb/vmmproc/qemujail"
 )
 
 // qemu supervises qemu-system-x86_64 -M microvm.
@@ -37,12 +37,12 @@ type qemu struct {
 	tsc           int
 	// userns is the user namespace qemu runs in, ids its host ids (nil:
 	// root of the host's, unjailed or JailHostRoot); hostIDs: userns maps
-	// the host's ids to themselves (jailMap).
+	// the host's ids to themselves (qemujail.UserNS).
 	userns  *os.File
 	ids     *jail.IDs
 	hostIDs bool
 	// mirrors keep the running qemu's propagated shares in step with the
-	// host's mounts (jailmirror.go).
+	// host's mounts (qemujail.StartMirrors).
 	mirrors []*mounts.Mirror
 	// exited is closed once the running qemu was waited for.
 	exited chan struct{}
@@ -203,7 +203,7 @@ func startQEMU(c *vmm.LaunchConfig, chanSock string, mon *monitor, tmpl template
 				return nil, err
 			}
 		}
-		if q.userns, q.hostIDs, err = jailUserNS(c, ids.Base(), chanSock, logf); err != nil {
+		if q.userns, q.hostIDs, err = qemujail.UserNS(c, ids.Base(), chanSock, logf); err != nil {
 			ids.Release()
 			return nil, err
 		}
@@ -259,7 +259,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	how := ""
 	var built, builtW *os.File // the jail's built pipe, with shares to mirror
-	shares := q.mirroredShares()
+	shares := qemujail.MirroredShares(q.cfg, q.userns, q.hostIDs)
 	if !q.cfg.NoJail {
 		if len(shares) > 0 {
 			var err error
@@ -269,7 +269,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 			defer built.Close()
 			defer builtW.Close()
 		}
-		plan, err := qemuJailPlan(q.cfg, q.bin, q.chanSock, kvm, args)
+		plan, err := qemujail.Plan(q.cfg, q.bin, q.chanSock, kvm, args)
 		if err != nil {
 			return err
 		}
@@ -289,7 +289,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		case q.ids != nil:
 			user = fmt.Sprintf("host uid %d (root of its user namespace)", q.ids.Base())
 		}
-		how = fmt.Sprintf(" jailed (%d paths, as %s, capabilities %s)", len(plan.Binds), user, capList(plan.Caps))
+		how = fmt.Sprintf(" jailed (%d paths, as %s, capabilities %s)", len(plan.Binds), user, qemujail.CapList(plan.Caps))
 	}
 	cmd.Stdout, cmd.Stderr = q.out, q.out
 	// If the VMM process dies without cleaning up, qemu must not outlive it.
@@ -304,7 +304,7 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 	if built != nil {
 		builtW.Close() // the helper's copy alone is left
 		var err error
-		if mirrors, err = q.startMirrors(cmd.Process.Pid, built, shares, logf); err != nil {
+		if mirrors, err = qemujail.StartMirrors(cmd.Process.Pid, built, shares, q.userns, logf); err != nil {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 			close(exited)
@@ -320,38 +320,6 @@ func (q *qemu) launch(kvm bool, logf *os.File) error {
 		_ = cmd.Process.Kill()
 	}
 	return nil
-}
-
-// jailUserNS makes qemu's user namespace for the VM's ids from base:
-// shifted, its shares id-mapped with it; where one cannot be (an overlay
-// that Podman or Docker 20.10 mounted as the rootfs, NFS, FUSE) or
-// c.JailHostIDs asks for it, one that maps the host's ids to themselves
-// (hostIDs true), its binds plain.
-func jailUserNS(c *vmm.LaunchConfig, base uint32, chanSock string, logf io.Writer) (userns *os.File, hostIDs bool, err error) {
-	if c.JailHostIDs {
-		userns, err = jail.NewUserNS(base, nil, true)
-		return userns, true, err
-	}
-	if userns, err = jail.NewUserNS(base, c.JailKeptIDs, false); err != nil {
-		return nil, false, err
-	}
-	alone := map[string]bool{}
-	for _, s := range c.Shares {
-		alone[s.Path] = alone[s.Path] || s.IDMappedFile != ""
-	}
-	err = jail.IDMappable(qemuIDMapped(c, chanSock), alone, userns)
-	if err == nil {
-		return userns, false, nil
-	}
-	userns.Close()
-	if c.JailIDBase != 0 { // its rootfs is shifted for the namespace
-		return nil, false, fmt.Errorf("jail: %w; move it to a filesystem that can (ext4, xfs, btrfs, tmpfs), or set jail = false in /etc/msb/config.toml", err)
-	}
-	// A container user namespace's kept ids are below jail.IDBase: a
-	// host-ids namespace maps them too.
-	fmt.Fprintf(logf, "msb-vmm: %v: qemu's user namespace maps the host's ids to themselves (ADR 022)\n", err)
-	userns, err = jail.NewUserNS(base, nil, true)
-	return userns, true, err
 }
 
 // releaseIDs gives back qemu's user namespace and ids once it is gone.
@@ -373,7 +341,7 @@ func (q *qemu) wait() error {
 	mirrors := q.mirrors
 	q.mirrors = nil
 	q.mu.Unlock()
-	stopMirrors(mirrors)
+	qemujail.StopMirrors(mirrors)
 	return err
 }
 

@@ -1,4 +1,4 @@
-package vmmproc
+package qemujail
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,7 +56,7 @@ func TestQEMUJailPlan(t *testing.T) {
 	c.Shares = []vmm.Share{{Tag: "r", Path: "/rootfs"}, {Tag: "v", Path: "/vol", ReadOnly: true}}
 	c.Disks = []vmm.Disk{{Tag: "d", Path: "/d.img", Format: "raw", ReadOnly: true}}
 	plan := func(kvm bool) map[string]jail.Bind {
-		p, err := qemuJailPlan(c, sh, "/s/x.chan.sock", kvm, []string{"-m", "1"})
+		p, err := Plan(c, sh, "/s/x.chan.sock", kvm, []string{"-m", "1"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,14 +210,14 @@ func testJail(t *testing.T, hostIDs bool) {
 		t.Fatal(err)
 	}
 	for _, s := range []string{vmm.ChannelSocket(c), vmm.ConsoleSocket(c), vmm.MonitorSocket(c)} {
-		l, err := listenUnix(s)
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: s, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
 	}
 	c.Kernel = self // any file
-	plan, err := qemuJailPlan(c, self, vmm.ChannelSocket(c), false, nil)
+	plan, err := Plan(c, self, vmm.ChannelSocket(c), false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package vmmproc
+package qemujail
 
 import (
 	"errors"
@@ -25,14 +25,15 @@ import (
 // jailBuiltTimeout bounds the wait for the jail helper to build the jail.
 const jailBuiltTimeout = 30 * time.Second
 
-// mirroredShares lists the shares whose submounts the VMM mirrors into
-// the jail: propagated, id-mapped ones (none without a user namespace).
-func (q *qemu) mirroredShares() []vmm.Share {
-	if q.userns == nil || q.hostIDs { // plain binds: mounts propagate
+// MirroredShares lists the shares of c whose submounts the VMM mirrors
+// into the jail: propagated, id-mapped ones (none without a user
+// namespace, userns nil, or in one that maps the host's ids, hostIDs).
+func MirroredShares(c *vmm.LaunchConfig, userns *os.File, hostIDs bool) []vmm.Share {
+	if userns == nil || hostIDs { // plain binds: mounts propagate
 		return nil
 	}
 	var out []vmm.Share
-	for _, s := range q.cfg.Shares {
+	for _, s := range c.Shares {
 		if s.Propagated && !s.Shifted {
 			out = append(out, s)
 		}
@@ -40,10 +41,10 @@ func (q *qemu) mirroredShares() []vmm.Share {
 	return out
 }
 
-// startMirrors waits (bounded) until the jail helper pid says on built
-// that the jail is built, then mirrors every share of shares into it.
-// On error it leaves no mirror running.
-func (q *qemu) startMirrors(pid int, built *os.File, shares []vmm.Share, logf io.Writer) ([]*mounts.Mirror, error) {
+// StartMirrors waits (bounded) until the jail helper pid says on built
+// that the jail is built, then mirrors every share of shares into it,
+// id-mapped for userns. On error it leaves no mirror running.
+func StartMirrors(pid int, built *os.File, shares []vmm.Share, userns *os.File, logf io.Writer) ([]*mounts.Mirror, error) {
 	if err := built.SetReadDeadline(time.Now().Add(jailBuiltTimeout)); err != nil {
 		return nil, fmt.Errorf("jail: wait for it to be built: %w", err)
 	}
@@ -70,10 +71,10 @@ func (q *qemu) startMirrors(pid int, built *os.File, shares []vmm.Share, logf io
 		real, err := filepath.EvalSymlinks(s.Path)
 		var m *mounts.Mirror
 		if err == nil {
-			m, err = mounts.MirrorBound(ns, "/", strings.TrimPrefix(real, "/"), s.Path, access, &mounts.IDMap{NS: q.userns}, warnf)
+			m, err = mounts.MirrorBound(ns, "/", strings.TrimPrefix(real, "/"), s.Path, access, &mounts.IDMap{NS: userns}, warnf)
 		}
 		if err != nil {
-			stopMirrors(ms)
+			StopMirrors(ms)
 			return nil, fmt.Errorf("jail: share %s (propagated): %w", s.Path, err)
 		}
 		ms = append(ms, m)
@@ -81,7 +82,8 @@ func (q *qemu) startMirrors(pid int, built *os.File, shares []vmm.Share, logf io
 	return ms, nil
 }
 
-func stopMirrors(ms []*mounts.Mirror) {
+// StopMirrors stops every mirror of ms.
+func StopMirrors(ms []*mounts.Mirror) {
 	for _, m := range ms {
 		m.Stop()
 	}

@@ -1,4 +1,9 @@
-package vmmproc
+// Package qemujail plans the jail the qemu backend runs qemu in (package
+// jail executes it, ADR 013, docs/security.md): what qemu needs for its VM
+// (Plan), its user namespace (UserNS, ADR 022), and the mirrors that keep
+// its propagated shares in step with the host's mounts (StartMirrors).
+// It holds no VM state: the VMM process (package vmmproc) starts qemu.
+package qemujail
 
 import (
 	"bufio"
@@ -19,10 +24,9 @@ import (
 	"github.com/msb-dev/msb/vmm"
 )
 
-// The qemu backend runs qemu jailed (package jail, ADR 013,
-// docs/security.md): the VMM plans what qemu needs for its VM here, and
-// the jail helper builds the root, drops privileges and execs qemu, which
-// adds its own deny-list filter (-sandbox, jail.QEMUSandbox).
+// The VMM plans what qemu needs for its VM here, and the jail helper
+// builds the root, drops privileges and execs qemu, which adds its own
+// deny-list filter (-sandbox, jail.QEMUSandbox).
 
 // jailCaps are the capabilities qemu keeps: what 9p passthrough
 // (security_model=none) needs to act for every guest user on the shares:
@@ -34,7 +38,8 @@ var jailCaps = []int{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, uni
 // capNames names jailCaps in logs.
 var capNames = map[int]string{unix.CAP_CHOWN: "chown", unix.CAP_DAC_OVERRIDE: "dac_override", unix.CAP_FOWNER: "fowner", unix.CAP_FSETID: "fsetid"}
 
-func capList(caps []int) string {
+// CapList names caps for a log line.
+func CapList(caps []int) string {
 	var s []string
 	for _, c := range caps {
 		if n, ok := capNames[c]; ok {
@@ -53,10 +58,10 @@ var jailDevices = []string{"/dev/null", "/dev/zero", "/dev/urandom"}
 // root is mounted on (only inside the jail's mount namespace).
 const jailDir = "jail"
 
-// qemuJailPlan lists what qemu needs for c: its binary, libraries, data
+// Plan lists what qemu needs for c: its binary, libraries, data
 // and module dirs, the guest image, shares, disks, its sockets and a few
 // devices. bin is qemu's path as found on PATH.
-func qemuJailPlan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []string) (*jail.Plan, error) {
+func Plan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []string) (*jail.Plan, error) {
 	real, err := filepath.EvalSymlinks(bin)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
@@ -99,7 +104,7 @@ func qemuJailPlan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []st
 			add(jail.Bind{Path: s.Path, ReadOnly: s.ReadOnly})
 		}
 	}
-	for _, p := range qemuIDMapped(c, chanSock) {
+	for _, p := range idMapped(c, chanSock) {
 		b := jail.Bind{Path: p, IDMap: true}
 		for _, s := range c.Shares {
 			if s.Path == p {
@@ -126,9 +131,9 @@ func qemuJailPlan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []st
 	return p, nil
 }
 
-// qemuIDMapped lists the paths qemu writes or connects to, which the jail
+// idMapped lists the paths qemu writes or connects to, which the jail
 // binds id-mapped: the VM's shares, disks and sockets.
-func qemuIDMapped(c *vmm.LaunchConfig, chanSock string) []string {
+func idMapped(c *vmm.LaunchConfig, chanSock string) []string {
 	var ps []string
 	for _, s := range c.Shares {
 		if !s.Shifted {
