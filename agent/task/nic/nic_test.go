@@ -1,4 +1,4 @@
-package task
+package nic
 
 import (
 	"net"
@@ -84,7 +84,7 @@ func TestNICUpdateAndRelease(t *testing.T) {
 		boot := nic.Attrs().HardwareAddr
 		n := protocol.NetInterface{BootMAC: boot.String(), Name: "eth1", MAC: "02:00:00:00:00:11", MTU: 1400,
 			Addrs: []string{"10.7.0.2/24"}, Routes: []protocol.Route{{Dst: "10.8.0.0/16", Gateway: "10.7.0.1"}}}
-		if err := configureNIC(th, ctr, n); err != nil {
+		if err := Configure(th, ctr, n); err != nil {
 			t.Fatal(err)
 		}
 		l, err := th.LinkByName("eth1")
@@ -95,7 +95,7 @@ func TestNICUpdateAndRelease(t *testing.T) {
 		n.Name, n.MAC = "eth2", "02:00:00:00:00:22"
 		n.Addrs = []string{"10.7.0.3/24", "10.9.0.3/24"}
 		n.Routes = []protocol.Route{{Dst: "0.0.0.0/0", Gateway: "10.9.0.1"}}
-		if err := updateNIC(th, l, n); err != nil {
+		if err := Update(th, l, n); err != nil {
 			t.Fatal(err)
 		}
 		l, err = th.LinkByName("eth2")
@@ -109,11 +109,11 @@ func TestNICUpdateAndRelease(t *testing.T) {
 			t.Errorf("routes after update: %s", got)
 		}
 		// The same configuration again changes nothing.
-		if err := updateNIC(th, l, n); err != nil {
+		if err := Update(th, l, n); err != nil {
 			t.Fatal(err)
 		}
 
-		if err := releaseNIC(th, self, l, boot); err != nil {
+		if err := Release(th, self, l, boot); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := th.LinkByName("eth2"); err == nil {
@@ -128,7 +128,7 @@ func TestNICUpdateAndRelease(t *testing.T) {
 		}
 		// It serves the next interface, found by its boot MAC again.
 		n.Name = "eth1"
-		if err := configureNIC(th, ctr, n); err != nil {
+		if err := Configure(th, ctr, n); err != nil {
 			t.Fatalf("configure the released NIC again: %v", err)
 		}
 	})
