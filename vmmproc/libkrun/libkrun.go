@@ -25,8 +25,8 @@ const Soname = "libkrun.so.1"
 // Env overrides the libkrun library path (tests, side-by-side installs).
 const Env = "MSB_LIBKRUN"
 
-// MinVersion is the oldest libkrun msb drives.
-const MinVersion = "1.10"
+// minVersion is the oldest libkrun msb drives.
+const minVersion = "1.10"
 
 // libkrunInstallHint says what to do when libkrun cannot be loaded.
 const libkrunInstallHint = "install libkrun and libkrunfw (Fedora/CentOS Stream: dnf install libkrun; " +
@@ -153,10 +153,10 @@ func checkSymbols(path string, has func(string) bool) error {
 		}
 		if s.since == "" {
 			return fmt.Errorf("%s lacks %s, which every libkrun >= %s has: it is not a usable libkrun (a libkrun-sev/-tdx build?); install the plain libkrun >= %s, or use backend qemu",
-				path, s.name, MinVersion, MinVersion)
+				path, s.name, minVersion, minVersion)
 		}
 		return fmt.Errorf("libkrun %s is too old: it lacks %s (added in libkrun %s); msb needs libkrun >= %s: upgrade libkrun, or use backend qemu",
-			path, s.name, s.since, MinVersion)
+			path, s.name, s.since, minVersion)
 	}
 	for _, s := range krunIsolation {
 		if has(s.name) {
