@@ -28,6 +28,9 @@
 #                  container status name the host device nodes and the setting (skipped under runc)
 #   configmap, secret  an update of a ConfigMap and of a Secret reaches the file mounted in the
 #                  running pod within 90 s (kubelet's syncFrequency is 10 s here)
+#   token-rotation a projected service-account token (expirationSeconds 600) is renewed by kubelet
+#                  and the running pod reads the new one (about 8 minutes after the pod started;
+#                  KUBE_TOKEN_ROTATION=0 skips it)
 #   probes, liveness-restart, logs-previous, oom-killed  (the pod "probed")
 #   resize-within-vm  kubectl patch --subresource resize (CPU up, memory down, NotRequired):
 #                  the new limits reach the container's cgroup and the pod's status
@@ -158,6 +161,7 @@ spec:
     - {name: mem, mountPath: /mem}
     - {name: host, mountPath: /host}
     - {name: podinfo, mountPath: /podinfo}
+    - {name: tok, mountPath: /tok}
   - name: att
     image: $IMAGE
     imagePullPolicy: Never
@@ -180,6 +184,10 @@ spec:
       items:
       - {path: name, fieldRef: {fieldPath: metadata.name}}
       - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+  - name: tok
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 600, audience: kube-test}
 Y
 # hostNetwork, hostPID and hostIPC pods on msb must be refused (checked below, while multi's VM
 # boots meanwhile).
@@ -234,6 +242,8 @@ else
 fi
 
 # ---- logs, exec, cp
+tok0=$(kc exec multi -c side -- cat /tok/token 2>/dev/null) || true
+tok0_at=$(date +%s)
 check logs "init-ran side-started" "$(kc logs multi -c init) $(kc logs multi -c side)"
 check exec "hello-from-init multi" "$(kc exec multi -c side -- cat /shared/index.html) $(kc exec multi -c web -- hostname)"
 check exec-stdin "through-stdin" "$(echo through-stdin | kc exec -i multi -c side -- cat)"
@@ -515,6 +525,21 @@ if [[ $HANDLER == msb ]]; then
 	past_vm resize-past-vm-cpu 2 300Mi linux.resources.cpu.quota "more than the VM" "300Mi 800m 314572800 80000"
 else
 	skip resize-vm-memory "handler $HANDLER has no VM size"
+fi
+
+# ---- a projected service-account token rotates in the running pod: kubelet renews it at 80 %
+# of its lifetime (expirationSeconds 600, the API server's least: about 8 minutes) and swaps it
+# in with the volume's ..data link, as for a ConfigMap; the guest must see the new file.
+# KUBE_TOKEN_ROTATION=0 skips the wait (about 6 minutes after the checks above).
+if [[ ${KUBE_TOKEN_ROTATION:-1} == 1 ]]; then
+	tok=$tok0
+	while [[ -n $tok0 && $tok == "$tok0" ]] && (($(date +%s) - tok0_at < 660)); do
+		sleep 10
+		tok=$(kc exec multi -c side -- cat /tok/token 2>/dev/null) || tok=$tok0
+	done
+	check token-rotation "rotated" "$([[ -n $tok0 && $tok != "$tok0" ]] && echo rotated || echo "token '${tok0:0:12}…' unchanged after $(($(date +%s) - tok0_at)) s")"
+else
+	skip token-rotation "KUBE_TOKEN_ROTATION=0"
 fi
 
 # ---- a kubelet restart: kubelet finds its running pod again (the same VM,
