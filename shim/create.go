@@ -22,6 +22,7 @@ import (
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
 	"github.com/msb-dev/msb/protocol"
+	"github.com/msb-dev/msb/shim/manager"
 	"github.com/msb-dev/msb/shim/taskio"
 	"github.com/msb-dev/msb/vmm"
 )
@@ -48,13 +49,13 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 	if err != nil {
 		return nil, fmt.Errorf("msb config: %w", err)
 	}
-	binary, err := vmmBinary()
+	binary, err := manager.VMMBinary()
 	if err != nil {
 		return nil, err
 	}
 
-	rec := &record{ID: r.ID}
-	if err := writeRecord(bundle, rec); err != nil {
+	rec := &manager.Record{ID: r.ID}
+	if err := manager.WriteRecord(bundle, rec); err != nil {
 		return nil, err
 	}
 	c := &container{id: r.ID, bundle: bundle, namespace: s.namespace, rec: rec, oom: newOOMState(),
@@ -106,7 +107,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		if rec.VMRecord, err = launch.RecordVM(v.launch, v.h); err != nil {
 			return nil, err
 		}
-		if err := writeRecord(bundle, rec); err != nil {
+		if err := manager.WriteRecord(bundle, rec); err != nil {
 			return nil, err
 		}
 		rootfs, err := c.mountRootfs(ctx, r, spec, v.jailIDBase != 0, v.jailIDBase, nil)
@@ -118,7 +119,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 		}
 		rec.Anchor = v.anchor.cmd.Process.Pid
 		rec.AnchorStart, _ = vmm.ProcStart(rec.Anchor)
-		if err := writeRecord(bundle, rec); err != nil {
+		if err := manager.WriteRecord(bundle, rec); err != nil {
 			return nil, err
 		}
 		if err := c.joinVM(ctx, v, spec, rootfs, cfg, nil, true); err != nil {
@@ -147,7 +148,7 @@ func (s *service) create(ctx context.Context, r *task.CreateTaskRequest) (_ *con
 			return err
 		}
 		rec.VMRecord = vr
-		if err := writeRecord(bundle, rec); err != nil {
+		if err := manager.WriteRecord(bundle, rec); err != nil {
 			return err
 		}
 		// The VM boots while the hooks run: they see the VMM's pid and
@@ -264,7 +265,7 @@ func (c *container) mountRootfs(ctx context.Context, r *task.CreateTaskRequest, 
 		return "", err
 	}
 	c.rec.Rootfs = rootfs
-	if err := writeRecord(c.bundle, c.rec); err != nil {
+	if err := manager.WriteRecord(c.bundle, c.rec); err != nil {
 		return "", err
 	}
 	c.rootfs = rootfs
@@ -346,7 +347,7 @@ func (s *service) teardown(ctx context.Context, c *container) {
 	}
 	c.jailIDs.Release() // its VM is gone
 
-	if err := os.Remove(filepath.Join(c.bundle, recordFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(c.bundle, manager.RecordFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("remove shim record")
 	}
 }

@@ -1,7 +1,8 @@
 // Package shim is containerd's shim v2 for msb (runtime type
-// io.containerd.msb.v2): the manager that containerd runs as
-// `containerd-shim-msb-v2 start|delete`, and the task service (task API v3)
-// the long-running shim serves over ttrpc.
+// io.containerd.msb.v2): the task service (task API v3) the long-running
+// shim serves over ttrpc. The manager that containerd runs as
+// `containerd-shim-msb-v2 start|delete`, and the bundle record the two
+// share, are package shim/manager.
 //
 // Every container runs in its own microVM. The shim mounts the container's
 // rootfs on the host, turns the bundle into a VM launch (mounts, specconv),

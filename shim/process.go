@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/msb-dev/msb/jail"
+	"github.com/msb-dev/msb/shim/manager"
 	"github.com/msb-dev/msb/shim/taskio"
 	"github.com/msb-dev/msb/specconv"
 	"github.com/msb-dev/msb/vmm"
@@ -49,7 +50,7 @@ type container struct {
 	// VM's, or its pod VM's, ids): bound into a pod VM as it is.
 	rootfsShifted bool
 	vm            *vm
-	rec           *record
+	rec           *manager.Record
 	init          *proc
 	oom           *oomState // the VM's: shared by the containers of a pod VM
 	// pod is set for a container that joined its pod's VM (ADR 007): it
@@ -268,8 +269,8 @@ func (s *service) watch(p *proc) {
 	}
 	p.setExited(uint32(status), at)
 	if p.execID == "" {
-		c.rec.Exit = &exitRecord{Pid: c.hostPid(), Status: uint32(status), At: at}
-		if err := writeRecord(c.bundle, c.rec); err != nil {
+		c.rec.Exit = &manager.ExitRecord{Pid: c.hostPid(), Status: uint32(status), At: at}
+		if err := manager.WriteRecord(c.bundle, c.rec); err != nil {
 			log.G(ctx).WithError(err).Warn("record exit status")
 		}
 	}

@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -30,27 +28,6 @@ import (
 // below config.ShimStateRoot()/<namespace>. A namespace named sock shares the dir
 // with no name: its state dirs are below sock/vms, sockets are hashes.
 func socketDir() string { return filepath.Join(config.ShimStateRoot(), "sock") }
-
-// vmmBinary finds msb-runtime, whose hidden `vmm` command is the VMM
-// process: next to the shim's own executable, else on PATH, else in
-// /usr/local/bin.
-func vmmBinary() (string, error) {
-	const name = "msb-runtime"
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return filepath.Abs(p)
-	}
-	p := "/usr/local/bin/" + name
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("the VMM binary %s is neither next to the shim, on PATH nor in /usr/local/bin: install msb (install.sh): %w", name, errdefs.ErrNotFound)
-	}
-	return p, nil
-}
 
 // vm is one microVM and the guest agent in it.
 type vm struct {

@@ -8,9 +8,10 @@ import (
 
 	"github.com/msb-dev/msb/shim"
 	"github.com/msb-dev/msb/shim/bootstrap"
+	"github.com/msb-dev/msb/shim/manager"
 )
 
 func main() {
 	shim.RegisterPlugins()
-	bootstrap.Run(context.Background(), shim.NewManager(shim.RuntimeName), shim.BinaryOpts()...)
+	bootstrap.Run(context.Background(), manager.New(manager.RuntimeName), shim.BinaryOpts()...)
 }

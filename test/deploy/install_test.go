@@ -288,7 +288,7 @@ func checkPlacement(t *testing.T, node string, wroteConfig bool) {
 			t.Errorf("%s on the node is not %s (%v, %v)", dst, src, err1, err2)
 		}
 	}
-	// containerd finds the shim on its PATH; the shim, msb-runtime beside itself (shim.vmmBinary)
+	// containerd finds the shim on its PATH; the shim, msb-runtime beside itself (manager.VMMBinary)
 	same(filepath.Join(msbCache, "containerd-shim-msb-v2"), "/usr/local/bin/containerd-shim-msb-v2")
 	same(filepath.Join(msbCache, "msb-runtime"), "/usr/local/bin/msb-runtime")
 	if !wroteConfig {

@@ -1,4 +1,4 @@
-package shim
+package manager
 
 import (
 	"bytes"
@@ -38,10 +38,10 @@ var groupLabels = []string{
 	"io.kubernetes.cri.sandbox-id",
 }
 
-// NewManager returns the shim manager: containerd runs it as
+// New returns the shim manager: containerd runs it as
 // `containerd-shim-msb-v2 start` (start or reuse the group's shim),
 // `delete` (clean up after a dead shim) and `-info`.
-func NewManager(name string) cshim.Shim { return manager{name: name} }
+func New(name string) cshim.Shim { return manager{name: name} }
 
 type manager struct{ name string }
 
@@ -137,7 +137,7 @@ func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeIn
 		Name:    m.name,
 		Version: &types.RuntimeVersion{Version: version.Version},
 	}
-	bin, err := vmmBinary()
+	bin, err := VMMBinary()
 	if err != nil {
 		return info, nil
 	}

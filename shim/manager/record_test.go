@@ -1,4 +1,4 @@
-package shim
+package manager
 
 import (
 	"context"
@@ -18,9 +18,9 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatalf("missing record: %v, %v", r, err)
 	}
 	at := time.Now().UTC().Truncate(time.Millisecond)
-	in := &record{ID: "c1", VMRecord: launch.VMRecord{StateDir: "/run/msb/shim/ns/c1", AgentSocket: "/run/msb/shim/ns/agent/x.sock",
-		Pid: 42, PidStart: 9, Cgroup: "/ns/c1"}, Rootfs: filepath.Join(dir, "rootfs"), Exit: &exitRecord{Pid: 42, Status: 3, At: at}}
-	if err := writeRecord(dir, in); err != nil {
+	in := &Record{ID: "c1", VMRecord: launch.VMRecord{StateDir: "/run/msb/shim/ns/c1", AgentSocket: "/run/msb/shim/ns/agent/x.sock",
+		Pid: 42, PidStart: 9, Cgroup: "/ns/c1"}, Rootfs: filepath.Join(dir, "rootfs"), Exit: &ExitRecord{Pid: 42, Status: 3, At: at}}
+	if err := WriteRecord(dir, in); err != nil {
 		t.Fatal(err)
 	}
 	out, err := readRecord(dir)
@@ -30,7 +30,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	if out.ID != in.ID || out.StateDir != in.StateDir || out.VMRecord != in.VMRecord || out.Exit == nil || out.Exit.Status != 3 || !out.Exit.At.Equal(at) {
 		t.Fatalf("round trip: %+v", out)
 	}
-	if err := os.WriteFile(filepath.Join(dir, recordFile), []byte("{"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, RecordFile), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := readRecord(dir); err == nil {
@@ -91,7 +91,7 @@ func TestCleanupBundle(t *testing.T) {
 	// never signalled.
 	other := rec
 	other.PidStart++
-	if err := writeRecord(bundle, &record{ID: "c1", VMRecord: other}); err != nil {
+	if err := WriteRecord(bundle, &Record{ID: "c1", VMRecord: other}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cleanupBundle(context.Background(), bundle); err != nil {
@@ -110,8 +110,8 @@ func TestCleanupBundle(t *testing.T) {
 	}
 
 	at := time.Now().UTC().Truncate(time.Second)
-	if err := writeRecord(bundle, &record{ID: "c1", VMRecord: rec,
-		Exit: &exitRecord{Pid: uint32(vmm.Process.Pid), Status: 7, At: at}}); err != nil {
+	if err := WriteRecord(bundle, &Record{ID: "c1", VMRecord: rec,
+		Exit: &ExitRecord{Pid: uint32(vmm.Process.Pid), Status: 7, At: at}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := cleanupBundle(context.Background(), bundle)
@@ -126,7 +126,7 @@ func TestCleanupBundle(t *testing.T) {
 	if st.ExitStatus != 7 || st.Pid != vmm.Process.Pid || !st.ExitedAt.Equal(at) {
 		t.Fatalf("stop status %+v", st)
 	}
-	for _, p := range []string{stateDir, sock, filepath.Join(bundle, recordFile)} {
+	for _, p := range []string{stateDir, sock, filepath.Join(bundle, RecordFile)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left behind", p)
 		}

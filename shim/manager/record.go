@@ -1,4 +1,4 @@
-package shim
+package manager
 
 import (
 	"context"
@@ -20,43 +20,47 @@ import (
 	"github.com/msb-dev/msb/mounts"
 )
 
-// recordFile is the per-container record the shim keeps in the bundle, so
+// RecordFile is the per-container record the shim keeps in the bundle, so
 // that `containerd-shim-msb-v2 delete` can clean up after a shim that died.
-const recordFile = "msb-shim.json"
+const RecordFile = "msb-shim.json"
 
-// record is what a crashed shim leaves for the cleanup path: where its VM's
-// state lives, which process the VMM is, and the init exit once known.
-type record struct {
+// Record is what a crashed shim leaves for the cleanup path: where its VM's
+// state lives, which process the VMM is, and the init exit once known. The
+// task service writes it; the manager's Stop reads it, and Start reads the
+// records beside a bundle to find the container whose namespaces it joins.
+type Record struct {
 	ID string `json:"id"`
 	// VMRecord is the container's VM, once it has one of its own (a cold
 	// or a claimed one; a pod member's is its sandbox's).
 	launch.VMRecord
 	// Anchor is the task pid of a container that claimed a pool VM
-	// (warm.go), AnchorStart its start time; 0 when the task pid is the
+	// (shim/warm.go), AnchorStart its start time; 0 when the task pid is the
 	// VMM's. Another container's spec names the VM by it (ADR 030).
 	Anchor      int    `json:"anchor,omitempty"`
 	AnchorStart uint64 `json:"anchorStart,omitempty"`
 	// Rootfs is the directory the shim mounted the request's rootfs on.
 	Rootfs string      `json:"rootfs,omitempty"`
-	Exit   *exitRecord `json:"exit,omitempty"`
+	Exit   *ExitRecord `json:"exit,omitempty"`
 }
 
-type exitRecord struct {
+// ExitRecord is init's exit, as the shim reported it to containerd.
+type ExitRecord struct {
 	Pid    uint32    `json:"pid"`
 	Status uint32    `json:"status"`
 	At     time.Time `json:"at"`
 }
 
-func writeRecord(bundle string, r *record) error {
+// WriteRecord replaces bundle's record atomically (write, then rename).
+func WriteRecord(bundle string, r *Record) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(bundle, "."+recordFile+".tmp")
+	tmp := filepath.Join(bundle, "."+RecordFile+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write shim record: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(bundle, recordFile)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(bundle, RecordFile)); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write shim record: %w", err)
 	}
@@ -65,7 +69,7 @@ func writeRecord(bundle string, r *record) error {
 
 // taskPid is the pid and start time the container's task reports: its
 // anchor's, else its VMM's (0 for a pod member, whose VM is another's).
-func (r *record) taskPid() (int, uint64) {
+func (r *Record) taskPid() (int, uint64) {
 	if r.Anchor > 0 {
 		return r.Anchor, r.AnchorStart
 	}
@@ -73,17 +77,17 @@ func (r *record) taskPid() (int, uint64) {
 }
 
 // readRecord returns the bundle's record; a missing one is (nil, nil).
-func readRecord(bundle string) (*record, error) {
-	b, err := os.ReadFile(filepath.Join(bundle, recordFile))
+func readRecord(bundle string) (*Record, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, RecordFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var r record
+	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(bundle, recordFile), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(bundle, RecordFile), err)
 	}
 	return &r, nil
 }
@@ -126,7 +130,7 @@ func cleanupBundle(ctx context.Context, bundle string) (cshim.StopStatus, error)
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(filepath.Join(bundle, recordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(filepath.Join(bundle, RecordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
 	}
 	return st, errors.Join(errs...)
