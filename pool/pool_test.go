@@ -1,8 +1,10 @@
 package pool
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,5 +49,22 @@ func TestFingerprint(t *testing.T) {
 	}
 	if Fingerprint(c, bin) != base {
 		t.Error("the fingerprint is not stable")
+	}
+}
+
+// TestTemplateRetryLater: after a failed save, Fill does not boot another
+// template VM until templateRetry passed; it says why the last one failed.
+func TestTemplateRetryLater(t *testing.T) {
+	b := Pool{Root: t.TempDir()}.bucket("fp")
+	if err := os.MkdirAll(b.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	failed := filepath.Join(b.dir, "template.failed")
+	if err := os.WriteFile(failed, []byte("template VM: exit 1 (the old guest image)"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := b.ensureTemplate(context.Background(), config.Config{Template: true})
+	if err == nil || !strings.Contains(err.Error(), "the old guest image") || !strings.Contains(err.Error(), "retried after") {
+		t.Fatalf("a fresh failure: %v, want the last failure named and no new save", err)
 	}
 }
