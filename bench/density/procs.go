@@ -124,7 +124,10 @@ func cpuTicks(pid int) int64 {
 }
 
 // memAvailableKiB is the node's MemAvailable.
-func memAvailableKiB() int64 {
+func memAvailableKiB() int64 { return meminfo("MemAvailable") }
+
+// meminfo reads one /proc/meminfo field in KiB.
+func meminfo(field string) int64 {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return 0
@@ -132,7 +135,7 @@ func memAvailableKiB() int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return n
 		}

@@ -44,3 +44,13 @@ func TestSplitSmaps(t *testing.T) {
 		t.Errorf("without the RAM size: %v", got)
 	}
 }
+
+// TestMeminfo reads fields of this machine's /proc/meminfo.
+func TestMeminfo(t *testing.T) {
+	if total, avail := meminfo("MemTotal"), memAvailableKiB(); total <= 0 || avail <= 0 || avail > total {
+		t.Fatalf("MemTotal %d kB, MemAvailable %d kB", total, avail)
+	}
+	if meminfo("NoSuchField") != 0 {
+		t.Fatal("a missing field reads non-zero")
+	}
+}

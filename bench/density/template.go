@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"github.com/msb-dev/msb/config"
 )
@@ -53,22 +50,4 @@ func fillTemplate(ctx context.Context, n *node, bin, cfg string) error {
 	fmt.Printf("template saved for the node: %.1f MiB of shmem held (guest RAM touched at the save, once per node, in no per-pod figure)\n",
 		float64(meminfo("Shmem")-before)/1024)
 	return nil
-}
-
-// meminfo reads one /proc/meminfo field in KiB.
-func meminfo(field string) int64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && k == field {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
