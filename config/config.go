@@ -97,6 +97,10 @@ type Config struct {
 	Template bool `toml:"template"`
 }
 
+// WarmStart reports whether the shim keeps VMs ready ahead of Create: a
+// pool of parked VMs, a saved template, or both.
+func (c Config) WarmStart() bool { return c.PoolSize > 0 || c.Template }
+
 // Default returns the built-in configuration.
 func Default() Config {
 	return Config{

@@ -320,15 +320,12 @@ func (p Pool) discard(e *Entry, h *vmm.Handle) {
 // boot starts one pool VM (from the bucket's template when c.Template),
 // waits for its agent and parks it. On error nothing of it is left.
 func (p bucket) boot(ctx context.Context, c config.Config) (*Entry, error) {
-	return p.start(ctx, c, vmKind{})
+	return p.start(ctx, c, false)
 }
 
-// vmKind says how start starts a VM: booted or from the template, or as
-// the template itself.
-type vmKind struct{ template bool }
-
-// start starts one VM with the pool's layout; see boot.
-func (p bucket) start(ctx context.Context, c config.Config, kind vmKind) (_ *Entry, retErr error) {
+// start starts one VM with the pool's layout (see boot), or, asTemplate,
+// the bucket's template VM, which is saved and ends.
+func (p bucket) start(ctx context.Context, c config.Config, asTemplate bool) (_ *Entry, retErr error) {
 	id, err := newID()
 	if err != nil {
 		return nil, err
@@ -347,7 +344,7 @@ func (p bucket) start(ctx context.Context, c config.Config, kind vmKind) (_ *Ent
 	var prep *launch.Prepared
 	var h *vmm.Handle
 	defer func() {
-		if retErr == nil && !kind.template {
+		if retErr == nil && !asTemplate {
 			return
 		}
 		if h != nil {
@@ -381,14 +378,14 @@ func (p bucket) start(ctx context.Context, c config.Config, kind vmKind) (_ *Ent
 	how := "booted"
 	if c.Template {
 		templateLayout(prep.Launch)
-		if kind.template {
+		if asTemplate {
 			prep.Launch.TemplateSave = p.dir
 		} else {
 			prep.Launch.Template = filepath.Join(p.dir, template.SockName)
 			how = "started from the template"
 		}
 	}
-	if kind.template {
+	if asTemplate {
 		// Saved, the template VM ends: the deferred cleanup removes it.
 		start := time.Now()
 		if h, err = prep.Spawn(p.Binary); err != nil {

@@ -29,7 +29,7 @@ func (b bucket) ensureTemplate(ctx context.Context, c config.Config) error {
 		b, _ := os.ReadFile(failed)
 		return fmt.Errorf("pool template: the last save failed %s ago, retried after %s: %s", time.Since(st.ModTime()).Round(time.Second), templateRetry, b)
 	}
-	if _, err := b.start(ctx, c, vmKind{template: true}); err != nil {
+	if _, err := b.start(ctx, c, true); err != nil {
 		// Every Create runs a fill: do not boot a failing template each time.
 		_ = os.WriteFile(failed, []byte(err.Error()), 0o600)
 		return fmt.Errorf("pool template: %w", err)

@@ -67,7 +67,7 @@ func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) 
 // claimVM returns a pool VM for c, adopted and connected, or nil when c
 // takes a cold start (no pool, c does not fit, the pool is empty).
 func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg config.Config, binary string) *vm {
-	if cfg.PoolSize == 0 && !cfg.Template {
+	if !cfg.WarmStart() {
 		return nil
 	}
 	why, netns := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg)
@@ -130,7 +130,7 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 // containerd's runtime options rather than a file). The VMs it boots
 // outlive it and this shim.
 func refillPool(ctx context.Context, cfg config.Config, binary string) {
-	if cfg.PoolSize == 0 && !cfg.Template {
+	if !cfg.WarmStart() {
 		return
 	}
 	body, err := toml.Marshal(cfg)

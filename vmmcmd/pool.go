@@ -33,7 +33,7 @@ func poolCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if cfg.PoolSize == 0 && !cfg.Template {
+					if !cfg.WarmStart() {
 						return fmt.Errorf("pool fill: pool_size is 0 and template is false in %s: set pool_size (1..%d) to keep VMs booted, or template = true to keep a saved VM", c.String("config"), config.MaxPoolSize)
 					}
 					self, err := os.Executable()
