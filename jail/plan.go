@@ -38,6 +38,17 @@ type Plan struct {
 	// Seccomp installs qemu's allow-list seccomp filter (seccomp.go) right
 	// before the exec.
 	Seccomp bool `json:"seccomp,omitempty"`
+	// PrivateRAM (with Seccomp): the filter answers qemu's hole punches
+	// (fallocate PUNCH_HOLE|KEEP_SIZE) with success, unperformed. For a
+	// VM started from a template (ADR 025), whose RAM is a copy-on-write
+	// mapping of a memfd sealed against writes: qemu 7.2 drops a page of
+	// a file-backed RAM block by punching the file, then madvise
+	// (DONTNEED); the seal refuses the punch, and qemu would stop there
+	// with the page still held. Faked, it goes on to the madvise, which
+	// frees the VM's private copy: free page reporting and the balloon
+	// give memory back. Such a VM has no writable disk, the one other
+	// user of that call.
+	PrivateRAM bool `json:"privateRAM,omitempty"`
 	// Path is the program to exec, Args its argv (Args[0] included), Env
 	// its whole environment.
 	Path string   `json:"path"`

@@ -3,9 +3,11 @@ package jail
 import (
 	"fmt"
 	"slices"
+	"unsafe"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -125,6 +127,53 @@ func dedup(names []string) []string {
 	})
 }
 
+// punchHole is the fallocate mode qemu drops a page of file-backed RAM
+// with (Plan.PrivateRAM).
+const punchHole = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+
+// qemuFilter is the filter program: the policy's, after, with privateRAM,
+// a rule that answers hole punches with 0 (Plan.PrivateRAM). The rule is
+// assembled here: go-seccomp-bpf cannot return errno 0 (it makes it
+// EPERM), and after an argument check it goes on to compare the argument
+// as if it were the syscall number. The policy's program loads the arch
+// and the number again first, so it runs unchanged after the rule.
+func qemuFilter(privateRAM bool) ([]bpf.Instruction, error) {
+	pol, err := qemuSeccompPolicy()
+	if err != nil {
+		return nil, err
+	}
+	prog, err := pol.Assemble()
+	if err != nil {
+		return nil, err
+	}
+	if !privateRAM {
+		return prog, nil
+	}
+	info, err := arch.GetInfo("")
+	if err != nil {
+		return nil, err
+	}
+	nr, ok := info.SyscallNames["fallocate"]
+	if !ok {
+		return nil, fmt.Errorf("no fallocate on %s", info.Name)
+	}
+	// struct seccomp_data: nr at 0, arch at 4, args from 16, 8 bytes
+	// each, the low word first (both arches are little-endian).
+	const mode = 16 + 8*1 // fallocate(fd, mode, offset, len)
+	rule := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 4, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(info.ID), SkipFalse: 7},
+		bpf.LoadAbsolute{Off: 0, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(nr), SkipFalse: 5},
+		bpf.LoadAbsolute{Off: mode + 4, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipFalse: 3},
+		bpf.LoadAbsolute{Off: mode, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: punchHole, SkipFalse: 1},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO}, // errno 0: returns 0
+	}
+	return append(rule, prog...), nil
+}
+
 // installSeccomp installs qemu's allow-list on the calling thread when p
 // asks for it (every qemu jail does; TestJail jails a Go test binary,
 // which needs other calls). The thread must exec next: only it carries the
@@ -135,12 +184,31 @@ func installSeccomp(p *Plan) error {
 	if !p.Seccomp {
 		return nil
 	}
-	pol, err := qemuSeccompPolicy()
-	if err == nil {
-		err = seccomp.LoadFilter(seccomp.Filter{NoNewPrivs: true, Policy: pol})
-	}
-	if err != nil {
+	if err := loadFilter(p.PrivateRAM); err != nil {
 		return fmt.Errorf("qemu's seccomp allow-list: %w", err)
+	}
+	return nil
+}
+
+func loadFilter(privateRAM bool) error {
+	insts, err := qemuFilter(privateRAM)
+	if err != nil {
+		return err
+	}
+	raw, err := bpf.Assemble(insts)
+	if err != nil {
+		return err
+	}
+	f := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		f[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return fmt.Errorf("seccomp: %w", errno)
 	}
 	return nil
 }

@@ -114,13 +114,16 @@ func TestQEMUSeccomp(t *testing.T) {
 }
 
 // TestQEMUSeccompPolicy runs the assembled filter on made-up syscalls:
-// the arch is checked first, the list allows, anything else kills.
+// the arch is checked first, the list allows, anything else kills; with
+// PrivateRAM a hole punch returns 0 unperformed, other fallocates run.
 func TestQEMUSeccompPolicy(t *testing.T) {
-	pol, err := qemuSeccompPolicy()
-	if err != nil {
-		t.Fatal(err)
+	for _, private := range []bool{false, true} {
+		t.Run(fmt.Sprintf("privateRAM=%v", private), func(t *testing.T) { testQEMUSeccompPolicy(t, private) })
 	}
-	insts, err := pol.Assemble()
+}
+
+func testQEMUSeccompPolicy(t *testing.T, private bool) {
+	insts, err := qemuFilter(private)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +139,12 @@ func TestQEMUSeccompPolicy(t *testing.T) {
 		allow  = unix.SECCOMP_RET_ALLOW
 		kill   = unix.SECCOMP_RET_KILL_PROCESS
 		enosys = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+		noop   = unix.SECCOMP_RET_ERRNO // errno 0: returns 0
 	)
+	punch := uint32(allow)
+	if private {
+		punch = noop
+	}
 	id, foreign := uint32(info.ID), uint32(unix.AUDIT_ARCH_I386)
 	nr := func(name string) uint32 {
 		n, ok := info.SyscallNames[name]
@@ -151,23 +159,31 @@ func TestQEMUSeccompPolicy(t *testing.T) {
 		nr   uint32
 		arg0 uint64
 		want uint32
+		arg1 uint64
 	}{
-		{"read", id, nr("read"), 0, allow},
-		{"execve", id, nr("execve"), 0, allow},
-		{"seccomp", id, nr("seccomp"), 0, allow},
-		{"thread", id, nr("clone"), unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND, allow},
-		{"fork", id, nr("clone"), uint64(unix.SIGCHLD), kill},
-		{"clone3", id, nr("clone3"), 0, enosys},
-		{"io_uring_setup", id, nr("io_uring_setup"), 0, enosys},
-		{"unix socket", id, nr("socket"), unix.AF_UNIX, allow},
-		{"netlink socket", id, nr("socket"), unix.AF_NETLINK, kill},
-		{"inet socket", id, nr("socket"), unix.AF_INET, kill},
-		{"unshare", id, nr("unshare"), 0, kill},
-		{"ptrace", id, nr("ptrace"), 0, kill},
-		{"mount", id, nr("mount"), 0, kill},
-		{"setuid", id, nr("setuid"), 0, kill},
-		{"read of another arch", foreign, nr("read"), 0, kill},
-		{"unknown number", id, 4000, 0, kill},
+		{"read", id, nr("read"), 0, allow, 0},
+		{"execve", id, nr("execve"), 0, allow, 0},
+		{"seccomp", id, nr("seccomp"), 0, allow, 0},
+		{"thread", id, nr("clone"), unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND, allow, 0},
+		{"fork", id, nr("clone"), uint64(unix.SIGCHLD), kill, 0},
+		{"fork with exit signal 1 (AF_UNIX)", id, nr("clone"), 1, kill, 0},
+		{"fork with exit signal 41 (socket's number)", id, nr("clone"), 41, kill, 0},
+		{"clone3", id, nr("clone3"), 0, enosys, 0},
+		{"io_uring_setup", id, nr("io_uring_setup"), 0, enosys, 0},
+		{"unix socket", id, nr("socket"), unix.AF_UNIX, allow, 0},
+		{"netlink socket", id, nr("socket"), unix.AF_NETLINK, kill, 0},
+		{"inet socket", id, nr("socket"), unix.AF_INET, kill, 0},
+		{"unshare", id, nr("unshare"), 0, kill, 0},
+		{"ptrace", id, nr("ptrace"), 0, kill, 0},
+		{"mount", id, nr("mount"), 0, kill, 0},
+		{"setuid", id, nr("setuid"), 0, kill, 0},
+		{"read of another arch", foreign, nr("read"), 0, kill, 0},
+		{"unknown number", id, 4000, 0, kill, 0},
+		{"hole punch", id, nr("fallocate"), 9, punch, unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE},
+		{"fallocate", id, nr("fallocate"), 9, allow, 0},
+		{"zero range", id, nr("fallocate"), 9, allow, unix.FALLOC_FL_ZERO_RANGE},
+		{"punch, size changed", id, nr("fallocate"), 9, allow, unix.FALLOC_FL_PUNCH_HOLE},
+		{"hole punch of another arch", foreign, nr("fallocate"), 9, kill, unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE},
 	} {
 		// seccomp_data as the VM loads it: 32-bit words, big-endian;
 		// a 64-bit argument's low word first, as on little-endian hosts.
@@ -176,6 +192,8 @@ func TestQEMUSeccompPolicy(t *testing.T) {
 		binary.BigEndian.PutUint32(d[4:], c.arch)
 		binary.BigEndian.PutUint32(d[16:], uint32(c.arg0))
 		binary.BigEndian.PutUint32(d[20:], uint32(c.arg0>>32))
+		binary.BigEndian.PutUint32(d[24:], uint32(c.arg1))
+		binary.BigEndian.PutUint32(d[28:], uint32(c.arg1>>32))
 		got, err := vm.Run(d)
 		if err != nil || uint32(got) != c.want {
 			t.Errorf("%s: filter returned %#x, %v; want %#x", c.name, uint32(got), err, c.want)

@@ -406,11 +406,8 @@ func AgentSocketPath(sockDir, key string) (string, error) {
 }
 
 // MemoryCeiling is the most the VM may grow to: MaxMemoryMiB, or its
-// size when it has no headroom. A template VM and one started from a
-// template have none: their RAM is a file of the VM's size (ADR 025).
+// size when it has no headroom. A template's RAM file is of the ceiling,
+// the balloon holding the headroom when it is saved (ADR 025).
 func (c *LaunchConfig) MemoryCeiling() int {
-	if c.Template != "" || c.TemplateSave != "" {
-		return c.MemoryMiB
-	}
 	return max(c.MaxMemoryMiB, c.MemoryMiB)
 }

@@ -29,9 +29,10 @@ var balloonWait = 20 * time.Second // a variable for tests
 // balloonAtStart sets the balloon of a qemu just started to the VM's size,
 // holding the rest of its -m (the headroom) from the guest's first look
 // at it: the guest's driver fills the balloon when it loads, so an idle
-// guest sees only its size. Nothing to do without headroom.
+// guest sees only its size. Nothing to do without headroom, nor for a
+// VM started from a template, whose saved state holds the balloon.
 func (v *vm) balloonAtStart(ctx context.Context, c *qmp.Client) error {
-	if v.cfg.MemoryCeiling() == v.cfg.MemoryMiB {
+	if v.cfg.MemoryCeiling() == v.cfg.MemoryMiB || v.cfg.Template != "" {
 		return nil
 	}
 	if err := balloon(ctx, c, v.cfg.MemoryMiB); err != nil {

@@ -104,11 +104,13 @@ func qemuArgs(c *vmm.LaunchConfig, chanSock string, kvm bool, tscKHz int, tf tem
 		// Free page reporting: the guest (CONFIG_PAGE_REPORTING, the
 		// balloon built in) hands back free 2 MiB blocks about 2 s after
 		// they are freed, and qemu drops them, so memory a container
-		// frees returns to the host (issue 24). Nothing is inflated. Not
-		// for templates: qemu 7.2 drops a page of a file-backed RAM by
-		// punching a hole in the file, which a template's is sealed
-		// against (template.go).
-		"-device", "virtio-balloon-device,free-page-reporting="+onOff(tf.ram == 0),
+		// frees returns to the host (issue 24). A template's RAM is a
+		// memfd: qemu 7.2 drops its pages by punching holes in it, then
+		// madvise; a VM started from a template maps one sealed against
+		// the punch, which only the jail's filter (jail.Plan.PrivateRAM)
+		// turns into a no-op, so unjailed neither it nor its template
+		// (whose device features must match) reports free pages.
+		"-device", "virtio-balloon-device,free-page-reporting="+onOff(tf.ram == 0 || !c.NoJail),
 	)
 	if !c.NoJail {
 		args = append(args, "-sandbox", jail.QEMUSandbox)

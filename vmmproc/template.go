@@ -63,7 +63,7 @@ func templateArgs(c *vmm.LaunchConfig, tf templateFDs) []string {
 		share = "off" // a VM started from it: copy-on-write
 	}
 	args := []string{
-		"-object", fmt.Sprintf("memory-backend-file,id=ram,mem-path=/proc/self/fd/%d,size=%dM,share=%s", tf.ram, c.MemoryMiB, share),
+		"-object", fmt.Sprintf("memory-backend-file,id=ram,mem-path=/proc/self/fd/%d,size=%dM,share=%s", tf.ram, c.MemoryCeiling(), share),
 	}
 	if tf.state != 0 {
 		// The state is loaded over QMP (restore), once x-ignore-shared is
@@ -144,7 +144,7 @@ func waitMigration(ctx context.Context, mon *qmp.Client) error {
 func openTemplate(cfg *vmm.LaunchConfig) (templateFiles, error) {
 	switch {
 	case cfg.TemplateSave != "":
-		ram, err := template.NewFile("msb-template-ram", int64(cfg.MemoryMiB)<<20)
+		ram, err := template.NewFile("msb-template-ram", int64(cfg.MemoryCeiling())<<20)
 		return templateFiles{ram: ram}, err
 	case cfg.Template != "":
 		ram, state, err := template.Fetch(cfg.Template)
@@ -187,6 +187,12 @@ func (v *vm) saveTemplate(chanLn *net.UnixListener, ram *os.File) error {
 	mon, err := v.hv.mon.client(ctx)
 	if err != nil {
 		return fmt.Errorf("template: %w", err)
+	}
+	if cfg.MemoryCeiling() > cfg.MemoryMiB {
+		// The headroom the balloon holds (balloonAtStart) stays out of
+		// the template: the guest has not touched it, and it is not the
+		// guest's to use after a start from it until a resize.
+		v.waitBalloon(ctx, mon, cfg.MemoryMiB, cfg.MemoryCeiling())
 	}
 	bootCtx, bootCancel := context.WithTimeout(ctx, bootTimeout)
 	err = v.agent.Detach(bootCtx)

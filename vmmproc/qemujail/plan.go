@@ -67,7 +67,9 @@ func Plan(c *vmm.LaunchConfig, bin, chanSock string, kvm bool, args []string) (*
 		return nil, fmt.Errorf("start %s: %w (install qemu-system-x86 or set qemu in /etc/msb/config.toml)", bin, err)
 	}
 	p := &jail.Plan{Root: filepath.Join(c.RuntimeDir, jailDir), Caps: jailCaps, Seccomp: true, Path: real,
-		Args: append([]string{real}, args...)}
+		Args: append([]string{real}, args...),
+		// A VM of a template maps its RAM from a sealed memfd (ADR 025).
+		PrivateRAM: c.Template != ""}
 	add := func(b jail.Bind) { p.Binds = append(p.Binds, b) }
 	libs, err := sharedLibs(real)
 	if err != nil {
