@@ -28,40 +28,43 @@ import (
 // up again in the background.
 
 // poolMisfit says why a container with spec takes a cold start although
-// the config keeps a pool; "" when it can claim a pool VM, with the
-// network namespace the spec names ("" for a new one). A pool VM has the
-// default size, spare_nics NICs, no disks and the qemu backend.
-func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) (string, string) {
+// the config keeps a pool; "" when it can claim a pool VM, with the shape
+// of the VM it needs (its network namespace, "" for a new one; its
+// memory). A pool VM has the default size, spare_nics NICs, no disks and
+// the qemu backend; a container whose VM is smaller takes one too, shrunk
+// by the balloon at the claim, which leaves it at least the headroom a VM
+// booted for it would have (ADR 031: the factor times a larger size).
+func poolMisfit(spec *specs.Spec, bundle, rootfs, id string, cfg config.Config) (string, launch.Shape) {
 	sh, err := launch.ShapeOf(spec, bundle, rootfs, id, cfg)
 	if err != nil {
-		return err.Error(), "" // Create reports it on the cold path
+		return err.Error(), sh // Create reports it on the cold path
 	}
 	pv, err := launch.ShapeOf(pool.Spec(rootfs, id), bundle, rootfs, id, cfg)
 	if err != nil {
-		return "pool VM: " + err.Error(), ""
+		return "pool VM: " + err.Error(), sh
 	}
 	if sh.NetNS != "" {
 		// The VM's spare NICs take the namespace's interfaces (CNI's
 		// eth0), as a cold VM's would take Docker's veth.
 		nics, err := network.Plan(sh.NetNS, 0)
 		if err != nil {
-			return err.Error(), ""
+			return err.Error(), sh
 		}
 		if len(nics) > cfg.SpareNICs {
-			return fmt.Sprintf("its network namespace has %d interfaces, a pool VM %d NICs (spare_nics)", len(nics), cfg.SpareNICs), ""
+			return fmt.Sprintf("its network namespace has %d interfaces, a pool VM %d NICs (spare_nics)", len(nics), cfg.SpareNICs), sh
 		}
 	}
 	switch {
 	case sh.Disks > 0:
-		return "it attaches block devices", ""
+		return "it attaches block devices", sh
 	case sh.Backend == vmm.BackendLibkrun:
-		return "backend libkrun", ""
+		return "backend libkrun", sh
 	case sh.Boot != "":
-		return "the VM boots with " + sh.Boot, ""
-	case sh.VCPUs != pv.VCPUs || sh.MemoryMiB != pv.MemoryMiB:
-		return fmt.Sprintf("its VM size (%d vCPUs, %d MiB) is not the pool's (%d, %d)", sh.VCPUs, sh.MemoryMiB, pv.VCPUs, pv.MemoryMiB), ""
+		return "the VM boots with " + sh.Boot, sh
+	case sh.VCPUs != pv.VCPUs || sh.MemoryMiB > pv.MemoryMiB:
+		return fmt.Sprintf("its VM size (%d vCPUs, %d MiB) does not fit the pool's (%d vCPUs, at most %d MiB)", sh.VCPUs, sh.MemoryMiB, pv.VCPUs, pv.MemoryMiB), sh
 	}
-	return "", sh.NetNS
+	return "", sh
 }
 
 // claimVM returns a pool VM for c, adopted and connected, or nil when c
@@ -70,7 +73,8 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	if !cfg.WarmStart() {
 		return nil
 	}
-	why, netns := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg)
+	why, shape := poolMisfit(c.spec, c.bundle, rootfs, c.id, cfg)
+	netns := shape.NetNS
 	if why != "" {
 		log.G(ctx).Infof("container %s: cold start: %s", c.id, why)
 		return nil
@@ -115,6 +119,14 @@ func (s *service) claimVM(ctx context.Context, c *container, rootfs string, cfg 
 	}
 	if err == nil {
 		err = v.connect(ctx)
+	}
+	if err == nil && shape.MemoryMiB != v.launch.MemoryMiB {
+		// A smaller VM: the balloon takes the rest, the host cgroup
+		// follows (ADR 031).
+		var st vmm.MemoryState
+		if st, err = vmm.SetMemory(ctx, v.launch.AgentSocket, shape.MemoryMiB); err == nil {
+			v.memoryMiB.Store(int64(st.TargetMiB))
+		}
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("container %s: pool VM %s: cold start", c.id, e.ID)

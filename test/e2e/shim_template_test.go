@@ -87,7 +87,22 @@ func TestShimTemplateStart(t *testing.T) {
 		t.Errorf("guest RAM of the two VMs: RSS %d kB, PSS %d kB: the template's pages are not shared", rss, pss)
 	}
 	t.Logf("guest RAM of two VMs from the template: RSS %d kB, PSS %d kB", rss, pss)
-	for _, id := range []string{"tmpl-a", "tmpl-b"} {
+
+	// A smaller VM (a 64 MiB limit and overhead_mib 128: 192 MiB) starts
+	// from the template too, the balloon taking the rest.
+	e.MustCtr("run", "-d", "--runtime", msbRuntimeType, "--runtime-config-path", cfgPath,
+		"--memory-limit", strconv.Itoa(64<<20), e.image, "tmpl-small", "sleep", "1000")
+	e.waitStatus(t, "tmpl-small", "RUNNING", time.Minute)
+	if q := templateQEMUs(poolRoot); len(q) != 3 {
+		t.Errorf("qemus started from the template with a 192 MiB VM's container: %v, want 3 (it booted)", q)
+	}
+	out := e.MustCtr("task", "exec", "--exec-id", "mem", "tmpl-small", "awk", "/^MemTotal:/ {print $2}", "/proc/meminfo")
+	if kb, _ := strconv.Atoi(strings.TrimSpace(out)); kb>>10 > 192 || kb>>10 < 128 {
+		t.Errorf("guest MemTotal of a 192 MiB VM from the template: %d MiB", kb>>10)
+	} else {
+		t.Logf("guest MemTotal of a 192 MiB VM from the template: %d MiB", kb>>10)
+	}
+	for _, id := range []string{"tmpl-a", "tmpl-b", "tmpl-small"} {
 		e.MustCtr("task", "kill", "-s", "KILL", id)
 		e.waitStatus(t, id, "STOPPED", time.Minute)
 		e.MustCtr("task", "delete", id)
