@@ -47,7 +47,7 @@ var qemuSyscalls = []string{
 	"getsockname", "setsockopt", "gettid", "fchownat", "pwritev", "fdatasync", "execve", "set_tid_address",
 	"get_mempolicy", "sysinfo", "signalfd4", "mremap", "unlinkat", "mkdirat", "utimensat", "fallocate",
 	"mknodat", "symlinkat", "ftruncate", "fsync", "linkat", "fchdir",
-	// (clone and socket: with argument checks, in qemuSeccompPolicy.)
+	// (clone and socket: with argument checks, in qemuFilter.)
 
 	// Not measured. qemu's own exit (a guest power-off with -no-reboot;
 	// the runs stopped it by signal) and its threads' ends.
@@ -99,17 +99,10 @@ func qemuSeccompPolicy() (seccomp.Policy, error) {
 	}
 	allow := append(slices.Clone(qemuSyscalls), own...)
 	allow = dedup(allow)
-	// Argument checks: a clone makes a thread, never a process; a socket
-	// is a Unix one (no netlink, packet or inet socket in whatever
-	// network namespace qemu is in).
-	checked := []seccomp.NameWithConditions{
-		{Name: "clone", Conditions: []seccomp.Condition{{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD}}},
-		{Name: "socket", Conditions: []seccomp.Condition{{Argument: 0, Operation: seccomp.Equal, Value: unix.AF_UNIX}}},
-	}
 	return seccomp.Policy{
 		DefaultAction: seccomp.ActionKillProcess,
 		Syscalls: []seccomp.SyscallGroup{
-			{Action: seccomp.ActionAllow, Names: allow, NamesWithCondtions: checked},
+			{Action: seccomp.ActionAllow, Names: allow},
 			{Action: seccomp.ActionErrno | seccomp.Action(unix.ENOSYS), Names: enosysSyscalls},
 		},
 	}, nil
@@ -131,47 +124,78 @@ func dedup(names []string) []string {
 // with (Plan.PrivateRAM).
 const punchHole = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
 
-// qemuFilter is the filter program: the policy's, after, with privateRAM,
-// a rule that answers hole punches with 0 (Plan.PrivateRAM). The rule is
-// assembled here: go-seccomp-bpf cannot return errno 0 (it makes it
-// EPERM), and after an argument check it goes on to compare the argument
-// as if it were the syscall number. The policy's program loads the arch
-// and the number again first, so it runs unchanged after the rule.
+// qemuFilter is the filter program: the calls whose arguments it checks,
+// then the policy's lists. The checks are assembled here: after an
+// argument check go-seccomp-bpf goes on comparing the argument as if it
+// were the syscall number, and it makes an errno of 0 EPERM. A check
+// either returns or falls through to the policy's program, which loads
+// the arch and the number again first.
+//
+//   - clone: only with CLONE_THREAD (a thread, never a process);
+//   - socket: only AF_UNIX (no netlink, packet or inet socket in
+//     whatever network namespace qemu is in);
+//   - fallocate, with privateRAM: a hole punch returns 0 unperformed
+//     (Plan.PrivateRAM); any other mode is the list's (allowed).
 func qemuFilter(privateRAM bool) ([]bpf.Instruction, error) {
 	pol, err := qemuSeccompPolicy()
 	if err != nil {
 		return nil, err
 	}
-	prog, err := pol.Assemble()
+	lists, err := pol.Assemble()
 	if err != nil {
 		return nil, err
-	}
-	if !privateRAM {
-		return prog, nil
 	}
 	info, err := arch.GetInfo("")
 	if err != nil {
 		return nil, err
 	}
-	nr, ok := info.SyscallNames["fallocate"]
-	if !ok {
-		return nil, fmt.Errorf("no fallocate on %s", info.Name)
+	var (
+		allow = bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW}
+		kill  = bpf.RetConstant{Val: unix.SECCOMP_RET_KILL_PROCESS}
+		noop  = bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO} // errno 0: returns 0
+	)
+	// struct seccomp_data: nr at 0, arch at 4, the arguments from 16, 8
+	// bytes each, the low word first (both arches are little-endian).
+	lo := func(arg uint32) bpf.Instruction { return bpf.LoadAbsolute{Off: 16 + 8*arg, Size: 4} }
+	hi := func(arg uint32) bpf.Instruction { return bpf.LoadAbsolute{Off: 16 + 8*arg + 4, Size: 4} }
+	checks := []struct {
+		name string
+		body []bpf.Instruction // returns, or runs off its end to the lists
+	}{
+		{"clone", []bpf.Instruction{
+			lo(0), bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: unix.CLONE_THREAD, SkipFalse: 1}, allow, kill,
+		}},
+		{"socket", []bpf.Instruction{
+			hi(0), bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipFalse: 3},
+			lo(0), bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.AF_UNIX, SkipFalse: 1}, allow, kill,
+		}},
 	}
-	// struct seccomp_data: nr at 0, arch at 4, args from 16, 8 bytes
-	// each, the low word first (both arches are little-endian).
-	const mode = 16 + 8*1 // fallocate(fd, mode, offset, len)
-	rule := []bpf.Instruction{
+	if privateRAM {
+		checks = append(checks, struct {
+			name string
+			body []bpf.Instruction
+		}{"fallocate", []bpf.Instruction{
+			hi(1), bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipFalse: 3},
+			lo(1), bpf.JumpIf{Cond: bpf.JumpEqual, Val: punchHole, SkipFalse: 1}, noop,
+		}})
+	}
+	var body []bpf.Instruction
+	for _, c := range checks {
+		nr, ok := info.SyscallNames[c.name]
+		if !ok {
+			return nil, fmt.Errorf("no %s on %s", c.name, info.Name)
+		}
+		body = append(body, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(nr), SkipFalse: uint8(len(c.body))})
+		body = append(body, c.body...)
+	}
+	prog := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: 4, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(info.ID), SkipFalse: 7},
+		// Another arch: the lists' program refuses it.
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(info.ID), SkipFalse: uint8(1 + len(body))},
 		bpf.LoadAbsolute{Off: 0, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(nr), SkipFalse: 5},
-		bpf.LoadAbsolute{Off: mode + 4, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipFalse: 3},
-		bpf.LoadAbsolute{Off: mode, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: punchHole, SkipFalse: 1},
-		bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO}, // errno 0: returns 0
 	}
-	return append(rule, prog...), nil
+	prog = append(prog, body...)
+	return append(prog, lists...), nil
 }
 
 // installSeccomp installs qemu's allow-list on the calling thread when p

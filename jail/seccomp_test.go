@@ -173,6 +173,7 @@ func testQEMUSeccompPolicy(t *testing.T, private bool) {
 		{"unix socket", id, nr("socket"), unix.AF_UNIX, allow, 0},
 		{"netlink socket", id, nr("socket"), unix.AF_NETLINK, kill, 0},
 		{"inet socket", id, nr("socket"), unix.AF_INET, kill, 0},
+		{"socket, AF_UNIX in the low word only", id, nr("socket"), unix.AF_UNIX | 1<<32, kill, 0},
 		{"unshare", id, nr("unshare"), 0, kill, 0},
 		{"ptrace", id, nr("ptrace"), 0, kill, 0},
 		{"mount", id, nr("mount"), 0, kill, 0},
