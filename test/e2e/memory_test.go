@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strconv"
 	"testing"
 	"time"
 )
@@ -14,24 +15,29 @@ func TestFreePageReporting(t *testing.T) {
 	e := startShimEnv(t)
 	const id = "fpr"
 	e.startWithFill(t, id, "402653184", "300m")
-	qemu := childNamed(t, e.vmmPid(t, id), "qemu-system")
+	e.fillAndFree(t, id, childNamed(t, e.vmmPid(t, id), "qemu-system"), 200, 150)
+}
+
+// fillAndFree writes a file of mib MiB to the tmpfs at /fill of container
+// id and removes it: qemu's RSS must rise by at least want MiB, and fall
+// by as much within 30 s (free page reporting).
+func (e *shimEnv) fillAndFree(t *testing.T, id string, qemu, mib, want int) {
+	t.Helper()
 	idle := rssKiB(t, qemu)
-	e.MustCtr("task", "exec", "--exec-id", "fill", id, "dd", "if=/dev/zero", "of=/fill/f", "bs=1M", "count=200")
+	e.MustCtr("task", "exec", "--exec-id", "fill", id, "dd", "if=/dev/zero", "of=/fill/f", "bs=1M", "count="+strconv.Itoa(mib))
 	full := rssKiB(t, qemu)
-	if full-idle < 150<<10 {
-		t.Fatalf("qemu RSS %d KiB idle, %d KiB with 200 MiB written in the guest: want it 150 MiB higher", idle, full)
+	if full-idle < want<<10 {
+		t.Fatalf("qemu RSS %d KiB idle, %d KiB with %d MiB written in the guest: want it %d MiB higher", idle, full, mib, want)
 	}
 	e.MustCtr("task", "exec", "--exec-id", "free", id, "rm", "/fill/f")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		now := rssKiB(t, qemu)
-		if full-now >= 150<<10 {
-			t.Logf("qemu RSS: idle %d KiB, 200 MiB written %d KiB, freed %d KiB", idle, full, now)
+		if full-now >= want<<10 {
+			t.Logf("qemu RSS: idle %d KiB, %d MiB written %d KiB, freed %d KiB", idle, mib, full, now)
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("qemu RSS %d KiB 30 s after the guest freed 200 MiB (%d KiB when full, %d idle): want it 150 MiB lower", now, full, idle)
+			t.Fatalf("qemu RSS %d KiB 30 s after the guest freed %d MiB (%d KiB when full, %d idle): want it %d MiB lower", now, mib, full, idle, want)
 		}
-		time.Sleep(500 * time.Millisecond)
 	}
 }

@@ -131,24 +131,7 @@ func templateMemory(t *testing.T, e *shimEnv, id string) {
 	if len(qemus) != 1 {
 		t.Fatalf("qemus started from the template: %v, want 1", qemus)
 	}
-	qemu := qemus[0]
-	idle := rssKiB(t, qemu)
-	e.MustCtr("task", "exec", "--exec-id", "fill", id, "dd", "if=/dev/zero", "of=/fill/f", "bs=1M", "count=80")
-	full := rssKiB(t, qemu)
-	if full-idle < 64<<10 {
-		t.Fatalf("qemu RSS %d KiB idle, %d KiB with 80 MiB written in the guest: want it 64 MiB higher", idle, full)
-	}
-	e.MustCtr("task", "exec", "--exec-id", "free", id, "rm", "/fill/f")
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-		now := rssKiB(t, qemu)
-		if full-now >= 56<<10 {
-			t.Logf("qemu RSS from the template: idle %d KiB, 80 MiB written %d KiB, freed %d KiB", idle, full, now)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu RSS %d KiB 30 s after the guest freed 80 MiB (%d KiB when full): want it 56 MiB lower", now, full)
-		}
-	}
+	e.fillAndFree(t, id, qemus[0], 80, 56)
 
 	memTotal := func() int {
 		out := e.MustCtr("task", "exec", "--exec-id", "mem"+strconv.Itoa(time.Now().Nanosecond()), id, "awk", "/^MemTotal:/ {print $2}", "/proc/meminfo")
