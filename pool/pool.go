@@ -30,6 +30,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/pelletier/go-toml/v2"
+
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
 	"github.com/msb-dev/msb/mounts"
@@ -73,6 +75,14 @@ func (e *Entry) PodDir() string { return filepath.Join(e.Launch.RuntimeDir, podD
 // upgrade or an image rebuild is never used. A claimer takes only VMs of
 // its own.
 func Fingerprint(c config.Config, binary string) string {
+	// The config as the shim hands it to pool fill (TOML on stdin), so
+	// that both name one bucket: the round trip can change how a value
+	// is held (an empty list becomes none) but not what it means.
+	if b, err := toml.Marshal(c); err == nil {
+		if rc, err := config.Parse("", b); err == nil {
+			c = rc
+		}
+	}
 	c.PoolSize = 0
 	files := []string{c.Kernel, c.Initrd, c.GuestRoot, binary}
 	// A template's saved device state is qemu's: a new qemu gets a new one.

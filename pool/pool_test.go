@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/pelletier/go-toml/v2"
 )
 
 // TestFingerprint: the same config and files give the same fingerprint;
@@ -66,5 +67,26 @@ func TestTemplateRetryLater(t *testing.T) {
 	err := b.ensureTemplate(context.Background(), config.Config{Template: true})
 	if err == nil || !strings.Contains(err.Error(), "the old guest image") || !strings.Contains(err.Error(), "retried after") {
 		t.Fatalf("a fresh failure: %v, want the last failure named and no new save", err)
+	}
+}
+
+// TestFingerprintRoundTrip: the shim's config and the one pool fill reads
+// from the shim (TOML on stdin) name one bucket, else no claim ever finds
+// the VMs and template a fill made.
+func TestFingerprintRoundTrip(t *testing.T) {
+	c, err := config.Parse("config.toml", []byte("template = true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := toml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filled, err := config.Parse("stdin", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := Fingerprint(c, "/bin/true"), Fingerprint(filled, "/bin/true"); a != b {
+		t.Errorf("the shim's config fingerprints %s, the same config through pool fill's stdin %s", a, b)
 	}
 }
