@@ -214,6 +214,9 @@ func installSeccomp(p *Plan) error {
 	return nil
 }
 
+// loadFilter sets no_new_privs and installs qemuFilter on the calling
+// thread (the seccomp(2) call go-seccomp-bpf's LoadFilter makes, for a
+// program it did not assemble alone).
 func loadFilter(privateRAM bool) error {
 	insts, err := qemuFilter(privateRAM)
 	if err != nil {
