@@ -192,3 +192,31 @@ func TestQEMUArgsHeadroom(t *testing.T) {
 		t.Errorf("headroom args: %s", all)
 	}
 }
+
+// A template and the VMs started from it have the headroom (their RAM
+// file is of the ceiling) and report free pages when jailed (the filter
+// fakes the hole punch the sealed RAM refuses); unjailed, neither does,
+// so that their device features still match.
+func TestQEMUArgsTemplate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		tf     templateFDs
+		noJail bool
+		fpr    string
+	}{
+		{"template", templateFDs{ram: 3}, false, "on"},
+		{"clone", templateFDs{ram: 3, state: 4}, false, "on"},
+		{"template, unjailed", templateFDs{ram: 3}, true, "off"},
+		{"clone, unjailed", templateFDs{ram: 3, state: 4}, true, "off"},
+		{"booted, unjailed", templateFDs{}, true, "on"},
+	} {
+		c := &vmm.LaunchConfig{Version: vmm.ConfigVersion, Name: "n", MemoryMiB: 256, MaxMemoryMiB: 512, VCPUs: 1, Kernel: "/k/vmlinux", ConsoleLog: "/s/console.log", NoJail: tc.noJail}
+		all := strings.Join(qemuArgs(c, "/s/ch.sock", false, 0, tc.tf), " ")
+		if !strings.Contains(all, "virtio-balloon-device,free-page-reporting="+tc.fpr) {
+			t.Errorf("%s: want free-page-reporting=%s: %s", tc.name, tc.fpr, all)
+		}
+		if tc.tf.ram != 0 && (!strings.Contains(all, "-m 512 ") || !strings.Contains(all, "mem-path=/proc/self/fd/3,size=512M")) {
+			t.Errorf("%s: want RAM of the 512 MiB ceiling: %s", tc.name, all)
+		}
+	}
+}

@@ -63,6 +63,9 @@ func TestQEMUJailPlan(t *testing.T) {
 		if p.Root != filepath.Join(c.RuntimeDir, "jail") || p.Args[0] != p.Path || p.Args[1] != "-m" {
 			t.Fatalf("plan %+v", p)
 		}
+		if !p.Seccomp || p.PrivateRAM {
+			t.Errorf("a booted VM's plan: Seccomp %v, PrivateRAM %v; want the filter without the template's rule", p.Seccomp, p.PrivateRAM)
+		}
 		m := map[string]jail.Bind{}
 		for _, b := range p.Binds {
 			m[b.Path] = b
@@ -70,6 +73,13 @@ func TestQEMUJailPlan(t *testing.T) {
 		return m
 	}
 	m := plan(false)
+	// A VM started from a template: the filter fakes the hole punch its
+	// sealed RAM refuses (ADR 025).
+	clone := *c
+	clone.Template = "/p/template.sock"
+	if p, err := Plan(&clone, sh, "/s/x.chan.sock", false, nil); err != nil || !p.PrivateRAM {
+		t.Errorf("a template clone's plan: PrivateRAM %v, %v", p != nil && p.PrivateRAM, err)
+	}
 	real, _ := filepath.EvalSymlinks(sh)
 	for path, want := range map[string]jail.Bind{
 		real:                 {ReadOnly: true, Exec: true},
