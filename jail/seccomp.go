@@ -158,10 +158,11 @@ func qemuFilter(privateRAM bool) ([]bpf.Instruction, error) {
 	// bytes each, the low word first (both arches are little-endian).
 	lo := func(arg uint32) bpf.Instruction { return bpf.LoadAbsolute{Off: 16 + 8*arg, Size: 4} }
 	hi := func(arg uint32) bpf.Instruction { return bpf.LoadAbsolute{Off: 16 + 8*arg + 4, Size: 4} }
-	checks := []struct {
+	type check struct {
 		name string
 		body []bpf.Instruction // returns, or runs off its end to the lists
-	}{
+	}
+	checks := []check{
 		{"clone", []bpf.Instruction{
 			lo(0), bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: unix.CLONE_THREAD, SkipFalse: 1}, allow, kill,
 		}},
@@ -171,10 +172,7 @@ func qemuFilter(privateRAM bool) ([]bpf.Instruction, error) {
 		}},
 	}
 	if privateRAM {
-		checks = append(checks, struct {
-			name string
-			body []bpf.Instruction
-		}{"fallocate", []bpf.Instruction{
+		checks = append(checks, check{"fallocate", []bpf.Instruction{
 			hi(1), bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipFalse: 3},
 			lo(1), bpf.JumpIf{Cond: bpf.JumpEqual, Val: punchHole, SkipFalse: 1}, noop,
 		}})

@@ -28,9 +28,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
-
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/launch"
@@ -75,14 +74,6 @@ func (e *Entry) PodDir() string { return filepath.Join(e.Launch.RuntimeDir, podD
 // upgrade or an image rebuild is never used. A claimer takes only VMs of
 // its own.
 func Fingerprint(c config.Config, binary string) string {
-	// The config as the shim hands it to pool fill (TOML on stdin), so
-	// that both name one bucket: the round trip can change how a value
-	// is held (an empty list becomes none) but not what it means.
-	if b, err := toml.Marshal(c); err == nil {
-		if rc, err := config.Parse("", b); err == nil {
-			c = rc
-		}
-	}
 	c.PoolSize = 0
 	files := []string{c.Kernel, c.Initrd, c.GuestRoot, binary}
 	// A template's saved device state is qemu's: a new qemu gets a new one.
@@ -103,10 +94,14 @@ func Fingerprint(c config.Config, binary string) string {
 			ids = append(ids, ident{f, st.Size(), st.ModTime().UnixNano()})
 		}
 	}
+	// The config in the TOML the shim hands pool fill (on stdin), which
+	// holds a value one way only (an empty list and none alike), so the
+	// shim and its fill name one bucket.
+	cfg, _ := toml.Marshal(c)
 	b, _ := json.Marshal(struct {
-		Config config.Config
+		Config string
 		Files  []ident
-	}{c, ids})
+	}{string(cfg), ids})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
